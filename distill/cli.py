@@ -1,0 +1,134 @@
+"""The command line: ``python -m distill run|check|list``.
+
+Exit codes: 0 done; 2 bad input (one line per problem, naming the key or file); 1 an
+internal error (a bug: the traceback is printed); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from distill.errors import UserError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("distill")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's default code)
+        self.exit(2, f"error: {message} (see 'python -m distill {self.prog.split()[-1]} --help')\n")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment TOML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key; VALUE is a TOML literal (repeatable): --set student.hidden=[32,16]",
+    )
+    p.add_argument("--seed", type=int, help="override the experiment's seed")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides train.device)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of verbs and flags."""
+    parser = _Parser(prog="distill", description="Knowledge distillation for the low-data regime.")
+    from distill import __version__
+
+    parser.add_argument("--version", action="version", version=f"distill {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
+
+    run = verbs.add_parser("run", help="fit teacher, distilled student and baseline; write a run directory")
+    _add_config_args(run)
+    run.add_argument("--output", "-o", help="run directory (default runs/<timestamp>-<name>/)")
+    run.add_argument("--no-track", action="store_true", help="do not record the run to MLflow")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and only warnings on stderr")
+
+    check = verbs.add_parser("check", help="validate the config and data and print what would run")
+    _add_config_args(check)
+
+    verbs.add_parser("list", help="list registered datasets, teachers, students and losses")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    items = list(args.overrides)
+    if args.seed is not None:
+        items.append(f"seed={args.seed}")
+    if args.device is not None:
+        items.append(f'train.device="{args.device}"')
+    return items
+
+
+def _setup_logging(quiet: bool) -> None:
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_distill", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler._distill = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    for h in log.handlers:
+        if getattr(h, "_distill", False):
+            h.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.report import metrics_table
+    from distill.runner import run_experiment
+
+    config = load_config(args.experiment, _overrides(args))
+    if args.no_track:
+        log.debug("--no-track given")
+    progress = not args.quiet and sys.stdout.isatty()
+    run_dir, summary = run_experiment(config, output=args.output, progress=progress)
+    print(metrics_table({k: summary[k] for k in ("teacher", "student", "baseline")}))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.protocol import prepare
+    from distill.runner import describe
+
+    prepared = prepare(load_config(args.experiment, _overrides(args)))
+    print(describe(prepared))
+    print("ok: config and data are valid")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from distill.data import list_datasets
+    from distill.objective import HARD_LOSSES
+    from students import list_students
+    from teachers.base import list_teachers
+
+    print("datasets: " + ", ".join(list_datasets()))
+    print("teachers: " + ", ".join(list_teachers()))
+    print("students: " + ", ".join(list_students()) + ", or module:Class")
+    print("losses:   " + ", ".join(HARD_LOSSES))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m distill``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        return {"run": _cmd_run, "check": _cmd_check, "list": _cmd_list}[args.verb](args)
+    except UserError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

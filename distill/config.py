@@ -1,0 +1,438 @@
+"""The typed experiment config: pydantic models per concern, TOML loading, ``--set`` overrides.
+
+Every problem in a file is reported at once, one line each, naming the dotted key, the rule
+and the value received, e.g. ``objective.kl_weight must be >= 0, got -1``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from distill.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "FewShotConfig",
+    "ProtocolConfig",
+    "TeacherConfig",
+    "StudentConfig",
+    "ObjectiveConfig",
+    "TrainConfig",
+    "EarlyStoppingConfig",
+    "load_config",
+    "parse_overrides",
+    "to_toml",
+    "flatten",
+]
+
+Number = Union[StrictInt, StrictFloat]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the rows come from and how features are scaled."""
+
+    source: str = "sklearn:breast_cancer"
+    label: str = "label"
+    scale: Literal["minmax", "standard", "none"] = "minmax"
+    test_size: Number = 0.25
+
+    @field_validator("test_size")
+    @classmethod
+    def _test_size(cls, value: float) -> float:
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError(f"must be a row count >= 1 or a fraction in (0, 1), got {value}")
+        elif not 0.0 < value < 1.0:
+            raise ValueError(f"must be a row count >= 1 or a fraction in (0, 1), got {value}")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        scheme, sep, rest = value.partition(":")
+        if not sep or not rest:
+            raise ValueError(
+                f"must look like 'sklearn:NAME' or 'csv:PATH', got {value!r}"
+            )
+        if scheme not in {"sklearn", "csv"}:
+            raise ValueError(f"scheme must be one of 'sklearn', 'csv', got {scheme!r} in {value!r}")
+        return value
+
+
+class FewShotConfig(_Section):
+    """The few-shot draw: labelled rows (in total or per class), validation rows, transfer set."""
+
+    labelled: Optional[StrictInt] = Field(default=None, ge=1)
+    per_class: Optional[StrictInt] = Field(default=None, ge=1)
+    validation: StrictInt = Field(default=0, ge=0)
+    transfer: Literal["labelled", "pool"] = "labelled"
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> "FewShotConfig":
+        if self.labelled is not None and self.per_class is not None:
+            raise ValueError("set one of few_shot.labelled or few_shot.per_class, not both")
+        if self.labelled is None and self.per_class is None:
+            object.__setattr__(self, "per_class", 5)
+        return self
+
+    @property
+    def unit(self) -> Literal["total", "per_class"]:
+        """Whether ``labelled``/``validation`` count rows in total or per class."""
+        return "per_class" if self.per_class is not None else "total"
+
+
+class ProtocolConfig(_Section):
+    """How many independent few-shot draws (episodes) to run."""
+
+    episodes: StrictInt = Field(default=1, ge=1)
+
+    @field_validator("episodes")
+    @classmethod
+    def _single(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(f"several episodes are not supported in this version yet, got {value}")
+        return value
+
+
+class TeacherConfig(_Section):
+    """The teacher: a Gaussian process, or any scikit-learn estimator with ``predict_proba``."""
+
+    kind: Literal["gaussian_process", "sklearn"] = "gaussian_process"
+    kernel: str = "auto"
+    restarts: StrictInt = Field(default=2, ge=0)
+    multi_class: Literal["one_vs_rest", "one_vs_one"] = "one_vs_rest"
+    estimator: Optional[str] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kernel")
+    @classmethod
+    def _kernel(cls, value: str) -> str:
+        if value.strip() != "auto":
+            from teachers.kernels import KernelSyntaxError, parse_kernel
+
+            try:
+                parse_kernel(value)
+            except KernelSyntaxError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _estimator(self) -> "TeacherConfig":
+        if self.kind == "sklearn" and not self.estimator:
+            raise ValueError(
+                "teacher.kind = 'sklearn' needs teacher.estimator, an import path such as "
+                "'sklearn.ensemble:RandomForestClassifier'"
+            )
+        return self
+
+
+class StudentConfig(BaseModel):
+    """The student architecture (registry name or ``module:Class``) plus its own kwargs."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    arch: str = "mlp"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Everything but ``arch``: passed to the architecture's constructor."""
+        return dict(self.model_extra or {})
+
+
+class ObjectiveConfig(_Section):
+    """``hard + kl_weight * T^2 * KL``; ``hard = "auto"`` picks BCE (binary) or CE (multiclass)."""
+
+    hard: Literal["auto", "bce", "ce"] = "auto"
+    kl_weight: Number = Field(default=1.0, ge=0)
+    temperature: Number = Field(default=1.0, gt=0)
+    direction: Literal["forward", "reverse"] = "forward"
+
+    @field_validator("kl_weight", "temperature")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"must be finite, got {value}")
+        return float(value)
+
+
+class EarlyStoppingConfig(_Section):
+    """Lightning-style early stopping on a logged per-epoch metric (patience 0: off)."""
+
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: StrictInt = Field(default=0, ge=0)
+    min_delta: Number = Field(default=0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    """The fit: optimizer, schedule, batching, device, early stopping."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: Number = Field(default=1e-2, gt=0)
+    momentum: Number = Field(default=0.0, ge=0, lt=1)
+    weight_decay: Number = Field(default=0.0, ge=0)
+    epochs: StrictInt = Field(default=100, ge=1)
+    batch_size: StrictInt = Field(default=32, ge=1)
+    replacement: StrictBool = False
+    scheduler: Literal["none", "cosine", "step"] = "none"
+    step_size: StrictInt = Field(default=30, ge=1)
+    gamma: Number = Field(default=0.1, gt=0, le=1)
+    grad_clip: Optional[Number] = Field(default=None, gt=0)
+    restore_best: StrictBool = True
+    device: str = "auto"
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
+
+class Config(_Section):
+    """A whole experiment: one TOML file."""
+
+    name: str = "experiment"
+    seed: StrictInt = Field(default=0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", value):
+            raise ValueError(
+                f"must start with a letter or digit and use only letters, digits, '_', '-', '.', got {value!r}"
+            )
+        return value
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``["a.b=1", "c=[2,3]"]`` into a nested dict; values are TOML literals, else strings."""
+    problems: list[str] = []
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+            problems.append(f"--set expects key=value with a dotted key, got {item!r}")
+            continue
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        set_dotted(nested, key, value)
+    if problems:
+        raise ConfigError(*problems)
+    return nested
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``dotted = "a.b"``, creating tables as needed."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return str(value)
+
+
+_PYDANTIC_RULES = [
+    (re.compile(r"^Input should be greater than or equal to (.+)$"), r"must be >= \1"),
+    (re.compile(r"^Input should be greater than (.+)$"), r"must be > \1"),
+    (re.compile(r"^Input should be less than or equal to (.+)$"), r"must be <= \1"),
+    (re.compile(r"^Input should be less than (.+)$"), r"must be < \1"),
+    (re.compile(r"^Input should be (.+)$"), r"must be \1"),
+]
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    """One line per pydantic error: ``dotted.key must be <rule>, got <value>``."""
+    loc = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+    # Union members add their type name to the location ("test_size.int"); drop them.
+    loc = [p for p in loc if p not in {"int", "float", "str", "bool", "constrained-int", "constrained-float"}]
+    key = ".".join(loc) or "(top level)"
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if kind == "missing":
+        return f"missing required key '{key}'"
+    msg = str(error["msg"])
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if msg.startswith(("set one of", "teacher.kind")):
+            return msg
+        return f"{key}: {msg}" if ", got" in msg else f"{key}: {msg}, got {_describe(value)}"
+    for pattern, repl in _PYDANTIC_RULES:
+        if pattern.match(msg):
+            msg = pattern.sub(repl, msg)
+            break
+    return f"{key} {msg}, got {_describe(value)}"
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return sorted(model.model_fields)
+
+
+def validate_config(raw: dict[str, Any]) -> Config:
+    """Build a Config from a nested dict; every problem at once in one ConfigError."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines: list[str] = []
+        for err in exc.errors():
+            line = _format_error(err)
+            if err["type"] == "extra_forbidden":
+                section = err["loc"][0] if len(err["loc"]) > 1 else None
+                model = Config.model_fields[section].annotation if section else Config
+                if isinstance(model, type) and issubclass(model, BaseModel):
+                    keys = _known_keys(model)
+                    prefix = f"{section}." if section else ""
+                    line += f"; known keys here: {', '.join(prefix + k for k in keys)}"
+            if line not in lines:
+                lines.append(line)
+        # Deterministic order: by key.
+        raise ConfigError(*sorted(lines)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read an experiment TOML file, apply ``--set`` overrides, validate everything at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file '{path}' not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read experiment file '{path}': {exc}") from None
+    if "name" not in raw:
+        raw["name"] = re.sub(r"[^A-Za-z0-9_.\-]", "_", path.stem) or "experiment"
+    if overrides:
+        raw = _merge(raw, parse_overrides(overrides))
+    return validate_config(raw)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def config_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as a plain nested dict (None values dropped)."""
+    return config.model_dump(mode="python", exclude_none=True)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (for tables and MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_\-]+", key) else _toml_value(key)
+
+
+def to_toml(tree: dict[str, Any]) -> str:
+    """Serialise a nested dict of scalars, lists and tables as TOML (read back by tomllib).
+
+    Non-empty dicts become ``[section]`` tables; empty ones are written inline as ``{}``.
+    """
+    lines: list[str] = []
+
+    def table(node: dict[str, Any], path: list[str]) -> None:
+        scalars = {k: v for k, v in node.items() if not (isinstance(v, dict) and v)}
+        tables = {k: v for k, v in node.items() if isinstance(v, dict) and v}
+        if path:
+            lines.append(f"\n[{'.'.join(_toml_key(p) for p in path)}]")
+        for key, value in scalars.items():
+            if value is not None:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        for key, value in tables.items():
+            table(value, path + [key])
+
+    table(tree, [])
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -1,0 +1,319 @@
+"""Datasets, few-shot draws and scaling.
+
+A dataset is loaded once into float64 features and int64 labels ``0..K-1``; every draw
+(test split, labelled rows, validation rows) is a pure function of the seed, and scaling is
+fit on the labelled rows only, so nothing about unlabelled or test rows leaks into it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from distill.errors import DataError
+from distill.registry import Registry
+
+__all__ = [
+    "Dataset",
+    "Split",
+    "Scaler",
+    "DATASETS",
+    "load_dataset",
+    "list_datasets",
+    "split_dataset",
+    "draw_stratified",
+    "fit_scaler",
+]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features ``x`` [N, D] float64, labels ``y`` [N] int64 in ``0..K-1``, class names in order."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    feature_names: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+DATASETS: Registry[Callable[[], Dataset]] = Registry("dataset")
+
+
+def _sklearn_loader(name: str) -> Callable[[], Dataset]:
+    def load() -> Dataset:
+        from sklearn import datasets as skd
+
+        bunch = getattr(skd, f"load_{name}")()
+        classes = [str(c) for c in getattr(bunch, "target_names", np.unique(bunch.target))]
+        return Dataset(
+            name=f"sklearn:{name}",
+            x=np.asarray(bunch.data, dtype=np.float64),
+            y=np.asarray(bunch.target, dtype=np.int64),
+            classes=classes,
+            feature_names=[str(f) for f in getattr(bunch, "feature_names", [])],
+        )
+
+    load.__doc__ = f"scikit-learn's bundled {name} data set (no download)."
+    return load
+
+
+for _name in ("breast_cancer", "digits", "iris", "wine"):
+    DATASETS.register(f"sklearn:{_name}", _sklearn_loader(_name))
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names plus the file schemes a source may use."""
+    return DATASETS.names() + ["csv:PATH"]
+
+
+def load_dataset(source: str, label: str = "label") -> Dataset:
+    """Load ``sklearn:NAME`` or ``csv:PATH`` and check it: finite features, at least two classes."""
+    scheme, _, rest = source.partition(":")
+    if scheme == "csv":
+        dataset = load_csv(Path(rest), label)
+    else:
+        try:
+            loader = DATASETS.get(source)
+        except KeyError as exc:
+            raise DataError(f"data.source: {exc.args[0]}") from None
+        dataset = loader()
+    check_dataset(dataset, where=f"data.source '{source}'")
+    return dataset
+
+
+def load_csv(path: Path, label: str) -> Dataset:
+    """A CSV with a header row: the ``label`` column holds classes, every other column a number."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"data file '{path}' not found")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"data file '{path}' is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"data file '{path}' cannot be read as CSV: {reason}") from None
+    if frame.shape[0] == 0:
+        raise DataError(f"data file '{path}' has a header but no rows")
+    if label not in frame.columns:
+        shown = ", ".join(map(str, frame.columns[:10])) + (", ..." if frame.shape[1] > 10 else "")
+        raise DataError(
+            f"data file '{path}' has no label column '{label}' (data.label); columns: {shown}"
+        )
+    labels = frame.pop(label)
+    if labels.isna().any():
+        row = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 2
+        raise DataError(f"data file '{path}': label column '{label}' is empty at line {row}")
+    if frame.shape[1] == 0:
+        raise DataError(f"data file '{path}' has no feature columns besides '{label}'")
+    bad = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if bad:
+        raise DataError(
+            f"data file '{path}': feature column(s) {', '.join(repr(b) for b in bad[:5])} are not numeric"
+        )
+    if pd.api.types.is_numeric_dtype(labels) and np.all(np.mod(labels.to_numpy(dtype=float), 1) == 0):
+        values = labels.to_numpy(dtype=np.int64)
+        classes_raw = np.unique(values)
+        classes = [str(c) for c in classes_raw]
+    else:
+        values = labels.astype(str).to_numpy()
+        classes_raw = np.unique(values)
+        classes = [str(c) for c in classes_raw]
+    y = np.searchsorted(classes_raw, values).astype(np.int64)
+    return Dataset(
+        name=f"csv:{path}",
+        x=frame.to_numpy(dtype=np.float64),
+        y=y,
+        classes=classes,
+        feature_names=[str(c) for c in frame.columns],
+    )
+
+
+def check_dataset(dataset: Dataset, where: str) -> None:
+    """Reject data no experiment can use: NaN/inf features, fewer than two classes, no rows."""
+    x = dataset.x
+    if x.shape[0] == 0:
+        raise DataError(f"{where} has no rows")
+    finite = np.isfinite(x)
+    if not finite.all():
+        row, col = (int(i) for i in np.argwhere(~finite)[0])
+        name = dataset.feature_names[col] if col < len(dataset.feature_names) else str(col)
+        count = int((~finite).sum())
+        raise DataError(
+            f"{where} has {count} NaN or infinite feature value(s); first at row {row}, column '{name}'"
+        )
+    present = np.unique(dataset.y)
+    if present.size < 2:
+        raise DataError(
+            f"{where} has a single class ({dataset.classes[int(present[0])] if present.size else 'none'}); "
+            "classification needs at least two"
+        )
+
+
+# --------------------------------------------------------------------------- draws
+
+
+def _allocate(total: int, counts: np.ndarray) -> np.ndarray:
+    """Split ``total`` draws over classes: one per class first, the rest proportional to size."""
+    num = counts.size
+    take = np.zeros(num, dtype=np.int64)
+    if total >= num:
+        take[:] = 1
+        rest = total - num
+        share = counts / counts.sum() * rest
+        take += np.floor(share).astype(np.int64)
+        left = total - take.sum()
+        order = np.lexsort((np.arange(num), -(share - np.floor(share))))
+        for c in order[:left]:
+            take[c] += 1
+    return take
+
+
+def draw_stratified(
+    y: np.ndarray,
+    candidates: np.ndarray,
+    amount: int,
+    unit: Literal["total", "per_class"],
+    rng: np.random.Generator,
+    num_classes: int,
+    what: str,
+) -> np.ndarray:
+    """Draw rows from ``candidates`` (indices into ``y``): ``amount`` per class, or in total.
+
+    In total, every class gets one row when ``amount >= num_classes`` and the rest follow the
+    class frequencies; with fewer rows than classes the draw is uniform. Returns sorted indices.
+    """
+    pools = [np.sort(candidates[y[candidates] == c]) for c in range(num_classes)]
+    sizes = np.array([p.size for p in pools])
+    if unit == "per_class":
+        short = [c for c in range(num_classes) if sizes[c] < amount]
+        if short:
+            c = short[0]
+            raise DataError(
+                f"{what}: class {c} has {sizes[c]} row(s) left but {amount} per class were asked"
+                f" ({len(short)} class(es) short); lower the count or use more data"
+            )
+        take = np.full(num_classes, amount, dtype=np.int64)
+    else:
+        if amount > candidates.size:
+            raise DataError(f"{what}: {amount} rows asked but only {candidates.size} are left")
+        if amount < num_classes:
+            return np.sort(rng.choice(candidates, size=amount, replace=False))
+        take = np.minimum(_allocate(amount, sizes), sizes)
+        # Classes with too few rows hand their share to the others, largest first.
+        deficit = amount - int(take.sum())
+        for c in np.argsort(-(sizes - take), kind="stable"):
+            if deficit == 0:
+                break
+            extra = min(deficit, int(sizes[c] - take[c]))
+            take[c] += extra
+            deficit -= extra
+        if (take == 0).any():
+            c = int(np.flatnonzero(take == 0)[0])
+            raise DataError(f"{what}: class {c} has no rows left to draw from")
+    picked = [rng.choice(pools[c], size=int(take[c]), replace=False) for c in range(num_classes)]
+    return np.sort(np.concatenate(picked))
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices into the dataset: disjoint test, labelled, validation and unlabelled pool."""
+
+    test: np.ndarray
+    labelled: np.ndarray
+    validation: np.ndarray
+    pool: np.ndarray
+
+
+def split_dataset(
+    dataset: Dataset,
+    *,
+    test_size: int | float,
+    labelled: int | None,
+    per_class: int | None,
+    validation: int,
+    seed: int,
+) -> Split:
+    """Test split (stratified), then labelled and validation draws from the rest; pure in ``seed``."""
+    n = dataset.x.shape[0]
+    y = dataset.y
+    k = dataset.num_classes
+    n_test = int(test_size) if isinstance(test_size, int) else int(math.ceil(test_size * n))
+    if n_test >= n:
+        raise DataError(f"data.test_size: {n_test} test rows asked but the data has only {n} rows")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+    all_rows = np.arange(n)
+    test = draw_stratified(y, all_rows, n_test, "total", rng, k, "data.test_size")
+    rest = np.setdiff1d(all_rows, test, assume_unique=True)
+    unit: Literal["total", "per_class"] = "per_class" if per_class is not None else "total"
+    amount = per_class if per_class is not None else labelled
+    assert amount is not None
+    key = "few_shot.per_class" if per_class is not None else "few_shot.labelled"
+    train = draw_stratified(y, rest, amount, unit, rng, k, key)
+    rest = np.setdiff1d(rest, train, assume_unique=True)
+    if validation > 0:
+        val = draw_stratified(y, rest, validation, unit, rng, k, "few_shot.validation")
+        rest = np.setdiff1d(rest, val, assume_unique=True)
+    else:
+        val = np.empty(0, dtype=np.int64)
+    if np.unique(y[train]).size < 2:
+        raise DataError(
+            f"{key}: the labelled rows hold a single class; ask for at least {k} labelled rows"
+            " so that every class appears"
+        )
+    return Split(test=test, labelled=train, validation=val, pool=rest)
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """``(x - shift) / scale`` per feature; plain arrays so checkpoints stay weights-only."""
+
+    kind: str
+    shift: np.ndarray
+    scale: np.ndarray
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.shift) / self.scale
+
+    def state(self) -> dict[str, object]:
+        return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, object]) -> "Scaler":
+        return cls(
+            kind=str(state["kind"]),
+            shift=np.asarray(state["shift"], dtype=np.float64),
+            scale=np.asarray(state["scale"], dtype=np.float64),
+        )
+
+
+def fit_scaler(kind: Literal["minmax", "standard", "none"], x: np.ndarray) -> Scaler:
+    """Fit on ``x`` (the labelled rows); constant features get scale 1, as scikit-learn does."""
+    d = x.shape[1:]
+    if kind == "none":
+        return Scaler(kind, np.zeros(d), np.ones(d))
+    if kind == "minmax":
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        span = hi - lo
+        return Scaler(kind, lo, np.where(span > 0, span, 1.0))
+    if kind == "standard":
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        return Scaler(kind, mean, np.where(std > 0, std, 1.0))
+    raise ValueError(f"data.scale must be one of 'minmax', 'standard', 'none', got {kind!r}")

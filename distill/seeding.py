@@ -1,0 +1,42 @@
+"""One place for randomness: seeding every generator, and resolving the device."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import torch
+
+from distill.errors import ConfigError
+
+__all__ = ["seed_everything", "resolve_device"]
+
+log = logging.getLogger("distill")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU (said in the log); ``cuda`` without CUDA is an error."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.info("train.device = 'auto': no CUDA device found, using the CPU")
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device is {spec!r} but CUDA is not available here; use 'auto' or 'cpu'")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device is {spec!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    if spec == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("train.device is 'mps' but MPS is not available here; use 'auto' or 'cpu'")
+    return torch.device(spec)

@@ -1,0 +1,110 @@
+"""Student networks: a registry by name, and ``build`` for a name or a user's ``module:Class``.
+
+A student class takes ``in_features`` (or ``in_shape``) and ``num_outputs`` plus its own
+keyword arguments. Binary problems use one output logit, multiclass problems C logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable
+
+from torch import nn
+
+from distill.registry import Registry, import_object, is_import_path
+
+__all__ = ["STUDENTS", "register_student", "list_students", "build", "StudentArgumentError", "num_outputs_for"]
+
+STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student")
+
+
+class StudentArgumentError(ValueError):
+    """A student's kwargs are wrong; ``key`` names the offending ``student.*`` key when known."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def register_student(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a student class under ``name`` (twice is an error)."""
+    return STUDENTS.register(name)
+
+
+def list_students() -> list[str]:
+    """Registered student architectures."""
+    _load_builtin()
+    return STUDENTS.names()
+
+
+def _load_builtin() -> None:
+    import students.mlp  # noqa: F401
+
+
+def num_outputs_for(num_classes: int, hard: str = "auto") -> int:
+    """One logit for a binary problem (BCE), else one per class (CE)."""
+    return 1 if num_classes == 2 and hard in ("auto", "bce") else num_classes
+
+
+def resolve(name: str) -> Callable[..., nn.Module]:
+    """The class for a registry name or ``module:Class`` import path."""
+    _load_builtin()
+    if is_import_path(name):
+        obj = import_object(name)
+        if not callable(obj):
+            raise ValueError(f"student.arch '{name}' is not a class")
+        return obj  # type: ignore[return-value]
+    try:
+        return STUDENTS.get(name)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+
+
+def build(name: str, in_shape: tuple[int, ...], num_classes: int, *, num_outputs: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build the student ``name`` for inputs of ``in_shape`` and ``num_classes`` classes.
+
+    Example:
+        >>> build("mlp", (30,), 2, hidden=[10, 10], activation="sigmoid")
+    """
+    cls = resolve(name)
+    outputs = num_outputs if num_outputs is not None else num_outputs_for(num_classes)
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        sig = None
+    args: dict[str, Any] = {}
+    if sig is not None:
+        params = sig.parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        if "in_shape" in params:
+            args["in_shape"] = tuple(in_shape)
+        elif "in_features" in params:
+            args["in_features"] = int(math.prod(in_shape))
+        else:
+            raise StudentArgumentError(
+                f"student '{name}' must accept 'in_features' or 'in_shape' in its constructor"
+            )
+        if "num_outputs" not in params:
+            raise StudentArgumentError(f"student '{name}' must accept 'num_outputs' in its constructor")
+        if not takes_any:
+            accepted = {n for n in params if n not in ("self", "in_shape", "in_features", "num_outputs")}
+            unknown = sorted(set(kwargs) - accepted)
+            if unknown:
+                raise StudentArgumentError(
+                    f"unknown key 'student.{unknown[0]}' for student '{name}'; accepted: "
+                    + (", ".join(f"student.{a}" for a in sorted(accepted)) or "(none)"),
+                    key=f"student.{unknown[0]}",
+                )
+    else:
+        args["in_features"] = int(math.prod(in_shape))
+    args["num_outputs"] = outputs
+    try:
+        model = cls(**args, **kwargs)
+    except StudentArgumentError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise StudentArgumentError(f"student '{name}': {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise StudentArgumentError(f"student '{name}' did not build an nn.Module (got {type(model).__name__})")
+    return model
