@@ -67,17 +67,27 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return items
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (tests and notebooks replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
     log.setLevel(logging.DEBUG)
     log.propagate = False
-    if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_distill", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler._distill = True  # type: ignore[attr-defined]
+    handler = next((h for h in log.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
-    for h in log.handlers:
-        if getattr(h, "_distill", False):
-            h.setLevel(logging.WARNING if quiet else logging.INFO)
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -341,11 +341,16 @@ def validate_config(raw: dict[str, Any]) -> Config:
         for err in exc.errors():
             line = _format_error(err)
             if err["type"] == "extra_forbidden":
-                section = err["loc"][0] if len(err["loc"]) > 1 else None
-                model = Config.model_fields[section].annotation if section else Config
+                # Walk down to the table that holds the unknown key (e.g. train.early_stopping).
+                parents = [str(p) for p in err["loc"][:-1]]
+                model: Any = Config
+                for part in parents:
+                    is_model = isinstance(model, type) and issubclass(model, BaseModel)
+                    field = model.model_fields.get(part) if is_model else None
+                    model = field.annotation if field is not None else None
                 if isinstance(model, type) and issubclass(model, BaseModel):
                     keys = _known_keys(model)
-                    prefix = f"{section}." if section else ""
+                    prefix = "".join(f"{p}." for p in parents)
                     line += f"; known keys here: {', '.join(prefix + k for k in keys)}"
             if line not in lines:
                 lines.append(line)

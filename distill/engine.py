@@ -297,6 +297,7 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             opt.step()
             loss_sum += loss.detach()
+        lr = float(opt.param_groups[0]["lr"])  # the rate this epoch ran with
         if sched is not None:
             sched.step()
 
@@ -306,7 +307,7 @@ def fit(
             values.update(_epoch_metrics(model, validation, "val", num_classes, with_loss=True))
         keys = list(values)
         numbers = torch.stack([values[k].float() for k in keys]).tolist()  # one host sync per epoch
-        row: dict[str, float] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"] if sched is None else sched.get_last_lr()[0]}
+        row: dict[str, float] = {"epoch": epoch, "lr": lr}
         row.update(dict(zip(keys, numbers)))
         history.append(row)
         if on_epoch_end is not None:
