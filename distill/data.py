@@ -252,7 +252,8 @@ def split_dataset(
     n = dataset.x.shape[0]
     y = dataset.y
     k = dataset.num_classes
-    n_test = int(test_size) if isinstance(test_size, int) else int(math.ceil(test_size * n))
+    # ceil, less a hair so that 0.07 * 100 = 7.000000000000001 gives 7 rows, not 8
+    n_test = int(test_size) if isinstance(test_size, int) else int(math.ceil(test_size * n - 1e-9))
     if n_test >= n:
         raise DataError(f"data.test_size: {n_test} test rows asked but the data has only {n} rows")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
