@@ -238,6 +238,8 @@ def run_episode(prepared: Prepared, *, progress: bool = False) -> EpisodeResult:
     timings["soft_targets_s"] = time.perf_counter() - started
     if n_val:
         diagnostics["validation_accuracy"] = float(np.mean(teacher_val.argmax(1) == data.y[split.validation]))
+    described = {k: v for k, v in diagnostics.items() if k != "warnings"}
+    log.info("teacher fitted in %.2fs: %s", timings["teacher_fit_s"], ", ".join(f"{k} = {v}" for k, v in described.items()))
     for message in diagnostics.get("warnings", []):
         log.warning("teacher: %s", message)
 

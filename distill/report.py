@@ -92,7 +92,8 @@ def plot_confusion_matrix(path: Path, targets: np.ndarray, probs: np.ndarray, cl
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
     names = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
-    ax.set_xticks(range(k), names, rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
+    tilt = k > 3 and max(len(n) for n in names) > 2
+    ax.set_xticks(range(k), names, rotation=45 if tilt else 0, ha="right" if tilt else "center")
     ax.set_yticks(range(k), names)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     threshold = matrix.max() / 2 if matrix.size else 0

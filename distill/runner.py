@@ -154,7 +154,7 @@ def run_experiment(config: Config, *, output: str | Path | None = None, progress
         )
         summary = summarise(prepared, result, run_dir, time.perf_counter() - started)
         for line in metrics_table(result.metrics).splitlines():
-            log.info(line)
+            log.debug(line)  # the file gets the table; the console gets it once, from the CLI
         write_json(run_dir / "summary.json", summary)
         log.info("done in %.2fs", time.perf_counter() - started)
         return run_dir, summary
