@@ -7,7 +7,7 @@ registered ones (torchdistill overwrites silently and lists nothing; we do bette
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 __all__ = ["Registry", "import_object"]

@@ -218,7 +218,10 @@ def _create_estimator(
     """Any scikit-learn classifier named by import path, e.g. ``sklearn.ensemble:RandomForestClassifier``."""
     if not estimator:
         raise ValueError("teacher.estimator is required for teacher.kind = 'sklearn'")
-    cls = import_object(estimator)
+    try:
+        cls = import_object(estimator)
+    except ValueError as exc:
+        raise ValueError(f"teacher.estimator: {exc}") from None
     if not callable(cls):
         raise ValueError(f"teacher.estimator '{estimator}' is not a class")
     params = dict(params or {})

@@ -103,7 +103,7 @@ def tt(x: np.ndarray, dtype=torch.float64, requires_grad: bool = False) -> torch
     return torch.tensor(x, dtype=dtype, requires_grad=requires_grad)
 
 
-def close(actual: torch.Tensor, expected: float, rel: float = 1e-6, abs_: float = 1e-12) -> None:
+def assert_close(actual: torch.Tensor, expected: float, rel: float = 1e-6, abs_: float = 1e-12) -> None:
     a = float(actual.detach())
     assert np.isfinite(a)
     assert a == pytest.approx(expected, rel=rel, abs=abs_), (a, expected)
@@ -123,7 +123,7 @@ def test_loss_matches_reference(kind, direction, temperature, scale):
         st, tt(t), torch.tensor(y), kl_weight=0.7, temperature=temperature, direction=direction
     )
     assert loss.ndim == 0 and loss.dtype == torch.float64
-    close(loss, np_loss(s, t, y, w=0.7, temperature=temperature, direction=direction))
+    assert_close(loss, np_loss(s, t, y, w=0.7, temperature=temperature, direction=direction))
     loss.backward()
     assert st.grad is not None and torch.isfinite(st.grad).all()
 
@@ -136,7 +136,7 @@ def test_kl_divergence_matches_reference(kind, direction, temperature, scale):
     s, t, _ = make_case(kind, scale, seed=1)
     kl = kl_divergence(tt(s), tt(t), temperature=temperature, direction=direction)
     expected = np_kl(s, t, temperature, direction)
-    close(kl, expected)
+    assert_close(kl, expected)
     assert float(kl) >= -1e-12
 
 
@@ -144,7 +144,7 @@ def test_kl_divergence_matches_reference(kind, direction, temperature, scale):
 @pytest.mark.parametrize("scale", ["random", "extreme"])
 def test_hard_loss_matches_reference(kind, scale):
     s, _, y = make_case(kind, scale, seed=2)
-    close(hard_loss(tt(s), torch.tensor(y)), np_hard(s, y))
+    assert_close(hard_loss(tt(s), torch.tensor(y)), np_hard(s, y))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -158,7 +158,7 @@ def test_thousand_logits_finite(kind, direction):
     loss = distillation_loss(
         st, tt(t), torch.tensor(y), kl_weight=1.3, temperature=2.0, direction=direction
     )
-    close(loss, np_loss(s, t, y, w=1.3, temperature=2.0, direction=direction))
+    assert_close(loss, np_loss(s, t, y, w=1.3, temperature=2.0, direction=direction))
     loss.backward()
     assert torch.isfinite(st.grad).all()
 
@@ -205,7 +205,7 @@ def test_labelled_mask_ignores_unlabelled_rows(kind, direction):
         tt(s), tt(t), torch.tensor(y_other), labelled_mask=torch.tensor(mask), **kw
     )
     expected = np_loss(s, t, y, w=0.9, temperature=2.0, direction=direction, mask=mask)
-    close(loss, expected)
+    assert_close(loss, expected)
     assert float(loss.detach()) == float(other)
     # The hard term really is restricted: it differs from the all-rows value.
     assert abs(np_hard(s, y, mask) - np_hard(s, y)) > 1e-6
@@ -223,7 +223,7 @@ def test_labelled_mask_float_targets_with_nan_outside_mask(kind):
         st, tt(t), torch.tensor(y_nan), kl_weight=0.4, temperature=1.0,
         labelled_mask=torch.tensor(mask),
     )
-    close(loss, np_loss(s, t, y, w=0.4, temperature=1.0, direction="forward", mask=mask))
+    assert_close(loss, np_loss(s, t, y, w=0.4, temperature=1.0, direction="forward", mask=mask))
     loss.backward()
     assert torch.isfinite(st.grad).all()
 
@@ -239,12 +239,12 @@ def test_no_labelled_rows_gives_pure_kl_term(kind, temperature):
         labelled_mask=torch.zeros(N, dtype=torch.bool),
     )
     expected = 0.6 * temperature**2 * np_kl(s, t, temperature, "forward")
-    close(loss, expected)
+    assert_close(loss, expected)
     loss.backward()
     assert torch.isfinite(st.grad).all()
 
     none_targets = distillation_loss(tt(s), tt(t), None, kl_weight=0.6, temperature=temperature)
-    close(none_targets, expected)
+    assert_close(none_targets, expected)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -293,7 +293,7 @@ def test_kl_zero_multiclass_shifted_student(kind, direction, temperature, scale)
         tt(s), tt(t), torch.tensor(y), kl_weight=3.0, temperature=temperature,
         direction=direction,
     )
-    close(loss, np_hard(s, y), rel=1e-9)
+    assert_close(loss, np_hard(s, y), rel=1e-9)
 
 
 # --------------------------------------------------------------------------- weights / scaling
@@ -309,13 +309,13 @@ def test_zero_kl_weight_is_hard_term(kind, direction):
         st, tt(t), yt, kl_weight=0, temperature=3.0, direction=direction, labelled_mask=mt
     )
     assert torch.equal(loss, hard_loss(st, yt, mt))
-    close(loss, np_hard(s, y, mask))
+    assert_close(loss, np_hard(s, y, mask))
     # A 0-dim tensor weight of 0 gives the same value.
     loss_t = distillation_loss(
         st, tt(t), yt, kl_weight=torch.tensor(0.0, dtype=torch.float64), temperature=3.0,
         direction=direction, labelled_mask=mt,
     )
-    close(loss_t, np_hard(s, y, mask), rel=1e-12)
+    assert_close(loss_t, np_hard(s, y, mask), rel=1e-12)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -357,7 +357,7 @@ def test_binary_shapes_and_target_dtypes_agree():
         (tt(s), tt(np.stack([-t / 2, t / 2], axis=1)), torch.tensor(y[:, None])),
     ]
     for st, tch, yt in variants:
-        close(distillation_loss(st, tch, yt, kl_weight=1.1, temperature=2.0), ref)
+        assert_close(distillation_loss(st, tch, yt, kl_weight=1.1, temperature=2.0), ref)
 
 
 def test_two_output_student_is_multiclass():
@@ -365,7 +365,7 @@ def test_two_output_student_is_multiclass():
     s, t = rng.normal(size=(N, 2)), rng.normal(size=(N, 2))
     y = rng.integers(0, 2, size=N)
     loss = distillation_loss(tt(s), tt(t), torch.tensor(y), kl_weight=0.5, temperature=2.0)
-    close(loss, np_loss(s, t, y, w=0.5, temperature=2.0, direction="forward"))
+    assert_close(loss, np_loss(s, t, y, w=0.5, temperature=2.0, direction="forward"))
     with pytest.raises(ValueError, match="multiclass"):
         distillation_loss(tt(s), tt(t[:, 1]), torch.tensor(y), kl_weight=0.5)
 
