@@ -34,6 +34,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="override a config key; VALUE is a TOML literal (repeatable): --set student.hidden=[32,16]",
     )
     p.add_argument("--seed", type=int, help="override the experiment's seed")
+    p.add_argument("--episodes", type=int, help="override protocol.episodes (independent few-shot draws)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides train.device)")
 
 
@@ -62,6 +63,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     items = list(args.overrides)
     if args.seed is not None:
         items.append(f"seed={args.seed}")
+    if args.episodes is not None:
+        items.append(f"protocol.episodes={args.episodes}")
     if args.device is not None:
         items.append(f'train.device="{args.device}"')
     return items
@@ -92,26 +95,25 @@ def _setup_logging(quiet: bool) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from distill.config import load_config
-    from distill.report import metrics_table
-    from distill.runner import run_experiment
+    from distill.runner import result_text, run_experiment
 
     config = load_config(args.experiment, _overrides(args))
     if args.no_track:
         log.debug("--no-track given")
     progress = not args.quiet and sys.stdout.isatty()
     run_dir, summary = run_experiment(config, output=args.output, progress=progress)
-    print(metrics_table({k: summary[k] for k in ("teacher", "student", "baseline")}))
+    print(result_text(summary))
     print(f"run directory: {run_dir}")
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from distill.config import load_config
-    from distill.protocol import prepare
-    from distill.runner import describe
+    from distill.protocol import prepare_protocol
+    from distill.runner import describe_plan
 
-    prepared = prepare(load_config(args.experiment, _overrides(args)))
-    print(describe(prepared))
+    first = prepare_protocol(load_config(args.experiment, _overrides(args)))
+    print(describe_plan(first[0]))
     print("ok: config and data are valid")
     return 0
 

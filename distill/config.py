@@ -6,9 +6,11 @@ and the value received, e.g. ``objective.kl_weight must be >= 0, got -1``.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -16,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -41,7 +44,10 @@ __all__ = [
     "ObjectiveConfig",
     "TrainConfig",
     "EarlyStoppingConfig",
+    "AugmentConfig",
     "load_config",
+    "validate_config",
+    "expand_sweep",
     "parse_overrides",
     "to_toml",
     "flatten",
@@ -85,13 +91,23 @@ class DataConfig(_Section):
         return value
 
 
+class AugmentConfig(_Section):
+    """Points generated from the labelled rows for ``transfer = "augmented"`` (labelled by the teacher)."""
+
+    count: StrictInt = Field(default=200, ge=1)
+    jitter: Number = Field(default=0.05, ge=0)
+    mixup: Number = Field(default=0.5, ge=0, le=1)
+    mixup_alpha: Number = Field(default=1.0, gt=0)
+
+
 class FewShotConfig(_Section):
     """The few-shot draw: labelled rows (in total or per class), validation rows, transfer set."""
 
     labelled: Optional[StrictInt] = Field(default=None, ge=1)
     per_class: Optional[StrictInt] = Field(default=None, ge=1)
     validation: StrictInt = Field(default=0, ge=0)
-    transfer: Literal["labelled", "pool"] = "labelled"
+    transfer: Literal["labelled", "pool", "augmented"] = "labelled"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @model_validator(mode="after")
     def _one_unit(self) -> "FewShotConfig":
@@ -108,16 +124,11 @@ class FewShotConfig(_Section):
 
 
 class ProtocolConfig(_Section):
-    """How many independent few-shot draws (episodes) to run."""
+    """Independent few-shot draws (episodes) and how they are summarised."""
 
     episodes: StrictInt = Field(default=1, ge=1)
-
-    @field_validator("episodes")
-    @classmethod
-    def _single(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(f"several episodes are not supported in this version yet, got {value}")
-        return value
+    metric: Literal["accuracy", "f1_macro", "auroc", "ece"] = "accuracy"
+    ci: Literal["t", "bootstrap"] = "t"
 
 
 class TeacherConfig(_Section):
@@ -217,7 +228,13 @@ class TrainConfig(_Section):
 
 
 class Config(_Section):
-    """A whole experiment: one TOML file."""
+    """A whole experiment: one TOML file.
+
+    A list in place of a scalar (``objective.kl_weight = [0, 0.1, 1]``) sweeps that key; the
+    Config then holds the first value and ``sweep`` names the key and all its values.
+    """
+
+    _sweep: Optional[tuple[str, tuple[Any, ...]]] = PrivateAttr(default=None)
 
     name: str = "experiment"
     seed: StrictInt = Field(default=0, ge=0)
@@ -228,6 +245,11 @@ class Config(_Section):
     student: StudentConfig = Field(default_factory=StudentConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def sweep(self) -> Optional[tuple[str, tuple[Any, ...]]]:
+        """``(dotted key, values)`` when a key is swept, else None."""
+        return self._sweep
 
     @field_validator("name")
     @classmethod
@@ -332,8 +354,95 @@ def _known_keys(model: type[BaseModel]) -> list[str]:
     return sorted(model.model_fields)
 
 
+def _field(dotted: str) -> Any:
+    """The pydantic FieldInfo behind a dotted key, or None (unknown key or free-form kwargs)."""
+    model: Any = Config
+    field = None
+    for part in dotted.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _admits_list(annotation: Any) -> bool:
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, dict, set):
+        return True
+    if origin is not None:
+        return any(_admits_list(a) for a in typing.get_args(annotation))
+    return annotation in (list, tuple, dict)
+
+
+def _find_sweeps(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, list[Any]]]:
+    """Dotted keys whose value is a list where the schema wants a scalar: those are sweeps."""
+    found: list[tuple[str, list[Any]]] = []
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found.extend(_find_sweeps(value, dotted + "."))
+        elif isinstance(value, list):
+            field = _field(dotted)
+            if field is not None and not _admits_list(field.annotation):
+                found.append((dotted, value))
+    return found
+
+
+def _substitute(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    set_dotted(out, dotted, value)
+    return out
+
+
 def validate_config(raw: dict[str, Any]) -> Config:
-    """Build a Config from a nested dict; every problem at once in one ConfigError."""
+    """Build a Config from a nested dict; every problem at once in one ConfigError.
+
+    A list where the schema wants a scalar is a sweep: every value is validated, and the
+    returned Config holds the first one with ``Config.sweep`` naming the key and all values.
+    """
+    sweeps = _find_sweeps(raw)
+    if len(sweeps) > 1:
+        raise ConfigError(
+            "sweep one key at a time; lists were given for " + ", ".join(k for k, _ in sweeps)
+        )
+    if not sweeps:
+        return _validate_plain(raw)
+    key, values = sweeps[0]
+    if not values:
+        raise ConfigError(f"{key}: a sweep needs at least one value, got []")
+    if any(isinstance(v, (list, dict)) for v in values):
+        raise ConfigError(f"{key}: sweep values must be scalars, got {values!r}")
+    if len({repr(v) for v in values}) != len(values):
+        raise ConfigError(f"{key}: sweep values must be distinct, got {values!r}")
+    problems: list[str] = []
+    configs: list[Config] = []
+    for value in values:
+        try:
+            configs.append(_validate_plain(_substitute(raw, key, value)))
+        except ConfigError as exc:
+            problems.extend(p for p in exc.problems if p not in problems)
+    if problems:
+        raise ConfigError(*problems)
+    config = configs[0]
+    config._sweep = (key, tuple(values))
+    return config
+
+
+def expand_sweep(config: Config) -> list[tuple[Any, Config]]:
+    """One plain Config per sweep value (``[(None, config)]`` without a sweep)."""
+    if config.sweep is None:
+        return [(None, config)]
+    key, values = config.sweep
+    base = config.model_dump(mode="python", exclude_none=True)
+    return [(value, _validate_plain(_substitute(base, key, value))) for value in values]
+
+
+def _validate_plain(raw: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -380,8 +489,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def config_dict(config: Config) -> dict[str, Any]:
-    """The resolved config as a plain nested dict (None values dropped)."""
-    return config.model_dump(mode="python", exclude_none=True)
+    """The resolved config as a plain nested dict (None values dropped; a sweep as its list)."""
+    tree = config.model_dump(mode="python", exclude_none=True)
+    if config.sweep is not None:
+        key, values = config.sweep
+        set_dotted(tree, key, list(values))
+    return tree
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -9,6 +9,7 @@ on the same rows and batches.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,14 +20,13 @@ import torch
 from torch import nn
 
 import students
-from distill.config import Config
-from distill.data import Dataset, Scaler, Split, fit_scaler, load_dataset, split_dataset
+from distill.config import Config, expand_sweep
+from distill.data import Dataset, Scaler, Split, augment_rows, fit_scaler, load_dataset, split_dataset
 from distill.engine import (
     EvaluationRows,
     FitResult,
     FitSettings,
     TrainingRows,
-    clone_module,
     fit,
     logged_metric_names,
     predict_logits,
@@ -36,7 +36,19 @@ from distill.metrics import classification_metrics, probabilities
 from distill.seeding import resolve_device, seed_everything
 from teachers.base import Teacher, create_teacher
 
-__all__ = ["Prepared", "EpisodeResult", "prepare", "run_episode", "fit_settings"]
+__all__ = [
+    "Prepared",
+    "EpisodeResult",
+    "TeacherOutputs",
+    "prepare",
+    "teach",
+    "train_student",
+    "run_episode",
+    "run_protocol",
+    "prepare_protocol",
+    "episode_seed",
+    "fit_settings",
+]
 
 log = logging.getLogger("distill")
 
@@ -69,6 +81,11 @@ class EpisodeResult:
     test_predictions: dict[str, np.ndarray]
     test_targets: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    episode: int = 0
+    seed: int = 0
+    value: Any = None
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    split: Split | None = None
 
 
 def _teacher_kwargs(config: Config, num_classes: int) -> dict[str, Any]:
@@ -96,10 +113,11 @@ def _build_student(config: Config, dataset: Dataset, num_outputs: int) -> nn.Mod
         raise ConfigError(message) from None
 
 
-def prepare(config: Config) -> Prepared:
+def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     """Load and check the data, draw the split, and check teacher, student and objective against it."""
     started = time.perf_counter()
-    dataset = load_dataset(config.data.source, config.data.label)
+    if dataset is None:
+        dataset = load_dataset(config.data.source, config.data.label)
     fs = config.few_shot
     split = split_dataset(
         dataset,
@@ -205,13 +223,38 @@ def _numpy_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> d
     return dict(zip(values.keys(), numbers))
 
 
-def run_episode(prepared: Prepared, *, progress: bool = False) -> EpisodeResult:
-    """Fit the teacher, then the distilled student and the baseline; score all three on the test rows."""
+@dataclass
+class TeacherOutputs:
+    """The fitted teacher's soft targets (on the device) and its test/validation logits."""
+
+    diagnostics: dict[str, Any]
+    train: TrainingRows
+    validation: EvaluationRows | None
+    test_logits: np.ndarray
+    augmented: int
+    timings: dict[str, float]
+
+
+def _teacher_key(config: Config) -> str:
+    """What the teacher and its soft targets depend on: data, draw, transfer set, teacher, seed."""
+    c = config.model_dump(mode="json")
+    return json.dumps([c["seed"], c["data"], c["few_shot"], c["teacher"], c["train"]["device"]], sort_keys=True)
+
+
+def _baseline_key(config: Config) -> str:
+    """The baseline depends on everything but the distillation knobs."""
+    c = config.model_dump(mode="json")
+    for key in ("kl_weight", "temperature", "direction"):
+        c["objective"].pop(key)
+    return json.dumps(c, sort_keys=True)
+
+
+def teach(prepared: Prepared) -> TeacherOutputs:
+    """Fit the teacher on the labelled rows and compute its soft targets once for every row the student sees."""
     config, data, split, device = prepared.config, prepared.dataset, prepared.split, prepared.device
     k = data.num_classes
-    timings: dict[str, float] = {"load_data_s": prepared.load_seconds}
+    timings: dict[str, float] = {}
     x = prepared.scaler.transform(data.x)
-    transfer_rows = split.labelled if config.few_shot.transfer == "labelled" else np.concatenate([split.labelled, split.pool])
 
     started = time.perf_counter()
     teacher: Teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, k))
@@ -223,68 +266,124 @@ def run_episode(prepared: Prepared, *, progress: bool = False) -> EpisodeResult:
     diagnostics: dict[str, Any] = dict(teacher.diagnostics()) if hasattr(teacher, "diagnostics") else {}
 
     started = time.perf_counter()
-    # One teacher pass over every row it will ever be asked about: transfer, validation, test.
-    order = np.concatenate([transfer_rows, split.validation, split.test])
-    teacher_logits = np.asarray(teacher.logits(x[order]), dtype=np.float64)
-    if teacher_logits.shape != (order.size, k) or not np.isfinite(teacher_logits).all():
-        raise UserError(
-            f"teacher '{config.teacher.kind}' returned logits of shape {teacher_logits.shape} "
-            f"(finite: {bool(np.isfinite(teacher_logits).all())}); expected ({order.size}, {k}) and finite"
+    transfer = config.few_shot.transfer
+    rows = split.labelled if transfer != "pool" else np.concatenate([split.labelled, split.pool])
+    x_train = x[rows]
+    augmented = np.empty((0, *x.shape[1:]))
+    if transfer == "augmented":
+        aug = config.few_shot.augment
+        rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xA06]))
+        augmented = augment_rows(
+            x[split.labelled], aug.count, jitter=float(aug.jitter), mixup=float(aug.mixup),
+            mixup_alpha=float(aug.mixup_alpha), rng=rng,
         )
-    n_transfer, n_val = transfer_rows.size, split.validation.size
-    soft = _to_device(teacher_logits[:n_transfer], device)
-    teacher_val = teacher_logits[n_transfer : n_transfer + n_val]
-    teacher_test = teacher_logits[n_transfer + n_val :]
+        x_train = np.concatenate([x_train, augmented])
+    # One teacher pass over every row it will ever be asked about: transfer, validation, test.
+    everything = np.concatenate([x_train, x[split.validation], x[split.test]])
+    logits = np.asarray(teacher.logits(everything), dtype=np.float64)
+    if logits.shape != (everything.shape[0], k) or not np.isfinite(logits).all():
+        raise UserError(
+            f"teacher '{config.teacher.kind}' returned logits of shape {logits.shape} "
+            f"(finite: {bool(np.isfinite(logits).all())}); expected ({everything.shape[0]}, {k}) and finite"
+        )
+    n_train, n_val = x_train.shape[0], split.validation.size
     timings["soft_targets_s"] = time.perf_counter() - started
     if n_val:
-        diagnostics["validation_accuracy"] = float(np.mean(teacher_val.argmax(1) == data.y[split.validation]))
-    described = {k: v for k, v in diagnostics.items() if k != "warnings"}
-    log.info("teacher fitted in %.2fs: %s", timings["teacher_fit_s"], ", ".join(f"{k} = {v}" for k, v in described.items()))
+        val_logits = logits[n_train : n_train + n_val]
+        diagnostics["validation_accuracy"] = float(np.mean(val_logits.argmax(1) == data.y[split.validation]))
+    described = {key: v for key, v in diagnostics.items() if key != "warnings"}
+    log.debug("teacher fitted in %.2fs: %s", timings["teacher_fit_s"], ", ".join(f"{key} = {v}" for key, v in described.items()))
+    level = logging.WARNING if config.protocol.episodes == 1 else logging.DEBUG  # many episodes: one summary line
     for message in diagnostics.get("warnings", []):
-        log.warning("teacher: %s", message)
+        log.log(level, "teacher (seed %d): %s", config.seed, message)
 
-    is_labelled = np.isin(transfer_rows, split.labelled)
-    targets = np.where(is_labelled, data.y[transfer_rows], -1)
+    is_labelled = np.zeros(n_train, dtype=bool)
+    is_labelled[: split.labelled.size] = True  # labelled rows come first in every transfer set
+    targets = np.full(n_train, -1, dtype=np.int64)
+    targets[: split.labelled.size] = data.y[split.labelled]
     train = TrainingRows(
-        x=_to_device(x[transfer_rows], device),
+        x=_to_device(x_train, device),
         targets=_to_device(targets, device, torch.long),
         labelled=_to_device(is_labelled, device, torch.bool),
-        teacher_logits=soft,
+        teacher_logits=_to_device(logits[:n_train], device),
     )
     validation = (
         EvaluationRows(_to_device(x[split.validation], device), _to_device(data.y[split.validation], device, torch.long))
         if n_val
         else None
     )
+    return TeacherOutputs(
+        diagnostics=diagnostics,
+        train=train,
+        validation=validation,
+        test_logits=logits[n_train + n_val :],
+        augmented=int(augmented.shape[0]),
+        timings=timings,
+    )
 
+
+def train_student(
+    prepared: Prepared, taught: TeacherOutputs, *, kl_weight: float | None, system: str, progress: bool = False
+) -> tuple[nn.Module, FitResult]:
+    """Build the student from the experiment seed (same initial weights every time) and fit it."""
+    config = prepared.config
     seed_everything(config.seed)
-    student = _build_student(config, data, prepared.num_outputs).to(device)
-    baseline = clone_module(student)
+    model = _build_student(config, prepared.dataset, prepared.num_outputs).to(prepared.device)
+    seed_everything(config.seed + 1)  # the same dropout stream for student and baseline
+    result = fit(
+        model,
+        taught.train,
+        fit_settings(config, kl_weight=kl_weight),
+        num_classes=prepared.dataset.num_classes,
+        validation=taught.validation,
+        progress=progress,
+        description=system,
+    )
+    for message in result.messages:
+        log.debug("%s: %s", system, message)
+    log.debug(
+        "%s: %d epochs in %.2fs (%s)%s", system, result.stopped_epoch, result.seconds, result.stop_reason,
+        f", best {result.monitor} = {result.best_score:.4f} at epoch {result.best_epoch}" if result.best_epoch else "",
+    )
+    return model, result
 
-    fits: dict[str, FitResult] = {}
-    for system, model, weight in (("student", student, None), ("baseline", baseline, 0.0)):
-        seed_everything(config.seed + 1)  # same dropout stream for both
-        settings = fit_settings(config, kl_weight=weight)
-        result = fit(
-            model, train, settings, num_classes=k, validation=validation, progress=progress, description=system
-        )
-        for message in result.messages:
-            log.info("%s: %s", system, message)
-        log.info(
-            "%s: %d epochs in %.2fs (%s)%s",
-            system,
-            result.stopped_epoch,
-            result.seconds,
-            result.stop_reason,
-            f", best {result.monitor} = {result.best_score:.4f} at epoch {result.best_epoch}" if result.best_epoch else "",
-        )
-        fits[system] = result
-        timings[f"{system}_fit_s"] = result.seconds
 
-    x_test = _to_device(x[split.test], device)
+def run_episode(
+    prepared: Prepared,
+    *,
+    progress: bool = False,
+    cache: dict[str, Any] | None = None,
+    episode: int = 0,
+    value: Any = None,
+) -> EpisodeResult:
+    """Teacher, distilled student and baseline on one draw; scored on its test rows.
+
+    ``cache`` (one dict per episode) lets a sweep over the distillation knobs reuse the
+    teacher and the baseline, which do not depend on them.
+    """
+    config, data, split, device = prepared.config, prepared.dataset, prepared.split, prepared.device
+    k = data.num_classes
+    cache = {} if cache is None else cache
+    timings: dict[str, float] = {"load_data_s": prepared.load_seconds}
+
+    teacher_key = "teacher:" + _teacher_key(config)
+    if teacher_key not in cache:
+        cache[teacher_key] = teach(prepared)
+    taught: TeacherOutputs = cache[teacher_key]
+    timings.update(taught.timings)
+
+    student, student_fit = train_student(prepared, taught, kl_weight=None, system="student", progress=progress)
+    baseline_key = "baseline:" + _baseline_key(config)
+    if baseline_key not in cache:
+        cache[baseline_key] = train_student(prepared, taught, kl_weight=0.0, system="baseline", progress=progress)
+    baseline, baseline_fit = cache[baseline_key]
+    timings["student_fit_s"] = student_fit.seconds
+    timings["baseline_fit_s"] = baseline_fit.seconds
+
+    x_test = _to_device(prepared.scaler.transform(data.x[split.test]), device)
     y_test = _to_device(data.y[split.test], device, torch.long)
     outputs = {
-        "teacher": torch.as_tensor(teacher_test, dtype=torch.float32, device=device),
+        "teacher": torch.as_tensor(taught.test_logits, dtype=torch.float32, device=device),
         "student": predict_logits(student, x_test),
         "baseline": predict_logits(baseline, x_test),
     }
@@ -292,12 +391,75 @@ def run_episode(prepared: Prepared, *, progress: bool = False) -> EpisodeResult:
     predictions = {system: probabilities(out).cpu().numpy() for system, out in outputs.items()}
     return EpisodeResult(
         metrics=metrics,
-        teacher_diagnostics=diagnostics,
-        student_fit=fits["student"],
-        baseline_fit=fits["baseline"],
+        teacher_diagnostics=taught.diagnostics,
+        student_fit=student_fit,
+        baseline_fit=baseline_fit,
         student=student,
         baseline=baseline,
         test_predictions=predictions,
         test_targets=data.y[split.test],
         timings=timings,
+        episode=episode,
+        seed=config.seed,
+        value=value,
+        split_sizes={
+            "test": int(split.test.size),
+            "labelled": int(split.labelled.size),
+            "validation": int(split.validation.size),
+            "pool": int(split.pool.size),
+            "augmented": taught.augmented,
+            "transfer": int(taught.train.x.shape[0]),
+        },
+        split=split,
     )
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """Episode ``e`` uses seed ``seed + e``: episode 0 is the plain run, and any episode can be
+    repeated alone with ``--seed seed+e --episodes 1``."""
+    return seed + episode
+
+
+def prepare_protocol(config: Config) -> list[Prepared]:
+    """Load the data once and prepare episode 0 of every sweep value: every check, before any training."""
+    started = time.perf_counter()
+    dataset = load_dataset(config.data.source, config.data.label)
+    first = [prepare(variant, dataset) for _, variant in expand_sweep(config)]
+    for p in first:
+        p.load_seconds = time.perf_counter() - started
+    return first
+
+
+def run_protocol(
+    config: Config, first: list[Prepared] | None = None, *, progress: bool = False
+) -> tuple[list[Prepared], list[EpisodeResult]]:
+    """Every episode (and every sweep value within it).
+
+    ``first`` is ``prepare_protocol(config)`` when the caller already has it. Returns it and the
+    results in the order episode-major, sweep value-minor.
+    """
+    from tqdm.auto import tqdm
+
+    first = prepare_protocol(config) if first is None else first
+    dataset = first[0].dataset
+    variants = expand_sweep(config)
+    episodes = config.protocol.episodes
+    total = episodes * len(variants)
+    results: list[EpisodeResult] = []
+    bar = tqdm(total=total, desc="episodes", disable=not progress or total == 1, leave=False, dynamic_ncols=True)
+    for e in range(episodes):
+        cache: dict[str, Any] = {}
+        for i, (value, variant) in enumerate(variants):
+            prepared = first[i] if e == 0 else prepare(
+                variant.model_copy(update={"seed": episode_seed(config.seed, e)}), dataset
+            )
+            results.append(run_episode(prepared, progress=progress and total == 1, cache=cache, episode=e, value=value))
+            bar.update(1)
+    bar.close()
+    flagged = sorted({r.seed for r in results if r.teacher_diagnostics.get("warnings")})
+    if flagged and episodes > 1:
+        log.warning(
+            "teacher looked degenerate in %d of %d episodes (seeds %s); details in log.txt and summary.json",
+            len(flagged), episodes, ", ".join(map(str, flagged[:10])) + (", ..." if len(flagged) > 10 else ""),
+        )
+    return first, results

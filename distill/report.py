@@ -11,7 +11,16 @@ import numpy as np
 from distill.metrics import METRICS
 from distill.rundir import atomic_write
 
-__all__ = ["metrics_table", "write_history", "plot_learning_curves", "plot_confusion_matrix"]
+__all__ = [
+    "metrics_table",
+    "protocol_table",
+    "sweep_table",
+    "write_history",
+    "plot_learning_curves",
+    "plot_confusion_matrix",
+    "plot_sweep",
+    "plot_paired",
+]
 
 SYSTEMS = ("teacher", "student", "baseline")
 
@@ -30,14 +39,14 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_history(path: Path, histories: dict[str, list[dict[str, float]]]) -> Path:
-    """One CSV row per (system, epoch) with every logged metric."""
+def write_history(path: Path, runs: list[tuple[dict[str, Any], list[dict[str, float]]]]) -> Path:
+    """One CSV row per fit and epoch: the fit's labels (episode, seed, value, system) then its metrics."""
     import pandas as pd
 
-    frames = [pd.DataFrame(rows).assign(system=system) for system, rows in histories.items() if rows]
+    frames = [pd.DataFrame(rows).assign(**labels) for labels, rows in runs if rows]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["system", "epoch"])
-    columns = ["system", "epoch"] + [c for c in frame.columns if c not in ("system", "epoch")]
-    frame = frame[columns]
+    first = [c for c in ("episode", "seed", "value", "system", "epoch") if c in frame.columns]
+    frame = frame[first + [c for c in frame.columns if c not in first]]
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
 
 
@@ -102,5 +111,95 @@ def plot_confusion_matrix(path: Path, targets: np.ndarray, probs: np.ndarray, cl
             for j in range(k):
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                         color="white" if matrix[i, j] > threshold else "black", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _pm(stat: dict[str, Any]) -> str:
+    mean, ci = stat.get("mean"), stat.get("ci95")
+    if mean is None:
+        return "n/a"
+    if ci is None:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {max(mean - ci[0], ci[1] - mean):.3f}"
+
+
+def _diff(stat: dict[str, Any]) -> str:
+    mean, ci, p = stat.get("mean"), stat.get("ci95"), stat.get("p_value")
+    if mean is None:
+        return "n/a"
+    text = f"{mean:+.3f}"
+    if ci is not None:
+        text += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    if p is not None:
+        text += f" p={p:.2g}"
+    return text
+
+
+def protocol_table(aggregate: dict[str, Any], paired: dict[str, Any], episodes: int) -> str:
+    """Mean ± 95% half-width per system and metric over episodes, then the paired differences."""
+    width = 16
+    header = f"{'system':<20}" + "".join(f"{m:>{width}}" for m in METRICS)
+    lines = [f"{episodes} episodes; mean ± 95% CI half-width on the test rows", header, "-" * len(header)]
+    for system in SYSTEMS:
+        lines.append(f"{system:<20}" + "".join(f"{_pm(aggregate[system][m]):>{width}}" for m in METRICS))
+    lines.append("")
+    for name, label in (("student_minus_baseline", "student − baseline"), ("student_minus_teacher", "student − teacher")):
+        lines.append(f"{label}: " + ", ".join(f"{m} {_diff(paired[name][m])}" for m in METRICS))
+    return "\n".join(lines)
+
+
+def sweep_table(key: str, points: list[dict[str, Any]], metric: str) -> str:
+    """One row per sweep value: the protocol metric per system and the paired difference."""
+    header = f"{key:<22}{'teacher':>16}{'student':>16}{'baseline':>16}   student − baseline"
+    lines = [f"{metric} on the test rows, mean ± 95% CI half-width", header, "-" * (len(header) + 12)]
+    for point in points:
+        agg = point["aggregate"]
+        lines.append(
+            f"{str(point['value']):<22}{_pm(agg['teacher'][metric]):>16}{_pm(agg['student'][metric]):>16}"
+            f"{_pm(agg['baseline'][metric]):>16}   {_diff(point['paired']['student_minus_baseline'][metric])}"
+        )
+    return "\n".join(lines)
+
+
+def plot_sweep(path: Path, key: str, points: list[dict[str, Any]]) -> Path:
+    """Each metric against the swept value, teacher / student / baseline, with 95% CI bands."""
+    plt = _figure()
+    values = [p["value"] for p in points]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    xs = values if numeric else list(range(len(values)))
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], METRICS, strict=True):
+        for system in SYSTEMS:
+            stats = [p["aggregate"][system][metric] for p in points]
+            mean = np.array([np.nan if s["mean"] is None else s["mean"] for s in stats])
+            low = np.array([np.nan if s["ci95"] is None else s["ci95"][0] for s in stats])
+            high = np.array([np.nan if s["ci95"] is None else s["ci95"][1] for s in stats])
+            ax.plot(xs, mean, marker="o", label=system)
+            ax.fill_between(xs, low, high, alpha=0.2)
+        ax.set(title=metric, xlabel=key)
+        if numeric and min(values) >= 0 and max(values) > 0 and max(values) / max(min(v for v in values if v > 0), 1e-12) >= 20:
+            ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))
+        if not numeric:
+            ax.set_xticks(xs, [str(v) for v in values])
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_paired(path: Path, episodes: list[dict[str, Any]], metric: str) -> Path:
+    """Per-episode student vs baseline (and teacher) on ``metric``; points above the diagonal favour distillation."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    base = np.array([np.nan if e["baseline"][metric] is None else e["baseline"][metric] for e in episodes], dtype=float)
+    stud = np.array([np.nan if e["student"][metric] is None else e["student"][metric] for e in episodes], dtype=float)
+    ax.scatter(base, stud, alpha=0.7, label="episodes")
+    finite = np.concatenate([base[np.isfinite(base)], stud[np.isfinite(stud)]])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="no difference")
+    ax.set(xlabel=f"baseline {metric}", ylabel=f"student {metric}", title=f"student vs baseline, {len(episodes)} episodes")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     return _save(fig, path)

@@ -16,41 +16,61 @@ import torch
 
 import distill
 from distill.config import Config, config_dict, to_toml
-from distill.protocol import EpisodeResult, Prepared, prepare, run_episode
-from distill.report import metrics_table, plot_confusion_matrix, plot_learning_curves, write_history
+from distill.metrics import METRICS
+from distill.protocol import EpisodeResult, Prepared, prepare_protocol, run_protocol
+from distill.report import (
+    SYSTEMS,
+    metrics_table,
+    plot_confusion_matrix,
+    plot_learning_curves,
+    plot_paired,
+    plot_sweep,
+    protocol_table,
+    sweep_table,
+    write_history,
+)
 from distill.rundir import atomic_write, attach_log_file, create_run_dir, write_json, write_text
+from distill.stats import CI_METHODS, describe, paired_difference, verdict
 
-__all__ = ["run_experiment", "summarise", "save_student", "describe"]
+__all__ = ["run_experiment", "summarise", "save_student", "describe_plan", "result_text"]
 
 log = logging.getLogger("distill")
 
 
-def describe(prepared: Prepared) -> str:
+def describe_plan(prepared: Prepared) -> str:
     """What would run: data, split, teacher, student, objective, fit (used by ``check`` and ``run``)."""
     c, d, s = prepared.config, prepared.dataset, prepared.split
     fs = c.few_shot
     amount = f"{fs.per_class} per class" if fs.per_class is not None else f"{fs.labelled} in total"
-    transfer = s.labelled.size + (s.pool.size if fs.transfer == "pool" else 0)
+    transfer = {
+        "labelled": f"labelled: the KL term sees the {s.labelled.size} labelled rows",
+        "pool": f"pool: the KL term sees {s.labelled.size + s.pool.size} rows (labelled + unlabelled pool)",
+        "augmented": f"augmented: the KL term sees the {s.labelled.size} labelled rows + {fs.augment.count} generated "
+        f"points (jitter {fs.augment.jitter}, mixup share {fs.augment.mixup})",
+    }[fs.transfer]
     teacher = (
         f"gaussian_process (kernel {c.teacher.kernel!r}, {c.teacher.restarts} restarts, {c.teacher.multi_class})"
         if c.teacher.kind == "gaussian_process"
         else f"sklearn {c.teacher.estimator} {dict(c.teacher.params)}"
     )
     kwargs = ", ".join(f"{k}={v!r}" for k, v in c.student.kwargs.items())
-    return "\n".join(
-        [
-            f"experiment  {c.name} (seed {c.seed})",
-            f"data        {d.name}: {d.x.shape[0]} rows, {d.x.shape[1]} features, {d.num_classes} classes, scale {c.data.scale}",
-            f"split       test {s.test.size}, labelled {s.labelled.size} ({amount}), validation {s.validation.size}, "
-            f"unlabelled pool {s.pool.size}",
-            f"transfer    {fs.transfer}: the KL term sees {transfer} rows",
-            f"teacher     {teacher}",
-            f"student     {c.student.arch}({kwargs}) -> {prepared.num_outputs} output(s), {prepared.student_parameters} parameters",
-            f"objective   {prepared.hard} + {c.objective.kl_weight} * T^2 * KL ({c.objective.direction}), T = {c.objective.temperature}",
-            f"train       {c.train.optimizer} lr {c.train.lr}, {c.train.epochs} epochs, batch {c.train.batch_size}"
-            f"{' with replacement' if c.train.replacement else ''}, device {prepared.device}",
-        ]
-    )
+    lines = [
+        f"experiment  {c.name} (seed {c.seed})",
+        f"data        {d.name}: {d.x.shape[0]} rows, {d.x.shape[1]} features, {d.num_classes} classes, scale {c.data.scale}",
+        f"split       test {s.test.size}, labelled {s.labelled.size} ({amount}), validation {s.validation.size}, "
+        f"unlabelled pool {s.pool.size}",
+        f"transfer    {transfer}",
+        f"teacher     {teacher}",
+        f"student     {c.student.arch}({kwargs}) -> {prepared.num_outputs} output(s), {prepared.student_parameters} parameters",
+        f"objective   {prepared.hard} + {c.objective.kl_weight} * T^2 * KL ({c.objective.direction}), T = {c.objective.temperature}",
+        f"train       {c.train.optimizer} lr {c.train.lr}, {c.train.epochs} epochs, batch {c.train.batch_size}"
+        f"{' with replacement' if c.train.replacement else ''}, device {prepared.device}",
+        f"protocol    {c.protocol.episodes} episode(s), seeds {c.seed}..{c.seed + c.protocol.episodes - 1}",
+    ]
+    if c.sweep is not None:
+        key, values = c.sweep
+        lines.append(f"sweep       {key} over {list(values)} (the plan above shows the first value)")
+    return "\n".join(lines)
 
 
 def save_student(path: Path, prepared: Prepared, result: EpisodeResult) -> Path:
@@ -71,6 +91,8 @@ def save_student(path: Path, prepared: Prepared, result: EpisodeResult) -> Path:
         "feature_names": list(prepared.dataset.feature_names),
         "scaler": prepared.scaler.state(),
         "best_epoch": result.student_fit.best_epoch,
+        "episode": result.episode,
+        "seed": result.seed,
         "config": config_dict(c),
         "state_dict": {k: v.detach().cpu() for k, v in result.student.state_dict().items()},
     }
@@ -88,72 +110,135 @@ def _fit_summary(fit_result: Any) -> dict[str, Any]:
     }
 
 
-def summarise(prepared: Prepared, result: EpisodeResult, run_dir: Path, total_seconds: float) -> dict[str, Any]:
+def _episode_row(result: EpisodeResult, sweep_key: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"episode": result.episode, "seed": result.seed}
+    if sweep_key is not None:
+        row["value"] = result.value
+    row.update({system: result.metrics[system] for system in SYSTEMS})
+    row["teacher_diagnostics"] = result.teacher_diagnostics
+    row["fits"] = {"student": _fit_summary(result.student_fit), "baseline": _fit_summary(result.baseline_fit)}
+    row["split"] = result.split_sizes
+    row["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
+    return row
+
+
+def _aggregate(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
+    """aggregate / paired / verdict and the mean metrics per system, over the given episode rows."""
+    method = config.protocol.ci
+    aggregate = {s: {m: describe([r[s][m] for r in rows], method) for m in METRICS} for s in SYSTEMS}
+    paired = {
+        f"student_minus_{other}": {
+            m: paired_difference([r["student"][m] for r in rows], [r[other][m] for r in rows], method) for m in METRICS
+        }
+        for other in ("baseline", "teacher")
+    }
+    metric = config.protocol.metric
+    sentence = verdict(paired["student_minus_baseline"][metric], metric, len(rows), higher_is_better=metric != "ece")
+    means = {s: {m: aggregate[s][m]["mean"] for m in METRICS} for s in SYSTEMS}
+    return {**means, "aggregate": aggregate, "paired": paired, "verdict": sentence}
+
+
+def summarise(
+    config: Config, first: list[Prepared], results: list[EpisodeResult], run_dir: Path, total_seconds: float
+) -> dict[str, Any]:
     """The ``summary.json`` document (schema in the README)."""
-    c, d, s = prepared.config, prepared.dataset, prepared.split
-    return {
+    d = first[0].dataset
+    sweep_key = config.sweep[0] if config.sweep is not None else None
+    rows = [_episode_row(r, sweep_key) for r in results]
+    summary: dict[str, Any] = {
         "status": "completed",
-        "name": c.name,
+        "name": config.name,
         "distill_version": distill.__version__,
         "run_dir": str(run_dir),
-        "seed": c.seed,
-        "device": str(prepared.device),
+        "seed": config.seed,
+        "device": str(first[0].device),
         "data": {
             "source": d.name,
             "rows": int(d.x.shape[0]),
             "features": int(d.x.shape[1]),
             "classes": list(d.classes),
             "label_mapping": {name: i for i, name in enumerate(d.classes)},
-            "split": {
-                "test": int(s.test.size),
-                "labelled": int(s.labelled.size),
-                "validation": int(s.validation.size),
-                "pool": int(s.pool.size),
-                "transfer": int(s.labelled.size + (s.pool.size if c.few_shot.transfer == "pool" else 0)),
-            },
+            "split": rows[0]["split"],
         },
-        "metrics": list(result.metrics["student"]),
-        "teacher": result.metrics["teacher"],
-        "student": result.metrics["student"],
-        "baseline": result.metrics["baseline"],
-        "teacher_diagnostics": result.teacher_diagnostics,
-        "fits": {"student": _fit_summary(result.student_fit), "baseline": _fit_summary(result.baseline_fit)},
-        "timings": {**{k: round(v, 4) for k, v in result.timings.items()}, "total_s": round(total_seconds, 4)},
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "platform": platform.platform(terse=True),
+        "metrics": list(METRICS),
+        "protocol": {
+            "episodes": config.protocol.episodes,
+            "episode_seeds": f"seed + episode: {config.seed}..{config.seed + config.protocol.episodes - 1}",
+            "ci_method": CI_METHODS[config.protocol.ci],
+            "p_value": "two-sided Wilcoxon signed-rank test on the per-episode differences",
+            "verdict_metric": config.protocol.metric,
         },
-        "mlflow_run_id": None,
-        "config": config_dict(c),
     }
+    if sweep_key is None:
+        summary.update(_aggregate(rows, config))
+    else:
+        values = list(config.sweep[1])  # type: ignore[index]
+        points = []
+        for value in values:
+            point_rows = [r for r in rows if r["value"] == value]
+            points.append({"value": value, **_aggregate(point_rows, config)})
+        summary["sweep"] = {"key": sweep_key, "values": values, "points": points}
+    summary["episodes"] = rows
+    summary["timings"] = {
+        "total_s": round(total_seconds, 4),
+        "per_episode_mean_s": round(sum(sum(v for k, v in r["timings"].items() if k != "load_data_s") for r in rows) / len(rows), 4),
+    }
+    summary["environment"] = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(terse=True)}
+    summary["mlflow_run_id"] = None
+    summary["config"] = config_dict(config)
+    return summary
+
+
+def result_text(summary: dict[str, Any]) -> str:
+    """What the console shows at the end of a run: the table and, with episodes, the verdict."""
+    episodes = summary["protocol"]["episodes"]
+    if "sweep" in summary:
+        sweep = summary["sweep"]
+        metric = summary["protocol"]["verdict_metric"]
+        lines = [sweep_table(sweep["key"], sweep["points"], metric), ""]
+        lines += [f"{sweep['key']} = {p['value']}: {p['verdict']}" for p in sweep["points"]]
+        return "\n".join(lines)
+    if episodes == 1:
+        return metrics_table({s: summary[s] for s in SYSTEMS})
+    return protocol_table(summary["aggregate"], summary["paired"], episodes) + "\n\n" + summary["verdict"]
 
 
 def run_experiment(config: Config, *, output: str | Path | None = None, progress: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Validate, then train teacher, student and baseline; write the run directory; return it and the summary."""
+    """Validate, then run every episode (and sweep value); write the run directory; return it and the summary."""
     started = time.perf_counter()
-    prepared = prepare(config)  # every config/data problem surfaces here, before anything is written
+    first = prepare_protocol(config)  # every config and data problem surfaces here, before anything is written
     run_dir = create_run_dir(config.name, output)
     handler = attach_log_file(run_dir / "log.txt", log)
     try:
         write_text(run_dir / "config.toml", to_toml(config_dict(config)))
         log.info("run directory %s", run_dir)
-        for line in describe(prepared).splitlines():
+        for line in describe_plan(first[0]).splitlines():
             log.info(line)
-        result = run_episode(prepared, progress=progress)
-        histories = {"student": result.student_fit.history, "baseline": result.baseline_fit.history}
-        write_history(run_dir / "history.csv", histories)
-        save_student(run_dir / "student.pt", prepared, result)
-        plot_learning_curves(run_dir / "learning_curves.png", histories)
-        plot_confusion_matrix(
-            run_dir / "confusion_matrix.png",
-            result.test_targets,
-            result.test_predictions["student"],
-            prepared.dataset.classes,
-            title="student on the test rows",
+        first, results = run_protocol(config, first, progress=progress)
+        sweep_key = config.sweep[0] if config.sweep is not None else None
+        runs = []
+        for r in results:
+            for system, fit_result in (("student", r.student_fit), ("baseline", r.baseline_fit)):
+                labels: dict[str, Any] = {"episode": r.episode, "seed": r.seed, "system": system}
+                if sweep_key is not None:
+                    labels["value"] = r.value
+                runs.append((labels, fit_result.history))
+        write_history(run_dir / "history.csv", runs)
+        head = results[0]  # episode 0 (first sweep value): the run repeated by --episodes 1
+        save_student(run_dir / "student.pt", first[0], head)
+        plot_learning_curves(
+            run_dir / "learning_curves.png", {"student": head.student_fit.history, "baseline": head.baseline_fit.history}
         )
-        summary = summarise(prepared, result, run_dir, time.perf_counter() - started)
-        for line in metrics_table(result.metrics).splitlines():
+        plot_confusion_matrix(
+            run_dir / "confusion_matrix.png", head.test_targets, head.test_predictions["student"],
+            first[0].dataset.classes, title="student on the test rows (episode 0)",
+        )
+        summary = summarise(config, first, results, run_dir, time.perf_counter() - started)
+        if sweep_key is not None:
+            plot_sweep(run_dir / f"sweep_{sweep_key.replace('.', '_')}.png", sweep_key, summary["sweep"]["points"])
+        elif config.protocol.episodes > 1:
+            plot_paired(run_dir / "episodes.png", summary["episodes"], config.protocol.metric)
+        for line in result_text(summary).splitlines():
             log.debug(line)  # the file gets the table; the console gets it once, from the CLI
         write_json(run_dir / "summary.json", summary)
         log.info("done in %.2fs", time.perf_counter() - started)

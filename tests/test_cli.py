@@ -63,7 +63,7 @@ def test_shipped_experiment_writes_a_valid_run_directory(experiment: Path, tmp_p
     # The history holds both systems, every epoch they ran.
     history = pd.read_csv(out / "history.csv")
     for system in ("student", "baseline"):
-        assert len(history[history.system == system]) == summary["fits"][system]["epochs_run"]
+        assert len(history[history.system == system]) == summary["episodes"][0]["fits"][system]["epochs_run"]
 
 
 @pytest.mark.slow
@@ -100,7 +100,7 @@ def test_two_identical_runs_give_identical_numbers(tmp_path: Path) -> None:
     b = json.loads((tmp_path / "b/summary.json").read_text())
     for system in SYSTEMS:
         assert a[system] == b[system]
-    assert a["teacher_diagnostics"] == b["teacher_diagnostics"]
+    assert a["episodes"][0]["teacher_diagnostics"] == b["episodes"][0]["teacher_diagnostics"]
     assert (tmp_path / "a/history.csv").read_text() == (tmp_path / "b/history.csv").read_text()
     wa = torch.load(tmp_path / "a/student.pt", weights_only=True)["state_dict"]
     wb = torch.load(tmp_path / "b/student.pt", weights_only=True)["state_dict"]
