@@ -413,6 +413,8 @@ def validate_config(raw: dict[str, Any]) -> Config:
     if not sweeps:
         return _validate_plain(raw)
     key, values = sweeps[0]
+    if key == "name" or key.startswith(("protocol.", "train.device")):
+        raise ConfigError(f"{key} cannot be swept; give it one value, got {values!r}")
     if not values:
         raise ConfigError(f"{key}: a sweep needs at least one value, got []")
     if any(isinstance(v, (list, dict)) for v in values):

@@ -451,7 +451,7 @@ def run_protocol(
         cache: dict[str, Any] = {}
         for i, (value, variant) in enumerate(variants):
             prepared = first[i] if e == 0 else prepare(
-                variant.model_copy(update={"seed": episode_seed(config.seed, e)}), dataset
+                variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset
             )
             results.append(run_episode(prepared, progress=progress and total == 1, cache=cache, episode=e, value=value))
             bar.update(1)
