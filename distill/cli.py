@@ -1,4 +1,4 @@
-"""The command line: ``python -m distill run|check|list``.
+"""The command line: ``python -m distill run|check|predict|list``.
 
 Exit codes: 0 done; 2 bad input (one line per problem, naming the key or file); 1 an
 internal error (a bug: the traceback is printed); 130 interrupted.
@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = verbs.add_parser("check", help="validate the config and data and print what would run")
     _add_config_args(check)
 
+    predict = verbs.add_parser("predict", help="predict classes for a CSV with a trained student")
+    predict.add_argument("source", help="run directory, student.pt, or MLflow model URI (models:/..., runs:/.../student)")
+    predict.add_argument("data", help="CSV with the feature columns the student was trained on")
+    predict.add_argument("--output", "-o", help="CSV to write (default: standard output)")
+    predict.add_argument("--tracking-uri", help="MLflow tracking URI for model URIs (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+
     verbs.add_parser("list", help="list registered datasets, teachers, students and losses")
     return parser
 
@@ -98,12 +104,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from distill.runner import result_text, run_experiment
 
     config = load_config(args.experiment, _overrides(args))
-    if args.no_track:
-        log.debug("--no-track given")
     progress = not args.quiet and sys.stdout.isatty()
-    run_dir, summary = run_experiment(config, output=args.output, progress=progress)
+    run_dir, summary = run_experiment(config, output=args.output, progress=progress, track=not args.no_track)
     print(result_text(summary))
     print(f"run directory: {run_dir}")
+    if summary.get("mlflow_run_id"):
+        print(f"MLflow run: {summary['mlflow_run_id']} (model {summary.get('mlflow_model_uri')})")
     return 0
 
 
@@ -115,6 +121,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     first = prepare_protocol(load_config(args.experiment, _overrides(args)))
     print(describe_plan(first[0]))
     print("ok: config and data are valid")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from distill.predict import predict_csv
+
+    result = predict_csv(args.source, args.data, args.output, args.tracking_uri)
+    if args.output is None:
+        result.to_csv(sys.stdout, index=False, float_format="%.6g")
+    else:
+        print(f"{len(result)} predictions written to {args.output}")
     return 0
 
 
@@ -136,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
-        return {"run": _cmd_run, "check": _cmd_check, "list": _cmd_list}[args.verb](args)
+        return {"run": _cmd_run, "check": _cmd_check, "predict": _cmd_predict, "list": _cmd_list}[args.verb](args)
     except UserError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)

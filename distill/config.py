@@ -44,6 +44,7 @@ __all__ = [
     "ObjectiveConfig",
     "TrainConfig",
     "EarlyStoppingConfig",
+    "TrackingConfig",
     "AugmentConfig",
     "load_config",
     "validate_config",
@@ -227,6 +228,15 @@ class TrainConfig(_Section):
         return value
 
 
+class TrackingConfig(_Section):
+    """MLflow: on by default; URI from here, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
+
+    enabled: StrictBool = True
+    uri: Optional[str] = None
+    experiment: Optional[str] = None
+    fallback: Literal["error", "local"] = "error"
+
+
 class Config(_Section):
     """A whole experiment: one TOML file.
 
@@ -245,6 +255,7 @@ class Config(_Section):
     student: StudentConfig = Field(default_factory=StudentConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
     def sweep(self) -> Optional[tuple[str, tuple[Any, ...]]]:
@@ -413,7 +424,7 @@ def validate_config(raw: dict[str, Any]) -> Config:
     if not sweeps:
         return _validate_plain(raw)
     key, values = sweeps[0]
-    if key == "name" or key.startswith(("protocol.", "train.device")):
+    if key == "name" or key.startswith(("protocol.", "train.device", "tracking.")):
         raise ConfigError(f"{key} cannot be swept; give it one value, got {values!r}")
     if not values:
         raise ConfigError(f"{key}: a sweep needs at least one value, got []")

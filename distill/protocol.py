@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -431,7 +432,11 @@ def prepare_protocol(config: Config) -> list[Prepared]:
 
 
 def run_protocol(
-    config: Config, first: list[Prepared] | None = None, *, progress: bool = False
+    config: Config,
+    first: list[Prepared] | None = None,
+    *,
+    progress: bool = False,
+    on_result: Callable[[EpisodeResult], None] | None = None,
 ) -> tuple[list[Prepared], list[EpisodeResult]]:
     """Every episode (and every sweep value within it).
 
@@ -454,6 +459,8 @@ def run_protocol(
                 variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset
             )
             results.append(run_episode(prepared, progress=progress and total == 1, cache=cache, episode=e, value=value))
+            if on_result is not None:
+                on_result(results[-1])
             bar.update(1)
     bar.close()
     flagged = sorted({r.seed for r in results if r.teacher_diagnostics.get("warnings")})

@@ -29,6 +29,8 @@ from distill.report import (
     sweep_table,
     write_history,
 )
+from distill.serving import CHECKPOINT_FORMAT, load_checkpoint, servable_from_checkpoint
+from distill.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
 from distill.rundir import atomic_write, attach_log_file, create_run_dir, write_json, write_text
 from distill.stats import CI_METHODS, describe, paired_difference, verdict
 
@@ -80,7 +82,7 @@ def save_student(path: Path, prepared: Prepared, result: EpisodeResult) -> Path:
     """
     c = prepared.config
     payload: dict[str, Any] = {
-        "format": "distill.student/1",
+        "format": CHECKPOINT_FORMAT,
         "distill_version": distill.__version__,
         "arch": c.student.arch,
         "kwargs": c.student.kwargs,
@@ -203,19 +205,92 @@ def result_text(summary: dict[str, Any]) -> str:
     return protocol_table(summary["aggregate"], summary["paired"], episodes) + "\n\n" + summary["verdict"]
 
 
-def run_experiment(config: Config, *, output: str | Path | None = None, progress: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Validate, then run every episode (and sweep value); write the run directory; return it and the summary."""
+def _test_metrics(result: EpisodeResult) -> dict[str, float]:
+    return {f"{system}/test_{metric}": value for system in SYSTEMS for metric, value in result.metrics[system].items()}
+
+
+def _log_episode(tracker: Tracker, result: EpisodeResult, sweep_key: str | None, nested: bool) -> None:
+    """An episode's params, per-epoch histories and test metrics: in a child run when there are several."""
+    name = f"episode {result.episode}" + (f" {sweep_key}={result.value}" if sweep_key is not None else "")
+    target = tracker.child(name) if nested else tracker
+    try:
+        params: dict[str, Any] = {"episode": result.episode, "episode.seed": result.seed}
+        if sweep_key is not None:
+            params[sweep_key if nested else f"sweep.{sweep_key}"] = result.value
+        if nested:
+            target.log_params(params)
+        target.log_history("student", result.student_fit.history)
+        target.log_history("baseline", result.baseline_fit.history)
+        target.log_metrics(_test_metrics(result))
+    except BaseException:
+        if nested:
+            target.finish("FAILED")
+        raise
+    if nested:
+        target.finish("FINISHED")
+
+
+def _aggregate_metrics(block: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for system in SYSTEMS:
+        for metric, stat in block["aggregate"][system].items():
+            out[f"{system}/test_{metric}"] = stat["mean"]
+            if stat["ci95"] is not None:
+                out[f"{system}/test_{metric}_ci95_low"], out[f"{system}/test_{metric}_ci95_high"] = stat["ci95"]
+    for name, per_metric in block["paired"].items():
+        for metric, stat in per_metric.items():
+            out[f"{name}/{metric}"] = stat["mean"]
+            out[f"{name}/{metric}_p_value"] = stat["p_value"]
+            if stat["ci95"] is not None:
+                out[f"{name}/{metric}_ci95_low"], out[f"{name}/{metric}_ci95_high"] = stat["ci95"]
+    return out
+
+
+def _dataset_frame(prepared: Prepared) -> Any:
+    import pandas as pd
+
+    d = prepared.dataset
+    names = d.feature_names or [f"x{i}" for i in range(d.x.shape[1])]
+    frame = pd.DataFrame(d.x.reshape(d.x.shape[0], -1), columns=names)
+    frame["label"] = [d.classes[i] for i in d.y]
+    return frame
+
+
+def _input_example(prepared: Prepared) -> Any:
+    import pandas as pd
+
+    d = prepared.dataset
+    names = d.feature_names or [f"x{i}" for i in range(d.x.shape[1])]
+    return pd.DataFrame(d.x[prepared.split.test[:5]].reshape(5 if prepared.split.test.size >= 5 else -1, -1), columns=names)
+
+
+def run_experiment(
+    config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """Validate, then run every episode (and sweep value); write the run directory and record it to MLflow.
+
+    Returns the run directory and the summary. With tracking, the MLflow run ends FINISHED,
+    FAILED (an exception) or KILLED (Ctrl-C), never RUNNING.
+    """
     started = time.perf_counter()
     first = prepare_protocol(config)  # every config and data problem surfaces here, before anything is written
+    tracking = track and config.tracking.enabled
+    uri = preflight(config) if tracking else None  # a dead tracking server is exit 2 before anything is written
     run_dir = create_run_dir(config.name, output)
     handler = attach_log_file(run_dir / "log.txt", log)
+    tracker: Tracker = NullTracker()
     try:
         write_text(run_dir / "config.toml", to_toml(config_dict(config)))
         log.info("run directory %s", run_dir)
+        if uri is not None:
+            tracker = open_tracker(config, uri, run_dir.name, str(first[0].device))
         for line in describe_plan(first[0]).splitlines():
             log.info(line)
-        first, results = run_protocol(config, first, progress=progress)
         sweep_key = config.sweep[0] if config.sweep is not None else None
+        nested = config.protocol.episodes * (len(config.sweep[1]) if config.sweep else 1) > 1
+        first, results = run_protocol(
+            config, first, progress=progress, on_result=lambda r: _log_episode(tracker, r, sweep_key, nested)
+        )
         runs = []
         for r in results:
             for system, fit_result in (("student", r.student_fit), ("baseline", r.baseline_fit)):
@@ -236,15 +311,34 @@ def run_experiment(config: Config, *, output: str | Path | None = None, progress
         summary = summarise(config, first, results, run_dir, time.perf_counter() - started)
         if sweep_key is not None:
             plot_sweep(run_dir / f"sweep_{sweep_key.replace('.', '_')}.png", sweep_key, summary["sweep"]["points"])
-        elif config.protocol.episodes > 1:
-            plot_paired(run_dir / "episodes.png", summary["episodes"], config.protocol.metric)
+            for i, point in enumerate(summary["sweep"]["points"]):
+                tracker.log_metrics(_aggregate_metrics(point), step=i)
+        else:
+            if config.protocol.episodes > 1:
+                plot_paired(run_dir / "episodes.png", summary["episodes"], config.protocol.metric)
+            tracker.log_metrics(_aggregate_metrics(summary))
         for line in result_text(summary).splitlines():
             log.debug(line)  # the file gets the table; the console gets it once, from the CLI
+        if tracking:
+            tracker.log_dataset(_dataset_frame(first[0]), config.data.source, first[0].dataset.name)
+            model = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"))
+            summary["mlflow_run_id"] = tracker.run_id
+            summary["mlflow_model_uri"] = tracker.log_student(
+                model, _input_example(first[0]), run_dir / "student.pt", first[0].dataset.classes
+            )
+            log_files(tracker, sorted(p for p in run_dir.iterdir() if p.suffix in (".toml", ".csv", ".png", ".pt")))
         write_json(run_dir / "summary.json", summary)
         log.info("done in %.2fs", time.perf_counter() - started)
+        log_files(tracker, [run_dir / "summary.json", run_dir / "log.txt"])
+        tracker.finish("FINISHED")
         return run_dir, summary
+    except KeyboardInterrupt:
+        log.error("run interrupted")
+        tracker.finish("KILLED")
+        raise
     except BaseException as exc:
         log.error("run failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        tracker.finish("FAILED")
         raise
     finally:
         log.removeHandler(handler)

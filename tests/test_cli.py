@@ -28,7 +28,9 @@ FAST = ["--set", "train.epochs=3"]
 
 
 def run_cli(*args: str) -> int:
-    return main(list(args))
+    """``python -m distill`` in-process; ``run`` without MLflow here (tests/test_tracking.py covers it)."""
+    extra = ["--no-track"] if args and args[0] == "run" and "--no-track" not in args else []
+    return main([*args, *extra])
 
 
 def check_summary(summary: dict) -> None:

@@ -322,7 +322,7 @@ def test_cli_protocol_summary_matches_numpy_and_scipy(tmp_path: Path, capsys) ->
     experiment = tmp_path / "iris_small.toml"
     experiment.write_text(IRIS_TOML)
     out = tmp_path / "run"
-    assert main(["run", str(experiment), "-o", str(out), "-q", "--episodes", "5", "--set", "train.epochs=8"]) == 0
+    assert main(["run", str(experiment), "-o", str(out), "-q", "--no-track", "--episodes", "5", "--set", "train.epochs=8"]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     episodes = summary["episodes"]
@@ -368,7 +368,7 @@ def test_cli_sweep_writes_points_plot_and_history(tmp_path: Path, capsys) -> Non
     experiment = tmp_path / "iris_small.toml"
     experiment.write_text(IRIS_TOML)
     out = tmp_path / "sweep"
-    args = ["run", str(experiment), "-o", str(out), "-q", "--episodes", "2", "--set", "objective.kl_weight=[0, 1, 4]"]
+    args = ["run", str(experiment), "-o", str(out), "-q", "--no-track", "--episodes", "2", "--set", "objective.kl_weight=[0, 1, 4]"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())

@@ -1,0 +1,310 @@
+"""MLflow tracking behind a small interface: ``log_params``, ``log_metrics(step)``, ``log_artifact``, ``finish``.
+
+One MLflow run per ``distill run``; with several episodes a parent run holds the aggregate and
+the plots and a nested child run holds each episode. A run that raises ends FAILED, one that is
+interrupted ends KILLED, so nothing is ever left RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from distill.config import Config, config_dict, flatten
+from distill.errors import ConfigError
+
+__all__ = [
+    "Tracker",
+    "NullTracker",
+    "MlflowTracker",
+    "resolve_tracking_uri",
+    "preflight",
+    "open_tracker",
+    "log_files",
+    "DEFAULT_URI",
+]
+
+log = logging.getLogger("distill")
+
+#: MLflow's own default: a SQLite file in the working folder, which ``mlflow ui`` there shows.
+DEFAULT_URI = "sqlite:///mlflow.db"
+#: Seconds to wait for a remote tracking server before saying it does not answer.
+PROBE_TIMEOUT_S = 3.0
+
+
+class Tracker:
+    """What the runner needs of a tracker; this base class records nothing (``--no-track``)."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Record parameters (dotted names)."""
+
+    def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
+        """Record metric values at ``step``; None and non-finite values are skipped."""
+
+    def log_history(self, prefix: str, history: list[dict[str, float]]) -> None:
+        """Record a per-epoch history as ``prefix/<name>`` with ``step = epoch``."""
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        """Upload a file."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Attach tags."""
+
+    def child(self, name: str) -> "Tracker":
+        """A nested run (one per episode); the base returns another no-op tracker."""
+        return NullTracker()
+
+    def log_dataset(self, frame: Any, source: str, name: str) -> None:
+        """Record the training data as a run input (with its digest)."""
+
+    def log_student(self, model: Any, example: Any, checkpoint: Path, classes: list[str]) -> str | None:
+        """Log the servable student as the run's model; returns its model URI."""
+        return None
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run as FINISHED, FAILED or KILLED."""
+
+
+class NullTracker(Tracker):
+    """Records nothing."""
+
+
+def resolve_tracking_uri(config: Config) -> str:
+    """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (working folder)."""
+    return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _probe(uri: str) -> str | None:
+    """None when an http(s) tracking server answers within a few seconds, else the reason."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:  # noqa: S310 (http(s) only)
+            return None if response.status < 500 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        # A server that answers, even with 404 for /health (older servers, proxies), is reachable.
+        return None if exc.code < 500 else f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return str(reason) or type(exc).__name__
+
+
+def _max_param_length() -> int:
+    try:
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+        return int(MAX_PARAM_VAL_LENGTH)
+    except ImportError:  # pragma: no cover - older MLflow
+        return 500
+
+
+def _git_commit(folder: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def preflight(config: Config) -> str:
+    """The tracking URI to use, checked before any training: a dead server is exit 2 or the local fallback."""
+    uri = resolve_tracking_uri(config)
+    if uri.startswith(("http://", "https://")):
+        reason = _probe(uri)
+        if reason is not None:
+            if config.tracking.fallback == "local":
+                log.warning("tracking server %s does not answer (%s); recording to %s instead", uri, reason, DEFAULT_URI)
+                return DEFAULT_URI
+            raise ConfigError(
+                f"tracking.uri {uri} does not answer within {PROBE_TIMEOUT_S:.0f} s ({reason}); start the server, "
+                "set tracking.fallback = \"local\", or pass --no-track"
+            )
+    return uri
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run, through MLflow's fluent API (nested runs for children)."""
+
+    def __init__(self, run_id: str, *, nested: bool = False) -> None:
+        self.run_id = run_id
+        self._nested = nested
+        self._finished = False
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> "MlflowTracker":
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # our log says what matters, once
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        try:
+            mlflow.set_experiment(experiment)
+        except mlflow.exceptions.MlflowException as exc:
+            raise ConfigError(f"tracking: cannot use experiment '{experiment}' at {uri}: {str(exc).splitlines()[0]}") from None
+        run = mlflow.start_run(run_name=run_name, tags=tags)
+        return cls(run.info.run_id)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        import mlflow
+
+        limit = _max_param_length()
+        items = [(k, str(v)[:limit]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            mlflow.log_params(dict(items[i : i + 100]), run_id=self.run_id)
+
+    def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
+        import math
+
+        import mlflow
+
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        if clean:
+            mlflow.log_metrics(clean, step=step, run_id=self.run_id)
+
+    def log_history(self, prefix: str, history: list[dict[str, float]]) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"{prefix}/{name}", float(value), now, int(row["epoch"]))
+            for row in history
+            for name, value in row.items()
+            if name != "epoch" and value is not None and math.isfinite(float(value))
+        ]
+        client = MlflowClient()
+        for i in range(0, len(metrics), 1000):  # one request per 1000 points, not one per epoch
+            client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().log_artifact(self.run_id, str(path), artifact_path=folder)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import mlflow
+
+        for key, value in tags.items():
+            mlflow.MlflowClient().set_tag(self.run_id, key, value)
+
+    def child(self, name: str) -> "MlflowTracker":
+        import mlflow
+
+        run = mlflow.start_run(run_name=name, nested=True)
+        return MlflowTracker(run.info.run_id, nested=True)
+
+    def log_dataset(self, frame: Any, source: str, name: str) -> None:
+        import mlflow
+
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        origin: Any
+        if source.startswith("csv:"):
+            origin = str(Path(source[4:]).resolve())  # a local file: MLflow records its path
+        else:
+            origin = CodeDatasetSource(tags={"distill.data.source": source})
+        dataset = mlflow.data.from_pandas(frame, source=origin, targets="label", name=name)
+        mlflow.log_input(dataset, context="training")
+
+    def log_student(self, model: Any, example: Any, checkpoint: Path, classes: list[str]) -> str | None:
+        import warnings
+
+        import mlflow
+        import mlflow.pytorch
+        import numpy as np
+        import pandas as pd
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            probs = model(torch.from_numpy(example.to_numpy(np.float32, copy=True))).numpy()
+        signature = infer_signature(example, pd.DataFrame(probs))
+        package_root = Path(__file__).resolve().parents[1]
+        pytorch_logger = logging.getLogger("mlflow.pytorch")
+        previous = pytorch_logger.level
+        pytorch_logger.setLevel(logging.ERROR)  # its pickle notice: see the README's note on loading
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name="student",
+                    signature=signature,
+                    input_example=example,
+                    serialization_format="pickle",
+                    code_paths=[str(package_root / "distill"), str(package_root / "students")],
+                    extra_files=[str(checkpoint)],
+                    pip_requirements=_requirements(),
+                    metadata={"classes": list(classes), "output": "class probabilities, column c = classes[c]"},
+                )
+        finally:
+            pytorch_logger.setLevel(previous)
+        return info.model_uri
+
+    def finish(self, status: str = "FINISHED") -> None:
+        import mlflow
+
+        if self._finished:
+            return
+        self._finished = True
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run(status=status)
+        else:
+            mlflow.MlflowClient().set_terminated(self.run_id, status=status)
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the logged model (explicit: MLflow's inference is slow and guesses)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("torch", "mlflow", "numpy", "pandas", "torchmetrics", "scikit-learn", "pydantic"):
+        try:
+            out.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:  # pragma: no cover
+            out.append(name)
+    return out
+
+
+def open_tracker(config: Config, uri: str, run_name: str, device: str) -> Tracker:
+    """Start the MLflow run for ``config`` at ``uri`` (from ``preflight``), tagged and with its params."""
+    import distill
+
+    tags = {
+        "dataset": config.data.source,
+        "teacher.kind": config.teacher.kind,
+        "student.arch": config.student.arch,
+        "distill.version": distill.__version__,
+        "device": device,
+        "episodes": str(config.protocol.episodes),
+    }
+    commit = _git_commit(Path.cwd())
+    if commit:
+        tags["git.commit"] = commit
+    if config.sweep is not None:
+        tags["sweep.key"] = config.sweep[0]
+    experiment = config.tracking.experiment or config.name
+    tracker = MlflowTracker.start(uri, experiment, run_name, tags)
+    tracker.log_params(flatten(config_dict(config)))
+    log.info("MLflow run %s at %s (experiment '%s')", tracker.run_id, uri, experiment)
+    return tracker
+
+
+def log_files(tracker: Tracker, paths: Iterable[Path]) -> None:
+    """Upload each existing file."""
+    for path in paths:
+        if path.is_file():
+            tracker.log_artifact(path)
