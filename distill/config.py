@@ -135,12 +135,14 @@ class ProtocolConfig(_Section):
 class TeacherConfig(_Section):
     """The teacher: a Gaussian process, or any scikit-learn estimator with ``predict_proba``."""
 
-    kind: Literal["gaussian_process", "sklearn"] = "gaussian_process"
+    kind: Literal["gaussian_process", "sklearn", "network"] = "gaussian_process"
     kernel: str = "auto"
     restarts: StrictInt = Field(default=2, ge=0)
     multi_class: Literal["one_vs_rest", "one_vs_one"] = "one_vs_rest"
     estimator: Optional[str] = None
     params: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[str] = None
+    uri: Optional[str] = None
 
     @field_validator("kernel")
     @classmethod
@@ -156,6 +158,11 @@ class TeacherConfig(_Section):
 
     @model_validator(mode="after")
     def _estimator(self) -> "TeacherConfig":
+        if self.kind == "network" and (self.checkpoint is None) == (self.uri is None):
+            raise ValueError(
+                "teacher.kind = 'network' needs exactly one of teacher.checkpoint (a distill student.pt) "
+                "or teacher.uri (an MLflow model URI)"
+            )
         if self.kind == "sklearn" and not self.estimator:
             raise ValueError(
                 "teacher.kind = 'sklearn' needs teacher.estimator, an import path such as "

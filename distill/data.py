@@ -294,6 +294,10 @@ class Scaler:
     def transform(self, x: np.ndarray) -> np.ndarray:
         return (x - self.shift) / self.scale
 
+    def inverse_transform(self, z: np.ndarray) -> np.ndarray:
+        """Back to raw feature units (for a teacher that reads raw features)."""
+        return z * self.scale + self.shift
+
     def state(self) -> dict[str, object]:
         return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
 

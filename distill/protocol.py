@@ -98,6 +98,8 @@ def _teacher_kwargs(config: Config, num_classes: int) -> dict[str, Any]:
         "multi_class": t.multi_class,
         "estimator": t.estimator,
         "params": dict(t.params),
+        "checkpoint": t.checkpoint,
+        "uri": t.uri,
         "random_state": config.seed,
     }
 
@@ -137,7 +139,11 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
         problems.append(f"objective.hard = 'bce' needs two classes, but {config.data.source} has {k}; use 'ce'")
     num_outputs = 1 if hard == "bce" else k
     try:
-        create_teacher(config.teacher.kind, **_teacher_kwargs(config, k))
+        teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, k))
+        if hasattr(teacher, "check"):  # e.g. a network teacher: classes and input shape, before training
+            teacher.check(dataset.in_shape)
+    except UserError as exc:
+        problems.extend(f"teacher: {p}" for p in exc.problems)
     except (ValueError, KeyError) as exc:
         message = exc.args[0] if exc.args else str(exc)
         problems.append(message if message.startswith("teacher.") else f"teacher: {message}")
@@ -259,8 +265,11 @@ def teach(prepared: Prepared) -> TeacherOutputs:
 
     started = time.perf_counter()
     teacher: Teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, k))
+    # x is the student's (scaled) space; a network teacher reads raw features, as it was trained.
+    raw = getattr(teacher, "input_space", "scaled") == "raw"
+    to_teacher = prepared.scaler.inverse_transform if raw else (lambda rows: rows)
     try:
-        teacher.fit(x[split.labelled], data.y[split.labelled])
+        teacher.fit(to_teacher(x[split.labelled]), data.y[split.labelled])
     except ValueError as exc:
         raise UserError(f"teacher '{config.teacher.kind}' cannot be fit on the labelled rows: {exc}") from None
     timings["teacher_fit_s"] = time.perf_counter() - started
@@ -281,7 +290,7 @@ def teach(prepared: Prepared) -> TeacherOutputs:
         x_train = np.concatenate([x_train, augmented])
     # One teacher pass over every row it will ever be asked about: transfer, validation, test.
     everything = np.concatenate([x_train, x[split.validation], x[split.test]])
-    logits = np.asarray(teacher.logits(everything), dtype=np.float64)
+    logits = np.asarray(teacher.logits(to_teacher(everything)), dtype=np.float64)
     if logits.shape != (everything.shape[0], k) or not np.isfinite(logits).all():
         raise UserError(
             f"teacher '{config.teacher.kind}' returned logits of shape {logits.shape} "

@@ -1,0 +1,395 @@
+"""MLflow tracking end to end, against a real ``mlflow server`` started once for the module.
+
+What a ``distill run`` records (params, tags, per-epoch histories, test metrics, artifacts,
+dataset input, the logged student), nested episode runs, honest FAILED/KILLED status, an
+unreachable server (exit 2 or the local fallback), ``--no-track``, and ``distill predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import distill
+import distill.runner
+from distill.cli import main
+from distill.config import load_config
+from distill.protocol import prepare
+from distill.serving import load_checkpoint, servable_from_checkpoint
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = ROOT / "experiments" / "breast_cancer_gp.toml"
+EPOCHS = 6
+KL_WEIGHT = 0.1  # breast_cancer_gp.toml's objective.kl_weight
+#: A small, fast experiment with validation rows, so val_* metrics exist.
+SMALL = [
+    "--set", "few_shot.labelled=10",
+    "--set", "few_shot.validation=4",
+    "--set", f"train.epochs={EPOCHS}",
+    "--set", "student.hidden=[8]",
+]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(out: Path, *extra: str) -> int:
+    return main(["run", str(EXPERIMENT), "-o", str(out), "-q", *SMALL, *extra])
+
+
+def tracked(uri: str, experiment: str) -> list[str]:
+    return ["--set", f'tracking.uri="{uri}"', "--set", f'tracking.experiment="{experiment}"']
+
+
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def all_runs(client) -> list:
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, max_results=1000) if ids else []
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real ``mlflow server`` on a free loopback port, with SQLite backend and proxied artifacts."""
+    tmp = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{tmp}/backend.db",
+        "--serve-artifacts", "--artifacts-destination", str(tmp / "artifacts"),
+        "--workers", "1",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # nothing from conftest or other runs
+    stdout, stderr = open(tmp / "server.out", "wb"), open(tmp / "server.err", "wb")
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+
+    def stop() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)  # the server's own session: it and its uvicorn/job-runner children
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=15)
+        stdout.close()
+        stderr.close()
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop()
+            pytest.fail(f"mlflow server did not answer on {uri}/health:\n{(tmp / 'server.err').read_text()[-4000:]}")
+        time.sleep(0.3)
+    try:
+        yield uri
+    finally:
+        stop()
+
+
+@contextmanager
+def mlflow_state() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI: put both back afterwards."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        while mlflow.active_run() is not None:  # a broken test must not leave a run open for the next
+            mlflow.end_run("FAILED")
+        utils._tracking_uri = saved_uri
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_state():
+    with mlflow_state():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tracked_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory):
+    """One single-episode run recorded to the server: (run directory, summary, client)."""
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path_factory.mktemp("tracked") / "run"
+    with mlflow_state():
+        assert run(out, *tracked(mlflow_server, "single")) == 0
+    return out, summary_of(out), MlflowClient(tracking_uri=mlflow_server)
+
+
+# --- what one run records ------------------------------------------------------------------------
+
+
+def test_run_is_finished_with_params_and_tags(tracked_run) -> None:
+    out, summary, client = tracked_run
+    assert summary["mlflow_run_id"]
+    r = client.get_run(summary["mlflow_run_id"])
+    assert r.info.status == "FINISHED"
+    assert r.info.run_name == out.name
+    assert client.get_experiment(r.info.experiment_id).name == "single"
+    params = r.data.params
+    assert float(params["objective.kl_weight"]) == KL_WEIGHT
+    assert params["student.hidden"] == str([8])
+    assert params["train.epochs"] == str(EPOCHS)
+    assert params["few_shot.validation"] == "4"
+    tags = r.data.tags
+    assert tags["dataset"] == "sklearn:breast_cancer"
+    assert tags["teacher.kind"] == "gaussian_process"
+    assert tags["student.arch"] == "mlp"
+    assert tags["distill.version"] == distill.__version__
+    assert tags["device"] == summary["device"]
+    if (Path.cwd() / ".git").exists():
+        assert len(tags.get("git.commit", "")) >= 7
+
+
+def test_histories_match_history_csv(tracked_run) -> None:
+    out, summary, client = tracked_run
+    run_id = summary["mlflow_run_id"]
+    history = pd.read_csv(out / "history.csv")
+    for system, name in (("student", "train_loss"), ("baseline", "val_loss"), ("student", "val_accuracy")):
+        points = sorted(client.get_metric_history(run_id, f"{system}/{name}"), key=lambda m: m.step)
+        assert [m.step for m in points] == list(range(1, EPOCHS + 1)), (system, name)
+        rows = history[history.system == system].sort_values("epoch")
+        assert rows.epoch.tolist() == list(range(1, EPOCHS + 1))
+        np.testing.assert_allclose([m.value for m in points], rows[name].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_final_metrics_match_summary(tracked_run) -> None:
+    _, summary, client = tracked_run
+    metrics = client.get_run(summary["mlflow_run_id"]).data.metrics
+    for system in ("teacher", "student", "baseline"):
+        assert metrics[f"{system}/test_accuracy"] == pytest.approx(summary[system]["accuracy"], abs=1e-9)
+        assert metrics[f"{system}/test_f1_macro"] == pytest.approx(summary[system]["f1_macro"], abs=1e-9)
+
+
+def test_artifacts_and_dataset_input(tracked_run) -> None:
+    _, summary, client = tracked_run
+    run_id = summary["mlflow_run_id"]
+    names = {a.path for a in client.list_artifacts(run_id)}
+    for name in ("config.toml", "summary.json", "history.csv", "learning_curves.png",
+                 "confusion_matrix.png", "student.pt", "log.txt"):
+        assert name in names, (name, names)
+    logged = json.loads(Path(client.download_artifacts(run_id, "summary.json")).read_text())
+    assert logged["mlflow_run_id"] == run_id
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    assert len(inputs) == 1
+    assert inputs[0].dataset.digest
+
+
+def test_logged_model_predicts_like_the_checkpoint(tracked_run, mlflow_server: str, tmp_path: Path) -> None:
+    import mlflow
+    import mlflow.pyfunc
+
+    out, summary, _ = tracked_run
+    payload = load_checkpoint(out / "student.pt")
+    prepared = prepare(load_config(out / "config.toml"))
+    d = prepared.dataset
+    test = pd.DataFrame(d.x[prepared.split.test], columns=d.feature_names)
+    with torch.inference_mode():
+        expected = servable_from_checkpoint(payload)(torch.as_tensor(test.to_numpy(), dtype=torch.float32)).numpy()
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(summary["mlflow_model_uri"])
+    got = np.asarray(model.predict(test))
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got.argmax(axis=1), expected.argmax(axis=1))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    csv, pred = tmp_path / "rows.csv", tmp_path / "pred.csv"
+    test.to_csv(csv, index=False)
+    assert main(["predict", summary["mlflow_model_uri"], str(csv), "-o", str(pred), "--tracking-uri", mlflow_server]) == 0
+    written = pd.read_csv(pred)
+    classes = payload["classes"]
+    assert written["prediction"].astype(str).tolist() == [classes[i] for i in expected.argmax(axis=1)]
+
+
+# --- several episodes ----------------------------------------------------------------------------
+
+
+def test_episodes_are_nested_child_runs(mlflow_server: str, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "run"
+    assert run(out, *tracked(mlflow_server, "episodes"), "--episodes", "3") == 0
+    summary = summary_of(out)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert "student_minus_baseline/accuracy" in parent.data.metrics
+    assert "student_minus_baseline/accuracy_p_value" in parent.data.metrics
+    assert parent.data.metrics["student/test_accuracy"] == pytest.approx(summary["student"]["accuracy"], abs=1e-9)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == ["episode 0", "episode 1", "episode 2"]
+    all_in_experiment = client.search_runs([parent.info.experiment_id])
+    assert len(all_in_experiment) == 4  # one parent, three children, nothing else
+    for child in children:
+        assert child.info.status == "FINISHED"
+        points = client.get_metric_history(child.info.run_id, "student/train_loss")
+        assert sorted(m.step for m in points) == list(range(1, EPOCHS + 1))
+        assert "student/test_accuracy" in child.data.metrics
+
+
+# --- honest status -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")], ids=["error", "interrupt"]
+)
+def test_a_broken_run_ends_failed_or_killed(
+    error: BaseException, status: str, mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(distill.runner, "write_history", broken)  # after training and episode logging
+    experiment = f"broken-{status.lower()}"
+    out = tmp_path / "run"
+    if isinstance(error, KeyboardInterrupt):
+        assert run(out, *tracked(mlflow_server, experiment)) == 130
+    else:
+        with pytest.raises(RuntimeError, match="boom"):
+            run(out, *tracked(mlflow_server, experiment))
+    assert not (out / "summary.json").exists()
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.info.status == status
+    assert float(r.data.params["objective.kl_weight"]) == KL_WEIGHT
+    assert "student/test_accuracy" in r.data.metrics  # what was logged before the failure is kept
+    assert len(client.get_metric_history(r.info.run_id, "student/train_loss")) == EPOCHS
+
+
+# --- unreachable server --------------------------------------------------------------------------
+
+
+def test_unreachable_server_is_exit_2_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "run"
+    started = time.monotonic()
+    assert run(out, "--set", f'tracking.uri="{uri}"') == 2
+    assert time.monotonic() - started < 10
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert uri in lines[0] and "does not answer" in lines[0]
+    assert not out.exists()
+
+
+def test_unreachable_server_with_local_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    uri = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "run"
+    assert run(out, "--set", f'tracking.uri="{uri}"', "--set", 'tracking.fallback="local"') == 0
+    err = capsys.readouterr().err
+    assert uri in err and "does not answer" in err
+    assert (tmp_path / "mlflow.db").is_file()
+    summary = summary_of(out)
+    assert summary["mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+
+    r = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["mlflow_run_id"])
+    assert r.info.status == "FINISHED"
+
+
+# --- tracking off --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("off", [["--no-track"], ["--set", "tracking.enabled=false"]], ids=["no-track", "disabled"])
+def test_tracking_off_creates_no_run(
+    off: list[str], mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # both routes to a store lead to the server
+    client = MlflowClient(tracking_uri=mlflow_server)
+    before = len(all_runs(client))
+    out = tmp_path / "run"
+    assert run(out, *tracked(mlflow_server, "off"), *off) == 0
+    assert len(all_runs(client)) == before
+    assert client.get_experiment_by_name("off") is None
+    assert summary_of(out)["mlflow_run_id"] is None
+
+
+# --- predict from files --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def untracked_run(tmp_path_factory: pytest.TempPathFactory):
+    """A run directory made without MLflow, and its test rows as raw features."""
+    out = tmp_path_factory.mktemp("untracked") / "run"
+    assert run(out, "--no-track") == 0
+    prepared = prepare(load_config(out / "config.toml"))
+    d = prepared.dataset
+    test = pd.DataFrame(d.x[prepared.split.test], columns=d.feature_names)
+    return out, test.assign(label=[d.classes[i] for i in d.y[prepared.split.test]]), d
+
+
+@pytest.mark.parametrize("source", ["dir", "file"])
+def test_predict_from_run_directory_or_checkpoint(
+    source: str, untracked_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, test, d = untracked_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # no server is needed
+    payload = load_checkpoint(out / "student.pt")
+    features = torch.as_tensor(test[d.feature_names].to_numpy(), dtype=torch.float32)
+    with torch.inference_mode():
+        probs = servable_from_checkpoint(payload)(features).numpy()
+    names = [d.classes[i] for i in probs.argmax(axis=1)]
+    target = str(out if source == "dir" else out / "student.pt")
+
+    csv, pred = tmp_path / "rows.csv", tmp_path / "pred.csv"
+    test.to_csv(csv, index=False)  # with the extra `label` column, which predict ignores
+    assert main(["predict", target, str(csv), "-o", str(pred)]) == 0
+    written = pd.read_csv(pred)
+    assert written["prediction"].astype(str).tolist() == names
+    np.testing.assert_allclose(written[[f"p_{c}" for c in d.classes]].to_numpy(), probs, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_with_a_missing_feature_is_exit_2(untracked_run, tmp_path: Path, capsys) -> None:
+    out, test, d = untracked_run
+    dropped = d.feature_names[3]
+    csv = tmp_path / "rows.csv"
+    test.drop(columns=[dropped]).to_csv(csv, index=False)
+    assert main(["predict", str(out), str(csv), "-o", str(tmp_path / "pred.csv")]) == 2
+    err = capsys.readouterr().err
+    assert dropped in err
+    assert not (tmp_path / "pred.csv").exists()
