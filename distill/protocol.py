@@ -35,6 +35,7 @@ from distill.engine import (
 from distill.errors import ConfigError, UserError
 from distill.metrics import classification_metrics, probabilities
 from distill.seeding import resolve_device, seed_everything
+from distill.tracking import resolve_tracking_uri
 from teachers.base import Teacher, create_teacher
 
 __all__ = [
@@ -100,6 +101,7 @@ def _teacher_kwargs(config: Config, num_classes: int) -> dict[str, Any]:
         "params": dict(t.params),
         "checkpoint": t.checkpoint,
         "uri": t.uri,
+        "tracking_uri": resolve_tracking_uri(config),
         "random_state": config.seed,
     }
 

@@ -134,10 +134,12 @@ def preflight(config: Config) -> str:
 class MlflowTracker(Tracker):
     """One MLflow run, through MLflow's fluent API (nested runs for children)."""
 
-    def __init__(self, run_id: str, *, nested: bool = False) -> None:
+    def __init__(self, run_id: str, *, nested: bool = False, restore_uri: str | None = None) -> None:
         self.run_id = run_id
         self._nested = nested
         self._finished = False
+        # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI; finish() puts the caller's back.
+        self._restore_uri = restore_uri
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> "MlflowTracker":
@@ -145,13 +147,14 @@ class MlflowTracker(Tracker):
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # our log says what matters, once
         import mlflow
 
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         try:
             mlflow.set_experiment(experiment)
         except mlflow.exceptions.MlflowException as exc:
             raise ConfigError(f"tracking: cannot use experiment '{experiment}' at {uri}: {str(exc).splitlines()[0]}") from None
         run = mlflow.start_run(run_name=run_name, tags=tags)
-        return cls(run.info.run_id)
+        return cls(run.info.run_id, restore_uri=previous)
 
     def log_params(self, params: dict[str, Any]) -> None:
         import mlflow
@@ -264,6 +267,8 @@ class MlflowTracker(Tracker):
             mlflow.end_run(status=status)
         else:
             mlflow.MlflowClient().set_terminated(self.run_id, status=status)
+        if not self._nested:
+            mlflow.set_tracking_uri(self._restore_uri)  # None restores MLflow's own default
 
 
 def _requirements() -> list[str]:

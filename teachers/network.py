@@ -19,10 +19,10 @@ __all__ = ["NetworkTeacher"]
 
 
 @lru_cache(maxsize=8)
-def _resolve(source: str, is_uri: bool) -> str:
+def _resolve(source: str, is_uri: bool, tracking_uri: str | None) -> str:
     from distill.predict import resolve_checkpoint
 
-    return str(resolve_checkpoint(source)) if is_uri else source
+    return str(resolve_checkpoint(source, tracking_uri)) if is_uri else source
 
 
 class NetworkTeacher:
@@ -32,6 +32,7 @@ class NetworkTeacher:
         num_classes: classes of the dataset; must equal the network's.
         checkpoint: path to a distill checkpoint (``student.pt``).
         uri: MLflow model URI of a distill-logged model (``models:/<id>``, ``runs:/<run>/student``).
+        tracking_uri: the MLflow tracking server that resolves ``uri``.
         device: where the network runs.
         batch_size: rows per forward pass.
     """
@@ -45,6 +46,7 @@ class NetworkTeacher:
         uri: str | None = None,
         device: str = "cpu",
         batch_size: int = 4096,
+        tracking_uri: str | None = None,
     ) -> None:
         if (checkpoint is None) == (uri is None):
             raise ValueError("teacher.kind = 'network' needs exactly one of teacher.checkpoint or teacher.uri")
@@ -53,12 +55,13 @@ class NetworkTeacher:
         self.uri = uri
         self.device = device
         self.batch_size = int(batch_size)
+        self.tracking_uri = tracking_uri
 
     def _load(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         from distill.serving import load_checkpoint, servable_from_checkpoint
 
         source = self.uri if self.uri is not None else str(self.checkpoint)
-        payload = load_checkpoint(_resolve(source, self.uri is not None))
+        payload = load_checkpoint(_resolve(source, self.uri is not None, self.tracking_uri))
         if int(payload["num_classes"]) != self.num_classes:
             raise ValueError(
                 f"the teacher network predicts {payload['num_classes']} classes but the data has {self.num_classes}"
@@ -117,6 +120,7 @@ def _create_network(
     checkpoint: str | None = None,
     uri: str | None = None,
     device: str = "cpu",
+    tracking_uri: str | None = None,
     **_: Any,
 ) -> NetworkTeacher:
-    return NetworkTeacher(num_classes, checkpoint=checkpoint, uri=uri, device=device)
+    return NetworkTeacher(num_classes, checkpoint=checkpoint, uri=uri, device=device, tracking_uri=tracking_uri)

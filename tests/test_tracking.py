@@ -237,6 +237,27 @@ def test_logged_model_predicts_like_the_checkpoint(tracked_run, mlflow_server: s
     assert written["prediction"].astype(str).tolist() == [classes[i] for i in expected.argmax(axis=1)]
 
 
+def test_network_teacher_from_an_mlflow_model_uri(tracked_run, mlflow_server: str, tmp_path: Path) -> None:
+    # teacher.uri: the student logged by the tracked run becomes the teacher of a new run.
+    out, summary, _ = tracked_run
+    toml = tmp_path / "from_uri.toml"
+    toml.write_text(
+        'name = "from_uri"\n[data]\nsource = "sklearn:breast_cancer"\ntest_size = 100\n[few_shot]\nper_class = 3\n'
+        f'[teacher]\nkind = "network"\nuri = "{summary["mlflow_model_uri"]}"\n[train]\nepochs = 3\n'
+        f'[tracking]\nuri = "{mlflow_server}"\n'
+    )
+    assert main(["run", str(toml), "-o", str(tmp_path / "run"), "-q", "--no-track"]) == 0
+    second = summary_of(tmp_path / "run")
+    assert second["episodes"][0]["teacher_diagnostics"]["source"] == summary["mlflow_model_uri"]
+    # The teacher's test predictions are the logged student's, on the new run's test rows.
+    prepared = prepare(load_config(tmp_path / "run" / "config.toml"))
+    rows = torch.as_tensor(prepared.dataset.x[prepared.split.test], dtype=torch.float32)
+    with torch.inference_mode():
+        probs = servable_from_checkpoint(load_checkpoint(out / "student.pt"))(rows).numpy()
+    y = prepared.dataset.y[prepared.split.test]
+    assert second["teacher"]["accuracy"] == pytest.approx(float(np.mean(probs.argmax(axis=1) == y)), abs=1e-6)
+
+
 # --- several episodes ----------------------------------------------------------------------------
 
 
