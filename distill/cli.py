@@ -1,4 +1,4 @@
-"""The command line: ``python -m distill run|check|predict|list``.
+"""The command line: ``python -m distill run|check|tune|predict|list``.
 
 Exit codes: 0 done; 2 bad input (one line per problem, naming the key or file); 1 an
 internal error (a bug: the traceback is printed); 130 interrupted.
@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = verbs.add_parser("check", help="validate the config and data and print what would run")
     _add_config_args(check)
+
+    tune = verbs.add_parser("tune", help="search tune.space with Optuna on validation rows, then compare on test rows")
+    _add_config_args(tune)
+    tune.add_argument("--trials", type=int, help="trials this process adds to the study (default tune.trials)")
+    tune.add_argument("--timeout", type=float, help="stop adding trials after this many seconds")
+    tune.add_argument("--study", help="study name (default tune.study, else the experiment name)")
+    tune.add_argument("--storage", help="journal file or RDB URL (default tune.storage, else optuna-journal.log)")
+    tune.add_argument("--jobs", type=int, default=1, help="parallel trials in this process (threads)")
+    tune.add_argument("--output", "-o", help="run directory (default runs/<timestamp>-<name>-tune/)")
+    tune.add_argument("--no-track", action="store_true", help="do not record the study to MLflow")
+    tune.add_argument("--quiet", "-q", action="store_true", help="no progress bar and only warnings on stderr")
 
     predict = verbs.add_parser("predict", help="predict classes for a CSV with a trained student")
     predict.add_argument("source", help="run directory, student.pt, or MLflow model URI (models:/..., runs:/.../student)")
@@ -124,6 +135,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.errors import ConfigError
+    from distill.tuning import run_tuning, tuning_table
+
+    config = load_config(args.experiment, _overrides(args))
+    for flag, value in (("--trials", args.trials), ("--jobs", args.jobs)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0, got {args.timeout}")
+    result = run_tuning(
+        config,
+        trials=args.trials,
+        timeout=args.timeout,
+        study_name=args.study,
+        storage=args.storage,
+        jobs=args.jobs,
+        seed=args.seed,
+        output=args.output,
+        track=not args.no_track,
+        progress=not args.quiet and sys.stdout.isatty(),
+    )
+    print(tuning_table(result.summary))
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from distill.predict import predict_csv
 
@@ -153,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
-        return {"run": _cmd_run, "check": _cmd_check, "predict": _cmd_predict, "list": _cmd_list}[args.verb](args)
+        verbs = {"run": _cmd_run, "check": _cmd_check, "tune": _cmd_tune, "predict": _cmd_predict, "list": _cmd_list}
+        return verbs[args.verb](args)
     except UserError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)

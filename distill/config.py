@@ -45,6 +45,8 @@ __all__ = [
     "TrainConfig",
     "EarlyStoppingConfig",
     "TrackingConfig",
+    "TuneConfig",
+    "DEFAULT_SPACE",
     "AugmentConfig",
     "load_config",
     "validate_config",
@@ -235,6 +237,99 @@ class TrainConfig(_Section):
         return value
 
 
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "objective.kl_weight": {"low": 0.0, "high": 10.0},
+    "objective.temperature": {"low": 1.0, "high": 10.0},
+}
+
+
+def _check_space_entry(key: str, spec: Any) -> dict[str, Any] | str:
+    """A normalised ``{low, high, log, step}`` or ``{choices}`` entry, or the problem as one line."""
+    where = f"tune.space.{key}"
+    if not isinstance(spec, dict):
+        return f"{where} must be a table {{ low, high, log }} or {{ choices = [...] }}, got {_describe(spec)}"
+    if "choices" in spec:
+        extra = sorted(set(spec) - {"choices"})
+        choices = spec["choices"]
+        if extra:
+            return f"{where}: 'choices' cannot be combined with {', '.join(extra)}"
+        if not isinstance(choices, list) or not choices or any(isinstance(c, (list, dict)) for c in choices):
+            return f"{where}.choices must be a non-empty list of scalars, got {_describe(choices)}"
+        return {"choices": list(choices)}
+    unknown = sorted(set(spec) - {"low", "high", "log", "step"})
+    if unknown:
+        return f"unknown key '{where}.{unknown[0]}'; a range takes low, high, log, step"
+    if "low" not in spec or "high" not in spec:
+        return f"{where} needs low and high (or choices)"
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    numbers = (int, float)
+    if isinstance(low, bool) or isinstance(high, bool) or not isinstance(low, numbers) or not isinstance(high, numbers):
+        return f"{where}: low and high must be numbers, got low={_describe(low)}, high={_describe(high)}"
+    if not isinstance(log, bool):
+        return f"{where}.log must be true or false, got {_describe(log)}"
+    if low > high:
+        return f"{where}: low must be <= high, got low={low}, high={high}"
+    if log and low <= 0:
+        return f"{where}: a log range must stay above 0, got low={low}"
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, numbers) or step <= 0 or log):
+        return f"{where}.step must be a number > 0 (and not with log = true), got {_describe(step)}"
+    out: dict[str, Any] = {"low": low, "high": high, "log": log}
+    if step is not None:
+        out["step"] = step
+    return out
+
+
+class TuneConfig(_Section):
+    """Optuna search over config keys, scored on the validation rows only."""
+
+    trials: StrictInt = Field(default=30, ge=1)
+    timeout: Optional[Number] = Field(default=None, gt=0)
+    metric: Literal["f1_macro", "accuracy", "auroc", "ece", "loss"] = "f1_macro"
+    direction: Literal["auto", "maximize", "minimize"] = "auto"
+    storage: Optional[str] = None
+    study: Optional[str] = None
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    space: dict[str, Any] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPACE.items()}, validate_default=True
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("the search space is empty; name at least one key")
+        problems: list[str] = []
+        out: dict[str, Any] = {}
+        for key, spec in value.items():
+            field = _field(key)
+            if field is None and not key.startswith("student."):
+                problems.append(f"tune.space names unknown key '{key}'")
+                continue
+            if key == "name" or key.startswith(("protocol.", "tune.", "tracking.", "train.device", "data.source")):
+                problems.append(f"tune.space cannot search '{key}'")
+                continue
+            if field is not None and _admits_list(field.annotation):
+                problems.append(f"tune.space cannot search '{key}': it is not a scalar")
+                continue
+            checked = _check_space_entry(key, spec)
+            if isinstance(checked, str):
+                problems.append(checked)
+            else:
+                out[key] = checked
+        if problems:
+            raise ValueError("; ".join(problems))
+        return out
+
+    @property
+    def resolved_direction(self) -> Literal["maximize", "minimize"]:
+        """``auto``: minimise loss and calibration error, maximise the rest."""
+        if self.direction != "auto":
+            return self.direction  # type: ignore[return-value]
+        return "minimize" if self.metric in ("loss", "ece") else "maximize"
+
+
 class TrackingConfig(_Section):
     """MLflow: on by default; URI from here, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
 
@@ -262,6 +357,7 @@ class Config(_Section):
     student: StudentConfig = Field(default_factory=StudentConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
@@ -358,8 +454,8 @@ def _format_error(error: dict[str, Any]) -> str:
     msg = str(error["msg"])
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
-        if msg.startswith(("set one of", "teacher.kind")):
-            return msg
+        if msg.startswith(("set one of", "teacher.kind", "unknown key", key)):
+            return msg  # the message names its key already
         return f"{key}: {msg}" if ", got" in msg else f"{key}: {msg}, got {_describe(value)}"
     for pattern, repl in _PYDANTIC_RULES:
         if pattern.match(msg):
@@ -431,7 +527,7 @@ def validate_config(raw: dict[str, Any]) -> Config:
     if not sweeps:
         return _validate_plain(raw)
     key, values = sweeps[0]
-    if key == "name" or key.startswith(("protocol.", "train.device", "tracking.")):
+    if key == "name" or key.startswith(("protocol.", "train.device", "tracking.", "tune.")):
         raise ConfigError(f"{key} cannot be swept; give it one value, got {values!r}")
     if not values:
         raise ConfigError(f"{key}: a sweep needs at least one value, got []")

@@ -258,8 +258,11 @@ def _baseline_key(config: Config) -> str:
     return json.dumps(c, sort_keys=True)
 
 
-def teach(prepared: Prepared) -> TeacherOutputs:
-    """Fit the teacher on the labelled rows and compute its soft targets once for every row the student sees."""
+def teach(prepared: Prepared, *, score_test: bool = True) -> TeacherOutputs:
+    """Fit the teacher on the labelled rows and compute its soft targets once for every row the student sees.
+
+    With ``score_test=False`` (tuning) the test rows are never read: ``test_logits`` is empty.
+    """
     config, data, split, device = prepared.config, prepared.dataset, prepared.split, prepared.device
     k = data.num_classes
     timings: dict[str, float] = {}
@@ -291,7 +294,8 @@ def teach(prepared: Prepared) -> TeacherOutputs:
         )
         x_train = np.concatenate([x_train, augmented])
     # One teacher pass over every row it will ever be asked about: transfer, validation, test.
-    everything = np.concatenate([x_train, x[split.validation], x[split.test]])
+    test_rows = split.test if score_test else split.test[:0]
+    everything = np.concatenate([x_train, x[split.validation], x[test_rows]])
     logits = np.asarray(teacher.logits(to_teacher(everything)), dtype=np.float64)
     if logits.shape != (everything.shape[0], k) or not np.isfinite(logits).all():
         raise UserError(

@@ -13,6 +13,7 @@ from distill.errors import ConfigError
 __all__ = ["seed_everything", "resolve_device"]
 
 log = logging.getLogger("distill")
+_said_cpu: list[bool] = []  # say the CPU fallback once per process, not once per episode
 
 
 def seed_everything(seed: int) -> None:
@@ -27,7 +28,9 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        log.info("train.device = 'auto': no CUDA device found, using the CPU")
+        if not _said_cpu:
+            log.info("train.device = 'auto': no CUDA device found, using the CPU")
+            _said_cpu.append(True)
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():

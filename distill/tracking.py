@@ -8,8 +8,10 @@ interrupted ends KILLED, so nothing is ever left RUNNING.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -27,6 +29,7 @@ __all__ = [
     "preflight",
     "open_tracker",
     "log_files",
+    "StudyTracker",
     "DEFAULT_URI",
 ]
 
@@ -313,3 +316,108 @@ def log_files(tracker: Tracker, paths: Iterable[Path]) -> None:
     for path in paths:
         if path.is_file():
             tracker.log_artifact(path)
+
+
+class StudyTracker:
+    """MLflow for ``tune``: one parent run per study (found again by its tags) and a child run per trial.
+
+    Uses ``MlflowClient`` with explicit run ids, so trials finishing in parallel threads do not
+    share MLflow's global active-run state. Workers that start at the same moment on a new study
+    may each create a parent; later workers attach to the first one found.
+    """
+
+    def __init__(self, client: Any, experiment_id: str, run_id: str) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.run_id = run_id
+        self._done = False
+
+    @classmethod
+    def start(cls, uri: str, config: Config, study: str, storage: str, run_name: str) -> "StudyTracker":
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        client = MlflowClient(tracking_uri=uri)
+        name = config.tracking.experiment or config.name
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`distill.study` = '{study}' and tags.`distill.storage` = '{storage}'",
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            log.info("MLflow: adding trials to the study's parent run %s", run_id)
+        else:
+            import distill
+
+            tags = {"distill.study": study, "distill.storage": storage, "distill.version": distill.__version__,
+                    "dataset": config.data.source, "teacher.kind": config.teacher.kind,
+                    "student.arch": config.student.arch, "distill.kind": "tune"}
+            run_id = client.create_run(experiment_id, run_name=f"tune {study}", tags=tags).info.run_id
+            tracker = cls(client, experiment_id, run_id)
+            tracker._log_params(flatten(config_dict(config)))
+            log.info("MLflow: study parent run %s at %s (experiment '%s')", run_id, uri, name)
+        return cls(client, experiment_id, run_id)
+
+    def _log_params(self, params: dict[str, Any], run_id: str | None = None) -> None:
+        from mlflow.entities import Param
+
+        limit = _max_param_length()
+        items = [Param(k, str(v)[:limit]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id or self.run_id, params=items[i : i + 100])
+
+    def on_trial(self, study: Any, trial: Any) -> None:
+        """Optuna callback: a nested run holding the trial's params, value, state and per-episode values."""
+        import time as _time
+
+        from mlflow.entities import Metric
+
+        state = trial.state.name
+        child = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial {trial.number}",
+            tags={"mlflow.parentRunId": self.run_id, "optuna.trial": str(trial.number), "optuna.state": state,
+                  "distill.study": study.study_name},
+        ).info.run_id
+        try:
+            self._log_params(dict(trial.params), child)
+            now = int(_time.time() * 1000)
+            metrics = [Metric("validation/running_mean", float(v), now, int(step))
+                       for step, v in sorted(trial.intermediate_values.items()) if math.isfinite(v)]
+            if trial.value is not None and math.isfinite(trial.value):
+                metrics.append(Metric("validation/value", float(trial.value), now, 0))
+            if metrics:
+                self.client.log_batch(child, metrics=metrics)
+        finally:
+            status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+            self.client.set_terminated(child, status=status)
+
+    def finish_study(self, summary: dict[str, Any]) -> None:
+        """Best params (as tags: the parent may be reused), best value and the test comparison."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        best = summary["best"]
+        tags = [RunTag(f"best.{k}", str(v)) for k, v in best["params"].items()]
+        tags.append(RunTag("best.trial", str(best["trial"])))
+        metrics = [Metric("best/validation", float(best["validation"]), now, 0)]
+        if summary["untuned"]["validation"] is not None and math.isfinite(summary["untuned"]["validation"]):
+            metrics.append(Metric("untuned/validation", float(summary["untuned"]["validation"]), now, 0))
+        for label, block in (("tuned", best["test"]), ("untuned", summary["untuned"]["test"])):
+            for system in ("teacher", "student", "baseline"):
+                for metric, value in block[system].items():
+                    if value is not None and math.isfinite(value):
+                        metrics.append(Metric(f"{label}/{system}/test_{metric}", float(value), now, 0))
+        self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if not self._done:
+            self._done = True
+            self.client.set_terminated(self.run_id, status=status)

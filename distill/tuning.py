@@ -1,0 +1,396 @@
+"""Optuna search over config keys (by default the KL weight and temperature), on validation rows only.
+
+A trial's value is the mean validation metric over the protocol's episodes; the test rows are
+never read during the search. After it, the best params and the untuned config are both run with
+the full protocol on the test rows, side by side.
+
+Storage: by default Optuna's journal file ``optuna-journal.log`` in the working folder. Journal
+files take a file lock for every append, so several local ``tune`` processes can share one study
+safely; SQLite serialises writers through its own lock and fails with "database is locked" under
+concurrent workers. Any RDB URL (``postgresql://...``, ``mysql://...``, ``sqlite:///...``) is used
+as given, for many workers on many machines.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.config import Config, config_dict, set_dotted, to_toml, validate_config
+from distill.errors import ConfigError
+from distill.metrics import METRICS, classification_metrics, probabilities
+from distill.engine import predict_logits
+from distill.protocol import (
+    Prepared,
+    TeacherOutputs,
+    _teacher_key,
+    episode_seed,
+    prepare,
+    prepare_protocol,
+    teach,
+    train_student,
+)
+from distill.objective import hard_loss
+from distill.rundir import attach_log_file, create_run_dir, write_json, write_text
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "resolve_storage",
+    "trial_config",
+    "check_tunable",
+    "validation_score",
+    "run_tuning",
+    "tuning_table",
+    "TuneResult",
+]
+
+log = logging.getLogger("distill")
+
+#: The default study storage: a journal file in the working folder (safe for several local processes).
+DEFAULT_STORAGE = "optuna-journal.log"
+
+
+def resolve_storage(storage: str | None) -> Any:
+    """An Optuna storage: an RDB URL as given, else a journal file (default ``optuna-journal.log``)."""
+    import optuna
+
+    target = storage or DEFAULT_STORAGE
+    if "://" in target:
+        return target
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(target)
+    if path.parent and not path.parent.is_dir():
+        raise ConfigError(f"tune.storage: folder '{path.parent}' does not exist")
+    _ = optuna  # imported for its side effect of configuring logging once
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
+    if "choices" in spec:
+        return trial.suggest_categorical(key, spec["choices"])
+    low, high = spec["low"], spec["high"]
+    if isinstance(low, int) and isinstance(high, int) and not isinstance(spec.get("step", 1), float):
+        return trial.suggest_int(key, low, high, step=int(spec.get("step", 1)), log=spec["log"])
+    return trial.suggest_float(key, float(low), float(high), step=spec.get("step"), log=spec["log"])
+
+
+def trial_config(base: Config, params: dict[str, Any]) -> Config:
+    """``base`` with each dotted key in ``params`` set; validated like a file."""
+    tree = copy.deepcopy(config_dict(base))
+    for key, value in params.items():
+        set_dotted(tree, key, value)
+    return validate_config(tree)
+
+
+def check_tunable(config: Config) -> None:
+    """What ``tune`` needs of a config: validation rows, no sweep, a space whose ends are valid configs."""
+    problems: list[str] = []
+    if config.few_shot.validation == 0:
+        problems.append(
+            "tune scores trials on validation rows, but few_shot.validation = 0; set it to 1 or more "
+            "(same unit as the labelled rows)"
+        )
+    if config.sweep is not None:
+        problems.append(f"tune does not take a sweep; give {config.sweep[0]} one value (or search it in tune.space)")
+    for key, spec in config.tune.space.items():
+        ends = spec["choices"] if "choices" in spec else [spec["low"], spec["high"]]
+        for value in ends:
+            try:
+                trial_config(config, {key: value})
+            except ConfigError as exc:
+                problems.extend(f"tune.space.{key}: {p}" for p in exc.problems if p not in problems)
+    if problems:
+        raise ConfigError(*problems)
+
+
+def _validation_value(logits: torch.Tensor, y: torch.Tensor, num_classes: int, metric: str) -> float:
+    if metric == "loss":
+        return float(hard_loss(logits, y))
+    return float(classification_metrics(probabilities(logits), y, num_classes)[metric])
+
+
+class _TeacherCache:
+    """Teacher outputs per (episode, teacher-relevant config): a search over the objective fits each teacher once."""
+
+    def __init__(self) -> None:
+        self._store: dict[str, TeacherOutputs] = {}
+
+    def get(self, prepared: Prepared) -> TeacherOutputs:
+        key = _teacher_key(prepared.config)
+        if key not in self._store:
+            self._store[key] = teach(prepared, score_test=False)  # the test rows stay unread
+        return self._store[key]
+
+
+def validation_score(
+    config: Config, dataset: Any, cache: _TeacherCache, *, report: Any = None
+) -> tuple[float, list[float]]:
+    """Mean validation ``tune.metric`` of the distilled student over the episodes (test rows never read).
+
+    ``report(mean_so_far, episode)`` is called after each episode (Optuna's report + prune).
+    """
+    metric = config.tune.metric
+    scores: list[float] = []
+    for e in range(config.protocol.episodes):
+        prepared = prepare(config.model_copy(update={"seed": episode_seed(config.seed, e)}), dataset)
+        taught = cache.get(prepared)
+        model, _ = train_student(prepared, taught, kl_weight=None, system="student")
+        assert taught.validation is not None
+        logits = predict_logits(model, taught.validation.x)
+        scores.append(_validation_value(logits, taught.validation.y, prepared.dataset.num_classes, metric))
+        finite = [s for s in scores if math.isfinite(s)]
+        mean = float(np.mean(finite)) if finite else float("nan")
+        if report is not None:
+            report(mean, e)
+    finite = [s for s in scores if math.isfinite(s)]
+    return (float(np.mean(finite)) if finite else float("nan")), scores
+
+
+@dataclass
+class TuneResult:
+    """What a search leaves: where, the study, the best params and both test comparisons."""
+
+    run_dir: Path
+    study_name: str
+    best_params: dict[str, Any]
+    best_value: float
+    untuned_value: float
+    summary: dict[str, Any]
+
+
+def _sampler(config: Config, seed: int) -> Any:
+    import optuna
+
+    if config.tune.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(1, config.tune.trials // 3)))
+
+
+def _pruner(config: Config) -> Any:
+    import optuna
+
+    return {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.protocol.episodes),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }[config.tune.pruner]()
+
+
+def _save_plots(study: Any, run_dir: Path) -> list[str]:
+    """Optimisation history, parameter importances and slice plots as PNG (skipped when undefined)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+
+    from distill.rundir import atomic_write
+
+    written = []
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    plots = {"optimization_history": vis.plot_optimization_history, "slice": vis.plot_slice}
+    if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
+        plots["param_importances"] = vis.plot_param_importances
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+                ax = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            log.info("no %s plot: %s", name, exc)
+            continue
+        figure = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
+        path = run_dir / f"tune_{name}.png"
+        atomic_write(path, lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(figure)
+        written.append(path.name)
+    return written
+
+
+def run_tuning(
+    config: Config,
+    *,
+    trials: int | None = None,
+    timeout: float | None = None,
+    study_name: str | None = None,
+    storage: str | None = None,
+    jobs: int = 1,
+    seed: int | None = None,
+    output: str | Path | None = None,
+    track: bool = True,
+    progress: bool = False,
+) -> TuneResult:
+    """Search ``tune.space`` on validation rows, then compare best and untuned configs on the test rows."""
+    import optuna
+
+    from distill.report import SYSTEMS
+    from distill.runner import run_experiment
+    from distill.tracking import preflight
+
+    started = time.perf_counter()
+    check_tunable(config)
+    first = prepare_protocol(config)  # data and config problems surface before anything is written
+    dataset = first[0].dataset
+    trials = trials if trials is not None else config.tune.trials
+    timeout = timeout if timeout is not None else config.tune.timeout
+    study_name = study_name or config.tune.study or config.name
+    storage_text = storage or config.tune.storage or DEFAULT_STORAGE
+    sampler_seed = config.seed if seed is None else seed
+    direction = config.tune.resolved_direction
+    optuna_storage = resolve_storage(storage_text)
+    tracking = track and config.tracking.enabled
+    uri = preflight(config) if tracking else None
+    run_dir = create_run_dir(f"{config.name}-tune", output)
+    handler = attach_log_file(run_dir / "log.txt", log)
+    tracker = None
+    try:
+        write_text(run_dir / "config.toml", to_toml(config_dict(config)))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            storage=optuna_storage,
+            study_name=study_name,
+            direction=direction,
+            sampler=_sampler(config, sampler_seed),
+            pruner=_pruner(config),
+            load_if_exists=True,
+        )
+        before = len(study.trials)
+        log.info(
+            "study '%s' in %s: %d trial(s) so far; adding %d (%s validation %s over %d episode(s))",
+            study_name, storage_text, before, trials, direction, config.tune.metric, config.protocol.episodes,
+        )
+        if uri is not None:
+            from distill.tracking import StudyTracker
+
+            tracker = StudyTracker.start(uri, config, study_name, storage_text, run_dir.name)
+        cache = _TeacherCache()
+
+        def objective(trial: optuna.Trial) -> float:
+            params = {key: _suggest(trial, key, spec) for key, spec in config.tune.space.items()}
+            trial_cfg = trial_config(config, params)
+
+            def report(mean: float, episode: int) -> None:
+                if math.isfinite(mean):
+                    trial.report(mean, episode)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned after episode {episode} at mean {mean:.4f}")
+
+            value, _ = validation_score(trial_cfg, dataset, cache, report=report)
+            return value
+
+        callbacks = [tracker.on_trial] if tracker is not None else []
+        study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, callbacks=callbacks,
+                       show_progress_bar=progress)
+
+        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not completed:
+            raise ConfigError(f"study '{study_name}' has no completed trial: every trial was pruned or failed")
+        best = study.best_trial
+        best_params = dict(best.params)
+        untuned_value, _ = validation_score(config, dataset, cache)
+        log.info("best trial #%d: %s = %.4f with %s", best.number, config.tune.metric, best.value, best_params)
+
+        # Honest test numbers: the best params and the untuned config, each through the whole protocol.
+        best_cfg = trial_config(config, best_params)
+        _, tuned_summary = run_experiment(best_cfg, output=run_dir / "tuned", track=False)
+        _, untuned_summary = run_experiment(config, output=run_dir / "untuned", track=False)
+        write_text(run_dir / "best_config.toml", to_toml(config_dict(best_cfg)))
+        frame = study.trials_dataframe()
+        frame.to_csv(run_dir / "trials.csv", index=False)
+        plots = _save_plots(study, run_dir)
+
+        def side(summary: dict[str, Any]) -> dict[str, Any]:
+            return {system: summary[system] for system in SYSTEMS} | {"verdict": summary.get("verdict")}
+
+        summary = {
+            "status": "completed",
+            "study": study_name,
+            "storage": storage_text,
+            "direction": direction,
+            "metric": f"validation {config.tune.metric}",
+            "space": config.tune.space,
+            "sampler": {"kind": config.tune.sampler, "seed": sampler_seed},
+            "pruner": config.tune.pruner,
+            "trials": {
+                "before": before,
+                "total": len(study.trials),
+                "complete": len(completed),
+                "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+                "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
+            },
+            "best": {"trial": best.number, "params": best_params, "validation": best.value,
+                     "test": side(tuned_summary)},
+            "untuned": {"params": {k: _get_dotted(config_dict(config), k) for k in config.tune.space},
+                        "validation": untuned_value, "test": side(untuned_summary)},
+            "plots": plots,
+            "timings": {"total_s": round(time.perf_counter() - started, 3)},
+            "mlflow_run_id": tracker.run_id if tracker is not None else None,
+            "config": config_dict(config),
+        }
+        write_json(run_dir / "tuning.json", summary)
+        if tracker is not None:
+            tracker.finish_study(summary)
+            for path in sorted(run_dir.glob("*")):
+                if path.is_file() and path.suffix in (".json", ".toml", ".csv", ".png", ".txt"):
+                    tracker.log_artifact(path)
+            tracker.finish("FINISHED")
+        return TuneResult(run_dir, study_name, best_params, float(best.value), untuned_value, summary)
+    except KeyboardInterrupt:
+        if tracker is not None:
+            tracker.finish("KILLED")
+        raise
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _get_dotted(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def tuning_table(summary: dict[str, Any]) -> str:
+    """Best vs untuned: params, validation metric, test metrics of the student (and the verdict)."""
+    best, untuned = summary["best"], summary["untuned"]
+    keys = list(summary["space"])
+    width = max([len(k) for k in keys] + [24])
+    lines = [f"{summary['metric']}: {summary['direction']}; study '{summary['study']}' ({summary['trials']['total']} trials:"
+             f" {summary['trials']['complete']} complete, {summary['trials']['pruned']} pruned)", ""]
+    lines.append(f"{'':<{width}}{'tuned':>14}{'untuned':>14}")
+    for k in keys:
+        lines.append(f"{k:<{width}}{_fmt(best['params'].get(k)):>14}{_fmt(untuned['params'].get(k)):>14}")
+    lines.append(f"{summary['metric']:<{width}}{_fmt(best['validation']):>14}{_fmt(untuned['validation']):>14}")
+    for system in ("student", "baseline", "teacher"):
+        for metric in METRICS:
+            label = f"test {system} {metric}"
+            lines.append(f"{label:<{width}}{_fmt(best['test'][system][metric]):>14}{_fmt(untuned['test'][system][metric]):>14}")
+    if best["test"].get("verdict"):
+        lines += ["", f"tuned:   {best['test']['verdict']}", f"untuned: {untuned['test']['verdict']}"]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    return "n/a" if value is None else str(value)
