@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     from distill.config import load_config
-    from distill.tuning import run_tuning
+    from distill.tuning import resolve_storage, run_tuning
 
     import_s = time.perf_counter() - started
     config = load_config(
@@ -52,7 +52,7 @@ def main() -> None:
             config, trials=args.trials, storage=str(Path(tmp) / "journal.log"), output=Path(tmp) / "run", track=False
         )
         total = time.perf_counter() - t0
-        study = optuna.load_study(study_name=result.study_name, storage=result.summary["storage"])
+        study = optuna.load_study(study_name=result.study_name, storage=resolve_storage(result.summary["storage"]))
         trials = study.trials
         search = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
     report = {

@@ -227,6 +227,7 @@ class TrainConfig(_Section):
     grad_clip: Optional[Number] = Field(default=None, gt=0)
     restore_best: StrictBool = True
     device: str = "auto"
+    threads: StrictInt = Field(default=0, ge=0)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("device")

@@ -82,6 +82,9 @@ class FitSettings:
     min_delta: float = 0.0
     restore_best: bool = True
     seed: int = 0
+    #: accuracy, macro-F1, AUROC and ECE on train and validation rows every epoch (False: losses only,
+    #: plus a monitored val_* metric; what a tuning trial needs, at about half the cost)
+    epoch_metrics: bool = True
 
 
 @dataclass
@@ -213,10 +216,12 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 8192) -> Tenso
 
 @torch.inference_mode()
 def _epoch_metrics(
-    model: nn.Module, rows: EvaluationRows, prefix: str, num_classes: int, with_loss: bool
+    model: nn.Module, rows: EvaluationRows, prefix: str, num_classes: int, with_loss: bool, full: bool = True
 ) -> dict[str, Tensor]:
     logits = predict_logits(model, rows.x)
-    out = {f"{prefix}_{k}": v for k, v in classification_metrics(probabilities(logits), rows.y, num_classes).items()}
+    out: dict[str, Tensor] = {}
+    if full:
+        out = {f"{prefix}_{k}": v for k, v in classification_metrics(probabilities(logits), rows.y, num_classes).items()}
     if with_loss:
         out[f"{prefix}_loss"] = hard_loss(logits, rows.y)
     return out
@@ -302,9 +307,12 @@ def fit(
             sched.step()
 
         values: dict[str, Tensor] = {"train_loss": loss_sum / len(batches)}
-        values.update(_epoch_metrics(model, train_eval, "train", num_classes, with_loss=False))
+        if s.epoch_metrics:
+            values.update(_epoch_metrics(model, train_eval, "train", num_classes, with_loss=False))
         if validation is not None and validation.x.shape[0] > 0:
-            values.update(_epoch_metrics(model, validation, "val", num_classes, with_loss=True))
+            # Without epoch_metrics only val_loss (and a monitored val_* metric) is computed.
+            lean = not s.epoch_metrics and not (s.monitor.startswith("val_") and s.monitor != "val_loss")
+            values.update(_epoch_metrics(model, validation, "val", num_classes, with_loss=True, full=not lean))
         keys = list(values)
         numbers = torch.stack([values[k].float() for k in keys]).tolist()  # one host sync per epoch
         row: dict[str, float] = {"epoch": epoch, "lr": lr}

@@ -9,6 +9,7 @@ on the same rows and batches.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -34,7 +35,7 @@ from distill.engine import (
 )
 from distill.errors import ConfigError, UserError
 from distill.metrics import classification_metrics, probabilities
-from distill.seeding import resolve_device, seed_everything
+from distill.seeding import configure_threads, resolve_device, seed_everything
 from distill.tracking import resolve_tracking_uri
 from teachers.base import Teacher, create_teacher
 
@@ -339,7 +340,13 @@ def teach(prepared: Prepared, *, score_test: bool = True) -> TeacherOutputs:
 
 
 def train_student(
-    prepared: Prepared, taught: TeacherOutputs, *, kl_weight: float | None, system: str, progress: bool = False
+    prepared: Prepared,
+    taught: TeacherOutputs,
+    *,
+    kl_weight: float | None,
+    system: str,
+    progress: bool = False,
+    epoch_metrics: bool = True,
 ) -> tuple[nn.Module, FitResult]:
     """Build the student from the experiment seed (same initial weights every time) and fit it."""
     config = prepared.config
@@ -349,7 +356,7 @@ def train_student(
     result = fit(
         model,
         taught.train,
-        fit_settings(config, kl_weight=kl_weight),
+        dataclasses.replace(fit_settings(config, kl_weight=kl_weight), epoch_metrics=epoch_metrics),
         num_classes=prepared.dataset.num_classes,
         validation=taught.validation,
         progress=progress,
@@ -443,6 +450,7 @@ def prepare_protocol(config: Config) -> list[Prepared]:
     first = [prepare(variant, dataset) for _, variant in expand_sweep(config)]
     for p in first:
         p.load_seconds = time.perf_counter() - started
+    configure_threads(first[0].device, config.train.threads, int(dataset.x.size))
     return first
 
 

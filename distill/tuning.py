@@ -145,7 +145,7 @@ def validation_score(
     for e in range(config.protocol.episodes):
         prepared = prepare(config.model_copy(update={"seed": episode_seed(config.seed, e)}), dataset)
         taught = cache.get(prepared)
-        model, _ = train_student(prepared, taught, kl_weight=None, system="student")
+        model, _ = train_student(prepared, taught, kl_weight=None, system="student", epoch_metrics=False)
         assert taught.validation is not None
         logits = predict_logits(model, taught.validation.x)
         scores.append(_validation_value(logits, taught.validation.y, prepared.dataset.num_classes, metric))

@@ -64,8 +64,10 @@ def test_shipped_experiment_writes_a_valid_run_directory(experiment: Path, tmp_p
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     # The history holds both systems, every epoch they ran.
     history = pd.read_csv(out / "history.csv")
+    first = history[history.episode == 0]
     for system in ("student", "baseline"):
-        assert len(history[history.system == system]) == summary["episodes"][0]["fits"][system]["epochs_run"]
+        assert len(first[first.system == system]) == summary["episodes"][0]["fits"][system]["epochs_run"]
+    assert history.episode.nunique() == summary["protocol"]["episodes"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,476 @@
+"""``distill tune``: Optuna search on validation rows only, then best vs untuned on the test rows.
+
+Every study here is small (iris, 9 labelled rows, a 4-8-3 MLP, 5 epochs) and lives in a journal
+file under the test's temporary folder; torch runs on one thread (many times faster for such
+models on a small, busy machine).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import tomllib
+import torch
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from sklearn.metrics import f1_score
+
+import distill.protocol
+import distill.runner
+from distill.cli import main
+from distill.config import load_config, to_toml
+from distill.data import Dataset, fit_scaler, load_dataset, split_dataset
+from distill.engine import predict_logits
+from distill.protocol import episode_seed, prepare, teach, train_student
+from distill.report import SYSTEMS
+from distill.tuning import _TeacherCache, run_tuning, trial_config, validation_score
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = "iris_tune"
+
+BASE: dict[str, Any] = {
+    "name": STUDY,
+    "seed": 0,
+    "data": {"source": "sklearn:iris", "test_size": 30},
+    "few_shot": {"per_class": 3, "validation": 2},
+    "protocol": {"episodes": 2},
+    "teacher": {"restarts": 0},
+    "student": {"arch": "mlp", "hidden": [8]},
+    "train": {"epochs": 5, "lr": 0.05, "device": "cpu"},
+    "tune": {
+        "trials": 3,
+        "space": {
+            "objective.kl_weight": {"low": 0.0, "high": 5.0},
+            "objective.temperature": {"low": 1.0, "high": 5.0},
+        },
+    },
+}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "space":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def write_config(folder: Path, name: str = "tune.toml", **sections: Any) -> Path:
+    """BASE with ``sections`` merged in (a given ``tune.space`` replaces the default one), as TOML."""
+    path = folder / name
+    path.write_text(to_toml(_merge(BASE, sections)), encoding="utf-8")
+    return path
+
+
+def journal(path: Path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def load_study(path: Path, name: str = STUDY) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=journal(path))
+
+
+def tune(toml: Path, storage: Path, out: Path, *extra: str) -> int:
+    return main(["tune", str(toml), "--storage", str(storage), "-o", str(out), *extra])
+
+
+def dotted(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread is many times faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def first_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One real ``tune`` of 6 trials (2 episodes each), shared by the read-only tests below."""
+    folder = tmp_path_factory.mktemp("first")
+    toml = write_config(folder)
+    storage, out = folder / "journal.log", folder / "out"
+    assert tune(toml, storage, out, "--trials", "6", "--no-track", "-q") == 0
+    return {"folder": folder, "toml": toml, "storage": storage, "out": out}
+
+
+# --------------------------------------------------------------------------- 1. what a run leaves
+
+
+def test_best_is_the_best_completed_trial_and_run_directory_is_complete(first_study) -> None:
+    out = first_study["out"]
+    study = load_study(first_study["storage"])
+    summary = json.loads((out / "tuning.json").read_text())
+
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(study.trials) == 6 and complete
+    best_value = max(t.value for t in complete)
+    assert summary["best"]["validation"] == best_value
+    best = study.trials[summary["best"]["trial"]]
+    assert best.state == TrialState.COMPLETE and best.value == best_value
+    assert summary["best"]["params"] == best.params
+    assert set(best.params) == {"objective.kl_weight", "objective.temperature"}
+    assert summary["trials"] == {
+        "before": 0,
+        "total": 6,
+        "complete": len(complete),
+        "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
+        "failed": 0,
+    }
+    assert summary["study"] == STUDY and summary["direction"] == "maximize"
+    assert summary["untuned"]["params"] == {"objective.kl_weight": 1.0, "objective.temperature": 1.0}
+
+    # best_config.toml is the experiment with the best params, loadable as is.
+    best_cfg = tomllib.loads((out / "best_config.toml").read_text())
+    for key, value in best.params.items():
+        assert dotted(best_cfg, key) == value
+    assert load_config(out / "best_config.toml") == trial_config(load_config(first_study["toml"]), best.params)
+
+    # The honest test numbers come from the two full runs written beside it.
+    for side, block in (("tuned", summary["best"]["test"]), ("untuned", summary["untuned"]["test"])):
+        run = json.loads((out / side / "summary.json").read_text())
+        assert run["status"] == "completed"
+        for system in SYSTEMS:
+            assert block[system] == run[system]
+    tuned_run_cfg = tomllib.loads((out / "tuned" / "config.toml").read_text())
+    for key, value in best.params.items():
+        assert dotted(tuned_run_cfg, key) == value
+
+    with open(out / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["number"]) for r in rows] == [t.number for t in study.trials] == list(range(6))
+    for row, trial in zip(rows, study.trials):
+        assert row["state"] == trial.state.name
+        if trial.state == TrialState.COMPLETE:
+            assert float(row["value"]) == pytest.approx(trial.value, abs=1e-12)
+
+    distinct = {json.dumps(t.params, sort_keys=True) for t in complete}
+    expected = {"optimization_history", "slice"} | ({"param_importances"} if len(distinct) >= 2 else set())
+    assert set(summary["plots"]) == {f"tune_{name}.png" for name in expected}
+    for name in expected:
+        png = out / f"tune_{name}.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "config.toml").is_file() and (out / "log.txt").is_file()
+
+
+# --------------------------------------------------------------------------- 2. what a trial's value is
+
+
+def test_trial_value_is_the_mean_validation_macro_f1_over_episodes(first_study) -> None:
+    config = load_config(first_study["toml"])
+    study = load_study(first_study["storage"])
+    best = study.best_trial
+    cfg = trial_config(config, best.params)
+    assert cfg.objective.kl_weight == best.params["objective.kl_weight"]
+    dataset = load_dataset(cfg.data.source)
+
+    scores = []
+    for e in range(cfg.protocol.episodes):
+        seed = episode_seed(cfg.seed, e)
+        assert seed == cfg.seed + e
+        episode_cfg = cfg.model_copy(update={"seed": seed})
+        prepared = prepare(episode_cfg, dataset)
+        # Re-derive the validation rows: the seed's own draw, scaled by the labelled rows only.
+        split = split_dataset(dataset, test_size=30, labelled=None, per_class=3, validation=2, seed=seed)
+        assert split.validation.size == 6 and not set(split.validation) & set(split.test)
+        scaler = fit_scaler("minmax", dataset.x[split.labelled])
+        taught = teach(prepared, score_test=False)
+        assert taught.validation is not None
+        np.testing.assert_allclose(taught.validation.x.numpy(), scaler.transform(dataset.x[split.validation]), rtol=1e-6)
+        model, _ = train_student(prepared, taught, kl_weight=None, system="student")
+        predicted = predict_logits(model, taught.validation.x).argmax(1).numpy()
+        scores.append(f1_score(dataset.y[split.validation], predicted, average="macro", labels=[0, 1, 2], zero_division=0))
+
+    # torchmetrics computes F1 in float32 (an exact 0.5 comes back as 0.50000001...): agreement to
+    # float32 precision is the best a float64 recomputation can reach.
+    assert best.value == pytest.approx(float(np.mean(scores)), abs=1e-6)
+    assert validation_score(cfg, dataset, _TeacherCache())[0] == pytest.approx(best.value, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- 3. no test leakage
+
+
+def _poisoned(dataset: Dataset, config) -> tuple[Dataset, np.ndarray]:
+    split = split_dataset(dataset, test_size=config.data.test_size, labelled=None,
+                          per_class=config.few_shot.per_class, validation=config.few_shot.validation, seed=config.seed)
+    x = dataset.x.copy()
+    x[split.test] = np.nan
+    return Dataset(dataset.name, x, dataset.y.copy(), list(dataset.classes), list(dataset.feature_names)), split.test
+
+
+def test_search_never_reads_the_test_rows(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, protocol={"episodes": 1}))
+    clean = load_dataset(config.data.source)
+    poisoned, test_rows = _poisoned(clean, config)
+    assert test_rows.size == 30 and np.isnan(poisoned.x[test_rows]).all()
+
+    for params in ({}, {"objective.kl_weight": 3.0, "objective.temperature": 2.5}):
+        cfg = trial_config(config, params)
+        value_clean, scores_clean = validation_score(cfg, clean, _TeacherCache())
+        value_poisoned, scores_poisoned = validation_score(cfg, poisoned, _TeacherCache())
+        assert np.isfinite(value_clean) and 0.0 <= value_clean <= 1.0
+        assert value_poisoned == value_clean and scores_poisoned == scores_clean
+
+    prepared = prepare(config, poisoned)
+    taught = teach(prepared, score_test=False)
+    assert taught.test_logits.shape == (0, 3)
+    assert np.isfinite(taught.train.teacher_logits.numpy()).all()
+    # The poison bites whenever the test rows are read.
+    with pytest.raises(ValueError, match="NaN"):
+        teach(prepared, score_test=True)
+
+
+def test_whole_search_on_poisoned_test_rows_scores_like_clean_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_tuning end to end: data loading returns NaN test rows for the search; the final runs get clean data."""
+    config = load_config(write_config(tmp_path, protocol={"episodes": 1}))
+    clean = load_dataset(config.data.source)
+    poisoned, _ = _poisoned(clean, config)
+    loads: list[str] = []
+
+    def poisoned_load(source: str, label: str = "label") -> Dataset:
+        loads.append(source)
+        return poisoned
+
+    real_run = distill.runner.run_experiment
+
+    def clean_run(*args, **kwargs):
+        monkeypatch.setattr(distill.protocol, "load_dataset", load_dataset)  # the honest test runs read test rows
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(distill.protocol, "load_dataset", poisoned_load)
+    monkeypatch.setattr(distill.runner, "run_experiment", clean_run)
+    result = run_tuning(config, trials=3, storage=str(tmp_path / "journal.log"), output=tmp_path / "out", track=False)
+    assert loads == [config.data.source]  # the search loaded its data through the poisoned loader
+
+    study = load_study(tmp_path / "journal.log")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    cache = _TeacherCache()
+    for trial in study.trials:
+        assert np.isfinite(trial.value)
+        assert trial.value == validation_score(trial_config(config, trial.params), clean, cache)[0]
+    assert result.untuned_value == validation_score(config, clean, cache)[0]
+    assert np.isfinite(result.summary["best"]["test"]["student"]["accuracy"])
+
+
+# --------------------------------------------------------------------------- 4. resume
+
+
+def test_resume_adds_trials_to_the_same_study(first_study, tmp_path: Path) -> None:
+    storage = tmp_path / "journal.log"
+    shutil.copy(first_study["storage"], storage)  # leave the shared study alone
+    before = load_study(storage).trials
+    assert len(before) == 6
+
+    assert tune(first_study["toml"], storage, tmp_path / "out", "--study", STUDY, "--trials", "3", "--no-track", "-q") == 0
+    after = load_study(storage).trials
+    assert [t.number for t in after] == list(range(9))
+    for old, new in zip(before, after):
+        assert (old.params, old.value, old.state) == (new.params, new.value, new.state)
+    summary = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    assert summary["trials"]["before"] == 6 and summary["trials"]["total"] == 9
+    complete = [t for t in after if t.state == TrialState.COMPLETE]
+    assert summary["best"]["validation"] == max(t.value for t in complete)
+    with open(tmp_path / "out" / "trials.csv", newline="") as f:
+        assert [int(r["number"]) for r in csv.DictReader(f)] == list(range(9))
+
+
+# --------------------------------------------------------------------------- 5. pruning
+
+
+def test_median_pruner_prunes_a_clearly_worse_trial(tmp_path: Path) -> None:
+    toml = write_config(
+        tmp_path,
+        protocol={"episodes": 3},
+        tune={"pruner": "median", "space": {"train.lr": {"choices": [1e-6, 0.05]}}},
+    )
+    storage = tmp_path / "journal.log"
+    # Five good trials first (the median pruner's startup), then two with a learning rate that learns nothing.
+    study = optuna.create_study(study_name="prune", storage=journal(storage), direction="maximize")
+    for lr in [0.05] * 5 + [1e-6] * 2:
+        study.enqueue_trial({"train.lr": lr})
+
+    assert tune(toml, storage, tmp_path / "out", "--study", "prune", "--trials", "7", "--no-track", "-q") == 0
+    trials = load_study(storage, "prune").trials
+    assert len(trials) == 7
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(complete) == 5 and len(pruned) == 2
+    for t in complete:
+        assert t.params == {"train.lr": 0.05}
+        assert sorted(t.intermediate_values) == [0, 1, 2]  # the running mean after each episode
+        assert t.intermediate_values[2] == pytest.approx(t.value, abs=1e-12)
+    median = float(np.median([t.intermediate_values[1] for t in complete]))
+    for t in pruned:
+        assert t.params == {"train.lr": 1e-6}
+        assert sorted(t.intermediate_values) == [0, 1]  # stopped after episode 1 (warm-up: episode 0)
+        assert t.value == t.intermediate_values[1]  # Optuna keeps the last reported running mean
+        assert t.intermediate_values[1] < median
+
+    summary = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    # ("before" counts the 7 enqueued WAITING trials too; not asserted here.)
+    assert {k: v for k, v in summary["trials"].items() if k != "before"} == {
+        "total": 7, "complete": 5, "pruned": 2, "failed": 0}
+    assert summary["best"]["params"] == {"train.lr": 0.05}
+    assert summary["pruner"] == "median"
+
+
+# --------------------------------------------------------------------------- 6. several workers
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_workers_share_one_journal_study(tmp_path: Path) -> None:
+    toml = write_config(tmp_path, protocol={"episodes": 1})
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distill", "tune", str(toml), "--trials", "4", "--study", "shared",
+             "--storage", "journal.log", "-o", f"out{i}", "--no-track", "-q"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    results = []
+    try:
+        for p in procs:
+            results.append(p.communicate(timeout=240))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    trials = load_study(tmp_path / "journal.log", "shared").trials
+    assert sorted(t.number for t in trials) == list(range(8))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    for i in range(2):
+        summary = json.loads((tmp_path / f"out{i}" / "tuning.json").read_text())
+        assert summary["study"] == "shared" and 4 <= summary["trials"]["total"] <= 8
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- 7. reproducibility
+
+
+def test_same_seed_gives_the_same_study(tmp_path: Path) -> None:
+    toml = write_config(tmp_path, protocol={"episodes": 1})
+    studies, summaries = [], []
+    for i in range(2):
+        storage = tmp_path / f"journal{i}.log"
+        assert tune(toml, storage, tmp_path / f"out{i}", "--trials", "4", "--seed", "5", "--jobs", "1",
+                    "--no-track", "-q") == 0
+        studies.append(load_study(storage).trials)
+        summaries.append(json.loads((tmp_path / f"out{i}" / "tuning.json").read_text()))
+    a, b = studies
+    assert len(a) == len(b) == 4
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.value for t in a] == [t.value for t in b]
+    assert len({json.dumps(t.params, sort_keys=True) for t in a}) == 4
+    assert summaries[0]["best"] == summaries[1]["best"]  # params, validation and the test numbers
+    assert summaries[0]["untuned"] == summaries[1]["untuned"]
+    assert summaries[0]["sampler"] == {"kind": "tpe", "seed": 5}
+    assert summaries[0]["config"]["seed"] == 5
+
+
+# --------------------------------------------------------------------------- 8. bad input
+
+
+@pytest.mark.parametrize(
+    ("sections", "args", "key"),
+    [
+        ({"few_shot": {"per_class": 3, "validation": 0}}, [], "few_shot.validation"),
+        ({"tune": {"space": {"objective.kl_weight": {"low": 5.0, "high": 1.0}}}}, [], "tune.space.objective.kl_weight"),
+        ({"tune": {"space": {"objective.kl_wieght": {"low": 0.0, "high": 1.0}}}}, [], "objective.kl_wieght"),
+        ({"tune": {"space": {"train.lr": {"low": 0.0, "high": 0.1, "log": True}}}}, [], "tune.space.train.lr"),
+        ({"tune": {"space": {"objective.kl_weight": {"low": -1.0, "high": 1.0}}}}, [], "objective.kl_weight"),
+        ({"objective": {"temperature": [1.0, 2.0]}}, [], "objective.temperature"),
+        ({}, ["--trials", "0"], "--trials"),
+    ],
+    ids=["no-validation", "low-above-high", "unknown-key", "log-through-zero", "end-invalid", "sweep", "zero-trials"],
+)
+def test_bad_input_exits_2_with_one_line_naming_the_key(
+    sections: dict, args: list[str], key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    toml = write_config(tmp_path, **sections)
+    assert tune(toml, tmp_path / "journal.log", tmp_path / "out", "--no-track", "-q", *args) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and key in lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "journal.log").exists()
+
+
+# --------------------------------------------------------------------------- 9. MLflow
+
+
+def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    toml = write_config(tmp_path, protocol={"episodes": 1})
+    storage = tmp_path / "journal.log"
+    track = ["--set", f'tracking.uri="{uri}"', "-q"]
+    assert tune(toml, storage, tmp_path / "out1", "--trials", "3", *track) == 0
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(STUDY)
+    assert experiment is not None
+
+    def check(out: Path, n_trials: int) -> str:
+        runs = client.search_runs([experiment.experiment_id], max_results=1000)
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(parents) == 1
+        parent = client.get_run(parents[0].info.run_id)
+        summary = json.loads((out / "tuning.json").read_text())
+        assert summary["mlflow_run_id"] == parent.info.run_id
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["distill.study"] == STUDY
+        for k, v in summary["best"]["params"].items():
+            assert parent.data.tags[f"best.{k}"] == str(v)
+        assert parent.data.tags["best.trial"] == str(summary["best"]["trial"])
+        metrics = parent.data.metrics
+        assert metrics["best/validation"] == pytest.approx(summary["best"]["validation"], abs=1e-12)
+        assert metrics["tuned/student/test_accuracy"] == pytest.approx(summary["best"]["test"]["student"]["accuracy"])
+        assert metrics["untuned/student/test_accuracy"] == pytest.approx(summary["untuned"]["test"]["student"]["accuracy"])
+
+        trials = load_study(storage).trials
+        assert len(trials) == n_trials
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.info.run_name for r in children) == sorted(f"trial {t.number}" for t in trials)
+        by_name = {r.info.run_name: r for r in children}
+        for t in trials:
+            child = by_name[f"trial {t.number}"]
+            assert child.data.tags["optuna.state"] == t.state.name
+            assert child.data.params == {k: str(v) for k, v in t.params.items()}
+            if t.state == TrialState.COMPLETE:
+                assert child.data.metrics["validation/value"] == pytest.approx(t.value, abs=1e-12)
+                assert child.info.status == "FINISHED"
+        assert len(runs) == 1 + n_trials
+        return parent.info.run_id
+
+    first = check(tmp_path / "out1", 3)
+    # A resumed study adds its children to the same parent run.
+    assert tune(toml, storage, tmp_path / "out2", "--trials", "2", *track) == 0
+    assert check(tmp_path / "out2", 5) == first
