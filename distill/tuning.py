@@ -267,7 +267,7 @@ def run_tuning(
             pruner=_pruner(config),
             load_if_exists=True,
         )
-        before = len(study.trials)
+        before = sum(t.state.is_finished() for t in study.trials)  # not queued / other workers' running trials
         log.info(
             "study '%s' in %s: %d trial(s) so far; adding %d (%s validation %s over %d episode(s))",
             study_name, storage_text, before, trials, direction, config.tune.metric, config.protocol.episodes,
@@ -326,7 +326,7 @@ def run_tuning(
             "pruner": config.tune.pruner,
             "trials": {
                 "before": before,
-                "total": len(study.trials),
+                "total": sum(t.state.is_finished() for t in study.trials),
                 "complete": len(completed),
                 "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
                 "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
