@@ -474,3 +474,17 @@ def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path) ->
     # A resumed study adds its children to the same parent run.
     assert tune(toml, storage, tmp_path / "out2", "--trials", "2", *track) == 0
     assert check(tmp_path / "out2", 5) == first
+
+
+def test_an_rdb_url_is_used_as_given(tmp_path: Path) -> None:
+    # Any RDB URL goes straight to Optuna's RDBStorage (here SQLite; PostgreSQL/MySQL alike).
+    toml = write_config(tmp_path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert main(["tune", str(toml), "--storage", url, "-o", str(tmp_path / "out"), "--trials", "2",
+                 "--no-track", "-q"]) == 0
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    assert [t.number for t in study.trials] == [0, 1]
+    assert all(t.state.is_finished() for t in study.trials)
+    summary = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    assert summary["storage"] == url
+    assert summary["best"]["validation"] == max(t.value for t in study.trials if t.value is not None)
