@@ -87,10 +87,10 @@ class DataConfig(_Section):
         scheme, sep, rest = value.partition(":")
         if not sep or not rest:
             raise ValueError(
-                f"must look like 'sklearn:NAME' or 'csv:PATH', got {value!r}"
+                f"must look like 'sklearn:NAME', 'csv:PATH', 'npz:PATH' or 'idx:DIR', got {value!r}"
             )
-        if scheme not in {"sklearn", "csv"}:
-            raise ValueError(f"scheme must be one of 'sklearn', 'csv', got {scheme!r} in {value!r}")
+        if scheme not in {"sklearn", "csv", "npz", "idx"}:
+            raise ValueError(f"scheme must be one of 'sklearn', 'csv', 'npz', 'idx', got {scheme!r} in {value!r}")
         return value
 
 

@@ -40,6 +40,8 @@ class Dataset:
     y: np.ndarray
     classes: list[str]
     feature_names: list[str] = field(default_factory=list)
+    #: ``(channels, height, width)`` when the rows are images (kept flat in ``x``); None for tables.
+    image_shape: tuple[int, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -47,7 +49,8 @@ class Dataset:
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        """What a student sees per row: the image shape for images, else ``(features,)``."""
+        return tuple(self.image_shape) if self.image_shape is not None else tuple(self.x.shape[1:])
 
 
 DATASETS: Registry[Callable[[], Dataset]] = Registry("dataset")
@@ -59,12 +62,14 @@ def _sklearn_loader(name: str) -> Callable[[], Dataset]:
 
         bunch = getattr(skd, f"load_{name}")()
         classes = [str(c) for c in getattr(bunch, "target_names", np.unique(bunch.target))]
+        images = getattr(bunch, "images", None)  # digits: 8x8 images, kept flat with their shape
         return Dataset(
             name=f"sklearn:{name}",
             x=np.asarray(bunch.data, dtype=np.float64),
             y=np.asarray(bunch.target, dtype=np.int64),
             classes=classes,
             feature_names=[str(f) for f in getattr(bunch, "feature_names", [])],
+            image_shape=(1, *images.shape[1:]) if images is not None else None,
         )
 
     load.__doc__ = f"scikit-learn's bundled {name} data set (no download)."

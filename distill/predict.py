@@ -74,7 +74,7 @@ def predict_frame(payload: dict[str, Any], frame: Any, where: str) -> Any:
         raise DataError(f"{where} has NaN or infinite feature values (first at row {row})")
     model = servable_from_checkpoint(payload)
     with torch.inference_mode():
-        probs = model(torch.as_tensor(x.reshape(-1, *payload["in_shape"]), dtype=torch.float32)).numpy()
+        probs = model(torch.as_tensor(x, dtype=torch.float32)).numpy()
     classes = list(payload["classes"])
     out = pd.DataFrame({"prediction": [classes[i] for i in probs.argmax(axis=1)]})
     for c, name in enumerate(classes):

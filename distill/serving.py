@@ -36,8 +36,8 @@ class ServableStudent(nn.Module):
         self.classes = list(classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.to(self.shift.dtype)
-        return probabilities(self.student((x - self.shift) / self.scale))
+        x = x.to(self.shift.dtype).reshape(x.shape[0], -1)  # rows flat, as the scaler was fit
+        return probabilities(self.student((x - self.shift.reshape(-1)) / self.scale.reshape(-1)))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

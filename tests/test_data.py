@@ -75,7 +75,13 @@ def test_sklearn_datasets_load_with_expected_shapes(iris, breast_cancer, digits)
     assert digits.x.shape == (1797, 64) and digits.num_classes == 10
     for ds in (iris, breast_cancer, digits):
         assert ds.x.dtype == np.float64 and ds.y.dtype == np.int64
-        assert ds.in_shape == (ds.x.shape[1],)
+    for ds in (iris, breast_cancer):
+        assert ds.in_shape == (ds.x.shape[1],) and ds.image_shape is None
+    # digits are 8x8 images: rows stay flat in x, the student sees (1, 8, 8)
+    assert digits.image_shape == (1, 8, 8) and digits.in_shape == (1, 8, 8)
+    from sklearn.datasets import load_digits
+
+    np.testing.assert_array_equal(digits.x.reshape(-1, 8, 8), load_digits().images)
 
 
 def test_unknown_sklearn_dataset_lists_registered():
