@@ -1,4 +1,4 @@
-"""The command line: ``python -m distill run|check|tune|predict|list``.
+"""The command line: ``python -m distill run|check|tune|teacher train|predict|list``.
 
 Exit codes: 0 done; 2 bad input (one line per problem, naming the key or file); 1 an
 internal error (a bug: the traceback is printed); 130 interrupted.
@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--output", "-o", help="run directory (default runs/<timestamp>-<name>-tune/)")
     tune.add_argument("--no-track", action="store_true", help="do not record the study to MLflow")
     tune.add_argument("--quiet", "-q", action="store_true", help="no progress bar and only warnings on stderr")
+
+    teacher = verbs.add_parser("teacher", help="teacher actions: train")
+    teacher_verbs = teacher.add_subparsers(dest="teacher_verb", required=True, parser_class=_Parser, metavar="ACTION")
+    teacher_train = teacher_verbs.add_parser("train", help="train a network teacher (teacher.arch) on all labelled rows")
+    _add_config_args(teacher_train)
+    teacher_train.add_argument("--output", "-o", help="checkpoint path (default teacher.checkpoint)")
+    teacher_train.add_argument("--no-track", action="store_true", help="do not record the training to MLflow")
+    teacher_train.add_argument("--quiet", "-q", action="store_true", help="no progress bar and only warnings on stderr")
 
     predict = verbs.add_parser("predict", help="predict classes for a CSV with a trained student")
     predict.add_argument("source", help="run directory, student.pt, or MLflow model URI (models:/..., runs:/.../student)")
@@ -163,6 +171,21 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.teacher_training import train_teacher
+
+    config = load_config(args.experiment, _overrides(args))
+    path, summary = train_teacher(
+        config, output=args.output, progress=not args.quiet and sys.stdout.isatty(), track=not args.no_track
+    )
+    test = summary["test"]
+    print(f"teacher {summary['arch']}: test accuracy {test['accuracy']:.4f}, macro-F1 {test['f1_macro']:.4f}, "
+          f"ECE {test['ece']:.4f} on {summary['rows']['heldout_test']} held-out rows")
+    print(f"checkpoint: {path}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from distill.predict import predict_csv
 
@@ -192,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
-        verbs = {"run": _cmd_run, "check": _cmd_check, "tune": _cmd_tune, "predict": _cmd_predict, "list": _cmd_list}
+        verbs = {"run": _cmd_run, "check": _cmd_check, "tune": _cmd_tune, "teacher": _cmd_teacher,
+                 "predict": _cmd_predict, "list": _cmd_list}
         return verbs[args.verb](args)
     except UserError as exc:
         for problem in exc.problems:

@@ -135,7 +135,10 @@ class ProtocolConfig(_Section):
 
 
 class TeacherConfig(_Section):
-    """The teacher: a Gaussian process, or any scikit-learn estimator with ``predict_proba``."""
+    """The teacher: a Gaussian process, any scikit-learn estimator with ``predict_proba``, or a trained network.
+
+    ``params`` are the estimator's kwargs (``sklearn``) or the architecture's kwargs (``network`` with ``arch``).
+    """
 
     kind: Literal["gaussian_process", "sklearn", "network"] = "gaussian_process"
     kernel: str = "auto"
@@ -145,6 +148,11 @@ class TeacherConfig(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Optional[str] = None
     uri: Optional[str] = None
+    arch: Optional[str] = None
+    input: Literal["raw", "scaled"] = "raw"
+    validation: Number = Field(default=0.1, gt=0, lt=1)
+    cache: StrictBool = True
+    cache_dir: str = ".distill-cache"
 
     @field_validator("kernel")
     @classmethod

@@ -82,14 +82,21 @@ for _name in ("breast_cancer", "digits", "iris", "wine"):
 
 def list_datasets() -> list[str]:
     """Registered dataset names plus the file schemes a source may use."""
-    return DATASETS.names() + ["csv:PATH"]
+    return DATASETS.names() + ["csv:PATH", "npz:PATH", "idx:DIR"]
 
 
 def load_dataset(source: str, label: str = "label") -> Dataset:
-    """Load ``sklearn:NAME`` or ``csv:PATH`` and check it: finite features, at least two classes."""
+    """Load ``sklearn:NAME``, ``csv:PATH``, ``npz:PATH`` or ``idx:DIR`` and check it.
+
+    The check: finite features, at least two classes, some rows.
+    """
     scheme, _, rest = source.partition(":")
     if scheme == "csv":
         dataset = load_csv(Path(rest), label)
+    elif scheme == "npz":
+        dataset = load_npz(Path(rest))
+    elif scheme == "idx":
+        dataset = load_idx(Path(rest))
     else:
         try:
             loader = DATASETS.get(source)
@@ -146,6 +153,267 @@ def load_csv(path: Path, label: str) -> Dataset:
         y=y,
         classes=classes,
         feature_names=[str(c) for c in frame.columns],
+    )
+
+
+def _image_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """``[N, D]`` is a table (None); ``[N, H, W]`` one channel; ``[N, C, H, W]`` C channels."""
+    if len(shape) == 3:
+        return (1, int(shape[1]), int(shape[2]))
+    if len(shape) == 4:
+        return tuple(int(s) for s in shape[1:])
+    return None
+
+
+def _npz_labels(
+    path: Path, y: np.ndarray, names: np.ndarray | None
+) -> tuple[np.ndarray, list[str]]:
+    """Labels to ``0..K-1`` and class names: sorted values, or the order of a ``classes`` array."""
+    where = f"data file '{path}'"
+    if y.dtype.kind == "S":
+        y = np.char.decode(y, "utf-8", errors="replace")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise DataError(f"{where}: label array 'y' holds NaN or infinite values")
+        if not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"{where}: label array 'y' holds fractional numbers; labels must be integers or strings")
+        y = y.astype(np.int64)
+    if y.dtype.kind not in "biuU":
+        raise DataError(f"{where}: label array 'y' has dtype {y.dtype}; labels must be integers or strings")
+    if names is None:
+        classes_raw = np.unique(y)
+        return np.searchsorted(classes_raw, y).astype(np.int64), [str(c) for c in classes_raw]
+    if names.dtype.kind == "S":
+        names = np.char.decode(names, "utf-8", errors="replace")
+    if names.ndim != 1 or names.size == 0 or names.dtype.kind not in "iuU":
+        raise DataError(f"{where}: array 'classes' must be a non-empty 1-D array of class names")
+    classes = [str(c) for c in names]
+    if len(set(classes)) != len(classes):
+        dup = next(c for c in classes if classes.count(c) > 1)
+        raise DataError(f"{where}: array 'classes' names '{dup}' twice")
+    if y.dtype.kind == "U":
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({str(v) for v in np.unique(y)} - index.keys())
+        if unknown:
+            raise DataError(
+                f"{where}: label(s) {', '.join(repr(u) for u in unknown[:5])} in 'y' are not in array 'classes'"
+            )
+        return np.array([index[str(v)] for v in y], dtype=np.int64), classes
+    values = y.astype(np.int64)
+    bad = (values < 0) | (values >= len(classes))
+    if bad.any():
+        raise DataError(
+            f"{where}: label {int(values[bad][0])} in 'y' has no name; with an array 'classes' of"
+            f" {len(classes)} name(s) the labels must be 0..{len(classes) - 1}"
+        )
+    return values, classes
+
+
+def load_npz(path: Path) -> Dataset:
+    """A NumPy ``.npz`` archive with arrays ``x`` (features or images) and ``y`` (labels).
+
+    ``x`` [N, D] is a table, [N, H, W] a one-channel image, [N, C, H, W] an image with C
+    channels (kept flat). Integer or string labels map to ``0..K-1`` in sorted order; an
+    optional string array ``classes`` names integer labels ``0..K-1`` instead. Pickled
+    (object) arrays are refused: the file is read with ``allow_pickle=False``.
+    """
+    import zipfile
+
+    where = f"data file '{path}'"
+    if not path.is_file():
+        raise DataError(f"{where} not found")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{where} is not an .npz archive (a zip of arrays saved by numpy.savez)")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataError(f"{where} is not an .npz archive")
+            present = list(archive.files)
+            for name in ("x", "y"):
+                if name not in present:
+                    shown = ", ".join(repr(p) for p in present) or "none"
+                    raise DataError(f"{where} has no array '{name}'; arrays present: {shown}")
+            for name in ("x", "y", "classes"):
+                if name in present:
+                    try:
+                        arrays[name] = archive[name]
+                    except ValueError as exc:
+                        if "pickle" in str(exc).lower():
+                            raise DataError(
+                                f"{where}: array '{name}' holds Python objects (pickled data);"
+                                " refusing to unpickle it, save plain numeric or string arrays"
+                            ) from None
+                        raise
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{where} cannot be read as .npz: {reason}") from None
+    x, y = arrays["x"], arrays["y"]
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where}: array 'x' has dtype {x.dtype}; features must be numeric")
+    if x.ndim not in (2, 3, 4):
+        raise DataError(
+            f"{where}: array 'x' has shape {x.shape}; expected [N, D] (table),"
+            " [N, H, W] or [N, C, H, W] (images)"
+        )
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{where}: array 'y' has shape {y.shape}; expected one label per row [N]")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{where}: array 'x' has {x.shape[0]} row(s) but 'y' has {y.shape[0]} label(s)")
+    if x.shape[0] == 0 or x.size == 0:
+        raise DataError(f"{where} is empty: array 'x' has shape {x.shape}")
+    labels, classes = _npz_labels(path, y, arrays.get("classes"))
+    return Dataset(
+        name=f"npz:{path}",
+        x=np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1),
+        y=labels,
+        classes=classes,
+        image_shape=_image_shape(x.shape),
+    )
+
+
+#: IDX type codes (the third magic byte) and their big-endian dtypes.
+_IDX_TYPES: dict[int, str] = {
+    0x08: "u1",
+    0x09: "i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
+_IDX_PARTS = ("train", "t10k")
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (optionally gzipped): magic ``00 00 TYPE NDIM``, big-endian sizes, data."""
+    import gzip
+    import zlib
+
+    where = f"data file '{path}'"
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                raw = handle.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{where} cannot be read: {reason}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        shown = raw[:4].hex(" ") if raw else "nothing"
+        raise DataError(
+            f"{where} is not an IDX file: bad magic number ({shown}); expected 00 00, a type code"
+            " (08, 09, 0b, 0c, 0d or 0e) and a dimension count"
+        )
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{where} is truncated: its header needs {header} bytes, the file has {len(raw)}")
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = len(raw) - header
+    if have < need:
+        raise DataError(
+            f"{where} is truncated: its header {shape} needs {need} data bytes, the file has {have}"
+        )
+    if have > need:
+        raise DataError(
+            f"{where} has {have - need} byte(s) after the data its header {shape} describes"
+        )
+    return np.frombuffer(raw, dtype=dtype, count=need // dtype.itemsize, offset=header).reshape(shape)
+
+
+def load_idx(folder: Path) -> Dataset:
+    """MNIST-style IDX files in ``folder``: ``train-*`` then ``t10k-*``, each optionally ``.gz``.
+
+    Pixels stay raw (0..255 for MNIST) as float64; scaling is the config's job. Class names
+    are the label numbers, or the lines of a ``classes.txt`` in the folder.
+    """
+    where = f"data folder '{folder}'"
+    if not folder.is_dir():
+        raise DataError(f"{where} not found")
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    image_shape: tuple[int, ...] | None = None
+    first: Path | None = None
+    for part in _IDX_PARTS:
+        images = _find_idx(folder, f"{part}-images-idx3-ubyte")
+        labels = _find_idx(folder, f"{part}-labels-idx1-ubyte")
+        if images is None and labels is None:
+            continue
+        if images is None or labels is None:
+            have = images if images is not None else labels
+            missing = f"{part}-labels-idx1-ubyte" if labels is None else f"{part}-images-idx3-ubyte"
+            raise DataError(f"data file '{have}' has no partner: '{missing}[.gz]' is missing in {where}")
+        pixels = read_idx(images)
+        if pixels.ndim not in (3, 4):
+            raise DataError(
+                f"data file '{images}' has shape {pixels.shape}; expected images [N, H, W] or [N, C, H, W]"
+            )
+        shape = _image_shape(pixels.shape)
+        if image_shape is not None and shape != image_shape:
+            raise DataError(
+                f"data file '{images}' holds images of shape {shape} but '{first}' holds {image_shape}"
+            )
+        targets = read_idx(labels)
+        if targets.ndim != 1:
+            raise DataError(f"data file '{labels}' has shape {targets.shape}; expected labels [N]")
+        if targets.shape[0] != pixels.shape[0]:
+            raise DataError(
+                f"data file '{labels}' has {targets.shape[0]} label(s) but '{images}'"
+                f" has {pixels.shape[0]} image(s)"
+            )
+        if targets.dtype.kind == "f" and not (
+            np.isfinite(targets).all() and np.all(np.mod(targets, 1) == 0)
+        ):
+            raise DataError(f"data file '{labels}' holds non-integer labels")
+        if targets.size and targets.min() < 0:
+            raise DataError(f"data file '{labels}' holds a negative label ({int(targets.min())})")
+        image_shape, first = shape, images
+        xs.append(pixels.reshape(pixels.shape[0], -1).astype(np.float64))
+        ys.append(targets.astype(np.int64))
+    if not xs:
+        expected = ", ".join(
+            f"{p}-{kind}[.gz]" for p in _IDX_PARTS for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+        )
+        raise DataError(f"{where} has no IDX image/label files; expected {expected}")
+    y = np.concatenate(ys)
+    needed = int(y.max()) + 1 if y.size else 0
+    names_file = folder / "classes.txt"
+    if names_file.is_file():
+        try:
+            text = names_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"data file '{names_file}' cannot be read: {type(exc).__name__}") from None
+        classes = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(classes) < needed:
+            raise DataError(
+                f"data file '{names_file}' names {len(classes)} class(es) but the labels go up to"
+                f" {needed - 1}; give one name per line for labels 0..{needed - 1}"
+            )
+        if len(set(classes)) != len(classes):
+            dup = next(c for c in classes if classes.count(c) > 1)
+            raise DataError(f"data file '{names_file}' names '{dup}' twice")
+    else:
+        classes = [str(i) for i in range(max(10, needed))]
+    return Dataset(
+        name=f"idx:{folder}",
+        x=np.concatenate(xs),
+        y=y,
+        classes=classes,
+        image_shape=image_shape,
     )
 
 
@@ -253,8 +521,12 @@ def split_dataset(
     per_class: int | None,
     validation: int,
     seed: int,
+    test_from: np.ndarray | None = None,
 ) -> Split:
-    """Test split (stratified), then labelled and validation draws from the rest; pure in ``seed``."""
+    """Test split (stratified), then labelled and validation draws from the rest; pure in ``seed``.
+
+    ``test_from`` restricts the test draw to those rows (the rows a trained teacher never saw).
+    """
     n = dataset.x.shape[0]
     y = dataset.y
     k = dataset.num_classes
@@ -264,7 +536,13 @@ def split_dataset(
         raise DataError(f"data.test_size: {n_test} test rows asked but the data has only {n} rows")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     all_rows = np.arange(n)
-    test = draw_stratified(y, all_rows, n_test, "total", rng, k, "data.test_size")
+    candidates = all_rows if test_from is None else np.intersect1d(all_rows, np.asarray(test_from, dtype=np.int64))
+    if test_from is not None and n_test > candidates.size:
+        raise DataError(
+            f"data.test_size: {n_test} test rows asked but the teacher held out only {candidates.size}; "
+            "lower data.test_size or train the teacher with a larger one"
+        )
+    test = draw_stratified(y, candidates, n_test, "total", rng, k, "data.test_size")
     rest = np.setdiff1d(all_rows, test, assume_unique=True)
     unit: Literal["total", "per_class"] = "per_class" if per_class is not None else "total"
     amount = per_class if per_class is not None else labelled

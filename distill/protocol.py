@@ -23,6 +23,7 @@ from torch import nn
 
 import students
 from distill.config import Config, expand_sweep
+from distill.cache import SoftTargetCache, array_digest
 from distill.data import Dataset, Scaler, Split, augment_rows, fit_scaler, load_dataset, split_dataset
 from distill.engine import (
     EvaluationRows,
@@ -50,6 +51,7 @@ __all__ = [
     "run_protocol",
     "prepare_protocol",
     "episode_seed",
+    "soft_target_cache",
     "fit_settings",
 ]
 
@@ -91,10 +93,14 @@ class EpisodeResult:
     split: Split | None = None
 
 
-def _teacher_kwargs(config: Config, num_classes: int) -> dict[str, Any]:
+def _teacher_kwargs(config: Config, dataset: Dataset, device: str = "cpu") -> dict[str, Any]:
     t = config.teacher
     return {
-        "num_classes": num_classes,
+        "num_classes": dataset.num_classes,
+        "in_shape": dataset.in_shape,
+        "arch": t.arch,
+        "input": t.input,
+        "device": device,
         "kernel": t.kernel,
         "restarts": t.restarts,
         "multi_class": t.multi_class,
@@ -105,6 +111,33 @@ def _teacher_kwargs(config: Config, num_classes: int) -> dict[str, Any]:
         "tracking_uri": resolve_tracking_uri(config),
         "random_state": config.seed,
     }
+
+
+def _teacher_heldout_rows(config: Config, dataset: Dataset) -> np.ndarray | None:
+    """Rows a distill-trained network teacher never saw, so that test rows stay unseen by it too."""
+    if config.teacher.kind != "network":
+        return None
+    from distill.teacher_training import data_hash
+
+    try:
+        teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, dataset))
+        rows = teacher.heldout_rows(data_hash(dataset.x, dataset.y)) if hasattr(teacher, "heldout_rows") else None
+    except (ValueError, UserError):
+        return None  # reported with the other teacher problems below
+    if rows is None:
+        _warn_once(
+            "the network teacher records no held-out rows for this data: test rows may include rows it was trained on"
+        )
+    return rows
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def _build_student(config: Config, dataset: Dataset, num_outputs: int) -> nn.Module:
@@ -125,6 +158,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     if dataset is None:
         dataset = load_dataset(config.data.source, config.data.label)
     fs = config.few_shot
+    heldout = _teacher_heldout_rows(config, dataset)
     split = split_dataset(
         dataset,
         test_size=config.data.test_size,
@@ -132,6 +166,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
         per_class=fs.per_class,
         validation=fs.validation,
         seed=config.seed,
+        test_from=heldout,
     )
     problems: list[str] = []
     k = dataset.num_classes
@@ -142,7 +177,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
         problems.append(f"objective.hard = 'bce' needs two classes, but {config.data.source} has {k}; use 'ce'")
     num_outputs = 1 if hard == "bce" else k
     try:
-        teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, k))
+        teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, dataset))
         if hasattr(teacher, "check"):  # e.g. a network teacher: classes and input shape, before training
             teacher.check(dataset.in_shape)
     except UserError as exc:
@@ -259,29 +294,36 @@ def _baseline_key(config: Config) -> str:
     return json.dumps(c, sort_keys=True)
 
 
-def teach(prepared: Prepared, *, score_test: bool = True) -> TeacherOutputs:
+def _teacher_identity(config: Config, teacher: Teacher) -> str:
+    """What a teacher's outputs depend on besides its input rows (and, if it learns, its fit rows)."""
+    if hasattr(teacher, "fingerprint"):
+        return str(teacher.fingerprint())
+    import sklearn
+
+    settings = config.teacher.model_dump(mode="json", exclude={"cache", "cache_dir", "validation"})
+    return json.dumps([settings, config.seed, sklearn.__version__], sort_keys=True)
+
+
+def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache | None = None) -> TeacherOutputs:
     """Fit the teacher on the labelled rows and compute its soft targets once for every row the student sees.
 
-    With ``score_test=False`` (tuning) the test rows are never read: ``test_logits`` is empty.
+    With ``score_test=False`` (tuning) the test rows are never read: ``test_logits`` is empty. With
+    a ``cache``, outputs computed before for the same teacher, fit rows and input rows are reused
+    (and a fitted teacher is not even fitted again).
     """
     config, data, split, device = prepared.config, prepared.dataset, prepared.split, prepared.device
     k = data.num_classes
     timings: dict[str, float] = {}
     x = prepared.scaler.transform(data.x)
 
-    started = time.perf_counter()
-    teacher: Teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, k))
-    # x is the student's (scaled) space; a network teacher reads raw features, as it was trained.
-    raw = getattr(teacher, "input_space", "scaled") == "raw"
-    to_teacher = prepared.scaler.inverse_transform if raw else (lambda rows: rows)
+    teacher: Teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, data, str(device)))
+    # x is the student's (scaled) space; a network teacher may read raw features, as it was trained.
     try:
-        teacher.fit(to_teacher(x[split.labelled]), data.y[split.labelled])
+        raw = getattr(teacher, "input_space", "scaled") == "raw"
     except ValueError as exc:
-        raise UserError(f"teacher '{config.teacher.kind}' cannot be fit on the labelled rows: {exc}") from None
-    timings["teacher_fit_s"] = time.perf_counter() - started
-    diagnostics: dict[str, Any] = dict(teacher.diagnostics()) if hasattr(teacher, "diagnostics") else {}
+        raise UserError(f"teacher: {exc}") from None
+    to_teacher = prepared.scaler.inverse_transform if raw else (lambda rows: rows)
 
-    started = time.perf_counter()
     transfer = config.few_shot.transfer
     rows = split.labelled if transfer != "pool" else np.concatenate([split.labelled, split.pool])
     x_train = x[rows]
@@ -297,12 +339,41 @@ def teach(prepared: Prepared, *, score_test: bool = True) -> TeacherOutputs:
     # One teacher pass over every row it will ever be asked about: transfer, validation, test.
     test_rows = split.test if score_test else split.test[:0]
     everything = np.concatenate([x_train, x[split.validation], x[test_rows]])
-    logits = np.asarray(teacher.logits(to_teacher(everything)), dtype=np.float64)
-    if logits.shape != (everything.shape[0], k) or not np.isfinite(logits).all():
-        raise UserError(
-            f"teacher '{config.teacher.kind}' returned logits of shape {logits.shape} "
-            f"(finite: {bool(np.isfinite(logits).all())}); expected ({everything.shape[0]}, {k}) and finite"
-        )
+    teacher_rows = to_teacher(everything)
+    fit_x, fit_y = to_teacher(x[split.labelled]), data.y[split.labelled]
+
+    cache = cache if cache is not None else SoftTargetCache(None)
+    learns = not hasattr(teacher, "fingerprint")  # a network arrives trained: its fit rows do not matter
+    try:
+        identity = _teacher_identity(config, teacher)
+    except ValueError as exc:
+        raise UserError(f"teacher: {exc}") from None
+    key = cache.key(identity, array_digest(fit_x, fit_y) if learns else "", array_digest(teacher_rows))
+    started = time.perf_counter()
+    cached = cache.get(key)
+    if cached is not None:
+        logits, diagnostics = cached
+        diagnostics = {**diagnostics, "cache": "hit"}
+        timings["teacher_fit_s"] = 0.0
+        log.debug("soft targets: cache hit %s", key[:12])
+    else:
+        try:
+            teacher.fit(fit_x, fit_y)
+        except ValueError as exc:
+            raise UserError(f"teacher '{config.teacher.kind}' cannot be fit on the labelled rows: {exc}") from None
+        timings["teacher_fit_s"] = time.perf_counter() - started
+        diagnostics = dict(teacher.diagnostics()) if hasattr(teacher, "diagnostics") else {}
+        started = time.perf_counter()
+        logits = np.asarray(teacher.logits(teacher_rows), dtype=np.float64)
+        if logits.shape != (everything.shape[0], k) or not np.isfinite(logits).all():
+            raise UserError(
+                f"teacher '{config.teacher.kind}' returned logits of shape {logits.shape} "
+                f"(finite: {bool(np.isfinite(logits).all())}); expected ({everything.shape[0]}, {k}) and finite"
+            )
+        if cache.folder is not None:
+            cache.put(key, logits, diagnostics)
+            diagnostics = {**diagnostics, "cache": "miss"}
+            log.debug("soft targets: cache miss %s, stored", key[:12])
     n_train, n_val = x_train.shape[0], split.validation.size
     timings["soft_targets_s"] = time.perf_counter() - started
     if n_val:
@@ -378,6 +449,7 @@ def run_episode(
     cache: dict[str, Any] | None = None,
     episode: int = 0,
     value: Any = None,
+    soft_cache: SoftTargetCache | None = None,
 ) -> EpisodeResult:
     """Teacher, distilled student and baseline on one draw; scored on its test rows.
 
@@ -391,7 +463,7 @@ def run_episode(
 
     teacher_key = "teacher:" + _teacher_key(config)
     if teacher_key not in cache:
-        cache[teacher_key] = teach(prepared)
+        cache[teacher_key] = teach(prepared, cache=soft_cache)
     taught: TeacherOutputs = cache[teacher_key]
     timings.update(taught.timings)
 
@@ -443,6 +515,11 @@ def episode_seed(seed: int, episode: int) -> int:
     return seed + episode
 
 
+def soft_target_cache(config: Config) -> SoftTargetCache:
+    """The run's soft-target cache (``teacher.cache_dir``), or an inactive one with ``teacher.cache = false``."""
+    return SoftTargetCache(config.teacher.cache_dir if config.teacher.cache else None)
+
+
 def prepare_protocol(config: Config) -> list[Prepared]:
     """Load the data once and prepare episode 0 of every sweep value: every check, before any training."""
     started = time.perf_counter()
@@ -460,6 +537,7 @@ def run_protocol(
     *,
     progress: bool = False,
     on_result: Callable[[EpisodeResult], None] | None = None,
+    soft_cache: SoftTargetCache | None = None,
 ) -> tuple[list[Prepared], list[EpisodeResult]]:
     """Every episode (and every sweep value within it).
 
@@ -481,7 +559,10 @@ def run_protocol(
             prepared = first[i] if e == 0 else prepare(
                 variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset
             )
-            results.append(run_episode(prepared, progress=progress and total == 1, cache=cache, episode=e, value=value))
+            results.append(
+                run_episode(prepared, progress=progress and total == 1, cache=cache, episode=e, value=value,
+                            soft_cache=soft_cache)
+            )
             if on_result is not None:
                 on_result(results[-1])
             bar.update(1)

@@ -17,7 +17,7 @@ import torch
 import distill
 from distill.config import Config, config_dict, to_toml
 from distill.metrics import METRICS
-from distill.protocol import EpisodeResult, Prepared, prepare_protocol, run_protocol
+from distill.protocol import EpisodeResult, Prepared, prepare_protocol, run_protocol, soft_target_cache
 from distill.report import (
     SYSTEMS,
     metrics_table,
@@ -288,9 +288,13 @@ def run_experiment(
             log.info(line)
         sweep_key = config.sweep[0] if config.sweep is not None else None
         nested = config.protocol.episodes * (len(config.sweep[1]) if config.sweep else 1) > 1
+        soft_cache = soft_target_cache(config)
         first, results = run_protocol(
-            config, first, progress=progress, on_result=lambda r: _log_episode(tracker, r, sweep_key, nested)
+            config, first, progress=progress, on_result=lambda r: _log_episode(tracker, r, sweep_key, nested),
+            soft_cache=soft_cache,
         )
+        if soft_cache.folder is not None:
+            log.info("soft-target cache %s: %d hit(s), %d miss(es)", soft_cache.folder, soft_cache.hits, soft_cache.misses)
         runs = []
         for r in results:
             for system, fit_result in (("student", r.student_fit), ("baseline", r.baseline_fit)):
@@ -309,6 +313,7 @@ def run_experiment(
             first[0].dataset.classes, title="student on the test rows (episode 0)",
         )
         summary = summarise(config, first, results, run_dir, time.perf_counter() - started)
+        summary["soft_target_cache"] = soft_cache.stats()
         if sweep_key is not None:
             plot_sweep(run_dir / f"sweep_{sweep_key.replace('.', '_')}.png", sweep_key, summary["sweep"]["points"])
             for i, point in enumerate(summary["sweep"]["points"]):

@@ -28,6 +28,7 @@ import torch
 from distill.config import Config, config_dict, set_dotted, to_toml, validate_config
 from distill.errors import ConfigError
 from distill.metrics import METRICS, classification_metrics, probabilities
+from distill.cache import SoftTargetCache
 from distill.engine import predict_logits
 from distill.protocol import (
     Prepared,
@@ -36,6 +37,7 @@ from distill.protocol import (
     episode_seed,
     prepare,
     prepare_protocol,
+    soft_target_cache,
     teach,
     train_student,
 )
@@ -123,13 +125,14 @@ def _validation_value(logits: torch.Tensor, y: torch.Tensor, num_classes: int, m
 class _TeacherCache:
     """Teacher outputs per (episode, teacher-relevant config): a search over the objective fits each teacher once."""
 
-    def __init__(self) -> None:
+    def __init__(self, disk: SoftTargetCache | None = None) -> None:
         self._store: dict[str, TeacherOutputs] = {}
+        self._disk = disk
 
     def get(self, prepared: Prepared) -> TeacherOutputs:
         key = _teacher_key(prepared.config)
         if key not in self._store:
-            self._store[key] = teach(prepared, score_test=False)  # the test rows stay unread
+            self._store[key] = teach(prepared, score_test=False, cache=self._disk)  # the test rows stay unread
         return self._store[key]
 
 
@@ -276,7 +279,7 @@ def run_tuning(
             from distill.tracking import StudyTracker
 
             tracker = StudyTracker.start(uri, config, study_name, storage_text, run_dir.name)
-        cache = _TeacherCache()
+        cache = _TeacherCache(soft_target_cache(config))
 
         def objective(trial: optuna.Trial) -> float:
             params = {key: _suggest(trial, key, spec) for key, spec in config.tune.space.items()}

@@ -39,6 +39,7 @@ def list_students() -> list[str]:
 
 
 def _load_builtin() -> None:
+    import students.cnn  # noqa: F401
     import students.mlp  # noqa: F401
 
 

@@ -23,6 +23,11 @@ from distill.protocol import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))
+#: Experiments for ``teacher train`` (a network teacher with an architecture to train) and those
+#: that distil a teacher one of them writes; tests/test_teacher_experiments.py runs them in order.
+TEACHER_EXPERIMENTS = {"digits_teacher", "fashion_mnist_lenet"}
+NEEDS_TRAINED_TEACHER = {"digits_cnn_to_mlp"}
+RUN_EXPERIMENTS = [p for p in EXPERIMENTS if p.stem not in TEACHER_EXPERIMENTS | NEEDS_TRAINED_TEACHER]
 SYSTEMS = ("teacher", "student", "baseline")
 FAST = ["--set", "train.epochs=3"]
 
@@ -46,8 +51,14 @@ def check_summary(summary: dict) -> None:
     assert "mlflow_run_id" in summary
 
 
+def test_every_shipped_experiment_is_covered() -> None:
+    names = {p.stem for p in EXPERIMENTS}
+    assert TEACHER_EXPERIMENTS | NEEDS_TRAINED_TEACHER <= names
+    assert len(RUN_EXPERIMENTS) + len(TEACHER_EXPERIMENTS) + len(NEEDS_TRAINED_TEACHER) == len(names)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("experiment", RUN_EXPERIMENTS, ids=lambda p: p.stem)
 def test_shipped_experiment_writes_a_valid_run_directory(experiment: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert run_cli("run", str(experiment), "-o", str(out), "--no-track", "--quiet") == 0
@@ -253,7 +264,7 @@ def test_config_errors_are_all_reported_at_once(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ('[student]\narch = "mpl"\n', "unknown student 'mpl'; registered: mlp"),
+        ('[student]\narch = "mpl"\n', "unknown student 'mpl'; registered: cnn, mlp"),
         ("[student]\nhiden = [3]\n", "unknown key 'student.hiden'"),
         ('[teacher]\nmulti_class = "one_vs_one"\n[data]\nsource = "sklearn:iris"\n', "one_vs_one"),
         ('[objective]\nhard = "bce"\n[data]\nsource = "sklearn:wine"\n', "objective.hard = 'bce' needs two classes"),

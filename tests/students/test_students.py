@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import textwrap
 
@@ -14,6 +15,8 @@ from students import STUDENTS, StudentArgumentError, build, list_students, num_o
 from students.mlp import ACTIVATIONS, MLP
 
 IN_FEATURES = 6
+# Students that need images get an image shape; every other student is built on a table (IN_FEATURES,).
+IMAGE_SHAPES: dict[str, tuple[int, ...]] = {"cnn": (1, 8, 8)}
 
 
 # --------------------------------------------------------------------------- conformance
@@ -23,9 +26,10 @@ IN_FEATURES = 6
 @pytest.mark.parametrize("name", list_students())
 def test_forward_shape_and_backward(name: str, num_classes: int) -> None:
     torch.manual_seed(0)
-    model = students.build(name, (IN_FEATURES,), num_classes)
+    in_shape = IMAGE_SHAPES.get(name, (IN_FEATURES,))
+    model = students.build(name, in_shape, num_classes)
     assert isinstance(model, nn.Module)
-    x = torch.randn(5, IN_FEATURES)
+    x = torch.randn(5, math.prod(in_shape))  # rows reach students flat
     out = model(x)
     expected = 1 if num_classes == 2 else num_classes
     assert out.shape == (5, expected)
@@ -41,6 +45,12 @@ def test_forward_shape_and_backward(name: str, num_classes: int) -> None:
 
 def test_list_students_has_mlp() -> None:
     assert "mlp" in list_students()
+
+
+def test_list_students_has_cnn_and_only_image_students_get_image_shapes() -> None:
+    assert "cnn" in list_students()
+    assert "mlp" not in IMAGE_SHAPES
+    assert set(IMAGE_SHAPES) <= set(list_students())
 
 
 # --------------------------------------------------------------------------- MLP

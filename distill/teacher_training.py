@@ -1,0 +1,187 @@
+"""``distill teacher train``: fit a network teacher on the whole labelled training pool.
+
+The teacher learns from every labelled row except a held-out test split (and an early-stopping
+validation split), with the hard loss only and the same engine as the students. Its checkpoint
+records the architecture, the input scaling, the classes, a hash of the data and the held-out
+rows, so that a later ``run`` with ``teacher.checkpoint`` pointing at it draws its test rows only
+from rows the teacher never saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import distill
+import students
+from distill.cache import array_digest
+from distill.config import Config, config_dict, flatten
+from distill.data import draw_stratified, fit_scaler, load_dataset
+from distill.engine import EvaluationRows, TrainingRows, fit, predict_logits
+from distill.errors import ConfigError
+from distill.metrics import classification_metrics, probabilities
+from distill.protocol import fit_settings
+from distill.rundir import atomic_write, attach_log_file, write_json
+from distill.seeding import configure_threads, resolve_device, seed_everything
+from distill.serving import CHECKPOINT_FORMAT
+
+__all__ = ["train_teacher", "data_hash"]
+
+log = logging.getLogger("distill")
+
+
+def data_hash(x: np.ndarray, y: np.ndarray) -> str:
+    """Identifies a dataset's exact rows and labels (recorded in teacher checkpoints)."""
+    return array_digest(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64))
+
+
+def _check(config: Config, output: str | Path | None) -> Path:
+    t = config.teacher
+    problems = []
+    if t.kind != "network":
+        problems.append(f"teacher train trains a network: set teacher.kind = \"network\", got {t.kind!r}")
+    if not t.arch:
+        problems.append("teacher train needs teacher.arch (a registered architecture such as 'cnn', or 'module:Class')")
+    if output is None and not t.checkpoint:
+        problems.append("teacher train writes to teacher.checkpoint (or --output); set one")
+    if problems:
+        raise ConfigError(*problems)
+    return Path(output) if output is not None else Path(str(t.checkpoint))
+
+
+def train_teacher(
+    config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """Train ``teacher.arch`` on all labelled rows but the held-out test split; write its checkpoint."""
+    started = time.perf_counter()
+    path = _check(config, output)
+    dataset = load_dataset(config.data.source, config.data.label)
+    device = resolve_device(config.train.device)
+    k = dataset.num_classes
+    n = dataset.x.shape[0]
+    test_size = config.data.test_size
+    n_test = int(test_size) if isinstance(test_size, int) else int(math.ceil(test_size * n - 1e-9))
+    if n_test >= n:
+        raise ConfigError(f"data.test_size: {n_test} test rows asked but the data has only {n} rows")
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x7EAC]))
+    test = draw_stratified(dataset.y, np.arange(n), n_test, "total", rng, k, "data.test_size")
+    rest = np.setdiff1d(np.arange(n), test, assume_unique=True)
+    n_val = max(k, int(round(float(config.teacher.validation) * rest.size)))
+    val = draw_stratified(dataset.y, rest, n_val, "total", rng, k, "teacher.validation")
+    train = np.setdiff1d(rest, val, assume_unique=True)
+    scaler = fit_scaler(config.data.scale, dataset.x[train])
+    x = scaler.transform(dataset.x)
+    configure_threads(device, config.train.threads, int(x[train].size))
+
+    kwargs = dict(config.teacher.params)
+    seed_everything(config.seed)
+    try:
+        model = students.build(str(config.teacher.arch), dataset.in_shape, k, **kwargs).to(device)
+    except ValueError as exc:
+        raise ConfigError(f"teacher.arch: {str(exc).replace('student.', 'teacher.params.')}") from None
+    num_outputs = int(model(torch.zeros((1, *dataset.in_shape), device=device)).shape[-1])
+
+    def rows(index: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(x[index]), dtype=dtype).to(device)
+
+    def labels(index: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(dataset.y[index], dtype=torch.long).to(device)
+
+    training = TrainingRows(x=rows(train), targets=labels(train),
+                            labelled=torch.ones(train.size, dtype=torch.bool, device=device))
+    settings = dataclasses.replace(fit_settings(config, kl_weight=0.0))
+    log.info(
+        "teacher train: %s %s on %d rows (validation %d, held-out test %d), %s",
+        config.teacher.arch, kwargs, train.size, val.size, test.size, device,
+    )
+    seed_everything(config.seed + 1)
+    result = fit(model, training, settings, num_classes=k, validation=EvaluationRows(rows(val), labels(val)),
+                 progress=progress, description="teacher")
+    logits = predict_logits(model, rows(test))
+    metric_values = classification_metrics(probabilities(logits), labels(test), k)
+    test_metrics = dict(zip(metric_values, torch.stack(list(metric_values.values())).tolist(), strict=True))
+    log.info("teacher: %d epochs (%s); test accuracy %.4f", result.stopped_epoch, result.stop_reason,
+             test_metrics["accuracy"])
+
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "role": "teacher",
+        "distill_version": distill.__version__,
+        "arch": str(config.teacher.arch),
+        "kwargs": kwargs,
+        "in_shape": list(dataset.in_shape),
+        "num_classes": k,
+        "num_outputs": num_outputs,
+        "classes": list(dataset.classes),
+        "label_mapping": {name: i for i, name in enumerate(dataset.classes)},
+        "feature_names": list(dataset.feature_names),
+        "scaler": scaler.state(),
+        "data_source": dataset.name,
+        "data_hash": data_hash(dataset.x, dataset.y),
+        "heldout_rows": test.tolist(),
+        "train_rows": int(train.size),
+        "test_accuracy": float(test_metrics["accuracy"]),
+        "test_metrics": {key: float(v) for key, v in test_metrics.items()},
+        "best_epoch": result.best_epoch,
+        "seed": config.seed,
+        "config": config_dict(config),
+        "state_dict": {key: v.detach().cpu() for key, v in model.state_dict().items()},
+    }
+    if not path.parent.exists():
+        try:
+            path.parent.mkdir(parents=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the folder of teacher checkpoint '{path}': {exc.strerror or exc}") from None
+    handler = attach_log_file(path.with_suffix(".log"), log)
+    try:
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        summary = {
+            "status": "completed",
+            "checkpoint": str(path),
+            "arch": payload["arch"],
+            "kwargs": kwargs,
+            "rows": {"train": int(train.size), "validation": int(val.size), "heldout_test": int(test.size)},
+            "test": payload["test_metrics"],
+            "fit": {"epochs_run": result.stopped_epoch, "best_epoch": result.best_epoch,
+                    "stop_reason": result.stop_reason, "seconds": result.seconds},
+            "data_hash": payload["data_hash"],
+            "seconds": time.perf_counter() - started,
+            "mlflow_run_id": None,
+        }
+        if track and config.tracking.enabled:
+            summary["mlflow_run_id"] = _record(config, path, result.history, test_metrics, str(device))
+        write_json(path.with_suffix(".json"), summary)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return path, summary
+
+
+def _record(config: Config, path: Path, history: list[dict[str, float]], test_metrics: dict[str, float], device: str) -> str:
+    """MLflow: one run with the config, the per-epoch history, the test metrics and the checkpoint."""
+    from distill.tracking import MlflowTracker, _git_commit, preflight
+
+    uri = preflight(config)
+    tags = {"dataset": config.data.source, "teacher.arch": str(config.teacher.arch), "distill.kind": "teacher train",
+            "distill.version": distill.__version__, "device": device}
+    commit = _git_commit(Path.cwd())
+    if commit:
+        tags["git.commit"] = commit
+    tracker = MlflowTracker.start(uri, config.tracking.experiment or config.name, f"teacher {path.stem}", tags)
+    try:
+        tracker.log_params(flatten(config_dict(config)))
+        tracker.log_history("teacher", history)
+        tracker.log_metrics({f"teacher/test_{key}": value for key, value in test_metrics.items()})
+        tracker.log_artifact(path)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return str(tracker.run_id)
