@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class SoftTargetCache:
                 diagnostics = json.loads(meta.read_text(encoding="utf-8"))
                 self.hits += 1
                 return logits, diagnostics
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated or corrupt
                 log.warning("soft-target cache entry %s is unreadable (%s); recomputing", key[:12], exc)
         self.misses += 1
         return None

@@ -69,6 +69,45 @@ class _Probabilities(nn.Module):
         return probabilities(self.net(x.reshape(x.shape[0], *self.in_shape)))
 
 
+class _Exported(nn.Module):
+    """A ``torch.export`` program as a module.
+
+    Its unlifted module refuses ``train()``/``eval()``, so this wrapper does not pass them on. A
+    program exported without a dynamic batch dimension only takes batches of the traced size: rows
+    then go through in batches of exactly that size (the last one zero-padded, its padding dropped).
+    """
+
+    def __init__(self, program: Any) -> None:
+        super().__init__()
+        self.net = program.module()
+        names = list(program.graph_signature.user_inputs)
+        shape: tuple[Any, ...] = ()
+        for node in program.graph.nodes:
+            if node.op == "placeholder" and names and node.name == names[0] and "val" in node.meta:
+                shape = tuple(node.meta["val"].shape)
+        self.batch = shape[0] if shape and isinstance(shape[0], int) else None
+        rows = shape[1:]
+        self.row_shape = tuple(rows) if shape and all(isinstance(d, int) for d in rows) else None
+
+    def train(self, mode: bool = True) -> _Exported:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.row_shape is not None and x[0].numel() == int(np.prod(self.row_shape)):
+            x = x.reshape(x.shape[0], *self.row_shape)
+        if self.batch is None or x.shape[0] == self.batch:
+            return self.net(x)
+        outs = []
+        for i in range(0, x.shape[0], self.batch):
+            chunk = x[i : i + self.batch]
+            n = chunk.shape[0]
+            if n < self.batch:
+                chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
+            outs.append(self.net(chunk)[:n])
+        return torch.cat(outs)
+
+
 def _is_torchscript(path: Path) -> bool:
     """TorchScript archives hold compiled code (``<name>/code/...``); torch.save files do not."""
     if not zipfile.is_zipfile(path):
@@ -170,9 +209,13 @@ class NetworkTeacher:
             in_shape = self.in_shape
             if kind == "export":
                 try:
-                    net = torch.export.load(str(path)).module()
+                    net = _Exported(torch.export.load(str(path)))
                 except Exception as exc:  # noqa: BLE001
                     raise ValueError(f"'{path}' is not a torch.export program: {_first_line(exc)}") from None
+                if net.row_shape is not None and int(np.prod(net.row_shape)) != int(np.prod(in_shape)):
+                    raise ValueError(
+                        f"the teacher network takes inputs of shape {net.row_shape} but the data has {tuple(in_shape)}"
+                    )
             elif kind == "torchscript":
                 try:
                     net = torch.jit.load(str(path), map_location="cpu")
@@ -205,6 +248,14 @@ class NetworkTeacher:
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"'{path}' holds no state_dict of tensors")
         assert self.in_shape is not None
+        last = list(state.values())[-1]  # the output layer's bias (or weight): its first size is the output width
+        if last.ndim >= 1:
+            width = int(last.shape[0])
+            if width not in (students.num_outputs_for(self.num_classes), self.num_classes):
+                predicted = 2 if width == 1 else width
+                raise ValueError(
+                    f"the teacher network predicts {predicted} classes but the data has {self.num_classes}"
+                )
         last_error = ""
         for outputs in dict.fromkeys([students.num_outputs_for(self.num_classes), self.num_classes]):
             try:
@@ -254,7 +305,8 @@ class NetworkTeacher:
         """``[N, num_classes]`` probabilities, batched, in eval mode without autograd."""
         if not hasattr(self, "model_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(x, y) first")
-        rows = torch.as_tensor(np.asarray(x).reshape(len(x), -1), dtype=torch.float32)
+        x = np.asarray(x)
+        rows = torch.as_tensor(x.reshape(x.shape[0], int(np.prod(x.shape[1:]))), dtype=torch.float32)  # 0 rows too
         outs = []
         with torch.inference_mode():
             for i in range(0, rows.shape[0], self.batch_size):
@@ -273,8 +325,16 @@ class NetworkTeacher:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The informative line of an error: the first, or the detail after a heading such as
+    "Error(s) in loading state_dict for MLP:", or a TorchScript traceback's last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return lines[1]
+    if len(lines) > 1 and "TorchScript interpreter" in lines[0]:
+        return lines[-1]
+    return lines[0]
 
 
 @lru_cache(maxsize=4)
