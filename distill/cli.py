@@ -199,14 +199,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from distill.data import list_datasets
-    from distill.objective import HARD_LOSSES
+    from distill.losses import list_losses
     from students import list_students
     from teachers.base import list_teachers
 
     print("datasets: " + ", ".join(list_datasets()))
     print("teachers: " + ", ".join(list_teachers()))
     print("students: " + ", ".join(list_students()) + ", or module:Class")
-    print("losses:   " + ", ".join(HARD_LOSSES))
+    print("losses:   " + ", ".join(list_losses()) + " (objective.hard; auto = bce for two classes, else ce)")
     return 0
 
 

@@ -195,12 +195,34 @@ class StudentConfig(BaseModel):
 
 
 class ObjectiveConfig(_Section):
-    """``hard + kl_weight * T^2 * KL``; ``hard = "auto"`` picks BCE (binary) or CE (multiclass)."""
+    """``hard + kl_weight * T^2 * KL (+ l1, l2, metric loss)``; ``hard = "auto"``: BCE (binary) or CE."""
 
-    hard: Literal["auto", "bce", "ce"] = "auto"
+    hard: Literal["auto", "bce", "ce", "focal", "sce", "label_smoothing"] = "auto"
+    hard_params: dict[str, Any] = Field(default_factory=dict)
+    class_weight: Optional[Union[list[Number], Literal["balanced"]]] = None
+    pos_weight: Optional[Union[Number, Literal["balanced"]]] = None
     kl_weight: Number = Field(default=1.0, ge=0)
     temperature: Number = Field(default=1.0, gt=0)
     direction: Literal["forward", "reverse"] = "forward"
+    l1: Number = Field(default=0.0, ge=0)
+    l2: Number = Field(default=0.0, ge=0)
+    metric_loss: Optional[Literal["triplet", "margin_ranking"]] = None
+    metric_weight: Number = Field(default=0.1, ge=0)
+    metric_margin: Number = Field(default=1.0, ge=0)
+
+    @field_validator("class_weight")
+    @classmethod
+    def _class_weight(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or any(v < 0 for v in value)):
+            raise ValueError(f"must be 'balanced' or a list of weights >= 0, one per class, got {value!r}")
+        return value
+
+    @field_validator("pos_weight")
+    @classmethod
+    def _pos_weight(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not value > 0:
+            raise ValueError(f"must be 'balanced' or a number > 0, got {value!r}")
+        return value
 
     @field_validator("kl_weight", "temperature")
     @classmethod
@@ -453,6 +475,7 @@ def _format_error(error: dict[str, Any]) -> str:
     loc = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
     # Union members add their type name to the location ("test_size.int"); drop them.
     loc = [p for p in loc if p not in {"int", "float", "str", "bool", "constrained-int", "constrained-float"}]
+    loc = [p for p in loc if not re.match(r"^(list|literal|union|dict|tuple|function-)\[", p)]
     key = ".".join(loc) or "(top level)"
     kind = error["type"]
     value = error.get("input")

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from distill.metrics import METRICS, classification_metrics, probabilities
-from distill.objective import distillation_loss, hard_loss
+from distill.losses import l1_penalty, l2_penalty
+from distill.objective import distillation_loss, hard_loss, metric_loss
 
 __all__ = [
     "TrainingRows",
@@ -82,6 +83,15 @@ class FitSettings:
     min_delta: float = 0.0
     restore_best: bool = True
     seed: int = 0
+    #: the hard term (None: BCE / CE); see ``distill.objective.HardCriterion``
+    criterion: Any = None
+    #: penalties on the weights (not biases): ``l1 * sum|w| + l2 * sum w^2``
+    l1: float = 0.0
+    l2: float = 0.0
+    #: ``triplet`` or ``margin_ranking`` on ``student.embed(x)`` of the batch's labelled rows
+    metric_loss: str | None = None
+    metric_weight: float = 0.0
+    metric_margin: float = 1.0
     #: accuracy, macro-F1, AUROC and ECE on train and validation rows every epoch (False: losses only,
     #: plus a monitored val_* metric; what a tuning trial needs, at about half the cost)
     epoch_metrics: bool = True
@@ -283,7 +293,8 @@ def fit(
             batches = torch.randperm(n, generator=generator, device=device).split(s.batch_size)
         loss_sum = torch.zeros((), device=device)
         for idx in batches:
-            logits = model(train.x[idx])
+            xb = train.x[idx]
+            logits = model(xb)
             if use_teacher:
                 loss = distillation_loss(
                     logits,
@@ -293,9 +304,21 @@ def fit(
                     temperature=s.temperature,
                     direction=s.direction,
                     labelled_mask=train.labelled[idx],
+                    criterion=s.criterion,
                 )
+            elif s.criterion is not None:
+                loss = s.criterion(logits, train.targets[idx], train.labelled[idx])
             else:
                 loss = hard_loss(logits, train.targets[idx], labelled_mask=train.labelled[idx])
+            if s.metric_loss is not None and s.metric_weight > 0:
+                loss = loss + s.metric_weight * metric_loss(
+                    model.embed(xb), train.targets[idx], train.labelled[idx], kind=s.metric_loss,  # type: ignore[operator]
+                    margin=s.metric_margin,
+                )
+            if s.l1 > 0:
+                loss = loss + s.l1 * l1_penalty(model)
+            if s.l2 > 0:
+                loss = loss + s.l2 * l2_penalty(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if s.grad_clip is not None:

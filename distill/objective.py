@@ -34,18 +34,24 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["distillation_loss", "hard_loss", "kl_divergence", "DIRECTIONS", "HARD_LOSSES"]
+__all__ = [
+    "distillation_loss",
+    "hard_loss",
+    "kl_divergence",
+    "HardCriterion",
+    "metric_loss",
+    "DIRECTIONS",
+]
 
 #: The accepted values of ``direction``.
 DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
-#: Hard-loss names accepted by ``objective.hard`` ("auto": bce for two classes, else ce).
-HARD_LOSSES: tuple[str, ...] = ("auto", "bce", "ce")
 
 Direction = Literal["forward", "reverse"]
 
@@ -277,6 +283,7 @@ def distillation_loss(
     temperature: float | Tensor = 1.0,
     direction: Direction = "forward",
     labelled_mask: Tensor | None = None,
+    criterion: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
 ) -> Tensor:
     """The knowledge-distillation loss ``hard + kl_weight * T**2 * KL``.
 
@@ -301,6 +308,7 @@ def distillation_loss(
         temperature: ``T > 0``, a Python number or a 0-dim (broadcastable) tensor.
         direction: ``"forward"`` for KL(teacher || student), ``"reverse"`` for
             KL(student || teacher).
+        criterion: a configured hard term (``HardCriterion``); None is BCE / CE as above.
         labelled_mask: bool ``[N]``; rows where it is False do not enter the hard term
             (their targets may be anything, e.g. ``-1``). ``None`` means all rows labelled.
 
@@ -315,7 +323,10 @@ def distillation_loss(
     _check_temperature(temperature)
     _check_direction(direction)
 
-    hard = hard_loss(student_logits, targets, labelled_mask)
+    if criterion is not None and targets is not None:
+        hard = criterion(student_logits, targets, labelled_mask)  # a configured hard loss (focal, sce, ...)
+    else:
+        hard = hard_loss(student_logits, targets, labelled_mask)
     if _is_number(kl_weight) and float(kl_weight) == 0.0:  # type: ignore[arg-type]
         # Still validate the teacher's shape so a wrong teacher fails the same way at w = 0.
         if _is_binary(student_logits):
@@ -327,3 +338,78 @@ def distillation_loss(
         student_logits, teacher_logits, temperature=temperature, direction=direction
     )
     return hard + kl_weight * temperature**2 * kl
+
+
+class HardCriterion:
+    """A configurable hard term: a per-row loss module (``reduction="none"``) averaged over labelled rows.
+
+    The mean follows PyTorch's weighted-mean convention: with class weights (``mean_weight``),
+    the sum of the labelled rows' losses is divided by the sum of their classes' weights; without,
+    by their count. Rows outside the mask contribute nothing, to the value or the gradient.
+    """
+
+    def __init__(self, loss: torch.nn.Module, mean_weight: Tensor | None = None) -> None:
+        self.loss = loss
+        self.mean_weight = mean_weight
+
+    def __call__(self, student_logits: Tensor, targets: Tensor, labelled_mask: Tensor | None = None) -> Tensor:
+        n = student_logits.shape[0]
+        mask = _labelled_mask(labelled_mask, n, student_logits.device)
+        y = targets.reshape(n).to(student_logits.device).long()
+        if mask is not None:
+            y = torch.where(mask, y, torch.zeros_like(y))
+        if _is_binary(student_logits):
+            per_row = self.loss(student_logits.reshape(n), y.to(student_logits.dtype))
+        else:
+            per_row = self.loss(student_logits, y)
+        per_row = per_row.reshape(n)
+        weights = self.mean_weight.to(per_row)[y] if self.mean_weight is not None else torch.ones_like(per_row)
+        if mask is not None:
+            per_row = torch.where(mask, per_row, torch.zeros_like(per_row))
+            weights = torch.where(mask, weights, torch.zeros_like(weights))
+        denominator = weights.sum()
+        return per_row.sum() / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+def metric_loss(
+    embeddings: Tensor,
+    targets: Tensor,
+    labelled_mask: Tensor,
+    *,
+    kind: Literal["triplet", "margin_ranking"],
+    margin: float = 1.0,
+) -> Tensor:
+    """A metric-learning term over the labelled rows of a batch, mined inside the batch.
+
+    ``triplet``: batch-hard mining (Hermans et al. 2017, "In Defense of the Triplet Loss"): for each
+    labelled anchor, its farthest same-class row and its closest other-class row, through
+    ``distill.losses.TripletMarginLoss``. ``margin_ranking``: every valid (anchor, positive,
+    negative) triple, ranking ``d(a, n)`` above ``d(a, p)`` by ``margin`` through
+    ``distill.losses.MarginRankingLoss``. Anchors without a positive or a negative are skipped;
+    no valid triple gives 0. No host synchronisation (masks, not boolean indexing).
+    """
+    from distill.losses import MarginRankingLoss, TripletMarginLoss
+
+    e = embeddings.reshape(embeddings.shape[0], -1)
+    n = e.shape[0]
+    y = targets.reshape(n).long()
+    m = labelled_mask.reshape(n)
+    both = m[:, None] & m[None, :]
+    same = (y[:, None] == y[None, :]) & both & ~torch.eye(n, dtype=torch.bool, device=e.device)
+    diff = (y[:, None] != y[None, :]) & both
+    d = torch.cdist(e, e)
+    if kind == "triplet":
+        pos = torch.where(same, d, torch.full_like(d, -1.0)).argmax(1)
+        neg = torch.where(diff, d, torch.full_like(d, float("inf"))).argmin(1)
+        valid = m & same.any(1) & diff.any(1)
+        per_anchor = TripletMarginLoss(margin=margin, reduction="none")(e, e[pos], e[neg])
+        per_anchor = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
+        return per_anchor.sum() / valid.sum().clamp(min=1).to(per_anchor.dtype)
+    triples = same[:, :, None] & diff[:, None, :]  # [a, p, n]
+    x1 = d[:, None, :].expand(n, n, n)  # d(a, n)
+    x2 = d[:, :, None].expand(n, n, n)  # d(a, p)
+    per_triple = MarginRankingLoss(margin=margin, reduction="none")(
+        x1.reshape(-1), x2.reshape(-1), torch.ones(n * n * n, dtype=e.dtype, device=e.device)
+    ).reshape(n, n, n)
+    per_triple = torch.where(triples, per_triple, torch.zeros_like(per_triple))
+    return per_triple.sum() / triples.sum().clamp(min=1).to(per_triple.dtype)

@@ -175,7 +175,8 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
         hard = "bce" if k == 2 else "ce"
     if hard == "bce" and k != 2:
         problems.append(f"objective.hard = 'bce' needs two classes, but {config.data.source} has {k}; use 'ce'")
-    num_outputs = 1 if hard == "bce" else k
+    num_outputs = students.num_outputs_for(k, hard)
+    problems.extend(_objective_problems(config, hard, k))
     try:
         teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, dataset))
         if hasattr(teacher, "check"):  # e.g. a network teacher: classes and input shape, before training
@@ -189,6 +190,11 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     try:
         model = _build_student(config, dataset, num_outputs)
         student_parameters = sum(p.numel() for p in model.parameters())
+        if config.objective.metric_loss is not None and not callable(getattr(model, "embed", None)):
+            problems.append(
+                f"objective.metric_loss = {config.objective.metric_loss!r} needs a student with embed(x); "
+                f"'{config.student.arch}' has none"
+            )
         with torch.no_grad():
             out = model(torch.zeros((1, *dataset.in_shape)))
         expected = (1, num_outputs)
@@ -231,6 +237,61 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     )
 
 
+def _objective_problems(config: Config, hard: str, k: int) -> list[str]:
+    """Hard-loss parameters, class weights and pos_weight checked against the data."""
+    from distill.losses import create_loss
+
+    o = config.objective
+    problems = []
+    try:
+        create_loss(hard, k, **dict(o.hard_params))
+    except (ValueError, TypeError) as exc:
+        problems.append(f"objective.hard_params: {exc}" if "objective." not in str(exc) else str(exc))
+    if isinstance(o.class_weight, list) and len(o.class_weight) != k:
+        problems.append(f"objective.class_weight needs one weight per class ({k}), got {len(o.class_weight)}")
+    if o.class_weight is not None and students.num_outputs_for(k, hard) == 1 and hard == "bce":
+        problems.append("objective.class_weight does not apply to a one-logit BCE student; use objective.pos_weight")
+    if o.pos_weight is not None and students.num_outputs_for(k, hard) != 1:
+        problems.append(f"objective.pos_weight applies to a one-logit binary student (bce, focal), not to {hard!r} "
+                        f"with {k} classes; use objective.class_weight")
+    return problems
+
+
+def build_criterion(config: Config, hard: str, num_classes: int, labelled_y: np.ndarray,
+                    device: torch.device) -> Any:
+    """The configured hard term, or None for the plain BCE / CE fast path.
+
+    ``"balanced"`` weights follow scikit-learn: ``n / (classes * count)`` from the labelled rows;
+    ``pos_weight = "balanced"`` is negatives / positives.
+    """
+    from distill.losses import create_loss
+    from distill.objective import HardCriterion
+
+    o = config.objective
+    if hard in ("bce", "ce") and not o.hard_params and o.class_weight is None and o.pos_weight is None:
+        return None
+    counts = np.bincount(np.asarray(labelled_y, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    weight = None
+    if o.class_weight == "balanced":
+        weight = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+    elif isinstance(o.class_weight, list):
+        weight = np.asarray(o.class_weight, dtype=np.float64)
+    pos_weight = None
+    if o.pos_weight == "balanced":
+        pos_weight = float(counts[0] / max(counts[1], 1.0))
+    elif o.pos_weight is not None:
+        pos_weight = float(o.pos_weight)
+    kwargs: dict[str, Any] = dict(o.hard_params)
+    if weight is not None:
+        kwargs["weight"] = torch.as_tensor(weight, dtype=torch.float32, device=device)
+    if pos_weight is not None:
+        kwargs["pos_weight"] = torch.as_tensor(pos_weight, dtype=torch.float32, device=device)
+    loss = create_loss(hard, num_classes, reduction="none", **kwargs)
+    # PyTorch's weighted mean divides by the targets' class weights (CE-type losses).
+    mean_weight = kwargs.get("weight") if hard in ("ce", "label_smoothing", "sce") else None
+    return HardCriterion(loss.to(device), mean_weight)
+
+
 def fit_settings(config: Config, *, kl_weight: float | None = None) -> FitSettings:
     """The engine's settings from the config (``kl_weight`` overridden for the baseline)."""
     t, o, es = config.train, config.objective, config.train.early_stopping
@@ -255,6 +316,11 @@ def fit_settings(config: Config, *, kl_weight: float | None = None) -> FitSettin
         min_delta=float(es.min_delta),
         restore_best=t.restore_best,
         seed=config.seed,
+        l1=float(o.l1),
+        l2=float(o.l2),
+        metric_loss=o.metric_loss,
+        metric_weight=float(o.metric_weight),
+        metric_margin=float(o.metric_margin),
     )
 
 
@@ -427,7 +493,14 @@ def train_student(
     result = fit(
         model,
         taught.train,
-        dataclasses.replace(fit_settings(config, kl_weight=kl_weight), epoch_metrics=epoch_metrics),
+        dataclasses.replace(
+            fit_settings(config, kl_weight=kl_weight),
+            epoch_metrics=epoch_metrics,
+            criterion=build_criterion(
+                config, prepared.hard, prepared.dataset.num_classes, prepared.dataset.y[prepared.split.labelled],
+                prepared.device,
+            ),
+        ),
         num_classes=prepared.dataset.num_classes,
         validation=taught.validation,
         progress=progress,

@@ -44,8 +44,8 @@ def _load_builtin() -> None:
 
 
 def num_outputs_for(num_classes: int, hard: str = "auto") -> int:
-    """One logit for a binary problem (BCE), else one per class (CE)."""
-    return 1 if num_classes == 2 and hard in ("auto", "bce") else num_classes
+    """One logit for a binary problem with a one-logit loss (BCE, focal), else one per class."""
+    return 1 if num_classes == 2 and hard in ("auto", "bce", "focal") else num_classes
 
 
 def resolve(name: str) -> Callable[..., nn.Module]:

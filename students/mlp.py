@@ -69,3 +69,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations (for ``objective.metric_loss``); the input if no hidden layer."""
+        return self.net[:-1](x.flatten(1))
