@@ -158,7 +158,7 @@ def t64(a) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a, float), dtype=F64)
 
 
-def close(ours: torch.Tensor, ref, *, rtol: float = 1e-12, atol: float = 1e-12) -> None:
+def assert_close(ours: torch.Tensor, ref, *, rtol: float = 1e-12, atol: float = 1e-12) -> None:
     np.testing.assert_allclose(ours.detach().numpy(), np.asarray(ref, float), rtol=rtol, atol=atol)
 
 
@@ -205,7 +205,7 @@ def test_cross_entropy_matches_numpy_and_torch(extreme, reduction, weighted, smo
     loss = CrossEntropyLoss(weight=None if w is None else t64(w), reduction=reduction,
                             label_smoothing=smoothing)
     ours = loss(t64(x), torch.as_tensor(y))
-    close(ours, np_ce(x, y, w, reduction, smoothing))
+    assert_close(ours, np_ce(x, y, w, reduction, smoothing))
     ref = nn.CrossEntropyLoss(weight=None if w is None else t64(w), reduction=reduction,
                               label_smoothing=smoothing)(t64(x), torch.as_tensor(y))
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
@@ -252,7 +252,7 @@ def test_numpy_cross_entropy_equals_torch_value_and_gradient(reduction, weighted
     ours.backward(upstream)
     ref.backward(upstream)
     torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-10)
-    close(ours, np_ce(x, y, None if w is None else CLASS_WEIGHT, reduction), rtol=1e-12)
+    assert_close(ours, np_ce(x, y, None if w is None else CLASS_WEIGHT, reduction), rtol=1e-12)
 
 
 def test_numpy_cross_entropy_float32_keeps_dtype():
@@ -294,7 +294,7 @@ def test_bce_matches_numpy_and_torch(extreme, reduction, weighted, pos_weight, c
     wt = None if w is None else t64(w).reshape(shape)
     pwt = None if pos_weight is None else torch.tensor([pos_weight], dtype=F64)
     ours = BCEWithLogitsLoss(weight=wt, pos_weight=pwt, reduction=reduction)(xt, yt)
-    close(ours, np_bce(x, y, w, pos_weight, reduction))
+    assert_close(ours, np_bce(x, y, w, pos_weight, reduction))
     ref = nn.BCEWithLogitsLoss(weight=wt, pos_weight=pwt, reduction=reduction)(xt, yt)
     torch.testing.assert_close(ours, ref.reshape(ours.shape), rtol=1e-12, atol=1e-12)
     assert ours.shape == ((x.size,) if reduction == "none" else ())
@@ -303,7 +303,7 @@ def test_bce_matches_numpy_and_torch(extreme, reduction, weighted, pos_weight, c
 def test_bce_accepts_float_pos_weight_and_int_targets():
     x, y = binary_batch(False)
     ours = BCEWithLogitsLoss(pos_weight=2.5)(t64(x), torch.as_tensor(y.astype(np.int64)))
-    close(ours, np_bce(x, y, pos_weight=2.5))
+    assert_close(ours, np_bce(x, y, pos_weight=2.5))
     with pytest.raises(ValueError, match="one logit per row"):
         BCEWithLogitsLoss()(torch.zeros(3, 2), torch.zeros(3, 2))
     with pytest.raises(ValueError, match="pos_weight"):
@@ -325,7 +325,7 @@ def test_kl_div_matches_numpy_and_torch(reduction, log_target):
     target[0] = [0.0, 0.5, 0.5, 0.0]  # zero probabilities: 0 log 0 = 0
     tgt = np.log(target, where=target > 0, out=np.full_like(target, -np.inf)) if log_target else target
     ours = KLDivLoss(reduction=reduction, log_target=log_target)(t64(inp), t64(tgt))
-    close(ours, np_kl(inp, tgt, reduction, log_target))
+    assert_close(ours, np_kl(inp, tgt, reduction, log_target))
     if log_target:  # torch computes exp(-inf) * (-inf - x) = nan for a zero target; we give 0.
         tgt = np.where(np.isinf(tgt), -1e300, tgt)
     ref = nn.KLDivLoss(reduction=reduction, log_target=log_target)(t64(inp), t64(tgt))
@@ -352,14 +352,14 @@ def test_kl_div_zero_target_against_minus_inf_input():
 def test_focal_binary_matches_numpy(extreme, reduction, alpha, gamma):
     x, y = binary_batch(extreme)
     loss = FocalLoss(gamma=gamma, alpha=alpha, reduction=reduction)
-    close(loss(t64(x), t64(y)), np_focal_binary(x, y, gamma, alpha, reduction), rtol=1e-11)
-    close(loss(t64(x)[:, None], t64(y)[:, None]), np_focal_binary(x, y, gamma, alpha, reduction), rtol=1e-11)
+    assert_close(loss(t64(x), t64(y)), np_focal_binary(x, y, gamma, alpha, reduction), rtol=1e-11)
+    assert_close(loss(t64(x)[:, None], t64(y)[:, None]), np_focal_binary(x, y, gamma, alpha, reduction), rtol=1e-11)
 
 
 def test_focal_binary_soft_targets():
     x, _ = binary_batch(False)
     y = np.linspace(0.0, 1.0, x.size)
-    close(FocalLoss(alpha=0.3)(t64(x), t64(y)), np_focal_binary(x, y, 2.0, 0.3), rtol=1e-11)
+    assert_close(FocalLoss(alpha=0.3)(t64(x), t64(y)), np_focal_binary(x, y, 2.0, 0.3), rtol=1e-11)
 
 
 @pytest.mark.parametrize("extreme", [False, True])
@@ -370,7 +370,7 @@ def test_focal_multiclass_matches_numpy(extreme, reduction, alpha, gamma):
     x, y = multiclass_batch(extreme)
     loss = FocalLoss(gamma=gamma, alpha=alpha if alpha is None or np.ndim(alpha) == 0 else t64(alpha),
                      reduction=reduction)
-    close(loss(t64(x), torch.as_tensor(y)), np_focal_multiclass(x, y, gamma, alpha, reduction), rtol=1e-11)
+    assert_close(loss(t64(x), torch.as_tensor(y)), np_focal_multiclass(x, y, gamma, alpha, reduction), rtol=1e-11)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -422,14 +422,14 @@ def test_sce_matches_numpy(extreme, reduction, weighted, params):
     w = CLASS_WEIGHT if weighted else None
     ours = SymmetricCrossEntropyLoss(**params, reduction=reduction, weight=None if w is None else t64(w))(
         t64(x), torch.as_tensor(y))
-    close(ours, np_sce(x, y, **params, weight=w, reduction=reduction), rtol=1e-11)
+    assert_close(ours, np_sce(x, y, **params, weight=w, reduction=reduction), rtol=1e-11)
 
 
 def test_sce_rce_closed_form():
     x, y = multiclass_batch(False)
     p = np.exp(np_log_softmax(x))[np.arange(len(y)), y]
     ours = SymmetricCrossEntropyLoss(alpha=0.0, beta=1.0, clamp=1e-4, reduction="none")(t64(x), torch.as_tensor(y))
-    close(ours, -math.log(1e-4) * (1.0 - p))
+    assert_close(ours, -math.log(1e-4) * (1.0 - p))
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -459,7 +459,7 @@ def test_margin_ranking_matches_numpy_and_torch(reduction, margin):
     x1, x2 = rng.normal(size=9), rng.normal(size=9)
     y = rng.choice([-1.0, 1.0], size=9)
     ours = MarginRankingLoss(margin=margin, reduction=reduction)(t64(x1), t64(x2), t64(y))
-    close(ours, np_margin_ranking(x1, x2, y, margin, reduction))
+    assert_close(ours, np_margin_ranking(x1, x2, y, margin, reduction))
     ref = nn.MarginRankingLoss(margin=margin, reduction=reduction)(t64(x1), t64(x2), t64(y))
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
@@ -473,7 +473,7 @@ def test_triplet_matches_numpy_and_torch(reduction, swap, p):
     neg[0] = pos[0] + 0.1  # a case where the swap changes the negative distance
     kwargs = dict(margin=1.0, p=p, eps=1e-6, swap=swap, reduction=reduction)
     ours = TripletMarginLoss(**kwargs)(t64(a), t64(pos), t64(neg))
-    close(ours, np_triplet(a, pos, neg, **kwargs))
+    assert_close(ours, np_triplet(a, pos, neg, **kwargs))
     ref = nn.TripletMarginLoss(**kwargs)(t64(a), t64(pos), t64(neg))
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
@@ -699,7 +699,7 @@ def test_create_loss_focal_pos_weight_scales_the_positive_class():
     focal = create_loss("focal", 2, pos_weight=torch.tensor(3.0, dtype=F64), alpha=0.25)
     torch.testing.assert_close(focal.alpha, t64([0.75, 0.75]))
     x, y = binary_batch(False)
-    close(focal(t64(x), t64(y)), np_focal_binary(x, y, 2.0, (0.75, 0.75)))
+    assert_close(focal(t64(x), t64(y)), np_focal_binary(x, y, 2.0, (0.75, 0.75)))
     torch.testing.assert_close(create_loss("focal", 2, pos_weight=torch.tensor(2.0, dtype=F64)).alpha, t64([1.0, 2.0]))
 
 
