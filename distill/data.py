@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -107,19 +107,26 @@ def load_dataset(source: str, label: str = "label") -> Dataset:
     return dataset
 
 
-def load_csv(path: Path, label: str) -> Dataset:
-    """A CSV with a header row: the ``label`` column holds classes, every other column a number."""
+def read_csv_frame(path: Path) -> Any:
+    """A CSV file as a DataFrame; a missing, empty or unparsable file is a one-line DataError."""
     import pandas as pd
 
     if not path.is_file():
         raise DataError(f"data file '{path}' not found")
     try:
-        frame = pd.read_csv(path)
+        return pd.read_csv(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"data file '{path}' is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"data file '{path}' cannot be read as CSV: {reason}") from None
+
+
+def load_csv(path: Path, label: str) -> Dataset:
+    """A CSV with a header row: the ``label`` column holds classes, every other column a number."""
+    import pandas as pd
+
+    frame = read_csv_frame(path)
     if frame.shape[0] == 0:
         raise DataError(f"data file '{path}' has a header but no rows")
     if label not in frame.columns:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.data import read_csv_frame
 from distill.errors import DataError, UserError
 from distill.rundir import atomic_write
 from distill.serving import load_checkpoint, servable_from_checkpoint
@@ -84,18 +85,9 @@ def predict_frame(payload: dict[str, Any], frame: Any, where: str) -> Any:
 
 def predict_csv(source: str, data: str | Path, output: str | Path | None, tracking_uri: str | None = None) -> Any:
     """Read ``data`` (CSV with the training feature columns), predict, write ``output`` (or return the frame)."""
-    import pandas as pd
-
     payload = load_checkpoint(resolve_checkpoint(source, tracking_uri))
     path = Path(data)
-    if not path.is_file():
-        raise DataError(f"data file '{path}' not found")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"data file '{path}' is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"data file '{path}' cannot be read as CSV: {str(exc).strip().splitlines()[0]}") from None
+    frame = read_csv_frame(path)
     result = predict_frame(payload, frame, f"data file '{path}'")
     if output is not None:
         out = Path(output)
