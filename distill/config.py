@@ -258,6 +258,7 @@ class TrainConfig(_Section):
     restore_best: StrictBool = True
     device: str = "auto"
     threads: StrictInt = Field(default=0, ge=0)
+    detect_anomaly: StrictBool = False
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("device")

@@ -8,6 +8,7 @@ the device and read once per epoch, together with the epoch's metrics.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -83,6 +84,8 @@ class FitSettings:
     min_delta: float = 0.0
     restore_best: bool = True
     seed: int = 0
+    #: torch.autograd anomaly detection (slow; for debugging a diverging fit)
+    detect_anomaly: bool = False
     #: the hard term (None: BCE / CE); see ``distill.objective.HardCriterion``
     criterion: Any = None
     #: penalties on the weights (not biases): ``l1 * sum|w| + l2 * sum w^2``
@@ -109,6 +112,10 @@ class FitResult:
     seconds: float
     monitor: str | None = None
     messages: list[str] = field(default_factory=list)
+    #: ``completed``, or ``diverged`` when a training loss became non-finite (then ``diverged_at``
+    #: holds the epoch and the 1-based step, and the best or last finite weights were restored)
+    status: str = "completed"
+    diverged_at: tuple[int, int] | None = None
 
 
 def logged_metric_names(has_validation: bool) -> list[str]:
@@ -255,6 +262,10 @@ def fit(
     the same seed see the same batches. With ``restore_best`` the weights at the best monitored
     epoch are restored at the end (when the monitored metric is logged).
     """
+    if settings.detect_anomaly:
+        with torch.autograd.set_detect_anomaly(True):
+            return fit(model, train, dataclasses.replace(settings, detect_anomaly=False), num_classes=num_classes,
+                       validation=validation, progress=progress, description=description, on_epoch_end=on_epoch_end)
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -284,6 +295,10 @@ def fit(
     history: list[dict[str, float]] = []
     stop_reason = "completed all epochs"
     epoch = 0
+    status = "completed"
+    diverged_at: tuple[int, int] | None = None
+    last_good = {k: v.detach().clone() for k, v in model.state_dict().items()}  # for a diverging fit
+    last_good_epoch = 0
     bar = tqdm(range(1, s.epochs + 1), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
         model.train()
@@ -292,7 +307,9 @@ def fit(
         else:
             batches = torch.randperm(n, generator=generator, device=device).split(s.batch_size)
         loss_sum = torch.zeros((), device=device)
-        for idx in batches:
+        # Which steps gave a non-finite loss: set on the device, read with the epoch's numbers.
+        nonfinite = torch.zeros(len(batches), dtype=torch.bool, device=device)
+        for step, idx in enumerate(batches):
             xb = train.x[idx]
             logits = model(xb)
             if use_teacher:
@@ -325,6 +342,7 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             opt.step()
             loss_sum += loss.detach()
+            nonfinite[step] = ~torch.isfinite(loss.detach())
         lr = float(opt.param_groups[0]["lr"])  # the rate this epoch ran with
         if sched is not None:
             sched.step()
@@ -346,9 +364,20 @@ def fit(
         if progress:
             bar.set_postfix(loss=f"{row['train_loss']:.4f}")
         if not math.isfinite(row["train_loss"]):
-            stop_reason = f"training loss is not finite at epoch {epoch}"
-            messages.append(stop_reason + "; stopped")
+            first_step = int(nonfinite.nonzero()[0, 0]) + 1 if bool(nonfinite.any()) else 1  # only when diverged
+            status = "diverged"
+            diverged_at = (epoch, first_step)
+            restored = best.epoch if best is not None and best.weights is not None else last_good_epoch
+            stop_reason = f"training loss is not finite at epoch {epoch}, step {first_step}"
+            messages.append(
+                stop_reason + (f"; stopped and restored the weights of epoch {restored}" if restored else
+                               "; stopped before any finite epoch (the initial weights are kept)")
+            )
+            if best is None or best.weights is None:
+                model.load_state_dict(last_good)
             break
+        last_good = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        last_good_epoch = epoch
         if best is not None:
             best.update(model, row[s.monitor], epoch)
         if stopper is not None and stopper.step(row[s.monitor]):
@@ -366,6 +395,8 @@ def fit(
         seconds=time.perf_counter() - started,
         monitor=s.monitor if tracks_monitor else None,
         messages=messages,
+        status=status,
+        diverged_at=diverged_at,
     )
 
 

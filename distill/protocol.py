@@ -321,6 +321,7 @@ def fit_settings(config: Config, *, kl_weight: float | None = None) -> FitSettin
         metric_loss=o.metric_loss,
         metric_weight=float(o.metric_weight),
         metric_margin=float(o.metric_margin),
+        detect_anomaly=t.detect_anomaly,
     )
 
 
@@ -507,7 +508,8 @@ def train_student(
         description=system,
     )
     for message in result.messages:
-        log.debug("%s: %s", system, message)
+        log.log(logging.WARNING if result.status == "diverged" else logging.DEBUG, "%s (seed %d): %s",
+                system, config.seed, message)
     log.debug(
         "%s: %d epochs in %.2fs (%s)%s", system, result.stopped_epoch, result.seconds, result.stop_reason,
         f", best {result.monitor} = {result.best_score:.4f} at epoch {result.best_epoch}" if result.best_epoch else "",

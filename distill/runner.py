@@ -103,6 +103,9 @@ def save_student(path: Path, prepared: Prepared, result: EpisodeResult) -> Path:
 
 def _fit_summary(fit_result: Any) -> dict[str, Any]:
     return {
+        "status": fit_result.status,
+        "diverged_at": {"epoch": fit_result.diverged_at[0], "step": fit_result.diverged_at[1]}
+        if fit_result.diverged_at else None,
         "epochs_run": fit_result.stopped_epoch,
         "best_epoch": fit_result.best_epoch,
         "monitor": fit_result.monitor,
@@ -181,6 +184,13 @@ def summarise(
             points.append({"value": value, **_aggregate(point_rows, config)})
         summary["sweep"] = {"key": sweep_key, "values": values, "points": points}
     summary["episodes"] = rows
+    diverged = [
+        {"episode": r["episode"], "system": system, **(r["fits"][system]["diverged_at"] or {})}
+        for r in rows for system in ("student", "baseline") if r["fits"][system]["status"] == "diverged"
+    ]
+    if diverged:
+        summary["status"] = "diverged"  # finished, but some fit's loss became non-finite: see "diverged"
+        summary["diverged"] = diverged
     summary["timings"] = {
         "total_s": round(total_seconds, 4),
         "per_episode_mean_s": round(sum(sum(v for k, v in r["timings"].items() if k != "load_data_s") for r in rows) / len(rows), 4),

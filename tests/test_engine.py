@@ -315,7 +315,12 @@ def test_non_finite_loss_stops(num_classes: int) -> None:
     x, y = blobs(n=42, num_classes=num_classes)
     x[5, 1] = math.nan  # one bad row: the loss of its batch is NaN in the first epoch
     result = fit(student(num_classes), rows(x, y), FitSettings(epochs=10, batch_size=8), num_classes=num_classes)
-    assert result.stop_reason == "training loss is not finite at epoch 1"
+    # The step is the batch holding row 5 in the engine's first shuffle (seed 0, batches of 8).
+    g = torch.Generator().manual_seed(0)
+    batches = torch.randperm(42, generator=g).split(8)
+    step = next(i for i, b in enumerate(batches) if 5 in b.tolist()) + 1
+    assert result.stop_reason == f"training loss is not finite at epoch 1, step {step}"
+    assert result.status == "diverged" and result.diverged_at == (1, step)
     assert result.stopped_epoch == 1 and len(result.history) == 1
     assert math.isnan(result.history[0]["train_loss"])
     assert any("not finite" in m for m in result.messages)
