@@ -38,6 +38,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides train.device)")
 
 
+def _add_output_args(p: argparse.ArgumentParser, output_help: str, what: str) -> None:
+    """--output, --no-track and --quiet, shared by the verbs that write results."""
+    p.add_argument("--output", "-o", help=output_help)
+    p.add_argument("--no-track", action="store_true", help=f"do not record the {what} to MLflow")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and only warnings on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of verbs and flags."""
     parser = _Parser(prog="distill", description="Knowledge distillation for the low-data regime.")
@@ -48,9 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="fit teacher, distilled student and baseline; write a run directory")
     _add_config_args(run)
-    run.add_argument("--output", "-o", help="run directory (default runs/<timestamp>-<name>/)")
-    run.add_argument("--no-track", action="store_true", help="do not record the run to MLflow")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and only warnings on stderr")
+    _add_output_args(run, "run directory (default runs/<timestamp>-<name>/)", "run")
 
     check = verbs.add_parser("check", help="validate the config and data and print what would run")
     _add_config_args(check)
@@ -62,17 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--study", help="study name (default tune.study, else the experiment name)")
     tune.add_argument("--storage", help="journal file or RDB URL (default tune.storage, else optuna-journal.log)")
     tune.add_argument("--jobs", type=int, default=1, help="parallel trials in this process (threads)")
-    tune.add_argument("--output", "-o", help="run directory (default runs/<timestamp>-<name>-tune/)")
-    tune.add_argument("--no-track", action="store_true", help="do not record the study to MLflow")
-    tune.add_argument("--quiet", "-q", action="store_true", help="no progress bar and only warnings on stderr")
+    _add_output_args(tune, "run directory (default runs/<timestamp>-<name>-tune/)", "study")
 
     teacher = verbs.add_parser("teacher", help="teacher actions: train")
     teacher_verbs = teacher.add_subparsers(dest="teacher_verb", required=True, parser_class=_Parser, metavar="ACTION")
     teacher_train = teacher_verbs.add_parser("train", help="train a network teacher (teacher.arch) on all labelled rows")
     _add_config_args(teacher_train)
-    teacher_train.add_argument("--output", "-o", help="checkpoint path (default teacher.checkpoint)")
-    teacher_train.add_argument("--no-track", action="store_true", help="do not record the training to MLflow")
-    teacher_train.add_argument("--quiet", "-q", action="store_true", help="no progress bar and only warnings on stderr")
+    _add_output_args(teacher_train, "checkpoint path (default teacher.checkpoint)", "training")
 
     predict = verbs.add_parser("predict", help="predict classes for a CSV with a trained student")
     predict.add_argument("source", help="run directory, student.pt, or MLflow model URI (models:/..., runs:/.../student)")
