@@ -259,6 +259,9 @@ class TrainConfig(_Section):
     device: str = "auto"
     threads: StrictInt = Field(default=0, ge=0)
     detect_anomaly: StrictBool = False
+    #: train students of one architecture across episodes, sweep values and trial episodes as one
+    #: stacked model when only their KL weight, temperature and seed differ (false: one at a time)
+    batched: StrictBool = True
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("device")

@@ -11,16 +11,19 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from distill.metrics import METRICS, classification_metrics, probabilities
-from distill.losses import l1_penalty, l2_penalty
-from distill.objective import distillation_loss, hard_loss, metric_loss
+from distill.batch_metrics import batch_classification_metrics
+from distill.member_objective import MemberObjective
+from distill.members import Members, SingleMember, StackedMembers, stack_problem
+from distill.metrics import METRICS
+from distill.objective import metric_loss
 
 __all__ = [
     "TrainingRows",
@@ -30,6 +33,8 @@ __all__ = [
     "EarlyStopping",
     "BestState",
     "fit",
+    "fit_many",
+    "stack_problem_for",
     "predict_logits",
     "logged_metric_names",
 ]
@@ -200,8 +205,7 @@ class BestState:
         self.score, self.epoch, self.weights = state["score"], state["epoch"], state["weights"]
 
 
-def _optimizer(model: nn.Module, s: FitSettings) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(params: list[Tensor], s: FitSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
         return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     if s.optimizer == "adam":
@@ -231,17 +235,54 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 8192) -> Tenso
     return torch.cat(outs) if outs else x.new_zeros((0, 1))
 
 
-@torch.inference_mode()
-def _epoch_metrics(
-    model: nn.Module, rows: EvaluationRows, prefix: str, num_classes: int, with_loss: bool, full: bool = True
-) -> dict[str, Tensor]:
-    logits = predict_logits(model, rows.x)
-    out: dict[str, Tensor] = {}
-    if full:
-        out = {f"{prefix}_{k}": v for k, v in classification_metrics(probabilities(logits), rows.y, num_classes).items()}
-    if with_loss:
-        out[f"{prefix}_loss"] = hard_loss(logits, rows.y)
-    return out
+def _probabilities(logits: Tensor) -> Tensor:
+    """``[..., N, C]`` class probabilities from ``[..., N, 1]`` (binary) or ``[..., N, C]`` outputs."""
+    if logits.shape[-1] == 1:
+        p = torch.sigmoid(logits[..., 0])
+        return torch.stack([1.0 - p, p], dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+#: Settings that may differ between the members of one stacked fit.
+_PER_MEMBER = ("kl_weight", "temperature", "seed")
+#: Deferred per-epoch probabilities beyond this many bytes are scored every epoch instead.
+_LAZY_BYTES = 256 * 2**20
+
+
+def stack_problem_for(
+    models: Sequence[nn.Module],
+    trains: Sequence[TrainingRows],
+    settings: Sequence[FitSettings],
+    validations: Sequence[EvaluationRows | None],
+) -> str | None:
+    """Why these fits cannot run as one stacked fit (None when they can): one line for the log."""
+    problem = stack_problem(models)
+    if problem is not None:
+        return problem
+    neutral = {k: 0 for k in _PER_MEMBER}
+    first = dataclasses.replace(settings[0], **neutral)
+    if any(dataclasses.replace(s, **neutral) != first for s in settings[1:]):
+        return "the fits differ in more than kl_weight, temperature and seed"
+    if first.criterion is not None or (first.metric_loss is not None and first.metric_weight > 0):
+        return "a configured hard criterion or metric loss trains one student at a time"
+    if first.detect_anomaly:
+        return "anomaly detection is on"
+
+    def shape(t: Tensor | None) -> tuple[Any, ...] | None:
+        return None if t is None else (tuple(t.shape), t.dtype, t.device)
+
+    t0, v0 = trains[0], validations[0]
+    count0 = int(t0.labelled.sum())
+    for t, v in zip(trains, validations, strict=True):
+        if (shape(t.x), shape(t.targets), shape(t.teacher_logits)) != (shape(t0.x), shape(t0.targets),
+                                                                      shape(t0.teacher_logits)):
+            return "the students' training rows differ in shape"
+        if int(t.labelled.sum()) != count0:
+            return "the students have different numbers of labelled rows"
+        if (v is None) != (v0 is None) or (v is not None and v0 is not None and
+                                           (shape(v.x), shape(v.y)) != (shape(v0.x), shape(v0.y))):
+            return "the students' validation rows differ in shape"
+    return None
 
 
 def fit(
@@ -262,142 +303,298 @@ def fit(
     the same seed see the same batches. With ``restore_best`` the weights at the best monitored
     epoch are restored at the end (when the monitored metric is logged).
     """
-    if settings.detect_anomaly:
+    return fit_many([model], [train], [settings], num_classes=num_classes, validations=[validation],
+                    progress=progress, description=description, on_epoch_end=on_epoch_end)[0]
+
+
+def _take(x: Tensor, idx: Tensor, members: Tensor | None) -> Tensor:
+    """Rows ``idx`` ``[M, B]`` of each member's ``x`` ``[M, n, ...]``."""
+    if members is None:
+        return x[0].index_select(0, idx[0]).unsqueeze(0)
+    return x[members, idx]
+
+
+def _batches(generators: list[torch.Generator], n: int, s: FitSettings, steps: int) -> list[Tensor]:
+    """One epoch's batches ``[M, B]``, member m drawing from its own generator exactly as a lone fit would."""
+    device = generators[0].device
+    if s.replacement:
+        draws = [torch.randint(n, (steps, s.batch_size), generator=g, device=device) for g in generators]
+        return list(torch.stack(draws, dim=1).unbind(0))
+    perms = [torch.randperm(n, generator=g, device=device) for g in generators]
+    return list(torch.stack(perms).split(s.batch_size, dim=1))
+
+
+def fit_many(
+    models: Sequence[nn.Module],
+    trains: Sequence[TrainingRows],
+    settings: Sequence[FitSettings],
+    *,
+    num_classes: int,
+    validations: Sequence[EvaluationRows | None] | None = None,
+    progress: bool = False,
+    description: str = "fit",
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[FitResult]:
+    """Train several students of one architecture together, each exactly as ``fit`` would alone.
+
+    Member ``m`` trains ``models[m]`` on ``trains[m]`` with ``settings[m]`` (which may differ in
+    ``kl_weight``, ``temperature`` and ``seed`` only; see ``stack_problem_for``), keeps its own
+    batches, early stopping, best state and divergence check, and ends with its own weights. With
+    one model this is an ordinary fit on the module itself.
+    """
+    models, trains, settings = list(models), list(trains), list(settings)
+    validations = list(validations) if validations is not None else [None] * len(models)
+    m_count = len(models)
+    if not (m_count == len(trains) == len(settings) == len(validations)) or m_count == 0:
+        raise ValueError("fit_many needs one training set, settings and validation entry per model")
+    s = settings[0]
+    if s.detect_anomaly:
         with torch.autograd.set_detect_anomaly(True):
-            return fit(model, train, dataclasses.replace(settings, detect_anomaly=False), num_classes=num_classes,
-                       validation=validation, progress=progress, description=description, on_epoch_end=on_epoch_end)
+            plain = [dataclasses.replace(x, detect_anomaly=False) for x in settings]
+            return fit_many(models, trains, plain, num_classes=num_classes, validations=validations,
+                            progress=progress, description=description, on_epoch_end=on_epoch_end)
+    if m_count > 1:
+        problem = stack_problem_for(models, trains, settings, validations)
+        if problem is not None:
+            raise ValueError(f"these fits cannot be stacked: {problem}")
+        if on_epoch_end is not None:
+            raise ValueError("on_epoch_end is for a single fit")
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    device = train.x.device
-    n = train.x.shape[0]
-    s = settings
-    generator = torch.Generator(device=device)
-    generator.manual_seed(s.seed)
-    opt = _optimizer(model, s)
+    train0 = trains[0]
+    device = train0.x.device
+    n = train0.x.shape[0]
+    members: Members = SingleMember(models[0]) if m_count == 1 else StackedMembers(models)
+    member_index = None if m_count == 1 else torch.arange(m_count, device=device).unsqueeze(1)
+
+    def stacked(tensors: list[Tensor]) -> Tensor:
+        return tensors[0].unsqueeze(0) if m_count == 1 else torch.stack(tensors)
+
+    x = stacked([t.x for t in trains])
+    try:
+        num_outputs = int(members.evaluate(x[:, :1]).shape[-1])
+    except RuntimeError as exc:
+        if m_count == 1:
+            raise
+        raise ValueError(f"these fits cannot be stacked: the student does not run under torch.func.vmap "
+                         f"({str(exc).splitlines()[0]})") from None
+    teacher = None
+    if train0.teacher_logits is not None and any(st.kl_weight > 0 for st in settings):
+        teacher = stacked([t.teacher_logits if t.teacher_logits.ndim == 2 else t.teacher_logits.unsqueeze(-1)
+                           for t in trains])  # type: ignore[union-attr]
+        ok = teacher.shape[-1] in ((1, 2) if num_outputs == 1 else (num_outputs,))
+        if not ok:
+            raise ValueError(f"teacher_logits have {teacher.shape[-1]} columns per row; the student gives "
+                             f"{num_outputs} output(s)")
+    objective = MemberObjective(
+        stacked([t.targets for t in trains]), stacked([t.labelled for t in trains]), teacher,
+        [st.kl_weight for st in settings], [st.temperature for st in settings], s.direction, num_outputs,
+    )
+    labelled_rows = [t.labelled.nonzero().squeeze(1) for t in trains]
+    x_train_eval = stacked([t.x[r] for t, r in zip(trains, labelled_rows, strict=True)])
+    y_train_eval = stacked([t.targets[r] for t, r in zip(trains, labelled_rows, strict=True)])
+    has_val = validations[0] is not None and validations[0].x.shape[0] > 0
+    x_val = stacked([v.x for v in validations]) if has_val else None  # type: ignore[union-attr]
+    y_val = stacked([v.y for v in validations]) if has_val else None  # type: ignore[union-attr]
+
+    generators = [torch.Generator(device=device).manual_seed(st.seed) for st in settings]
+    opt = _optimizer(members.parameters(), s)
     sched = _scheduler(opt, s)
     mode = monitor_mode(s.monitor, s.mode)
-    logged = logged_metric_names(validation is not None and validation.x.shape[0] > 0)
+    logged = logged_metric_names(has_val)
     tracks_monitor = s.monitor in logged
-    stopper = EarlyStopping(s.monitor, mode, s.patience, s.min_delta) if tracks_monitor else None
-    best = BestState(s.monitor, mode) if tracks_monitor and s.restore_best else None
-    messages: list[str] = []
+    stoppers = [EarlyStopping(s.monitor, mode, s.patience, s.min_delta) for _ in range(m_count)] \
+        if tracks_monitor else None
+    keeps_best = tracks_monitor and s.restore_best
+    messages: list[list[str]] = [[] for _ in range(m_count)]
     if not tracks_monitor and (s.patience > 0 or s.restore_best):
-        messages.append(f"{s.monitor} is not logged (no validation rows): keeping the final weights, no early stopping")
+        for box in messages:
+            box.append(f"{s.monitor} is not logged (no validation rows): keeping the final weights, no early stopping")
 
-    labelled_rows = train.labelled.nonzero().squeeze(1)
-    train_eval = EvaluationRows(train.x[labelled_rows], train.targets[labelled_rows])
-    teacher = train.teacher_logits
-    kl_weight = float(s.kl_weight)
-    use_teacher = teacher is not None and kl_weight > 0
+    # Which metrics, when: a monitored or observed (on_epoch_end) metric every epoch; the rest
+    # from probabilities kept per epoch and scored in one batched call after the last epoch.
+    monitor_is_metric = tracks_monitor and not s.monitor.endswith("_loss")
+    train_metrics = s.epoch_metrics or (monitor_is_metric and s.monitor.startswith("train_"))
+    val_metrics = has_val and (s.epoch_metrics or (monitor_is_metric and s.monitor.startswith("val_")))
+    per_epoch_bytes = 4 * m_count * num_classes * (x_train_eval.shape[1] + (x_val.shape[1] if has_val else 0))
+    eager = on_epoch_end is not None or monitor_is_metric or per_epoch_bytes * s.epochs > _LAZY_BYTES
+    kept: dict[str, list[Tensor]] = {"train": [], "val": []}
+    targets_of = {"train": y_train_eval, "val": y_val}
+
+    use_penalty = s.l1 > 0 or s.l2 > 0
+    use_metric_loss = s.metric_loss is not None and s.metric_weight > 0
     steps = max(1, math.ceil(n / s.batch_size))
-
-    history: list[dict[str, float]] = []
-    stop_reason = "completed all epochs"
+    sign = 1.0 if mode == "max" else -1.0
+    best_score = np.full(m_count, -math.inf)  # sign * score: higher is better
+    best_epoch: list[int | None] = [None] * m_count
+    best_weights: Tensor | None = None
+    last_good = members.flat().clone()
+    last_good_epoch = np.zeros(m_count, dtype=np.int64)
+    at_stop: Tensor | None = None  # weights of members that stopped while others trained on
+    active = np.ones(m_count, dtype=bool)
+    stopped_epoch = np.zeros(m_count, dtype=np.int64)
+    stop_reason = ["completed all epochs"] * m_count
+    status = ["completed"] * m_count
+    diverged_at: list[tuple[int, int] | None] = [None] * m_count
+    epochs_seen: list[tuple[int, float]] = []
+    numbers_seen: list[np.ndarray] = []
+    keys: list[str] = []
     epoch = 0
-    status = "completed"
-    diverged_at: tuple[int, int] | None = None
-    last_good = {k: v.detach().clone() for k, v in model.state_dict().items()}  # for a diverging fit
-    last_good_epoch = 0
     bar = tqdm(range(1, s.epochs + 1), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
-        model.train()
-        if s.replacement:
-            batches = torch.randint(n, (steps, s.batch_size), generator=generator, device=device).unbind(0)
-        else:
-            batches = torch.randperm(n, generator=generator, device=device).split(s.batch_size)
-        loss_sum = torch.zeros((), device=device)
-        # Which steps gave a non-finite loss: set on the device, read with the epoch's numbers.
-        nonfinite = torch.zeros(len(batches), dtype=torch.bool, device=device)
-        for step, idx in enumerate(batches):
-            xb = train.x[idx]
-            logits = model(xb)
-            if use_teacher:
-                loss = distillation_loss(
-                    logits,
-                    teacher[idx],  # type: ignore[index]
-                    train.targets[idx],
-                    kl_weight=kl_weight,
-                    temperature=s.temperature,
-                    direction=s.direction,
-                    labelled_mask=train.labelled[idx],
-                    criterion=s.criterion,
-                )
-            elif s.criterion is not None:
-                loss = s.criterion(logits, train.targets[idx], train.labelled[idx])
-            else:
-                loss = hard_loss(logits, train.targets[idx], labelled_mask=train.labelled[idx])
-            if s.metric_loss is not None and s.metric_weight > 0:
+        step_losses = []
+        for idx in _batches(generators, n, s, steps):
+            xb = _take(x, idx, member_index)
+            z = members.forward(xb)
+            hard = None
+            if s.criterion is not None:  # a single member: see stack_problem_for
+                i0 = idx[0]
+                hard = s.criterion(z[0], train0.targets[i0], train0.labelled[i0]).reshape(1)
+            loss = objective(z, idx, hard)
+            if use_metric_loss:
+                i0 = idx[0]
                 loss = loss + s.metric_weight * metric_loss(
-                    model.embed(xb), train.targets[idx], train.labelled[idx], kind=s.metric_loss,  # type: ignore[operator]
-                    margin=s.metric_margin,
+                    members.embed(xb), train0.targets[i0], train0.labelled[i0],  # type: ignore[attr-defined]
+                    kind=s.metric_loss, margin=s.metric_margin,  # type: ignore[arg-type]
                 )
-            if s.l1 > 0:
-                loss = loss + s.l1 * l1_penalty(model)
-            if s.l2 > 0:
-                loss = loss + s.l2 * l2_penalty(model)
+            if use_penalty:
+                loss = loss + members.penalty(s.l1, s.l2)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.sum().backward()
             if s.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                members.clip_grad(s.grad_clip)
             opt.step()
-            loss_sum += loss.detach()
-            nonfinite[step] = ~torch.isfinite(loss.detach())
+            step_losses.append(loss.detach())
+        losses = torch.stack(step_losses)  # [steps, M]
         lr = float(opt.param_groups[0]["lr"])  # the rate this epoch ran with
         if sched is not None:
             sched.step()
 
-        values: dict[str, Tensor] = {"train_loss": loss_sum / len(batches)}
-        if s.epoch_metrics:
-            values.update(_epoch_metrics(model, train_eval, "train", num_classes, with_loss=False))
-        if validation is not None and validation.x.shape[0] > 0:
-            # Without epoch_metrics only val_loss (and a monitored val_* metric) is computed.
-            lean = not s.epoch_metrics and not (s.monitor.startswith("val_") and s.monitor != "val_loss")
-            values.update(_epoch_metrics(model, validation, "val", num_classes, with_loss=True, full=not lean))
+        values: dict[str, Tensor] = {"train_loss": losses.mean(0)}
+        for split, x_eval, wanted in (("train", x_train_eval, train_metrics), ("val", x_val, val_metrics)):
+            if x_eval is None or (not wanted and split == "train"):
+                continue
+            logits = members.evaluate(x_eval)
+            if split == "val":
+                values["val_loss"] = MemberObjective.evaluation_loss(logits, y_val)  # type: ignore[arg-type]
+            if not wanted:
+                continue
+            if eager:
+                scores = batch_classification_metrics(_probabilities(logits), targets_of[split], num_classes)
+                values.update({f"{split}_{k}": v for k, v in scores.items()})
+            else:
+                kept[split].append(_probabilities(logits))
         keys = list(values)
-        numbers = torch.stack([values[k].float() for k in keys]).tolist()  # one host sync per epoch
-        row: dict[str, float] = {"epoch": epoch, "lr": lr}
-        row.update(dict(zip(keys, numbers)))
-        history.append(row)
+        numbers = torch.stack([values[k].float() for k in keys]).cpu().numpy().astype(np.float64)  # one sync
+        epochs_seen.append((epoch, lr))
+        numbers_seen.append(numbers)
+        column = {k: numbers[i] for i, k in enumerate(keys)}
         if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
-        if progress:
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}")
-        if not math.isfinite(row["train_loss"]):
-            first_step = int(nonfinite.nonzero()[0, 0]) + 1 if bool(nonfinite.any()) else 1  # only when diverged
-            status = "diverged"
-            diverged_at = (epoch, first_step)
-            restored = best.epoch if best is not None and best.weights is not None else last_good_epoch
-            stop_reason = f"training loss is not finite at epoch {epoch}, step {first_step}"
-            messages.append(
-                stop_reason + (f"; stopped and restored the weights of epoch {restored}" if restored else
-                               "; stopped before any finite epoch (the initial weights are kept)")
-            )
-            if best is None or best.weights is None:
-                model.load_state_dict(last_good)
-            break
-        last_good = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        last_good_epoch = epoch
-        if best is not None:
-            best.update(model, row[s.monitor], epoch)
-        if stopper is not None and stopper.step(row[s.monitor]):
-            stop_reason = stopper.reason
+            on_epoch_end(epoch, {"epoch": epoch, "lr": lr, **{k: float(v[0]) for k, v in column.items()}})
+        if progress and m_count == 1:
+            bar.set_postfix(loss=f"{column['train_loss'][0]:.4f}")
+
+        # Bookkeeping per member, as a lone fit does it: divergence, last good weights, best, stopping.
+        finite = np.isfinite(column["train_loss"])
+        weights = members.flat()
+        ending = np.zeros(m_count, dtype=bool)
+        for i in np.flatnonzero(active & ~finite):
+            bad = (~torch.isfinite(losses[:, i])).nonzero()
+            first_step = int(bad[0, 0]) + 1 if bad.numel() else 1
+            status[i] = "diverged"
+            diverged_at[i] = (epoch, first_step)
+            restored = best_epoch[i] if best_epoch[i] is not None else int(last_good_epoch[i])
+            stop_reason[i] = f"training loss is not finite at epoch {epoch}, step {first_step}"
+            messages[i].append(stop_reason[i] + (f"; stopped and restored the weights of epoch {restored}" if restored
+                                                 else "; stopped before any finite epoch (the initial weights are kept)"))
+            ending[i] = True
+        healthy = active & finite
+        last_good = _where_rows(healthy, weights, last_good)
+        last_good_epoch[healthy] = epoch
+        if tracks_monitor:
+            monitored = column[s.monitor]
+            if keeps_best:
+                better = healthy & np.isfinite(monitored) & (sign * monitored > best_score)
+                if better.any():
+                    best_weights = _where_rows(better, weights, best_weights)
+                    best_score[better] = sign * monitored[better]
+                    for i in np.flatnonzero(better):
+                        best_epoch[i] = epoch
+            for i in np.flatnonzero(healthy):
+                if stoppers[i].step(float(monitored[i])):  # type: ignore[index]
+                    stop_reason[i] = stoppers[i].reason  # type: ignore[index]
+                    ending[i] = True
+        if ending.any():
+            stopped_epoch[ending] = epoch
+            active &= ~ending
+            if active.any():
+                at_stop = _where_rows(ending, weights, at_stop)
+        if not active.any():
             break
     bar.close()
-    if best is not None and best.weights is not None:
-        best.restore(model)
-    return FitResult(
-        history=history,
-        best_epoch=best.epoch if best is not None else None,
-        best_score=best.score if best is not None and best.epoch is not None else None,
-        stopped_epoch=epoch,
-        stop_reason=stop_reason,
-        seconds=time.perf_counter() - started,
-        monitor=s.monitor if tracks_monitor else None,
-        messages=messages,
-        status=status,
-        diverged_at=diverged_at,
-    )
+    stopped_epoch[active] = epoch
+
+    # Final weights: best monitored, else last finite (diverged), else where the member stopped.
+    final = members.flat().clone()
+    if at_stop is not None:
+        final = _where_rows(~active & (stopped_epoch < epoch), at_stop, final)
+    diverged = np.array([st == "diverged" for st in status])
+    final = _where_rows(diverged, last_good, final)
+    has_best = np.array([b is not None for b in best_epoch])
+    if best_weights is not None:
+        final = _where_rows(has_best, best_weights, final)
+    members.load(final)
+
+    table = np.stack(numbers_seen) if numbers_seen else np.zeros((0, len(keys), m_count))  # [E, keys, M]
+    lazy = _score_kept(kept, targets_of, num_classes)  # name -> [E, M]
+    order = logged_metric_names(has_val)
+    seconds = (time.perf_counter() - started) / m_count
+    results = []
+    for i in range(m_count):
+        history = []
+        for e in range(int(stopped_epoch[i])):
+            row: dict[str, float] = {"epoch": epochs_seen[e][0], "lr": epochs_seen[e][1]}
+            found = {k: float(table[e, j, i]) for j, k in enumerate(keys)}
+            found.update({k: float(v[e, i]) for k, v in lazy.items()})
+            row.update({k: found[k] for k in order if k in found})
+            history.append(row)
+        results.append(FitResult(
+            history=history,
+            best_epoch=best_epoch[i],
+            best_score=(sign * best_score[i]) if best_epoch[i] is not None else None,
+            stopped_epoch=int(stopped_epoch[i]),
+            stop_reason=stop_reason[i],
+            seconds=seconds,
+            monitor=s.monitor if tracks_monitor else None,
+            messages=messages[i],
+            status=status[i],
+            diverged_at=diverged_at[i],
+        ))
+    return results
+
+
+def _where_rows(mask: np.ndarray, new: Tensor, old: Tensor | None) -> Tensor:
+    """``new`` in the member rows where ``mask`` is True, ``old`` elsewhere (neither is modified)."""
+    if mask.all() or old is None:
+        return new
+    if not mask.any():
+        return old
+    rows = torch.as_tensor(mask, device=new.device).unsqueeze(1)
+    return torch.where(rows, new, old)
+
+
+def _score_kept(kept: dict[str, list[Tensor]], targets: dict[str, Tensor | None],
+                num_classes: int) -> dict[str, np.ndarray]:
+    """Metrics of the probabilities kept per epoch, all epochs in one batched call per split."""
+    out: dict[str, np.ndarray] = {}
+    for split, probs in kept.items():
+        if not probs:
+            continue
+        scores = batch_classification_metrics(torch.stack(probs), targets[split], num_classes)  # type: ignore[arg-type]
+        numbers = torch.stack(list(scores.values())).cpu().numpy().astype(np.float64)  # [metrics, E, M]
+        out.update({f"{split}_{k}": numbers[j] for j, k in enumerate(scores)})
+    return out
 
 
 def clone_module(model: nn.Module) -> nn.Module:

@@ -31,7 +31,9 @@ from distill.engine import (
     FitSettings,
     TrainingRows,
     fit,
+    fit_many,
     logged_metric_names,
+    stack_problem_for,
     predict_logits,
 )
 from distill.errors import ConfigError, UserError
@@ -47,6 +49,9 @@ __all__ = [
     "prepare",
     "teach",
     "train_student",
+    "train_students",
+    "build_student",
+    "StudentJob",
     "run_episode",
     "run_protocol",
     "prepare_protocol",
@@ -477,6 +482,35 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
     )
 
 
+def build_student(prepared: Prepared) -> nn.Module:
+    """The student from the experiment seed: the same initial weights every time (student and baseline)."""
+    seed_everything(prepared.config.seed)
+    return _build_student(prepared.config, prepared.dataset, prepared.num_outputs).to(prepared.device)
+
+
+def _student_settings(prepared: Prepared, kl_weight: float | None, epoch_metrics: bool) -> FitSettings:
+    config = prepared.config
+    return dataclasses.replace(
+        fit_settings(config, kl_weight=kl_weight),
+        epoch_metrics=epoch_metrics,
+        criterion=build_criterion(
+            config, prepared.hard, prepared.dataset.num_classes, prepared.dataset.y[prepared.split.labelled],
+            prepared.device,
+        ),
+    )
+
+
+def _report_fit(prepared: Prepared, system: str, result: FitResult) -> None:
+    seed = prepared.config.seed
+    for message in result.messages:
+        log.log(logging.WARNING if result.status == "diverged" else logging.DEBUG, "%s (seed %d): %s",
+                system, seed, message)
+    log.debug(
+        "%s: %d epochs in %.2fs (%s)%s", system, result.stopped_epoch, result.seconds, result.stop_reason,
+        f", best {result.monitor} = {result.best_score:.4f} at epoch {result.best_epoch}" if result.best_epoch else "",
+    )
+
+
 def train_student(
     prepared: Prepared,
     taught: TeacherOutputs,
@@ -487,34 +521,87 @@ def train_student(
     epoch_metrics: bool = True,
 ) -> tuple[nn.Module, FitResult]:
     """Build the student from the experiment seed (same initial weights every time) and fit it."""
-    config = prepared.config
-    seed_everything(config.seed)
-    model = _build_student(config, prepared.dataset, prepared.num_outputs).to(prepared.device)
-    seed_everything(config.seed + 1)  # the same dropout stream for student and baseline
+    model = build_student(prepared)
+    seed_everything(prepared.config.seed + 1)  # the same dropout stream for student and baseline
     result = fit(
         model,
         taught.train,
-        dataclasses.replace(
-            fit_settings(config, kl_weight=kl_weight),
-            epoch_metrics=epoch_metrics,
-            criterion=build_criterion(
-                config, prepared.hard, prepared.dataset.num_classes, prepared.dataset.y[prepared.split.labelled],
-                prepared.device,
-            ),
-        ),
+        _student_settings(prepared, kl_weight, epoch_metrics),
         num_classes=prepared.dataset.num_classes,
         validation=taught.validation,
         progress=progress,
         description=system,
     )
-    for message in result.messages:
-        log.log(logging.WARNING if result.status == "diverged" else logging.DEBUG, "%s (seed %d): %s",
-                system, config.seed, message)
-    log.debug(
-        "%s: %d epochs in %.2fs (%s)%s", system, result.stopped_epoch, result.seconds, result.stop_reason,
-        f", best {result.monitor} = {result.best_score:.4f} at epoch {result.best_epoch}" if result.best_epoch else "",
-    )
+    _report_fit(prepared, system, result)
     return model, result
+
+
+@dataclass
+class StudentJob:
+    """One student fit of the protocol, filled in by ``train_students``."""
+
+    prepared: Prepared
+    taught: TeacherOutputs
+    kl_weight: float | None
+    system: str
+    model: nn.Module | None = None
+    result: FitResult | None = None
+
+
+def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bool = False,
+                   epoch_metrics: bool = True) -> None:
+    """Fit every job's student: as stacked models where the fits agree in everything but the KL
+    weight, temperature and seed (``distill.engine.stack_problem_for``), one at a time otherwise.
+
+    Each member gets exactly the initial weights, batches and result of its own ``train_student``.
+    """
+    if not batched or len(jobs) < 2:
+        for job in jobs:
+            job.model, job.result = train_student(job.prepared, job.taught, kl_weight=job.kl_weight, system=job.system,
+                                                  progress=progress, epoch_metrics=epoch_metrics)
+        return
+    settings = [_student_settings(j.prepared, j.kl_weight, epoch_metrics) for j in jobs]
+    models = [build_student(j.prepared) for j in jobs]
+    groups: list[list[int]] = []
+    problems: set[str] = set()
+    for i, job in enumerate(jobs):
+        for group in groups:
+            first = group[0]
+            if jobs[first].prepared.dataset.num_classes != job.prepared.dataset.num_classes:
+                continue
+            problem = stack_problem_for([models[first], models[i]], [jobs[first].taught.train, job.taught.train],
+                                        [settings[first], settings[i]],
+                                        [jobs[first].taught.validation, job.taught.validation])
+            if problem is None:
+                group.append(i)
+                break
+            problems.add(problem)
+        else:
+            groups.append([i])
+    if len(groups) == len(jobs) and problems:
+        log.info("students trained one at a time: %s", "; ".join(sorted(problems)))
+    for group in groups:
+        members = [jobs[i] for i in group]
+        if len(group) == 1:
+            job = members[0]
+            job.model, job.result = train_student(job.prepared, job.taught, kl_weight=job.kl_weight, system=job.system,
+                                                  progress=progress, epoch_metrics=epoch_metrics)
+            continue
+        try:
+            results = fit_many(
+                [models[i] for i in group], [j.taught.train for j in members], [settings[i] for i in group],
+                num_classes=members[0].prepared.dataset.num_classes,
+                validations=[j.taught.validation for j in members], progress=progress,
+                description=f"{len(group)} students",
+            )
+        except ValueError as exc:  # e.g. a user's student that vmap cannot run: train them one at a time
+            log.info("students trained one at a time: %s", exc)
+            train_students(members, batched=False, progress=progress, epoch_metrics=epoch_metrics)
+            continue
+        log.debug("trained %d students as one stacked model", len(group))
+        for i, job, result in zip(group, members, results, strict=True):
+            job.model, job.result = models[i], result
+            _report_fit(job.prepared, job.system, result)
 
 
 def run_episode(
@@ -531,22 +618,53 @@ def run_episode(
     ``cache`` (one dict per episode) lets a sweep over the distillation knobs reuse the
     teacher and the baseline, which do not depend on them.
     """
-    config, data, split, device = prepared.config, prepared.dataset, prepared.split, prepared.device
-    k = data.num_classes
     cache = {} if cache is None else cache
-    timings: dict[str, float] = {"load_data_s": prepared.load_seconds}
+    pending = _plan_episode(prepared, cache, episode, value, soft_cache)
+    train_students(pending.jobs(), batched=False, progress=progress)
+    return _score_episode(pending)
 
+
+@dataclass
+class _PendingEpisode:
+    """An episode whose teacher has answered and whose students are planned (or trained)."""
+
+    prepared: Prepared
+    taught: TeacherOutputs
+    student: StudentJob
+    baseline: StudentJob
+    new_baseline: bool
+    episode: int
+    value: Any
+
+    def jobs(self) -> list[StudentJob]:
+        return [self.student, self.baseline] if self.new_baseline else [self.student]
+
+
+def _plan_episode(prepared: Prepared, cache: dict[str, Any], episode: int, value: Any,
+                  soft_cache: SoftTargetCache | None) -> _PendingEpisode:
+    """Teach (once per teacher key in ``cache``) and plan the student and (once per baseline key) the baseline."""
+    config = prepared.config
     teacher_key = "teacher:" + _teacher_key(config)
     if teacher_key not in cache:
         cache[teacher_key] = teach(prepared, cache=soft_cache)
     taught: TeacherOutputs = cache[teacher_key]
-    timings.update(taught.timings)
-
-    student, student_fit = train_student(prepared, taught, kl_weight=None, system="student", progress=progress)
     baseline_key = "baseline:" + _baseline_key(config)
-    if baseline_key not in cache:
-        cache[baseline_key] = train_student(prepared, taught, kl_weight=0.0, system="baseline", progress=progress)
-    baseline, baseline_fit = cache[baseline_key]
+    new_baseline = baseline_key not in cache
+    if new_baseline:
+        cache[baseline_key] = StudentJob(prepared, taught, kl_weight=0.0, system="baseline")
+    student = StudentJob(prepared, taught, kl_weight=None, system="student")
+    return _PendingEpisode(prepared, taught, student, cache[baseline_key], new_baseline, episode, value)
+
+
+def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
+    """Test metrics of teacher, student and baseline once both students are trained."""
+    prepared, taught = pending.prepared, pending.taught
+    config, data, split, device = prepared.config, prepared.dataset, prepared.split, prepared.device
+    k = data.num_classes
+    student, student_fit = pending.student.model, pending.student.result
+    baseline, baseline_fit = pending.baseline.model, pending.baseline.result
+    assert student is not None and student_fit is not None and baseline is not None and baseline_fit is not None
+    timings: dict[str, float] = {"load_data_s": prepared.load_seconds, **taught.timings}
     timings["student_fit_s"] = student_fit.seconds
     timings["baseline_fit_s"] = baseline_fit.seconds
 
@@ -569,9 +687,9 @@ def run_episode(
         test_predictions=predictions,
         test_targets=data.y[split.test],
         timings=timings,
-        episode=episode,
+        episode=pending.episode,
         seed=config.seed,
-        value=value,
+        value=pending.value,
         split_sizes={
             "test": int(split.test.size),
             "labelled": int(split.labelled.size),
@@ -582,6 +700,17 @@ def run_episode(
         },
         split=split,
     )
+
+
+#: Training rows of the episodes trained together, at most (stacked students copy them once more).
+_STACK_BYTES = 256 * 2**20
+
+
+def _episode_bytes(taught: TeacherOutputs) -> int:
+    tensors = [taught.train.x, taught.train.teacher_logits]
+    if taught.validation is not None:
+        tensors.append(taught.validation.x)
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -628,19 +757,33 @@ def run_protocol(
     total = episodes * len(variants)
     results: list[EpisodeResult] = []
     bar = tqdm(total=total, desc="episodes", disable=not progress or total == 1, leave=False, dynamic_ncols=True)
+    batched = config.train.batched
+    pending: list[_PendingEpisode] = []
+    pending_bytes = 0
+
+    def flush() -> None:
+        nonlocal pending_bytes
+        train_students([job for p in pending for job in p.jobs()], batched=batched,
+                       progress=progress and total == 1)
+        for p in pending:
+            results.append(_score_episode(p))
+            if on_result is not None:
+                on_result(results[-1])
+            bar.update(1)
+        pending.clear()
+        pending_bytes = 0
+
     for e in range(episodes):
         cache: dict[str, Any] = {}
         for i, (value, variant) in enumerate(variants):
             prepared = first[i] if e == 0 else prepare(
                 variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset
             )
-            results.append(
-                run_episode(prepared, progress=progress and total == 1, cache=cache, episode=e, value=value,
-                            soft_cache=soft_cache)
-            )
-            if on_result is not None:
-                on_result(results[-1])
-            bar.update(1)
+            pending.append(_plan_episode(prepared, cache, e, value, soft_cache))
+            pending_bytes += _episode_bytes(pending[-1].taught)
+        # Episodes wait to be trained together while their rows fit the stacking budget.
+        if not batched or pending_bytes >= _STACK_BYTES or e == episodes - 1:
+            flush()
     bar.close()
     flagged = sorted({r.seed for r in results if r.teacher_diagnostics.get("warnings")})
     if flagged and episodes > 1:
