@@ -23,6 +23,7 @@ from distill.batch_metrics import batch_classification_metrics
 from distill.member_objective import MemberObjective
 from distill.members import Members, SingleMember, StackedMembers, stack_problem
 from distill.metrics import METRICS
+from distill.optim import LeanOptimizer, learning_rate
 from distill.objective import metric_loss
 
 __all__ = [
@@ -205,24 +206,6 @@ class BestState:
         self.score, self.epoch, self.weights = state["score"], state["epoch"], state["weights"]
 
 
-def _optimizer(params: list[Tensor], s: FitSettings) -> torch.optim.Optimizer:
-    if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    if s.optimizer == "adam":
-        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    raise ValueError(f"train.optimizer must be one of sgd, adam, adamw, got {s.optimizer!r}")
-
-
-def _scheduler(opt: torch.optim.Optimizer, s: FitSettings) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if s.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.epochs)
-    if s.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
-    return None
-
-
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 8192) -> Tensor:
     """The model's outputs on ``x`` in eval mode, batched, without autograd."""
@@ -399,8 +382,7 @@ def fit_many(
     y_val = stacked([v.y for v in validations]) if has_val else None  # type: ignore[union-attr]
 
     generators = [torch.Generator(device=device).manual_seed(st.seed) for st in settings]
-    opt = _optimizer(members.parameters(), s)
-    sched = _scheduler(opt, s)
+    opt = LeanOptimizer(members.parameters(), s.optimizer, s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     mode = monitor_mode(s.monitor, s.mode)
     logged = logged_metric_names(has_val)
     tracks_monitor = s.monitor in logged
@@ -444,6 +426,7 @@ def fit_many(
     bar = tqdm(range(1, s.epochs + 1), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
         step_losses = []
+        opt.lr = lr = learning_rate(s.lr, epoch, s.scheduler, s.epochs, s.step_size, s.gamma)
         for idx in _batches(generators, n, s, steps):
             xb = _take(x, idx, member_index)
             z = members.forward(xb)
@@ -460,16 +443,13 @@ def fit_many(
                 )
             if use_penalty:
                 loss = loss + members.penalty(s.l1, s.l2)
-            opt.zero_grad(set_to_none=True)
+            members.zero_grad()
             loss.sum().backward()
             if s.grad_clip is not None:
                 members.clip_grad(s.grad_clip)
             opt.step()
             step_losses.append(loss.detach())
         losses = torch.stack(step_losses)  # [steps, M]
-        lr = float(opt.param_groups[0]["lr"])  # the rate this epoch ran with
-        if sched is not None:
-            sched.step()
 
         values: dict[str, Tensor] = {"train_loss": losses.mean(0)}
         for split, x_eval, wanted in (("train", x_train_eval, train_metrics), ("val", x_val, val_metrics)):
@@ -484,7 +464,7 @@ def fit_many(
                 scores = batch_classification_metrics(_probabilities(logits), targets_of[split], num_classes)
                 values.update({f"{split}_{k}": v for k, v in scores.items()})
             else:
-                kept[split].append(_probabilities(logits))
+                kept[split].append(logits)  # scored after the last epoch
         keys = list(values)
         numbers = torch.stack([values[k].float() for k in keys]).cpu().numpy().astype(np.float64)  # one sync
         epochs_seen.append((epoch, lr))
@@ -545,6 +525,7 @@ def fit_many(
     if best_weights is not None:
         final = _where_rows(has_best, best_weights, final)
     members.load(final)
+    members.finish()
 
     table = np.stack(numbers_seen) if numbers_seen else np.zeros((0, len(keys), m_count))  # [E, keys, M]
     lazy = _score_kept(kept, targets_of, num_classes)  # name -> [E, M]
@@ -586,12 +567,13 @@ def _where_rows(mask: np.ndarray, new: Tensor, old: Tensor | None) -> Tensor:
 
 def _score_kept(kept: dict[str, list[Tensor]], targets: dict[str, Tensor | None],
                 num_classes: int) -> dict[str, np.ndarray]:
-    """Metrics of the probabilities kept per epoch, all epochs in one batched call per split."""
+    """Metrics of the outputs kept per epoch, all epochs in one batched call per split."""
     out: dict[str, np.ndarray] = {}
     for split, probs in kept.items():
         if not probs:
             continue
-        scores = batch_classification_metrics(torch.stack(probs), targets[split], num_classes)  # type: ignore[arg-type]
+        scores = batch_classification_metrics(_probabilities(torch.stack(probs)), targets[split],  # type: ignore[arg-type]
+                                              num_classes)
         numbers = torch.stack(list(scores.values())).cpu().numpy().astype(np.float64)  # [metrics, E, M]
         out.update({f"{split}_{k}": numbers[j] for j, k in enumerate(scores)})
     return out

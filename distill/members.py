@@ -68,6 +68,14 @@ class Members:
         """The leaves the optimizer updates."""
         raise NotImplementedError
 
+    def zero_grad(self) -> None:
+        """Clear the gradients before a step."""
+        for p in self.parameters():
+            p.grad = None
+
+    def finish(self) -> None:
+        """Hand the modules back as ordinary modules after the fit."""
+
     def forward(self, x: Tensor) -> Tensor:
         """Train-mode outputs ``[M, B, K]`` for inputs ``[M, B, ...]``."""
         raise NotImplementedError
@@ -108,9 +116,42 @@ class SingleMember(Members):
         self._state = model.state_dict(keep_vars=True)  # the live tensors, read in place every epoch
         # Switching to eval mode walks every submodule; skip it when no layer behaves differently.
         self._mode_free = mode_free(model)
+        self._weights: Tensor | None = None
+        self._grad: Tensor | None = None
+        if [id(t) for t in self._state.values()] == [id(p) for p in self._params]:
+            self._flatten()
+
+    def _flatten(self) -> None:
+        """Make every parameter (and its gradient) a view into one flat tensor: the optimizer, the
+        gradient reset and the best-state copies then touch one tensor instead of one per layer."""
+        with torch.no_grad():
+            weights = torch.cat([p.detach().reshape(-1) for p in self._params])
+        grad = torch.zeros_like(weights)
+        offset = 0
+        for p in self._params:
+            size = p.numel()
+            p.data = weights[offset : offset + size].view_as(p)
+            p.grad = grad[offset : offset + size].view_as(p)  # backward accumulates in place into it
+            offset += size
+        weights.grad = grad
+        self._weights, self._grad = weights, grad
 
     def parameters(self) -> list[Tensor]:
-        return self._params
+        return [self._weights] if self._weights is not None else self._params
+
+    def zero_grad(self) -> None:
+        if self._grad is not None:
+            self._grad.zero_()
+        else:
+            super().zero_grad()
+
+    def finish(self) -> None:
+        if self._weights is None:
+            return
+        for p in self._params:
+            p.data = p.data.clone()
+            p.grad = None
+        self._weights = self._grad = None
 
     def forward(self, x: Tensor) -> Tensor:
         return _outputs(self.model(x[0])).unsqueeze(0)
@@ -134,10 +175,15 @@ class SingleMember(Members):
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).unsqueeze(0)
 
     def flat(self) -> Tensor:
+        if self._weights is not None:
+            return self._weights.clone().unsqueeze(0)
         with torch.no_grad():
             return torch.cat([p.detach().reshape(-1) for p in self._state.values()]).unsqueeze(0)
 
     def load(self, weights: Tensor) -> None:
+        if self._weights is not None:
+            self._weights.copy_(weights[0])
+            return
         offset, out = 0, {}
         for name, value in self._state.items():
             out[name] = weights[0, offset : offset + value.numel()].view_as(value)
@@ -153,7 +199,10 @@ class SingleMember(Members):
         return total.reshape(1)
 
     def clip_grad(self, max_norm: float) -> None:
-        nn.utils.clip_grad_norm_(self._params, max_norm)
+        if self._grad is not None:
+            _clip_rows(self._grad.unsqueeze(0), max_norm)
+        else:
+            nn.utils.clip_grad_norm_(self._params, max_norm)
 
 
 class StackedMembers(Members):
@@ -229,8 +278,11 @@ class StackedMembers(Members):
         return total
 
     def clip_grad(self, max_norm: float) -> None:
-        grad = self.weights.grad
-        if grad is None:
-            return
-        norms = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
-        grad.mul_(torch.clamp(max_norm / (norms + 1e-6), max=1.0))  # as clip_grad_norm_, per member
+        if self.weights.grad is not None:
+            _clip_rows(self.weights.grad, max_norm)
+
+
+def _clip_rows(grad: Tensor, max_norm: float) -> None:
+    """``clip_grad_norm_`` for each row of ``[M, P]`` gradients: scale a row whose norm exceeds ``max_norm``."""
+    norms = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+    grad.mul_(torch.clamp(max_norm / (norms + 1e-6), max=1.0))

@@ -32,6 +32,7 @@ from distill.cache import SoftTargetCache
 from distill.engine import predict_logits
 from distill.protocol import (
     Prepared,
+    StudentJob,
     TeacherOutputs,
     _teacher_key,
     episode_seed,
@@ -39,7 +40,7 @@ from distill.protocol import (
     prepare_protocol,
     soft_target_cache,
     teach,
-    train_student,
+    train_students,
 )
 from distill.objective import hard_loss
 from distill.rundir import attach_log_file, create_run_dir, write_json, write_text
@@ -144,18 +145,22 @@ def validation_score(
     ``report(mean_so_far, episode)`` is called after each episode (Optuna's report + prune).
     """
     metric = config.tune.metric
-    scores: list[float] = []
+    jobs = []
     for e in range(config.protocol.episodes):
         prepared = prepare(config.model_copy(update={"seed": episode_seed(config.seed, e)}), dataset)
-        taught = cache.get(prepared)
-        model, _ = train_student(prepared, taught, kl_weight=None, system="student", epoch_metrics=False)
-        assert taught.validation is not None
-        logits = predict_logits(model, taught.validation.x)
-        scores.append(_validation_value(logits, taught.validation.y, prepared.dataset.num_classes, metric))
-        finite = [s for s in scores if math.isfinite(s)]
-        mean = float(np.mean(finite)) if finite else float("nan")
-        if report is not None:
-            report(mean, e)
+        jobs.append(StudentJob(prepared, cache.get(prepared), kl_weight=None, system="student"))
+    # Stacked, the trial's episodes train as one model; one at a time, a pruned trial stops early.
+    chunks = [jobs] if config.train.batched else [[job] for job in jobs]
+    scores: list[float] = []
+    for chunk in chunks:
+        train_students(chunk, batched=config.train.batched, epoch_metrics=False)
+        for job in chunk:
+            assert job.model is not None and job.taught.validation is not None
+            logits = predict_logits(job.model, job.taught.validation.x)
+            scores.append(_validation_value(logits, job.taught.validation.y, job.prepared.dataset.num_classes, metric))
+            finite = [s for s in scores if math.isfinite(s)]
+            if report is not None:
+                report(float(np.mean(finite)) if finite else float("nan"), len(scores) - 1)
     finite = [s for s in scores if math.isfinite(s)]
     return (float(np.mean(finite)) if finite else float("nan")), scores
 
