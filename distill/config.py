@@ -262,6 +262,10 @@ class TrainConfig(_Section):
     #: train students of one architecture across episodes, sweep values and trial episodes as one
     #: stacked model when only their KL weight, temperature and seed differ (false: one at a time)
     batched: StrictBool = True
+    #: "bf16": the student's forward pass under bfloat16 autocast (for CUDA; the loss stays float32)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    #: torch.compile the student's forward pass (worth it on a GPU for long fits; compiling costs seconds)
+    compile: StrictBool = False
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("device")

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -101,6 +102,10 @@ class FitSettings:
     metric_loss: str | None = None
     metric_weight: float = 0.0
     metric_margin: float = 1.0
+    #: "bf16": forward passes under bfloat16 autocast (the objective stays float32)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    #: torch.compile the forward pass
+    compile: bool = False
     #: accuracy, macro-F1, AUROC and ECE on train and validation rows every epoch (False: losses only,
     #: plus a monitored val_* metric; what a tuning trial needs, at about half the cost)
     epoch_metrics: bool = True
@@ -349,6 +354,9 @@ def fit_many(
     device = train0.x.device
     n = train0.x.shape[0]
     members: Members = SingleMember(models[0]) if m_count == 1 else StackedMembers(models)
+    if s.compile:
+        members.compile()
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if s.precision == "bf16" else nullcontext
     member_index = None if m_count == 1 else torch.arange(m_count, device=device).unsqueeze(1)
 
     def stacked(tensors: list[Tensor]) -> Tensor:
@@ -429,7 +437,8 @@ def fit_many(
         opt.lr = lr = learning_rate(s.lr, epoch, s.scheduler, s.epochs, s.step_size, s.gamma)
         for idx in _batches(generators, n, s, steps):
             xb = _take(x, idx, member_index)
-            z = members.forward(xb)
+            with autocast():
+                z = members.forward(xb).float()
             hard = None
             if s.criterion is not None:  # a single member: see stack_problem_for
                 i0 = idx[0]

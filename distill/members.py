@@ -76,6 +76,10 @@ class Members:
     def finish(self) -> None:
         """Hand the modules back as ordinary modules after the fit."""
 
+    def compile(self) -> None:
+        """``torch.compile`` the forward pass (the first steps pay for the compilation)."""
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
         """Train-mode outputs ``[M, B, K]`` for inputs ``[M, B, ...]``."""
         raise NotImplementedError
@@ -118,6 +122,7 @@ class SingleMember(Members):
         self._mode_free = mode_free(model)
         self._weights: Tensor | None = None
         self._grad: Tensor | None = None
+        self._forward = model
         if [id(t) for t in self._state.values()] == [id(p) for p in self._params]:
             self._flatten()
 
@@ -154,7 +159,10 @@ class SingleMember(Members):
         self._weights = self._grad = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return _outputs(self.model(x[0])).unsqueeze(0)
+        return _outputs(self._forward(x[0])).unsqueeze(0)
+
+    def compile(self) -> None:
+        self._forward = torch.compile(self.model)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.model.embed(x[0])  # type: ignore[operator]
@@ -238,6 +246,7 @@ class StackedMembers(Members):
             return _outputs(functional_call(skeleton, params, (x,)))
 
         self._vmapped = vmap(one, in_dims=(0, 0))
+        self._train_forward = self._vmapped
 
     def _views(self, weights: Tensor) -> dict[str, Tensor]:
         m = weights.shape[0]
@@ -251,7 +260,10 @@ class StackedMembers(Members):
 
     def forward(self, x: Tensor) -> Tensor:
         self._skeleton.train()
-        return self._vmapped(self._views(self.weights), x)
+        return self._train_forward(self._views(self.weights), x)
+
+    def compile(self) -> None:
+        self._train_forward = torch.compile(self._vmapped)
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, batch_size: int = 8192) -> Tensor:

@@ -327,11 +327,16 @@ def fit_settings(config: Config, *, kl_weight: float | None = None) -> FitSettin
         metric_weight=float(o.metric_weight),
         metric_margin=float(o.metric_margin),
         detect_anomaly=t.detect_anomaly,
+        precision=t.precision,
+        compile=t.compile,
     )
 
 
 def _to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype).to(device)
+    tensor = torch.as_tensor(np.ascontiguousarray(array), dtype=dtype)
+    if device.type == "cuda":  # one asynchronous copy from pinned memory; the rows then stay on the GPU
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _numpy_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:

@@ -217,3 +217,44 @@ def test_students_that_cannot_stack_fall_back_to_one_at_a_time() -> None:
         _, results[batched] = run_protocol(config)
     for a, b in zip(results[True], results[False], strict=True):
         assert a.metrics == b.metrics  # the same sequential fits, bit for bit
+
+
+class DtypeProbe(nn.Module):
+    """A linear student that records the dtype its layer computes in during training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+        self.seen: set[torch.dtype] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        if self.training:
+            self.seen.add(out.dtype)
+        return out
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_the_loss_float32() -> None:
+    train, val = _data(0)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = DtypeProbe()
+        results[precision] = fit(model, train, FitSettings(epochs=20, batch_size=8, lr=0.05, precision=precision,
+                                                           kl_weight=0.5), num_classes=2, validation=val)
+        assert model.seen == {torch.float32 if precision == "fp32" else torch.bfloat16}
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    fp32, bf16 = (results[p].history[-1]["train_loss"] for p in ("fp32", "bf16"))
+    assert bf16 == pytest.approx(fp32, rel=0.05)  # bfloat16 keeps 8 bits of mantissa: close, not equal
+    assert bf16 != fp32
+
+
+@pytest.mark.slow
+def test_compiled_forward_gives_the_same_fit() -> None:
+    train, val = _data(0)
+    settings = FitSettings(epochs=6, batch_size=8, optimizer="sgd", lr=0.1, kl_weight=0.5)
+    plain, compiled = _student(2), _student(2)
+    a = fit(plain, train, settings, num_classes=2, validation=val)
+    b = fit(compiled, train, dataclasses.replace(settings, compile=True), num_classes=2, validation=val)
+    _compare(a, b)
+    _weights_close(plain, compiled)
