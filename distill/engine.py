@@ -37,6 +37,8 @@ __all__ = [
     "fit",
     "fit_many",
     "stack_problem_for",
+    "FitInterrupted",
+    "FIT_STATE_FORMAT",
     "predict_logits",
     "logged_metric_names",
 ]
@@ -322,6 +324,10 @@ def fit_many(
     progress: bool = False,
     description: str = "fit",
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_every: int = 1,
+    resume: dict[str, Any] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> list[FitResult]:
     """Train several students of one architecture together, each exactly as ``fit`` would alone.
 
@@ -329,6 +335,12 @@ def fit_many(
     ``kl_weight``, ``temperature`` and ``seed`` only; see ``stack_problem_for``), keeps its own
     batches, early stopping, best state and divergence check, and ends with its own weights. With
     one model this is an ordinary fit on the module itself.
+
+    ``checkpoint(state)`` receives the whole fit state every ``checkpoint_every`` epochs (tensors and
+    plain values only: safe to save and to load with ``weights_only=True``); ``resume=state``
+    continues from one, to the same numbers as an uninterrupted fit. When ``stop_requested()`` turns
+    true the fit stops after the current step, hands that step's state to ``checkpoint`` and raises
+    ``FitInterrupted``.
     """
     models, trains, settings = list(models), list(trains), list(settings)
     validations = list(validations) if validations is not None else [None] * len(models)
@@ -340,7 +352,9 @@ def fit_many(
         with torch.autograd.set_detect_anomaly(True):
             plain = [dataclasses.replace(x, detect_anomaly=False) for x in settings]
             return fit_many(models, trains, plain, num_classes=num_classes, validations=validations,
-                            progress=progress, description=description, on_epoch_end=on_epoch_end)
+                            progress=progress, description=description, on_epoch_end=on_epoch_end,
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                            stop_requested=stop_requested)
     if m_count > 1:
         problem = stack_problem_for(models, trains, settings, validations)
         if problem is not None:
@@ -397,10 +411,6 @@ def fit_many(
     stoppers = [EarlyStopping(s.monitor, mode, s.patience, s.min_delta) for _ in range(m_count)] \
         if tracks_monitor else None
     keeps_best = tracks_monitor and s.restore_best
-    messages: list[list[str]] = [[] for _ in range(m_count)]
-    if not tracks_monitor and (s.patience > 0 or s.restore_best):
-        for box in messages:
-            box.append(f"{s.monitor} is not logged (no validation rows): keeping the final weights, no early stopping")
 
     # Which metrics, when: a monitored or observed (on_epoch_end) metric every epoch; the rest
     # from probabilities kept per epoch and scored in one batched call after the last epoch.
@@ -409,33 +419,54 @@ def fit_many(
     val_metrics = has_val and (s.epoch_metrics or (monitor_is_metric and s.monitor.startswith("val_")))
     per_epoch_bytes = 4 * m_count * num_classes * (x_train_eval.shape[1] + (x_val.shape[1] if has_val else 0))
     eager = on_epoch_end is not None or monitor_is_metric or per_epoch_bytes * s.epochs > _LAZY_BYTES
-    kept: dict[str, list[Tensor]] = {"train": [], "val": []}
     targets_of = {"train": y_train_eval, "val": y_val}
 
     use_penalty = s.l1 > 0 or s.l2 > 0
     use_metric_loss = s.metric_loss is not None and s.metric_weight > 0
     steps = max(1, math.ceil(n / s.batch_size))
     sign = 1.0 if mode == "max" else -1.0
-    best_score = np.full(m_count, -math.inf)  # sign * score: higher is better
-    best_epoch: list[int | None] = [None] * m_count
-    best_weights: Tensor | None = None
-    last_good = members.flat().clone()
-    last_good_epoch = np.zeros(m_count, dtype=np.int64)
-    at_stop: Tensor | None = None  # weights of members that stopped while others trained on
-    active = np.ones(m_count, dtype=bool)
-    stopped_epoch = np.zeros(m_count, dtype=np.int64)
-    stop_reason = ["completed all epochs"] * m_count
-    status = ["completed"] * m_count
-    diverged_at: list[tuple[int, int] | None] = [None] * m_count
-    epochs_seen: list[tuple[int, float]] = []
-    numbers_seen: list[np.ndarray] = []
-    keys: list[str] = []
-    epoch = 0
-    bar = tqdm(range(1, s.epochs + 1), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
+    p = _Progress.start(m_count, members.flat())
+    if not tracks_monitor and (s.patience > 0 or s.restore_best):
+        for box in p.messages:
+            box.append(f"{s.monitor} is not logged (no validation rows): keeping the final weights, no early stopping")
+    partial: dict[str, Any] | None = None
+    if resume is not None:
+        p = _Progress.from_state(resume["progress"])
+        members.restore(resume["weights"].to(device))
+        opt.load_state_dict(resume["optimizer"])
+        for g, state in zip(generators, resume["generators"], strict=True):
+            g.set_state(state)
+        _set_rng(resume["rng"])
+        if stoppers is not None:
+            for stopper, state in zip(stoppers, resume["stoppers"], strict=True):
+                stopper.load_state_dict(state)
+        partial = resume["partial"]
+
+    def state(partial_epoch: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "format": FIT_STATE_FORMAT,
+            "members": m_count,
+            "weights": members.flat(),
+            "optimizer": opt.state_dict(),
+            "generators": [g.get_state() for g in generators],
+            "rng": _get_rng(device),
+            "stoppers": [st.state_dict() for st in stoppers] if stoppers is not None else None,
+            "progress": p.state_dict(),
+            "partial": partial_epoch,
+        }
+
+    epoch = p.epoch
+    bar = tqdm(range(p.epoch + 1, s.epochs + 1), desc=description, disable=not progress, leave=False,
+               dynamic_ncols=True)
     for epoch in bar:
-        step_losses = []
         opt.lr = lr = learning_rate(s.lr, epoch, s.scheduler, s.epochs, s.step_size, s.gamma)
-        for idx in _batches(generators, n, s, steps):
+        if partial is not None and partial["epoch"] == epoch:  # resuming inside this epoch
+            batches, first, step_losses = list(partial["batches"]), int(partial["step"]), list(partial["losses"])
+        else:
+            batches, first, step_losses = _batches(generators, n, s, steps), 0, []
+        partial = None
+        for step in range(first, len(batches)):
+            idx = batches[step]
             xb = _take(x, idx, member_index)
             with autocast():
                 z = members.forward(xb).float()
@@ -458,6 +489,13 @@ def fit_many(
                 members.clip_grad(s.grad_clip)
             opt.step()
             step_losses.append(loss.detach())
+            if stop_requested is not None and stop_requested():
+                snapshot = state({"epoch": epoch, "step": step + 1, "batches": batches, "losses": step_losses})
+                if checkpoint is not None:
+                    checkpoint(snapshot)
+                members.finish()
+                bar.close()
+                raise FitInterrupted(epoch, step + 1, snapshot)
         losses = torch.stack(step_losses)  # [steps, M]
 
         values: dict[str, Tensor] = {"train_loss": losses.mean(0)}
@@ -473,12 +511,12 @@ def fit_many(
                 scores = batch_classification_metrics(_probabilities(logits), targets_of[split], num_classes)
                 values.update({f"{split}_{k}": v for k, v in scores.items()})
             else:
-                kept[split].append(logits)  # scored after the last epoch
-        keys = list(values)
-        numbers = torch.stack([values[k].float() for k in keys]).cpu().numpy().astype(np.float64)  # one sync
-        epochs_seen.append((epoch, lr))
-        numbers_seen.append(numbers)
-        column = {k: numbers[i] for i, k in enumerate(keys)}
+                p.kept[split].append(logits)  # scored after the last epoch
+        p.keys = list(values)
+        numbers = torch.stack([values[k].float() for k in p.keys]).cpu().numpy().astype(np.float64)  # one sync
+        p.epochs_seen.append((epoch, lr))
+        p.numbers_seen.append(numbers)
+        column = {k: numbers[i] for i, k in enumerate(p.keys)}
         if on_epoch_end is not None:
             on_epoch_end(epoch, {"epoch": epoch, "lr": lr, **{k: float(v[0]) for k, v in column.items()}})
         if progress and m_count == 1:
@@ -488,56 +526,63 @@ def fit_many(
         finite = np.isfinite(column["train_loss"])
         weights = members.flat()
         ending = np.zeros(m_count, dtype=bool)
-        for i in np.flatnonzero(active & ~finite):
+        for i in np.flatnonzero(p.active & ~finite):
             bad = (~torch.isfinite(losses[:, i])).nonzero()
             first_step = int(bad[0, 0]) + 1 if bad.numel() else 1
-            status[i] = "diverged"
-            diverged_at[i] = (epoch, first_step)
-            restored = best_epoch[i] if best_epoch[i] is not None else int(last_good_epoch[i])
-            stop_reason[i] = f"training loss is not finite at epoch {epoch}, step {first_step}"
-            messages[i].append(stop_reason[i] + (f"; stopped and restored the weights of epoch {restored}" if restored
-                                                 else "; stopped before any finite epoch (the initial weights are kept)"))
+            p.status[i] = "diverged"
+            p.diverged_at[i] = (epoch, first_step)
+            restored = p.best_epoch[i] if p.best_epoch[i] is not None else int(p.last_good_epoch[i])
+            p.stop_reason[i] = f"training loss is not finite at epoch {epoch}, step {first_step}"
+            p.messages[i].append(p.stop_reason[i] + (
+                f"; stopped and restored the weights of epoch {restored}" if restored
+                else "; stopped before any finite epoch (the initial weights are kept)"))
             ending[i] = True
-        healthy = active & finite
-        last_good = _where_rows(healthy, weights, last_good)
-        last_good_epoch[healthy] = epoch
+        healthy = p.active & finite
+        p.last_good = _where_rows(healthy, weights, p.last_good)
+        p.last_good_epoch[healthy] = epoch
         if tracks_monitor:
             monitored = column[s.monitor]
             if keeps_best:
-                better = healthy & np.isfinite(monitored) & (sign * monitored > best_score)
+                better = healthy & np.isfinite(monitored) & (sign * monitored > p.best_score)
                 if better.any():
-                    best_weights = _where_rows(better, weights, best_weights)
-                    best_score[better] = sign * monitored[better]
+                    p.best_weights = _where_rows(better, weights, p.best_weights)
+                    p.best_score[better] = sign * monitored[better]
                     for i in np.flatnonzero(better):
-                        best_epoch[i] = epoch
+                        p.best_epoch[i] = epoch
             for i in np.flatnonzero(healthy):
                 if stoppers[i].step(float(monitored[i])):  # type: ignore[index]
-                    stop_reason[i] = stoppers[i].reason  # type: ignore[index]
+                    p.stop_reason[i] = stoppers[i].reason  # type: ignore[index]
                     ending[i] = True
         if ending.any():
-            stopped_epoch[ending] = epoch
-            active &= ~ending
-            if active.any():
-                at_stop = _where_rows(ending, weights, at_stop)
-        if not active.any():
+            p.stopped_epoch[ending] = epoch
+            p.active &= ~ending
+            if p.active.any():
+                p.at_stop = _where_rows(ending, weights, p.at_stop)
+        p.epoch = epoch
+        if not p.active.any():
             break
+        if checkpoint is not None and epoch % checkpoint_every == 0 and epoch < s.epochs:
+            checkpoint(state(None))
     bar.close()
-    stopped_epoch[active] = epoch
+    p.stopped_epoch[p.active] = epoch
+    active, stopped_epoch, status, best_epoch = p.active, p.stopped_epoch, p.status, p.best_epoch
 
     # Final weights: best monitored, else last finite (diverged), else where the member stopped.
     final = members.flat().clone()
-    if at_stop is not None:
-        final = _where_rows(~active & (stopped_epoch < epoch), at_stop, final)
+    if p.at_stop is not None:
+        final = _where_rows(~active & (stopped_epoch < epoch), p.at_stop, final)
     diverged = np.array([st == "diverged" for st in status])
-    final = _where_rows(diverged, last_good, final)
+    final = _where_rows(diverged, p.last_good, final)
     has_best = np.array([b is not None for b in best_epoch])
-    if best_weights is not None:
-        final = _where_rows(has_best, best_weights, final)
+    if p.best_weights is not None:
+        final = _where_rows(has_best, p.best_weights, final)
     members.load(final)
     members.finish()
 
-    table = np.stack(numbers_seen) if numbers_seen else np.zeros((0, len(keys), m_count))  # [E, keys, M]
-    lazy = _score_kept(kept, targets_of, num_classes)  # name -> [E, M]
+    keys, epochs_seen, best_score, stop_reason, diverged_at, messages = (
+        p.keys, p.epochs_seen, p.best_score, p.stop_reason, p.diverged_at, p.messages)
+    table = np.stack(p.numbers_seen) if p.numbers_seen else np.zeros((0, len(keys), m_count))  # [E, keys, M]
+    lazy = _score_kept(p.kept, targets_of, num_classes)  # name -> [E, M]
     order = logged_metric_names(has_val)
     seconds = (time.perf_counter() - started) / m_count
     results = []
@@ -562,6 +607,85 @@ def fit_many(
             diverged_at=diverged_at[i],
         ))
     return results
+
+
+#: The layout of the state ``fit_many`` hands to ``checkpoint`` and takes as ``resume``.
+FIT_STATE_FORMAT = "distill.fit-state/1"
+
+
+class FitInterrupted(Exception):
+    """A fit stopped on request after ``step`` of ``epoch``; ``state`` resumes it."""
+
+    def __init__(self, epoch: int, step: int, state: dict[str, Any]) -> None:
+        super().__init__(f"interrupted at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.state = epoch, step, state
+
+
+def _get_rng(device: torch.device) -> dict[str, Any]:
+    """The global random streams a student may draw from (dropout)."""
+    out: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass
+class _Progress:
+    """Per-member bookkeeping of a fit so far: what a checkpoint holds besides weights and optimizer."""
+
+    epoch: int
+    best_score: np.ndarray  # sign * monitored value: higher is better
+    best_epoch: list[int | None]
+    best_weights: Tensor | None
+    last_good: Tensor
+    last_good_epoch: np.ndarray
+    at_stop: Tensor | None  # weights of members that stopped while others trained on
+    active: np.ndarray
+    stopped_epoch: np.ndarray
+    stop_reason: list[str]
+    status: list[str]
+    diverged_at: list[tuple[int, int] | None]
+    messages: list[list[str]]
+    epochs_seen: list[tuple[int, float]]
+    numbers_seen: list[np.ndarray]
+    keys: list[str]
+    kept: dict[str, list[Tensor]]
+
+    @classmethod
+    def start(cls, m: int, weights: Tensor) -> _Progress:
+        return cls(
+            epoch=0, best_score=np.full(m, -math.inf), best_epoch=[None] * m, best_weights=None,
+            last_good=weights, last_good_epoch=np.zeros(m, dtype=np.int64), at_stop=None,
+            active=np.ones(m, dtype=bool), stopped_epoch=np.zeros(m, dtype=np.int64),
+            stop_reason=["completed all epochs"] * m, status=["completed"] * m, diverged_at=[None] * m,
+            messages=[[] for _ in range(m)], epochs_seen=[], numbers_seen=[], keys=[], kept={"train": [], "val": []},
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # a snapshot: lists copied
+        out.update({k: list(v) for k, v in out.items() if isinstance(v, list)})
+        for name in ("best_score", "last_good_epoch", "active", "stopped_epoch"):
+            out[name] = torch.from_numpy(out[name].copy())
+        out["numbers_seen"] = [torch.from_numpy(a.copy()) for a in self.numbers_seen]
+        out["messages"] = [list(m) for m in self.messages]
+        out["kept"] = {k: list(v) for k, v in self.kept.items()}
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Progress:
+        values = dict(state)
+        for name in ("best_score", "last_good_epoch", "active", "stopped_epoch"):
+            values[name] = values[name].numpy().copy()
+        values["numbers_seen"] = [t.numpy().copy() for t in values["numbers_seen"]]
+        values["diverged_at"] = [tuple(d) if d is not None else None for d in values["diverged_at"]]
+        values["epochs_seen"] = [tuple(e) for e in values["epochs_seen"]]
+        return cls(**values)
 
 
 def _where_rows(mask: np.ndarray, new: Tensor, old: Tensor | None) -> Tensor:

@@ -96,6 +96,10 @@ class Members:
         """Write ``[M, P]`` weights back into the members' modules."""
         raise NotImplementedError
 
+    def restore(self, weights: Tensor) -> None:
+        """Continue training from ``[M, P]`` weights (a resumed fit)."""
+        self.load(weights)
+
     def penalty(self, l1: float, l2: float) -> Tensor:
         """``l1 * sum|w| + l2 * sum w^2`` over weight matrices and kernels, per member ``[M]``."""
         raise NotImplementedError
@@ -274,6 +278,10 @@ class StackedMembers(Members):
 
     def flat(self) -> Tensor:
         return self.weights.detach().clone()
+
+    def restore(self, weights: Tensor) -> None:
+        with torch.no_grad():
+            self.weights.copy_(weights)
 
     def load(self, weights: Tensor) -> None:
         for i, model in enumerate(self.models):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,6 +42,26 @@ class LeanOptimizer:
         self.buffers: list[Tensor | None] = [None] * len(self.params)
         self.exp_avg = [torch.zeros_like(p) for p in self.params] if kind != "sgd" else []
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params] if kind != "sgd" else []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count and per-parameter buffers (tensors and numbers only)."""
+        def copied(tensors: list[Any]) -> list[Any]:
+            return [t.clone() if isinstance(t, Tensor) else t for t in tensors]
+
+        return {"kind": self.kind, "steps": self.steps, "buffers": copied(self.buffers),
+                "exp_avg": copied(self.exp_avg), "exp_avg_sq": copied(self.exp_avg_sq)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["kind"] != self.kind:
+            raise ValueError(f"optimizer state is for {state['kind']!r}, not {self.kind!r}")
+        device = self.params[0].device if self.params else None
+
+        def moved(tensors: list[Any]) -> list[Any]:
+            return [t.to(device) if isinstance(t, Tensor) else t for t in tensors]
+
+        self.steps = int(state["steps"])
+        self.buffers = moved(state["buffers"])
+        self.exp_avg, self.exp_avg_sq = moved(state["exp_avg"]), moved(state["exp_avg_sq"])
 
     @torch.no_grad()
     def step(self) -> None:
