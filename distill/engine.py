@@ -297,11 +297,13 @@ def fit(
                     progress=progress, description=description, on_epoch_end=on_epoch_end)[0]
 
 
-def _take(x: Tensor, idx: Tensor, members: Tensor | None) -> Tensor:
-    """Rows ``idx`` ``[M, B]`` of each member's ``x`` ``[M, n, ...]``."""
-    if members is None:
+def _take(x: Tensor, idx: Tensor, offsets: Tensor | None) -> Tensor:
+    """Rows ``idx`` ``[M, B]`` of each member's ``x`` ``[M, n, ...]`` (``offsets``: ``m * n`` per member)."""
+    if offsets is None:
         return x[0].index_select(0, idx[0]).unsqueeze(0)
-    return x[members, idx]
+    m, b = idx.shape
+    rows = x.reshape(m * x.shape[1], *x.shape[2:]).index_select(0, (idx + offsets).reshape(-1))
+    return rows.reshape(m, b, *x.shape[2:])
 
 
 def _batches(generators: list[torch.Generator], n: int, s: FitSettings, steps: int) -> list[Tensor]:
@@ -371,7 +373,7 @@ def fit_many(
     if s.compile:
         members.compile()
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if s.precision == "bf16" else nullcontext
-    member_index = None if m_count == 1 else torch.arange(m_count, device=device).unsqueeze(1)
+    row_offsets = None if isinstance(members, SingleMember) else torch.arange(m_count, device=device).unsqueeze(1) * n
 
     def stacked(tensors: list[Tensor]) -> Tensor:
         return tensors[0].unsqueeze(0) if m_count == 1 else torch.stack(tensors)
@@ -467,7 +469,7 @@ def fit_many(
         partial = None
         for step in range(first, len(batches)):
             idx = batches[step]
-            xb = _take(x, idx, member_index)
+            xb = _take(x, idx, row_offsets)
             with autocast():
                 z = members.forward(xb).float()
             hard = None

@@ -38,7 +38,7 @@ from distill.engine import (
 )
 from distill.errors import ConfigError, UserError
 from distill.metrics import classification_metrics, probabilities
-from distill.seeding import configure_threads, resolve_device, seed_everything
+from distill.seeding import configure_threads, resolve_device, seed_everything, threads_for_stacked_work
 from distill.tracking import resolve_tracking_uri
 from teachers.base import Teacher, create_teacher
 
@@ -592,13 +592,16 @@ def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bo
             job.model, job.result = train_student(job.prepared, job.taught, kl_weight=job.kl_weight, system=job.system,
                                                   progress=progress, epoch_metrics=epoch_metrics)
             continue
+        first = members[0].prepared
+        work = len(group) * int(members[0].taught.train.x.numel())
         try:
-            results = fit_many(
-                [models[i] for i in group], [j.taught.train for j in members], [settings[i] for i in group],
-                num_classes=members[0].prepared.dataset.num_classes,
-                validations=[j.taught.validation for j in members], progress=progress,
-                description=f"{len(group)} students",
-            )
+            with threads_for_stacked_work(first.device, first.config.train.threads, work):
+                results = fit_many(
+                    [models[i] for i in group], [j.taught.train for j in members], [settings[i] for i in group],
+                    num_classes=first.dataset.num_classes,
+                    validations=[j.taught.validation for j in members], progress=progress,
+                    description=f"{len(group)} students",
+                )
         except ValueError as exc:  # e.g. a user's student that vmap cannot run: train them one at a time
             log.info("students trained one at a time: %s", exc)
             train_students(members, batched=False, progress=progress, epoch_metrics=epoch_metrics)

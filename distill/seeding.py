@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from distill.errors import ConfigError
 
-__all__ = ["seed_everything", "resolve_device", "configure_threads", "SMALL_WORKLOAD"]
+__all__ = ["seed_everything", "resolve_device", "configure_threads", "threads_for_stacked_work", "available_cores",
+           "SMALL_WORKLOAD"]
 
 log = logging.getLogger("distill")
 _said_cpu: list[bool] = []  # say the CPU fallback once per process, not once per episode
@@ -63,4 +67,37 @@ def configure_threads(device: torch.device, threads: int, elements: int) -> int:
     if wanted != torch.get_num_threads():
         torch.set_num_threads(wanted)
         log.info("using %d CPU thread(s) for torch (train.threads = %d)", wanted, threads)
+    if wanted == 1:
+        _single_threaded_blas()
     return wanted
+
+
+def _single_threaded_blas() -> None:
+    """NumPy's BLAS on one thread too: its idle threads spin against torch's and made a 20 ms GP fit
+    take 0.3-0.6 s (4 s after student training) on the 2-core machine."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def threads_for_stacked_work(device: torch.device, threads: int, elements: int) -> Iterator[None]:
+    """Every core for a stacked fit whose work is large (``train.threads = 0`` only): many students
+    at once are real arithmetic, not the launch overhead that one thread is best for."""
+    before = torch.get_num_threads()
+    wanted = available_cores() if device.type == "cpu" and threads == 0 and elements >= SMALL_WORKLOAD else before
+    if wanted != before:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if wanted != before:
+            torch.set_num_threads(before)

@@ -258,3 +258,4 @@ def test_compiled_forward_gives_the_same_fit() -> None:
     b = fit(compiled, train, dataclasses.replace(settings, compile=True), num_classes=2, validation=val)
     _compare(a, b)
     _weights_close(plain, compiled)
+
