@@ -1,7 +1,7 @@
 """The command line: ``python -m distill run|check|tune|teacher train|predict|list``.
 
 Exit codes: 0 done; 2 bad input (one line per problem, naming the key or file); 1 an
-internal error (a bug: the traceback is printed); 130 interrupted.
+internal error (a bug: the traceback is printed); 130 / 143 interrupted by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distill.errors import UserError
+from distill.interrupts import Interrupted
 
 __all__ = ["main", "build_parser"]
 
@@ -23,8 +24,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see 'python -m distill {self.prog.split()[-1]} --help')\n")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", help="experiment TOML file")
+def _add_config_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("experiment", nargs="?" if optional else None, help="experiment TOML file")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
 
     run = verbs.add_parser("run", help="fit teacher, distilled student and baseline; write a run directory")
-    _add_config_args(run)
+    _add_config_args(run, optional=True)
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue an interrupted or killed run from its checkpoints (no experiment file)")
     _add_output_args(run, "run directory (default runs/<timestamp>-<name>/)", "run")
 
     check = verbs.add_parser("check", help="validate the config and data and print what would run")
@@ -123,9 +126,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from distill.config import load_config
     from distill.runner import result_text, run_experiment
 
-    config = load_config(args.experiment, _overrides(args))
     progress = not args.quiet and sys.stdout.isatty()
-    run_dir, summary = run_experiment(config, output=args.output, progress=progress, track=not args.no_track)
+    if args.resume is not None:
+        from distill.runner import resumable_config
+
+        if args.experiment is not None or _overrides(args) or args.output is not None:
+            raise UserError("--resume RUN_DIR takes no experiment file, --set, --seed, --episodes, --device or "
+                            "--output: the run continues with its own config.toml")
+        config = resumable_config(args.resume)
+        run_dir, summary = run_experiment(config, output=args.resume, progress=progress, track=not args.no_track,
+                                          resume=True)
+    else:
+        if args.experiment is None:
+            raise UserError("run needs an experiment file (or --resume RUN_DIR)")
+        config = load_config(args.experiment, _overrides(args))
+        run_dir, summary = run_experiment(config, output=args.output, progress=progress, track=not args.no_track)
     print(result_text(summary))
     print(f"run directory: {run_dir}")
     if summary.get("mlflow_run_id"):
@@ -223,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        where = getattr(exc, "run_dir", None)
+        print(f"interrupted ({exc.signal_name}) {exc.where}" +
+              (f"; resume with: python -m distill run --resume {where}" if where else ""), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

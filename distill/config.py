@@ -266,6 +266,10 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     #: torch.compile the student's forward pass (worth it on a GPU for long fits; compiling costs seconds)
     compile: StrictBool = False
+    #: write the fit state to RUN_DIR/checkpoints every N epochs (0: only when interrupted) ...
+    checkpoint_every: StrictInt = Field(default=1, ge=0)
+    #: ... and at most once per this many seconds (0: every N epochs exactly)
+    checkpoint_interval: Number = Field(default=10.0, ge=0)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("device")

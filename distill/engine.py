@@ -328,6 +328,7 @@ def fit_many(
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_every: int = 1,
+    checkpoint_due: Callable[[int], bool] | None = None,
     resume: dict[str, Any] | None = None,
     stop_requested: Callable[[], bool] | None = None,
 ) -> list[FitResult]:
@@ -338,7 +339,8 @@ def fit_many(
     batches, early stopping, best state and divergence check, and ends with its own weights. With
     one model this is an ordinary fit on the module itself.
 
-    ``checkpoint(state)`` receives the whole fit state every ``checkpoint_every`` epochs (tensors and
+    ``checkpoint(state)`` receives the whole fit state every ``checkpoint_every`` epochs (when
+    ``checkpoint_due(epoch)`` agrees, if given: the state is built only then; tensors and
     plain values only: safe to save and to load with ``weights_only=True``); ``resume=state``
     continues from one, to the same numbers as an uninterrupted fit. When ``stop_requested()`` turns
     true the fit stops after the current step, hands that step's state to ``checkpoint`` and raises
@@ -355,7 +357,8 @@ def fit_many(
             plain = [dataclasses.replace(x, detect_anomaly=False) for x in settings]
             return fit_many(models, trains, plain, num_classes=num_classes, validations=validations,
                             progress=progress, description=description, on_epoch_end=on_epoch_end,
-                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                            checkpoint_due=checkpoint_due, resume=resume,
                             stop_requested=stop_requested)
     if m_count > 1:
         problem = stack_problem_for(models, trains, settings, validations)
@@ -513,11 +516,10 @@ def fit_many(
                 scores = batch_classification_metrics(_probabilities(logits), targets_of[split], num_classes)
                 values.update({f"{split}_{k}": v for k, v in scores.items()})
             else:
-                p.kept[split].append(logits)  # scored after the last epoch
+                p.keep(split, epoch, logits, s.epochs)  # scored after the last epoch
         p.keys = list(values)
         numbers = torch.stack([values[k].float() for k in p.keys]).cpu().numpy().astype(np.float64)  # one sync
-        p.epochs_seen.append((epoch, lr))
-        p.numbers_seen.append(numbers)
+        p.record(epoch, lr, numbers, s.epochs)
         column = {k: numbers[i] for i, k in enumerate(p.keys)}
         if on_epoch_end is not None:
             on_epoch_end(epoch, {"epoch": epoch, "lr": lr, **{k: float(v[0]) for k, v in column.items()}})
@@ -563,7 +565,8 @@ def fit_many(
         p.epoch = epoch
         if not p.active.any():
             break
-        if checkpoint is not None and epoch % checkpoint_every == 0 and epoch < s.epochs:
+        if checkpoint is not None and epoch % checkpoint_every == 0 and epoch < s.epochs and (
+                checkpoint_due is None or checkpoint_due(epoch)):
             checkpoint(state(None))
     bar.close()
     p.stopped_epoch[p.active] = epoch
@@ -583,8 +586,8 @@ def fit_many(
 
     keys, epochs_seen, best_score, stop_reason, diverged_at, messages = (
         p.keys, p.epochs_seen, p.best_score, p.stop_reason, p.diverged_at, p.messages)
-    table = np.stack(p.numbers_seen) if p.numbers_seen else np.zeros((0, len(keys), m_count))  # [E, keys, M]
-    lazy = _score_kept(p.kept, targets_of, num_classes)  # name -> [E, M]
+    table = p.numbers[: p.epoch] if p.numbers is not None else np.zeros((0, len(keys), m_count))  # [E, keys, M]
+    lazy = _score_kept({k: v[: p.epoch] for k, v in p.kept.items()}, targets_of, num_classes)  # name -> [E, M]
     order = logged_metric_names(has_val)
     seconds = (time.perf_counter() - started) / m_count
     results = []
@@ -655,9 +658,29 @@ class _Progress:
     diverged_at: list[tuple[int, int] | None]
     messages: list[list[str]]
     epochs_seen: list[tuple[int, float]]
-    numbers_seen: list[np.ndarray]
+    numbers: np.ndarray | None  # [epochs, keys, M], filled up to ``epoch``
     keys: list[str]
-    kept: dict[str, list[Tensor]]
+    kept: dict[str, Tensor]  # split -> [epochs, M, N, K] outputs, filled up to ``epoch``
+
+    def record(self, epoch: int, lr: float, numbers: np.ndarray, capacity: int) -> None:
+        """One epoch's numbers ``[keys, M]`` (one preallocated array: a checkpoint is one tensor, not E)."""
+        if self.numbers is None or self.numbers.shape[0] < capacity:
+            grown = np.full((capacity, *numbers.shape), np.nan)
+            if self.numbers is not None:
+                grown[: epoch - 1] = self.numbers[: epoch - 1]
+            self.numbers = grown
+        self.numbers[epoch - 1] = numbers
+        self.epochs_seen.append((epoch, lr))
+
+    def keep(self, split: str, epoch: int, outputs: Tensor, capacity: int) -> None:
+        """One epoch's outputs ``[M, N, K]`` on ``split``, to be scored after the last epoch."""
+        store = self.kept.get(split)
+        if store is None or store.shape[0] < capacity:
+            grown = outputs.new_empty((capacity, *outputs.shape))
+            if store is not None:
+                grown[: store.shape[0]] = store
+            store = self.kept[split] = grown
+        store[epoch - 1] = outputs
 
     @classmethod
     def start(cls, m: int, weights: Tensor) -> _Progress:
@@ -666,7 +689,7 @@ class _Progress:
             last_good=weights, last_good_epoch=np.zeros(m, dtype=np.int64), at_stop=None,
             active=np.ones(m, dtype=bool), stopped_epoch=np.zeros(m, dtype=np.int64),
             stop_reason=["completed all epochs"] * m, status=["completed"] * m, diverged_at=[None] * m,
-            messages=[[] for _ in range(m)], epochs_seen=[], numbers_seen=[], keys=[], kept={"train": [], "val": []},
+            messages=[[] for _ in range(m)], epochs_seen=[], numbers=None, keys=[], kept={},
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -674,9 +697,9 @@ class _Progress:
         out.update({k: list(v) for k, v in out.items() if isinstance(v, list)})
         for name in ("best_score", "last_good_epoch", "active", "stopped_epoch"):
             out[name] = torch.from_numpy(out[name].copy())
-        out["numbers_seen"] = [torch.from_numpy(a.copy()) for a in self.numbers_seen]
+        out["numbers"] = torch.from_numpy(self.numbers[: self.epoch].copy()) if self.numbers is not None else None
         out["messages"] = [list(m) for m in self.messages]
-        out["kept"] = {k: list(v) for k, v in self.kept.items()}
+        out["kept"] = {k: v[: self.epoch].clone() for k, v in self.kept.items()}
         return out
 
     @classmethod
@@ -684,7 +707,7 @@ class _Progress:
         values = dict(state)
         for name in ("best_score", "last_good_epoch", "active", "stopped_epoch"):
             values[name] = values[name].numpy().copy()
-        values["numbers_seen"] = [t.numpy().copy() for t in values["numbers_seen"]]
+        values["numbers"] = values["numbers"].numpy().copy() if values["numbers"] is not None else None
         values["diverged_at"] = [tuple(d) if d is not None else None for d in values["diverged_at"]]
         values["epochs_seen"] = [tuple(e) for e in values["epochs_seen"]]
         return cls(**values)
@@ -700,14 +723,14 @@ def _where_rows(mask: np.ndarray, new: Tensor, old: Tensor | None) -> Tensor:
     return torch.where(rows, new, old)
 
 
-def _score_kept(kept: dict[str, list[Tensor]], targets: dict[str, Tensor | None],
+def _score_kept(kept: dict[str, Tensor], targets: dict[str, Tensor | None],
                 num_classes: int) -> dict[str, np.ndarray]:
-    """Metrics of the outputs kept per epoch, all epochs in one batched call per split."""
+    """Metrics of the outputs ``[E, M, N, K]`` kept per epoch, all epochs in one batched call per split."""
     out: dict[str, np.ndarray] = {}
-    for split, probs in kept.items():
-        if not probs:
+    for split, outputs in kept.items():
+        if outputs.shape[0] == 0:
             continue
-        scores = batch_classification_metrics(_probabilities(torch.stack(probs)), targets[split],  # type: ignore[arg-type]
+        scores = batch_classification_metrics(_probabilities(outputs), targets[split],  # type: ignore[arg-type]
                                               num_classes)
         numbers = torch.stack(list(scores.values())).cpu().numpy().astype(np.float64)  # [metrics, E, M]
         out.update({f"{split}_{k}": numbers[j] for j, k in enumerate(scores)})

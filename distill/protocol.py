@@ -24,9 +24,11 @@ from torch import nn
 import students
 from distill.config import Config, expand_sweep
 from distill.cache import SoftTargetCache, array_digest
+from distill.checkpoints import Checkpoints
 from distill.data import Dataset, Scaler, Split, augment_rows, fit_scaler, load_dataset, split_dataset
 from distill.engine import (
     EvaluationRows,
+    FitInterrupted,
     FitResult,
     FitSettings,
     TrainingRows,
@@ -37,6 +39,7 @@ from distill.engine import (
     predict_logits,
 )
 from distill.errors import ConfigError, UserError
+from distill.interrupts import Interrupted, StopRequest
 from distill.metrics import classification_metrics, probabilities
 from distill.seeding import configure_threads, resolve_device, seed_everything, threads_for_stacked_work
 from distill.tracking import resolve_tracking_uri
@@ -554,23 +557,21 @@ class StudentJob:
 
 
 def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bool = False,
-                   epoch_metrics: bool = True) -> None:
+                   epoch_metrics: bool = True, checkpoints: Checkpoints | None = None,
+                   stop: StopRequest | None = None, key: str = "") -> None:
     """Fit every job's student: as stacked models where the fits agree in everything but the KL
     weight, temperature and seed (``distill.engine.stack_problem_for``), one at a time otherwise.
 
     Each member gets exactly the initial weights, batches and result of its own ``train_student``.
+    With ``checkpoints`` every fit (``<key>g<group>``) saves its state as it goes and a fit finished
+    before is loaded instead of trained; ``stop`` turns a signal into ``Interrupted`` after a step.
     """
-    if not batched or len(jobs) < 2:
-        for job in jobs:
-            job.model, job.result = train_student(job.prepared, job.taught, kl_weight=job.kl_weight, system=job.system,
-                                                  progress=progress, epoch_metrics=epoch_metrics)
-        return
     settings = [_student_settings(j.prepared, j.kl_weight, epoch_metrics) for j in jobs]
     models = [build_student(j.prepared) for j in jobs]
     groups: list[list[int]] = []
     problems: set[str] = set()
     for i, job in enumerate(jobs):
-        for group in groups:
+        for group in groups if batched else []:
             first = group[0]
             if jobs[first].prepared.dataset.num_classes != job.prepared.dataset.num_classes:
                 continue
@@ -583,33 +584,54 @@ def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bo
             problems.add(problem)
         else:
             groups.append([i])
-    if len(groups) == len(jobs) and problems:
+    if batched and len(jobs) > 1 and len(groups) == len(jobs) and problems:
         log.info("students trained one at a time: %s", "; ".join(sorted(problems)))
-    for group in groups:
+    for g, group in enumerate(groups):
         members = [jobs[i] for i in group]
-        if len(group) == 1:
-            job = members[0]
-            job.model, job.result = train_student(job.prepared, job.taught, kl_weight=job.kl_weight, system=job.system,
-                                                  progress=progress, epoch_metrics=epoch_metrics)
-            continue
-        first = members[0].prepared
-        work = len(group) * int(members[0].taught.train.x.numel())
         try:
-            with threads_for_stacked_work(first.device, first.config.train.threads, work):
-                results = fit_many(
-                    [models[i] for i in group], [j.taught.train for j in members], [settings[i] for i in group],
-                    num_classes=first.dataset.num_classes,
-                    validations=[j.taught.validation for j in members], progress=progress,
-                    description=f"{len(group)} students",
-                )
+            results = _fit_group(members, [models[i] for i in group], [settings[i] for i in group],
+                                 f"{key}g{g}", checkpoints, stop, progress)
         except ValueError as exc:  # e.g. a user's student that vmap cannot run: train them one at a time
+            if len(group) == 1:
+                raise
             log.info("students trained one at a time: %s", exc)
-            train_students(members, batched=False, progress=progress, epoch_metrics=epoch_metrics)
-            continue
-        log.debug("trained %d students as one stacked model", len(group))
+            results = [_fit_group([job], [models[i]], [settings[i]], f"{key}g{g}-{n}", checkpoints, stop, progress)[0]
+                       for n, (i, job) in enumerate(zip(group, members, strict=True))]
+        if len(group) > 1:
+            log.debug("trained %d students as one stacked model", len(group))
         for i, job, result in zip(group, members, results, strict=True):
             job.model, job.result = models[i], result
             _report_fit(job.prepared, job.system, result)
+
+
+def _fit_group(jobs: list[StudentJob], models: list[nn.Module], settings: list[FitSettings], key: str,
+               checkpoints: Checkpoints | None, stop: StopRequest | None, progress: bool) -> list[FitResult]:
+    """One fit of one or more students (stacked), resumed from or recorded in ``checkpoints``."""
+    if checkpoints is not None:
+        done = checkpoints.finished(key, models)
+        if done is not None:
+            return done
+    first = jobs[0].prepared
+    if len(jobs) == 1:
+        seed_everything(first.config.seed + 1)  # the same dropout stream for student and baseline
+    work = len(jobs) * int(jobs[0].taught.train.x.numel())
+    try:
+        with threads_for_stacked_work(first.device, first.config.train.threads, work):
+            results = fit_many(
+                models, [j.taught.train for j in jobs], settings, num_classes=first.dataset.num_classes,
+                validations=[j.taught.validation for j in jobs], progress=progress,
+                description=jobs[0].system if len(jobs) == 1 else f"{len(jobs)} students",
+                checkpoint=checkpoints.saver(key) if checkpoints is not None else None,
+                checkpoint_due=checkpoints.due if checkpoints is not None else None,
+                resume=checkpoints.in_progress(key) if checkpoints is not None else None,
+                stop_requested=stop,
+            )
+    except FitInterrupted as exc:
+        raise Interrupted(stop.signal_name if stop is not None and stop.signal_name else "SIGINT",
+                          f"at epoch {exc.epoch}, step {exc.step} of fit {key}") from None
+    if checkpoints is not None:
+        checkpoints.finish(key, models, results)
+    return results
 
 
 def run_episode(
@@ -750,11 +772,15 @@ def run_protocol(
     progress: bool = False,
     on_result: Callable[[EpisodeResult], None] | None = None,
     soft_cache: SoftTargetCache | None = None,
+    checkpoints: Checkpoints | None = None,
+    stop: StopRequest | None = None,
+    reported: int = 0,
 ) -> tuple[list[Prepared], list[EpisodeResult]]:
     """Every episode (and every sweep value within it).
 
     ``first`` is ``prepare_protocol(config)`` when the caller already has it. Returns it and the
-    results in the order episode-major, sweep value-minor.
+    results in the order episode-major, sweep value-minor. ``checkpoints`` and ``stop``: see
+    ``train_students``; a resumed run passes ``reported``, the results ``on_result`` already saw.
     """
     from tqdm.auto import tqdm
 
@@ -769,13 +795,16 @@ def run_protocol(
     pending: list[_PendingEpisode] = []
     pending_bytes = 0
 
+    flushes = 0
+
     def flush() -> None:
-        nonlocal pending_bytes
+        nonlocal pending_bytes, flushes
         train_students([job for p in pending for job in p.jobs()], batched=batched,
-                       progress=progress and total == 1)
+                       progress=progress and total == 1, checkpoints=checkpoints, stop=stop, key=f"c{flushes}")
+        flushes += 1
         for p in pending:
             results.append(_score_episode(p))
-            if on_result is not None:
+            if on_result is not None and len(results) > reported:
                 on_result(results[-1])
             bar.update(1)
         pending.clear()
@@ -784,6 +813,8 @@ def run_protocol(
     for e in range(episodes):
         cache: dict[str, Any] = {}
         for i, (value, variant) in enumerate(variants):
+            if stop is not None:
+                stop.check(f"before episode {e}")
             prepared = first[i] if e == 0 else prepare(
                 variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset
             )

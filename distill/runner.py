@@ -15,7 +15,10 @@ from typing import Any
 import torch
 
 import distill
+from distill.checkpoints import CHECKPOINT_FOLDER, Checkpoints
 from distill.config import Config, config_dict, to_toml
+from distill.errors import UserError
+from distill.interrupts import Interrupted, StopRequest
 from distill.metrics import METRICS
 from distill.protocol import EpisodeResult, Prepared, prepare_protocol, run_protocol, soft_target_cache
 from distill.report import (
@@ -274,13 +277,37 @@ def _input_example(prepared: Prepared) -> Any:
     return pd.DataFrame(d.x[prepared.split.test[:5]].reshape(5 if prepared.split.test.size >= 5 else -1, -1), columns=names)
 
 
+def resumable_config(run_dir: str | Path) -> Config:
+    """The resolved config of an interrupted run directory, checked to be resumable."""
+    from distill.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"--resume: '{run_dir}' is not a run directory (no config.toml)")
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        import json
+
+        try:
+            status = json.loads(summary.read_text()).get("status")
+        except (OSError, ValueError):
+            status = None
+        if status in ("completed", "diverged"):
+            raise UserError(f"--resume: the run in '{run_dir}' already finished (summary.json status '{status}')")
+    return load_config(run_dir / "config.toml")
+
+
 def run_experiment(
-    config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True
+    config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True,
+    resume: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Validate, then run every episode (and sweep value); write the run directory and record it to MLflow.
 
     Returns the run directory and the summary. With tracking, the MLflow run ends FINISHED,
-    FAILED (an exception) or KILLED (Ctrl-C), never RUNNING.
+    FAILED (an exception) or KILLED (a signal), never RUNNING. SIGINT / SIGTERM stop after the
+    current training step: the fit's state goes to ``checkpoints/``, ``summary.json`` says
+    ``"status": "interrupted"``, and ``Interrupted`` is raised. ``resume=True`` (``output`` the run
+    directory) continues such a run, or one killed outright, from its checkpoints.
     """
     started = time.perf_counter()
     first = prepare_protocol(config)  # every config and data problem surfaces here, before anything is written
@@ -289,20 +316,37 @@ def run_experiment(
     run_dir = create_run_dir(config.name, output)
     handler = attach_log_file(run_dir / "log.txt", log)
     tracker: Tracker = NullTracker()
+    checkpoints = Checkpoints(run_dir / CHECKPOINT_FOLDER, every=config.train.checkpoint_every,
+                              interval=float(config.train.checkpoint_interval))
+    meta = checkpoints.read_meta() if resume else {}
+    if not resume:
+        checkpoints.remove()  # a reused --output folder: never resume someone else's fits
+    stop = StopRequest()
+    logged = {"n": int(meta.get("logged", 0))}
     try:
         write_text(run_dir / "config.toml", to_toml(config_dict(config)))
-        log.info("run directory %s", run_dir)
+        log.info("%s run directory %s", "resuming" if resume else "run", run_dir)
         if uri is not None:
-            tracker = open_tracker(config, uri, run_dir.name, str(first[0].device))
+            tracker = open_tracker(config, uri, run_dir.name, str(first[0].device), run_id=meta.get("mlflow_run_id"))
+            meta["mlflow_run_id"] = getattr(tracker, "run_id", None)
+        checkpoints.write_meta({**meta, "logged": logged["n"]})
         for line in describe_plan(first[0]).splitlines():
             log.info(line)
         sweep_key = config.sweep[0] if config.sweep is not None else None
         nested = config.protocol.episodes * (len(config.sweep[1]) if config.sweep else 1) > 1
         soft_cache = soft_target_cache(config)
-        first, results = run_protocol(
-            config, first, progress=progress, on_result=lambda r: _log_episode(tracker, r, sweep_key, nested),
-            soft_cache=soft_cache,
-        )
+
+        def on_result(result: EpisodeResult) -> None:
+            _log_episode(tracker, result, sweep_key, nested)
+            logged["n"] += 1
+            if tracking:  # a resumed run does not log these episodes twice
+                checkpoints.write_meta({**meta, "logged": logged["n"]})
+
+        with stop.installed():
+            first, results = run_protocol(
+                config, first, progress=progress, on_result=on_result, soft_cache=soft_cache,
+                checkpoints=checkpoints, stop=stop, reported=logged["n"] if tracking else 0,
+            )
         if soft_cache.folder is not None:
             log.info("soft-target cache %s: %d hit(s), %d miss(es)", soft_cache.folder, soft_cache.hits, soft_cache.misses)
         runs = []
@@ -343,14 +387,36 @@ def run_experiment(
             )
             log_files(tracker, sorted(p for p in run_dir.iterdir() if p.suffix in (".toml", ".csv", ".png", ".pt")))
         write_json(run_dir / "summary.json", summary)
+        checkpoints.remove()
         log.info("done in %.2fs", time.perf_counter() - started)
         log_files(tracker, [run_dir / "summary.json", run_dir / "log.txt"])
         tracker.finish("FINISHED")
         return run_dir, summary
+    except Interrupted as exc:
+        log.error("run interrupted by %s %s; resume with: python -m distill run --resume %s",
+                  exc.signal_name, exc.where, run_dir)
+        write_json(run_dir / "summary.json", {
+            "status": "interrupted",
+            "signal": exc.signal_name,
+            "stopped": exc.where,
+            "name": config.name,
+            "run_dir": str(run_dir),
+            "resume": f"python -m distill run --resume {run_dir}",
+            "mlflow_run_id": meta.get("mlflow_run_id"),
+            "seconds": round(time.perf_counter() - started, 3),
+        })
+        tracker.finish("KILLED")
+        exc.run_dir = run_dir  # type: ignore[attr-defined]
+        raise
     except KeyboardInterrupt:
         log.error("run interrupted")
         tracker.finish("KILLED")
         raise
+    except OSError as exc:  # a full disk, a folder gone: one line, and no summary that looks finished
+        where = f" ({exc.filename})" if exc.filename else ""
+        log.error("run failed: cannot write%s: %s", where, exc.strerror or exc)
+        tracker.finish("FAILED")
+        raise UserError(f"cannot write the run directory {run_dir}{where}: {exc.strerror or exc}") from None
     except BaseException as exc:
         log.error("run failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         tracker.finish("FAILED")

@@ -145,7 +145,8 @@ class MlflowTracker(Tracker):
         self._restore_uri = restore_uri
 
     @classmethod
-    def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> "MlflowTracker":
+    def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str],
+              run_id: str | None = None) -> "MlflowTracker":
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # our log says what matters, once
         import mlflow
@@ -156,7 +157,11 @@ class MlflowTracker(Tracker):
             mlflow.set_experiment(experiment)
         except mlflow.exceptions.MlflowException as exc:
             raise ConfigError(f"tracking: cannot use experiment '{experiment}' at {uri}: {str(exc).splitlines()[0]}") from None
-        run = mlflow.start_run(run_name=run_name, tags=tags)
+        if run_id is not None:
+            run = mlflow.start_run(run_id=run_id)  # reopened: RUNNING again until finish()
+            mlflow.set_tags({**tags, "distill.resumed": "true"})
+        else:
+            run = mlflow.start_run(run_name=run_name, tags=tags)
         return cls(run.info.run_id, restore_uri=previous)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -287,8 +292,9 @@ def _requirements() -> list[str]:
     return out
 
 
-def open_tracker(config: Config, uri: str, run_name: str, device: str) -> Tracker:
-    """Start the MLflow run for ``config`` at ``uri`` (from ``preflight``), tagged and with its params."""
+def open_tracker(config: Config, uri: str, run_name: str, device: str, run_id: str | None = None) -> Tracker:
+    """Start the MLflow run for ``config`` at ``uri`` (from ``preflight``), tagged and with its params;
+    with ``run_id``, reopen that run (a resumed run keeps its one MLflow run)."""
     import distill
 
     tags = {
@@ -305,7 +311,7 @@ def open_tracker(config: Config, uri: str, run_name: str, device: str) -> Tracke
     if config.sweep is not None:
         tags["sweep.key"] = config.sweep[0]
     experiment = config.tracking.experiment or config.name
-    tracker = MlflowTracker.start(uri, experiment, run_name, tags)
+    tracker = MlflowTracker.start(uri, experiment, run_name, tags, run_id=run_id)
     tracker.log_params(flatten(config_dict(config)))
     log.info("MLflow run %s at %s (experiment '%s')", tracker.run_id, uri, experiment)
     return tracker

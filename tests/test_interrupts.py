@@ -1,0 +1,161 @@
+"""Kills and signals during training: checkpoints, a partial summary, exit codes, and resume to the same numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distill.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = str(ROOT / "experiments/breast_cancer_gp.toml")
+# Long enough to be caught in training; a checkpoint at every epoch end.
+SETTINGS = ["--set", "train.epochs=1500", "--set", "protocol.episodes=3", "--set", "train.checkpoint_interval=0",
+            "--set", "teacher.cache=false"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _start(out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "distill", "run", EXPERIMENT, "-q", "--output", str(out), *SETTINGS, *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list((run_dir / "checkpoints").glob("fit-*.pt")):
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def _numbers(summary: dict) -> dict:
+    """The summary without wall times and paths: what must not change on resume."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()
+                    if k not in ("run_dir", "mlflow_run_id", "mlflow_model_uri") and "second" not in k
+                    and not k.endswith("_s")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return strip(summary)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> dict:
+    """The same run, never interrupted."""
+    out = tmp_path_factory.mktemp("clean") / "run"
+    assert main(["run", EXPERIMENT, "-q", "--no-track", "--output", str(out), *SETTINGS]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and not (out / "checkpoints").exists()
+    return summary
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_writes_a_checkpoint_and_a_partial_summary_and_resume_finishes_the_same(
+        tmp_path: Path, clean: dict, sig: signal.Signals, code: int) -> None:
+    out = tmp_path / "run"
+    process = _start(out, "--no-track")
+    _wait_for_checkpoint(out, process)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert f"resume with: python -m distill run --resume {out}" in stderr
+    partial = json.loads((out / "summary.json").read_text())
+    assert partial["status"] == "interrupted" and partial["signal"] == sig.name
+    assert "epoch" in partial["stopped"] and "step" in partial["stopped"]
+    assert not (out / "history.csv").exists() and not (out / "student.pt").exists()  # nothing looks finished
+    assert list((out / "checkpoints").glob("fit-*.pt"))
+
+    assert main(["run", "--resume", str(out), "-q", "--no-track"]) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert _numbers(resumed) == _numbers(clean)
+    assert not (out / "checkpoints").exists()
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_numbers(tmp_path: Path, clean: dict) -> None:
+    out = tmp_path / "run"
+    process = _start(out, "--no-track")
+    _wait_for_checkpoint(out, process)
+    time.sleep(0.3)  # a few more epochs, so the kill lands between two checkpoints
+    process.kill()
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+    assert main(["run", "--resume", str(out), "-q", "--no-track"]) == 0
+    assert _numbers(json.loads((out / "summary.json").read_text())) == _numbers(clean)
+
+
+def test_mlflow_run_is_killed_then_reopened_and_finished_with_each_episode_once(tmp_path: Path) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    out = tmp_path / "run"
+    process = _start(out, "--set", "tracking.experiment='resume-test'", env=env)
+    _wait_for_checkpoint(out, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    run_id = json.loads((out / "summary.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    resumed = subprocess.run([sys.executable, "-m", "distill", "run", "--resume", str(out), "-q"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mlflow_run_id"] == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("resume-test")
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert sorted(r.info.run_name for r in children) == ["episode 0", "episode 1", "episode 2"]
+
+
+def test_resume_refuses_what_it_cannot_resume(tmp_path: Path, clean: dict, capsys) -> None:
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    done = tmp_path / "done"
+    assert main(["run", EXPERIMENT, "-q", "--no-track", "--output", str(done), "--set", "train.epochs=3"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", str(done), "--no-track"]) == 2
+    assert "already finished" in capsys.readouterr().err
+    assert main(["run", EXPERIMENT, "--resume", str(done)]) == 2
+    assert "takes no experiment file" in capsys.readouterr().err
+    assert main(["run"]) == 2
+    assert "needs an experiment file" in capsys.readouterr().err
+
+
+def test_a_write_that_fails_midway_leaves_nothing_that_looks_finished(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    import distill.rundir
+
+    real_replace = os.replace
+
+    def disk_full_at_history(src, dst, *args, **kwargs):
+        if str(dst).endswith("history.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(distill.rundir.os, "replace", disk_full_at_history)
+    out = tmp_path / "run"
+    assert main(["run", EXPERIMENT, "-q", "--no-track", "--output", str(out), "--set", "train.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "history.csv" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert not (out / "summary.json").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]  # no half-written file
