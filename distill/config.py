@@ -498,7 +498,7 @@ def _format_error(error: dict[str, Any]) -> str:
     msg = str(error["msg"])
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
-        if msg.startswith(("set one of", "teacher.kind", "unknown key", key)):
+        if msg.startswith(("set one of", "teacher.kind", "unknown key '", key)):
             return msg  # the message names its key already
         return f"{key}: {msg}" if ", got" in msg else f"{key}: {msg}, got {_describe(value)}"
     for pattern, repl in _PYDANTIC_RULES:
@@ -669,6 +669,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: TOML basic-string escapes; other control characters are written as \uXXXX (TOML allows none raw).
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -681,8 +685,8 @@ def _toml_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
+        escaped = (_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f" else c) for c in value)
+        return '"' + "".join(escaped) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):

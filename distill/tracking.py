@@ -148,20 +148,21 @@ class MlflowTracker(Tracker):
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str],
               run_id: str | None = None) -> "MlflowTracker":
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # our log says what matters, once
         import mlflow
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # after the import, which sets INFO
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         try:
-            mlflow.set_experiment(experiment)
+            experiment_id = _experiment_id(mlflow.MlflowClient(uri), experiment)
+            mlflow.set_experiment(experiment_id=experiment_id)  # by id: active for the nested episode runs too
         except mlflow.exceptions.MlflowException as exc:
             raise ConfigError(f"tracking: cannot use experiment '{experiment}' at {uri}: {str(exc).splitlines()[0]}") from None
         if run_id is not None:
             run = mlflow.start_run(run_id=run_id)  # reopened: RUNNING again until finish()
             mlflow.set_tags({**tags, "distill.resumed": "true"})
-        else:
-            run = mlflow.start_run(run_name=run_name, tags=tags)
+        else:  # the experiment by id: another process creating it at the same moment cannot redirect us
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
         return cls(run.info.run_id, restore_uri=previous)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -324,12 +325,29 @@ def log_files(tracker: Tracker, paths: Iterable[Path]) -> None:
             tracker.log_artifact(path)
 
 
+def _experiment_id(client: Any, name: str) -> str:
+    """The experiment's id, created if missing; when another process creates it first, theirs."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise ConfigError(f"tracking: MLflow experiment '{name}' is deleted; restore it or set tracking.experiment")
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(exc):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
 class StudyTracker:
     """MLflow for ``tune``: one parent run per study (found again by its tags) and a child run per trial.
 
     Uses ``MlflowClient`` with explicit run ids, so trials finishing in parallel threads do not
     share MLflow's global active-run state. Workers that start at the same moment on a new study
-    may each create a parent; later workers attach to the first one found.
+    may each create a parent; each then keeps the earliest and deletes its own.
     """
 
     def __init__(self, client: Any, experiment_id: str, run_id: str) -> None:
@@ -345,8 +363,7 @@ class StudyTracker:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         client = MlflowClient(tracking_uri=uri)
         name = config.tracking.experiment or config.name
-        experiment = client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
+        experiment_id = _experiment_id(client, name)
         found = client.search_runs(
             [experiment_id],
             filter_string=f"tags.`distill.study` = '{study}' and tags.`distill.storage` = '{storage}'",
@@ -363,6 +380,17 @@ class StudyTracker:
                     "dataset": config.data.source, "teacher.kind": config.teacher.kind,
                     "student.arch": config.student.arch, "distill.kind": "tune"}
             run_id = client.create_run(experiment_id, run_name=f"tune {study}", tags=tags).info.run_id
+            # Workers starting together may each have created a parent: all keep the earliest one.
+            parents = client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`distill.study` = '{study}' and tags.`distill.storage` = '{storage}'",
+                order_by=["attributes.start_time ASC"], max_results=50,
+            )
+            earliest = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run_id
+            if earliest != run_id:
+                client.delete_run(run_id)
+                log.info("MLflow: another worker created the study's parent run %s; adding trials to it", earliest)
+                return cls(client, experiment_id, earliest)
             tracker = cls(client, experiment_id, run_id)
             tracker._log_params(flatten(config_dict(config)))
             log.info("MLflow: study parent run %s at %s (experiment '%s')", run_id, uri, name)

@@ -19,6 +19,7 @@ scaled ones (``"scaled"``). A distill checkpoint always reads raw features and s
 from __future__ import annotations
 
 import hashlib
+import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -344,7 +345,9 @@ def _cached_load(path: str, size: int, mtime_ns: int) -> Any:
 
 def _load_weights_only(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a file we can read safely"
         raise ValueError(
             f"'{path}' cannot be read with torch.load(weights_only=True) (refused: loading it could run code, "

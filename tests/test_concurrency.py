@@ -1,0 +1,285 @@
+"""Concurrent writers lose nothing.
+
+Two ``distill run`` processes recording into the same MLflow server and experiment at the same
+moment, and two ``distill tune`` workers adding trials to one journal study (tracked on that same
+server): every run, episode and trial is present once, finished, and records what its own
+``summary.json`` / ``tuning.json`` says.
+
+The server is the real ``mlflow server`` fixture of tests/test_tracking.py (SQLite backend,
+proxied artifacts, a free loopback port), imported here so that both modules start it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_tracking import mlflow_server  # noqa: F401  (the module-scoped server fixture)
+from tests.test_tuning import BASE as TUNE_BASE
+from tests.test_tuning import load_study, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = ROOT / "experiments" / "breast_cancer_gp.toml"
+KL_WEIGHT = 0.1  # breast_cancer_gp.toml's objective.kl_weight
+EPISODES = 3
+EPOCHS = 50
+SEEDS = (11, 22)
+SYSTEMS = ("teacher", "student", "baseline")
+
+
+def _env(uri: str) -> dict[str, str]:
+    """The test session's environment, minus its MLflow settings, pointed at ``uri``; one thread each."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=uri, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", PYTHONPATH=str(ROOT),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def _run_together(commands: list[list[str]], cwd: Path, env: dict[str, str], timeout: float = 420) -> list[str]:
+    """Start every command before waiting for any; return their stderr, each asserted exit 0."""
+    procs = [subprocess.Popen([sys.executable, "-m", "distill", *cmd], cwd=cwd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in commands]
+    results = []
+    try:
+        for p in procs:
+            results.append(p.communicate(timeout=timeout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-4000:]
+    return [err for _, err in results]
+
+
+def _children(client, experiment_id: str, parent_id: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              max_results=1000)
+
+
+def _runs_in(client, *experiment_names: str) -> list:
+    ids = [e.experiment_id for e in map(client.get_experiment_by_name, experiment_names) if e is not None]
+    return client.search_runs(ids, max_results=1000) if ids else []
+
+
+# --------------------------------------------------------------------------- two runs, one experiment
+
+
+def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, tmp_path: Path) -> None:  # noqa: F811
+    from mlflow.tracking import MlflowClient
+
+    experiment_name = "concurrent-runs"
+    outs = [tmp_path / f"run-seed{seed}" for seed in SEEDS]
+    _run_together(
+        [["run", str(EXPERIMENT), "-q", "--episodes", str(EPISODES), "--seed", str(seed), "--output", str(out),
+          "--set", f"train.epochs={EPOCHS}", "--set", f'tracking.experiment="{experiment_name}"']
+         for seed, out in zip(SEEDS, outs)],
+        cwd=tmp_path, env=_env(mlflow_server),
+    )
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # nothing went elsewhere
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    summaries = [json.loads((out / "summary.json").read_text()) for out in outs]
+    run_ids = [s["mlflow_run_id"] for s in summaries]
+    assert len(set(run_ids)) == 2 and None not in run_ids
+    for seed, out, summary in zip(SEEDS, outs, summaries):
+        assert summary["status"] == "completed" and summary["seed"] == seed
+        run_id = summary["mlflow_run_id"]
+        parent = client.get_run(run_id)
+        assert parent.info.status == "FINISHED"
+        assert parent.info.run_name == out.name
+
+        # Its own params, not the other run's.
+        params = parent.data.params
+        assert params["seed"] == str(seed)
+        assert params["protocol.episodes"] == str(EPISODES)
+        assert params["train.epochs"] == str(EPOCHS)
+        assert float(params["objective.kl_weight"]) == KL_WEIGHT
+
+        # Its aggregate test metrics are its summary's.
+        metrics = parent.data.metrics
+        for system in SYSTEMS:
+            for metric in ("accuracy", "f1_macro"):
+                assert metrics[f"{system}/test_{metric}"] == pytest.approx(summary[system][metric], abs=1e-9)
+                assert summary[system][metric] == summary["aggregate"][system][metric]["mean"]
+            low, high = summary["aggregate"][system]["accuracy"]["ci95"]
+            assert metrics[f"{system}/test_accuracy_ci95_low"] == pytest.approx(low, abs=1e-9)
+            assert metrics[f"{system}/test_accuracy_ci95_high"] == pytest.approx(high, abs=1e-9)
+        paired = summary["paired"]["student_minus_baseline"]["accuracy"]
+        assert metrics["student_minus_baseline/accuracy"] == pytest.approx(paired["mean"], abs=1e-9)
+
+        # Its artifacts: the summary (naming this run), the student checkpoint, and the logged model.
+        names = {a.path for a in client.list_artifacts(run_id)}
+        for name in ("summary.json", "student.pt", "config.toml", "history.csv", "log.txt", "episodes.png"):
+            assert name in names, (name, names)
+        logged = json.loads(Path(client.download_artifacts(run_id, "summary.json", str(tmp_path))).read_text())
+        assert logged["mlflow_run_id"] == run_id and logged["seed"] == seed
+        assert logged["student"] == summary["student"]
+        model_uri = summary["mlflow_model_uri"]
+        assert model_uri and model_uri.startswith("models:/")
+        assert client.get_logged_model(model_uri.removeprefix("models:/")).source_run_id == run_id
+
+        # Exactly its three episodes, each FINISHED, nested under it, with that episode's numbers.
+        children = _children(client, parent.info.experiment_id, run_id)
+        assert sorted(c.info.run_name for c in children) == [f"episode {e}" for e in range(EPISODES)]
+        by_name = {c.info.run_name: c for c in children}
+        for e, row in enumerate(summary["episodes"]):
+            child = by_name[f"episode {e}"]
+            assert child.info.status == "FINISHED"
+            assert child.data.params["episode"] == str(e)
+            assert child.data.params["episode.seed"] == str(seed + e) == str(row["seed"])
+            for system in SYSTEMS:
+                assert child.data.metrics[f"{system}/test_accuracy"] == pytest.approx(row[system]["accuracy"],
+                                                                                      abs=1e-9)
+            points = client.get_metric_history(child.info.run_id, "student/train_loss")
+            assert sorted(m.step for m in points) == list(range(1, EPOCHS + 1))
+
+    # Nothing else was recorded (here or in "Default", see below): two parents and their episodes.
+    everything = _runs_in(client, experiment_name, "Default")
+    assert len(everything) == 2 + 2 * EPISODES
+    assert {r.info.run_id for r in everything if "mlflow.parentRunId" not in r.data.tags} == set(run_ids)
+
+    # Both runs are in tracking.experiment, also when both processes found it missing and raced to
+    # create it (the loser looks it up again and starts its run by experiment id).
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert experiment is not None
+    misplaced = {client.get_run(i).info.run_name: client.get_experiment(client.get_run(i).info.experiment_id).name
+                 for i in run_ids if client.get_run(i).info.experiment_id != experiment.experiment_id}
+    assert not misplaced, f"runs recorded outside '{experiment_name}': {misplaced}"
+    in_experiment = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert len(in_experiment) == 2 + 2 * EPISODES
+
+
+# --------------------------------------------------------------------------- two tune workers, one study
+#
+# tests/test_tuning.py::test_two_workers_share_one_journal_study already runs two `tune` processes on
+# one journal file and asserts trial numbers 0..7 each once and every state COMPLETE or PRUNED, but
+# without tracking, and without checking that each finished trial kept its params and value. This
+# test adds both, with the two workers tracking into the same MLflow server.
+
+
+def test_two_tune_workers_on_one_study_lose_no_trial_and_track_each_once(
+    mlflow_server: str, tmp_path: Path  # noqa: F811
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    per_worker = 3
+    study_name = "shared-tracked"
+    experiment_name = "concurrent-tune"
+    client = MlflowClient(tracking_uri=mlflow_server)
+    # The experiment exists beforehand: two workers creating it at once crash one of them (exit 1),
+    # a separate known bug pinned by test_study_tracker_survives_losing_the_experiment_creation_race.
+    client.create_experiment(experiment_name)
+    toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name})
+    _run_together(
+        [["tune", str(toml), "--trials", str(per_worker), "--study", study_name, "--storage", "journal.log",
+          "-o", f"out{i}", "-q"] for i in range(2)],
+        cwd=tmp_path, env=_env(mlflow_server),
+    )
+
+    # Optuna: every trial 0..N-1 once, finished, with its params and (when COMPLETE) a value.
+    trials = load_study(tmp_path / "journal.log", study_name).trials
+    n = 2 * per_worker
+    assert sorted(t.number for t in trials) == list(range(n))
+    space = set(TUNE_BASE["tune"]["space"])  # tests/test_tuning.py's search space
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), (t.number, t.state)
+        assert set(t.params) == space, (t.number, t.params)
+        if t.state == TrialState.COMPLETE:
+            assert t.value is not None and 0.0 <= t.value <= 1.0
+    summaries = [json.loads((tmp_path / f"out{i}" / "tuning.json").read_text()) for i in range(2)]
+    for s in summaries:
+        assert s["status"] == "completed" and s["study"] == study_name
+        assert per_worker <= s["trials"]["total"] <= n and s["trials"]["failed"] == 0
+
+    # MLflow: one child run per finished trial, each once, with the trial's state, params and value.
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {s["mlflow_run_id"] for s in summaries} <= {p.info.run_id for p in parents}
+    for parent in parents:
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["distill.study"] == study_name
+    assert sorted(c.info.run_name for c in children) == sorted(f"trial {t.number}" for t in trials)
+    by_name = {c.info.run_name: c for c in children}
+    for t in trials:
+        child = by_name[f"trial {t.number}"]
+        assert child.data.tags["optuna.state"] == t.state.name
+        assert child.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state.name]
+        assert child.data.params == {k: str(v) for k, v in t.params.items()}
+        if t.state == TrialState.COMPLETE:
+            assert child.data.metrics["validation/value"] == pytest.approx(t.value, abs=1e-12)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} <= {p.info.run_id for p in parents}
+    assert len(runs) == len(parents) + n
+
+    # "The MLflow study run": one parent holding every trial, even when both workers started on a new
+    # study at the same moment (each keeps the earliest parent and deletes its own).
+    assert len(parents) == 1, [p.info.run_id for p in parents]
+    assert {s["mlflow_run_id"] for s in summaries} == {parents[0].info.run_id}
+
+
+# --------------------------------------------------------------------------- the experiment-creation race
+#
+# Deterministic versions of the race two processes hit when both find the MLflow experiment missing:
+# the other process creates it between this process's lookup and its own create_experiment.
+
+
+@pytest.fixture()
+def lost_race(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A local store where experiment ``name`` exists, but this process's first lookup misses it."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from tests.test_tracking import mlflow_state
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    name = "raced"
+    existing = MlflowClient(tracking_uri=uri).create_experiment(name)  # "the other process"
+    real = TrackingServiceClient.get_experiment_by_name
+    seen: list[str] = []
+
+    def first_lookup_misses(self, experiment_name):
+        seen.append(experiment_name)
+        return None if len(seen) == 1 else real(self, experiment_name)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", first_lookup_misses)
+    with mlflow_state():
+        yield uri, name, existing
+    assert mlflow.active_run() is None
+
+
+def test_run_tracker_survives_losing_the_experiment_creation_race(lost_race) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from distill.tracking import MlflowTracker
+
+    uri, name, existing = lost_race
+    tracker = MlflowTracker.start(uri, name, "raced-run", {})
+    try:
+        assert MlflowClient(tracking_uri=uri).get_run(tracker.run_id).info.experiment_id == existing
+    finally:
+        tracker.finish("FINISHED")
+
+
+def test_study_tracker_survives_losing_the_experiment_creation_race(lost_race) -> None:
+    from distill.config import validate_config
+    from distill.tracking import StudyTracker
+
+    uri, name, existing = lost_race
+    config = validate_config({"name": name})
+    tracker = StudyTracker.start(uri, config, "raced-study", "journal.log", "raced-run")
+    try:
+        assert tracker.experiment_id == existing
+    finally:
+        tracker.finish("FINISHED")
