@@ -32,15 +32,17 @@ class Checkpoints:
 
     Args:
         folder: ``RUN_DIR/checkpoints``.
+        config: the run's resolved config as TOML, saved with each state and checked on resume.
         every: write the fit state every this many epochs (0: only when interrupted).
         interval: and at most once per this many seconds, so that millisecond epochs do not pay
             for a file each.
     """
 
-    def __init__(self, folder: Path, every: int = 1, interval: float = 0.0) -> None:
+    def __init__(self, folder: Path, every: int = 1, interval: float = 0.0, config: str = "") -> None:
         self.folder = Path(folder)
         self.every = every
         self.interval = interval
+        self.config = config  # the resolved config (TOML), stored with every state
         self._last = time.monotonic()
 
     def _path(self, key: str, done: bool = False) -> Path:
@@ -66,13 +68,17 @@ class Checkpoints:
         """``checkpoint`` callback for ``fit_many``: the in-progress state of fit ``key``."""
 
         def save(state: dict[str, Any]) -> None:
-            self._save(self._path(key), state)
+            self._save(self._path(key), {**state, "config": self.config})
             self._last = time.monotonic()
 
         return save
 
     def in_progress(self, key: str) -> dict[str, Any] | None:
-        return self._load(self._path(key))
+        state = self._load(self._path(key))
+        if state is not None and state.get("config", self.config) != self.config:
+            raise UserError(f"checkpoint {self._path(key)} was written with another config than the run's "
+                            "config.toml; resume with the config it was written with")
+        return state
 
     def finish(self, key: str, models: list[nn.Module], results: list[FitResult]) -> None:
         """Record a finished fit (final weights and results) and drop its in-progress state."""

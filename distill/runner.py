@@ -316,15 +316,16 @@ def run_experiment(
     run_dir = create_run_dir(config.name, output)
     handler = attach_log_file(run_dir / "log.txt", log)
     tracker: Tracker = NullTracker()
+    config_text = to_toml(config_dict(config))
     checkpoints = Checkpoints(run_dir / CHECKPOINT_FOLDER, every=config.train.checkpoint_every,
-                              interval=float(config.train.checkpoint_interval))
+                              interval=float(config.train.checkpoint_interval), config=config_text)
     meta = checkpoints.read_meta() if resume else {}
     if not resume:
         checkpoints.remove()  # a reused --output folder: never resume someone else's fits
     stop = StopRequest()
     logged = {"n": int(meta.get("logged", 0))}
     try:
-        write_text(run_dir / "config.toml", to_toml(config_dict(config)))
+        write_text(run_dir / "config.toml", config_text)
         log.info("%s run directory %s", "resuming" if resume else "run", run_dir)
         if uri is not None:
             tracker = open_tracker(config, uri, run_dir.name, str(first[0].device), run_id=meta.get("mlflow_run_id"))

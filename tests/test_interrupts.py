@@ -78,7 +78,13 @@ def test_a_signal_stops_writes_a_checkpoint_and_a_partial_summary_and_resume_fin
     assert partial["status"] == "interrupted" and partial["signal"] == sig.name
     assert "epoch" in partial["stopped"] and "step" in partial["stopped"]
     assert not (out / "history.csv").exists() and not (out / "student.pt").exists()  # nothing looks finished
-    assert list((out / "checkpoints").glob("fit-*.pt"))
+    [state_file] = list((out / "checkpoints").glob("fit-*.pt"))
+    import torch
+
+    state = torch.load(state_file, weights_only=True)  # tensors and plain values only
+    assert state["config"] == (out / "config.toml").read_text()  # the resolved config travels with the state
+    assert {"weights", "optimizer", "generators", "rng", "stoppers", "progress", "partial"} <= state.keys()
+    assert state["partial"]["step"] >= 1  # stopped after a step, mid-epoch
 
     assert main(["run", "--resume", str(out), "-q", "--no-track"]) == 0
     resumed = json.loads((out / "summary.json").read_text())
