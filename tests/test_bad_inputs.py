@@ -19,7 +19,6 @@ midway" is tests/test_interrupts.py::test_a_write_that_fails_midway_leaves_nothi
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import re
@@ -380,17 +379,10 @@ def test_a_write_that_fails_midway_with_tracking_ends_failed(
     """tests/test_interrupts.py has this case without MLflow; here the MLflow run must end FAILED."""
     from mlflow.tracking import MlflowClient
 
-    import distill.rundir
+    from tests.test_interrupts import simulate_full_disk_at
     from tests.test_tracking import mlflow_state
 
-    real_replace = os.replace
-
-    def disk_full_at_history(src, dst, *args, **kwargs):
-        if str(dst).endswith("history.csv"):
-            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(distill.rundir.os, "replace", disk_full_at_history)
+    simulate_full_disk_at(monkeypatch, "history.csv")
     out = tmp_path / "out"
     with mlflow_state():
         assert main(["run", EXPERIMENT, "-q", "-o", str(out), *FAST, "--set", 'tracking.experiment="midway"']) == 2

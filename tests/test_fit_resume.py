@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import io
-from pathlib import Path
 
 import pytest
 import torch

@@ -145,19 +145,24 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path: Path, clean: dict, capsy
     assert "needs an experiment file" in capsys.readouterr().err
 
 
-def test_a_write_that_fails_midway_leaves_nothing_that_looks_finished(tmp_path: Path, monkeypatch, capsys) -> None:
+def simulate_full_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The atomic rename of the run's file ``name`` fails as on a full disk (ENOSPC); other writes work."""
     import errno
 
     import distill.rundir
 
     real_replace = os.replace
 
-    def disk_full_at_history(src, dst, *args, **kwargs):
-        if str(dst).endswith("history.csv"):
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith(name):
             raise OSError(errno.ENOSPC, "No space left on device", str(dst))
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(distill.rundir.os, "replace", disk_full_at_history)
+    monkeypatch.setattr(distill.rundir.os, "replace", replace)
+
+
+def test_a_write_that_fails_midway_leaves_nothing_that_looks_finished(tmp_path: Path, monkeypatch, capsys) -> None:
+    simulate_full_disk_at(monkeypatch, "history.csv")
     out = tmp_path / "run"
     assert main(["run", EXPERIMENT, "-q", "--no-track", "--output", str(out), "--set", "train.epochs=3"]) == 2
     err = capsys.readouterr().err
