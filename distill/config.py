@@ -213,8 +213,9 @@ class ObjectiveConfig(_Section):
     @field_validator("class_weight")
     @classmethod
     def _class_weight(cls, value: Any) -> Any:
-        if isinstance(value, list) and (not value or any(v < 0 for v in value)):
-            raise ValueError(f"must be 'balanced' or a list of weights >= 0, one per class, got {value!r}")
+        if isinstance(value, list) and (not value or any(v < 0 for v in value) or not any(v > 0 for v in value)):
+            raise ValueError(f"must be 'balanced' or a list of weights >= 0, one per class, at least one > 0 "
+                             f"(all zero would switch the hard term off), got {value!r}")
         return value
 
     @field_validator("pos_weight")

@@ -111,6 +111,8 @@ def read_csv_frame(path: Path) -> Any:
     """A CSV file as a DataFrame; a missing, empty or unparsable file is a one-line DataError."""
     import pandas as pd
 
+    if path.is_dir():
+        raise DataError(f"data file '{path}' is a folder, not a CSV file")
     if not path.is_file():
         raise DataError(f"data file '{path}' not found")
     try:

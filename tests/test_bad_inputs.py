@@ -110,7 +110,7 @@ def _unreadable(tmp: Path) -> Case:
     # root reads any file whatever its mode: a directory in the file's place is unreadable as a file.
     data.unlink()
     data.mkdir()
-    return Case(_run(tmp, toml), [f"data file '{data}'"])
+    return Case(_run(tmp, toml), [f"data file '{data}' is a folder, not a CSV file"])
 
 
 def _network_toml(tmp: Path, source: str, checkpoint: Path, arch: str = "") -> Path:

@@ -177,3 +177,15 @@ def test_hard_criterion_with_no_labelled_row_is_zero() -> None:
     value = criterion(logits, torch.full((4,), -1), torch.zeros(4, dtype=torch.bool))
     value.backward()
     assert float(value.detach()) == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_all_zero_class_weights_are_refused() -> None:
+    """Zero weight for every class would switch the hard term off without a word."""
+    from distill.config import validate_config
+
+    with pytest.raises(ConfigError) as info:
+        validate_config({"objective": {"class_weight": [0, 0.0, 0]}})
+    assert info.value.problems == [
+        "objective.class_weight: must be 'balanced' or a list of weights >= 0, one per class, at least one > 0 "
+        "(all zero would switch the hard term off), got [0, 0.0, 0]"]
+    assert validate_config({"objective": {"class_weight": [0, 1, 0]}}).objective.class_weight == [0, 1, 0]
