@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -59,14 +60,16 @@ def mode_free(model: nn.Module) -> bool:
     return True
 
 
-class Members:
-    """M models trained together: forward on ``[M, B, ...]``, weights as one ``[M, P]`` tensor."""
+class Members(ABC):
+    """M models trained together: forward on ``[M, B, ...]``, weights as one ``[M, P]`` tensor.
+
+    An interface with two implementations, ``SingleMember`` and ``StackedMembers``."""
 
     count: int
 
+    @abstractmethod
     def parameters(self) -> list[Tensor]:
         """The leaves the optimizer updates."""
-        raise NotImplementedError
 
     def zero_grad(self) -> None:
         """Clear the gradients before a step."""
@@ -76,37 +79,37 @@ class Members:
     def finish(self) -> None:
         """Hand the modules back as ordinary modules after the fit."""
 
+    @abstractmethod
     def compile(self) -> None:
         """``torch.compile`` the forward pass (the first steps pay for the compilation)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
         """Train-mode outputs ``[M, B, K]`` for inputs ``[M, B, ...]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, x: Tensor) -> Tensor:
         """Eval-mode outputs ``[M, N, K]`` without autograd."""
-        raise NotImplementedError
 
+    @abstractmethod
     def flat(self) -> Tensor:
         """A fresh detached ``[M, P]`` copy of every member's weights (for best / last-good states)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, weights: Tensor) -> None:
         """Write ``[M, P]`` weights back into the members' modules."""
-        raise NotImplementedError
 
     def restore(self, weights: Tensor) -> None:
         """Continue training from ``[M, P]`` weights (a resumed fit)."""
         self.load(weights)
 
+    @abstractmethod
     def penalty(self, l1: float, l2: float) -> Tensor:
         """``l1 * sum|w| + l2 * sum w^2`` over weight matrices and kernels, per member ``[M]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def clip_grad(self, max_norm: float) -> None:
         """Scale each member's gradient so that its own norm is at most ``max_norm``."""
-        raise NotImplementedError
 
 
 def _outputs(out: Tensor) -> Tensor:

@@ -96,4 +96,6 @@ def test_dropout_stream_resumes_too() -> None:
     unbroken = _fits(1, settings, dropout=0.3)
     saved: list[dict] = []
     _fits(1, settings, dropout=0.3, checkpoint=saved.append, checkpoint_every=3)
-    _same(unbroken, _fits(1, settings, dropout=0.3, resume=_through_disk(saved[0])))
+    assert [s["progress"]["epoch"] for s in saved] == [3]
+    _same(unbroken, _fits(1, settings, dropout=0.3, resume=_through_disk(saved[0])))  # bit for bit
+    assert unbroken[1][0].stopped_epoch == 6
