@@ -7,10 +7,12 @@ interrupted ends KILLED, so nothing is ever left RUNNING.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -134,6 +136,36 @@ def preflight(config: Config) -> str:
     return uri
 
 
+#: How often to repeat a dataset input that lost a race with another writer (see below).
+DATASET_RACE_ATTEMPTS = 5
+
+
+def _lost_insert_race(error: Exception) -> bool:
+    """True when the store refused a row because a concurrent writer inserted the same key first."""
+    text = str(error).lower()
+    return any(mark in text for mark in ("unique constraint", "integrityerror", "duplicate key", "duplicate entry"))
+
+
+def _log_dataset_input(client: Any, run_id: str, entry: Any) -> None:
+    """Log one dataset input, repeating it when another run inserted the same dataset at the same moment.
+
+    MLflow's SQL store looks the dataset up by (experiment, name, digest) and inserts it when absent,
+    in one transaction without a lock: two runs logging the same data into one experiment at once
+    can both miss it, and the second insert fails on the unique key. Its transaction is rolled
+    back, so repeating it finds the first run's row and only adds this run's input edge.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(DATASET_RACE_ATTEMPTS):
+        try:
+            client.log_inputs(run_id, datasets=[entry])
+            return
+        except MlflowException as error:
+            if attempt == DATASET_RACE_ATTEMPTS - 1 or not _lost_insert_race(error):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 class MlflowTracker(Tracker):
     """One MLflow run, through MLflow's fluent API (nested runs for children)."""
 
@@ -154,6 +186,7 @@ class MlflowTracker(Tracker):
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         try:
+            _create_local_store_once(uri)
             experiment_id = _experiment_id(mlflow.MlflowClient(uri), experiment)
             mlflow.set_experiment(experiment_id=experiment_id)  # by id: active for the nested episode runs too
         except mlflow.exceptions.MlflowException as exc:
@@ -219,8 +252,9 @@ class MlflowTracker(Tracker):
 
     def log_dataset(self, frame: Any, source: str, name: str) -> None:
         import mlflow
-
         from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         origin: Any
         if source.startswith("csv:"):
@@ -228,7 +262,9 @@ class MlflowTracker(Tracker):
         else:
             origin = CodeDatasetSource(tags={"distill.data.source": source})
         dataset = mlflow.data.from_pandas(frame, source=origin, targets="label", name=name)
-        mlflow.log_input(dataset, context="training")
+        entry = DatasetInput(dataset=dataset._to_mlflow_entity(),
+                             tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")])
+        _log_dataset_input(mlflow.MlflowClient(), self.run_id, entry)
 
     def log_student(self, model: Any, example: Any, checkpoint: Path, classes: list[str]) -> str | None:
         import warnings
@@ -325,6 +361,41 @@ def log_files(tracker: Tracker, paths: Iterable[Path]) -> None:
             tracker.log_artifact(path)
 
 
+#: Seconds to wait for another process that is creating the same local store's tables.
+STORE_LOCK_TIMEOUT_S = 120.0
+
+
+def _local_store_lock(uri: str) -> Path | None:
+    """The lock file guarding a ``sqlite:///PATH`` store's creation (in the temp folder, keyed by PATH)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri[len(prefix):].startswith(":memory:") or not uri[len(prefix):]:
+        return None
+    path = str(Path(uri[len(prefix):].split("?", 1)[0]).resolve())
+    return Path(tempfile.gettempdir()) / f"distill-mlflow-{hashlib.sha256(path.encode()).hexdigest()[:16]}.lock"
+
+
+def _create_local_store_once(uri: str) -> None:
+    """Open a local SQLite store while holding a machine-wide lock, so that its tables are made once.
+
+    MLflow creates a new store's tables (an Alembic migration) on first use, unlocked: two
+    ``distill run``s started together in a fresh folder both begin it, and one dies on
+    "table _alembic_tmp_experiments already exists". Opening the store here, one process at a
+    time, leaves the others finding the tables made; MLflow then keeps the open store per URI.
+    """
+    lock_path = _local_store_lock(uri)
+    if lock_path is None:
+        return
+    from filelock import FileLock, Timeout
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with FileLock(str(lock_path), timeout=STORE_LOCK_TIMEOUT_S):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Timeout:
+        raise ConfigError(f"tracking.uri {uri}: another process has been creating this store for "
+                          f"{STORE_LOCK_TIMEOUT_S:.0f} s (lock {lock_path}); try again, or pass --no-track") from None
+
+
 def _experiment_id(client: Any, name: str) -> str:
     """The experiment's id, created if missing; when another process creates it first, theirs."""
     from mlflow.exceptions import MlflowException
@@ -361,6 +432,7 @@ class StudyTracker:
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        _create_local_store_once(uri)
         client = MlflowClient(tracking_uri=uri)
         name = config.tracking.experiment or config.name
         experiment_id = _experiment_id(client, name)

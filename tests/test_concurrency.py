@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -158,6 +160,44 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
     assert len(in_experiment) == 2 + 2 * EPISODES
 
 
+def test_one_lock_per_local_store_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.tracking import _local_store_lock
+
+    monkeypatch.chdir(tmp_path)
+    relative = _local_store_lock("sqlite:///mlflow.db")
+    assert relative is not None and relative.parent == Path(tempfile.gettempdir())
+    assert _local_store_lock(f"sqlite:///{tmp_path}/mlflow.db") == relative  # the same file, however named
+    assert _local_store_lock(f"sqlite:///{tmp_path}/other.db") != relative
+    for remote in ("http://127.0.0.1:5000", "sqlite:///:memory:", "postgresql://u@h/db", "file:///tmp/mlruns"):
+        assert _local_store_lock(remote) is None, remote
+
+
+def test_runs_started_together_in_a_fresh_folder_share_the_default_local_store(tmp_path: Path) -> None:
+    """The README's default store (``sqlite:///mlflow.db`` in the working folder), made by three runs at once.
+
+    MLflow creates a new SQLite store's tables on first use without a lock; before distill took a
+    lock around it, two of three such runs died with "table _alembic_tmp_experiments already exists".
+    """
+    from mlflow.tracking import MlflowClient
+
+    outs = [tmp_path / f"run-{i}" for i in range(3)]
+    env = {k: v for k, v in _env("unused").items() if k != "MLFLOW_TRACKING_URI"}
+    _run_together(
+        [["run", str(EXPERIMENT), "-q", "--seed", str(i), "--output", str(out), "--set", "train.epochs=20"]
+         for i, out in enumerate(outs)],
+        cwd=tmp_path, env=env,
+    )
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("breast_cancer_gp")
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id], max_results=100)}
+    assert len(runs) == len(outs)
+    for i, out in enumerate(outs):
+        summary = json.loads((out / "summary.json").read_text())
+        run = runs[summary["mlflow_run_id"]]
+        assert run.info.status == "FINISHED" and run.data.params["seed"] == str(i)
+        assert run.data.metrics["student/test_accuracy"] == pytest.approx(summary["student"]["accuracy"], abs=1e-9)
+
+
 # --------------------------------------------------------------------------- two tune workers, one study
 #
 # tests/test_tuning.py::test_two_workers_share_one_journal_study already runs two `tune` processes on
@@ -176,9 +216,9 @@ def test_two_tune_workers_on_one_study_lose_no_trial_and_track_each_once(
     study_name = "shared-tracked"
     experiment_name = "concurrent-tune"
     client = MlflowClient(tracking_uri=mlflow_server)
-    # The experiment exists beforehand: two workers creating it at once crash one of them (exit 1),
-    # a separate known bug pinned by test_study_tracker_survives_losing_the_experiment_creation_race.
-    client.create_experiment(experiment_name)
+    # The experiment does not exist yet: both workers may find it missing and race to create it
+    # (the loser uses the winner's; see test_study_tracker_survives_losing_the_experiment_creation_race).
+    assert client.get_experiment_by_name(experiment_name) is None
     toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name})
     _run_together(
         [["tune", str(toml), "--trials", str(per_worker), "--study", study_name, "--storage", "journal.log",
@@ -283,3 +323,119 @@ def test_study_tracker_survives_losing_the_experiment_creation_race(lost_race) -
         assert tracker.experiment_id == existing
     finally:
         tracker.finish("FINISHED")
+
+
+# --------------------------------------------------------------------------- the dataset-input race
+#
+# MLflow's SQL store logs a dataset input by looking the dataset up by (experiment, name, digest)
+# and inserting it when absent, in one unlocked transaction. Two runs logging the same data into one
+# experiment at the same moment can both miss it; the second insert then fails on the unique key
+# (CI hit this in test_two_runs_at_once_into_one_experiment_lose_nothing). The tracker repeats the
+# rolled-back call, which then finds the first run's dataset and adds only its own input edge.
+
+
+def _dataset_frame():
+    import numpy as np
+    import pandas as pd
+
+    return pd.DataFrame({"x": np.linspace(0.0, 1.0, 12), "label": ["a", "b"] * 6})
+
+
+def _dataset_inputs(client, run_id: str) -> list[tuple[str, str, dict[str, str]]]:
+    return [(d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags})
+            for d in client.get_run(run_id).inputs.dataset_inputs]
+
+
+def test_a_run_that_loses_the_dataset_insert_race_still_records_its_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic: the other run inserts the dataset between this run's lookup and its insert."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy import event
+
+    import distill.tracking as tracking
+    from tests.test_tracking import mlflow_state
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    frame = _dataset_frame()
+    with mlflow_state():
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        store = client._tracking_client.store
+        experiment = client.create_experiment("raced-data")
+
+        def race(name: str) -> tuple[str, str]:
+            """Log dataset ``name`` from a new run while another new run logs it in between; both ids."""
+            mine, theirs = (client.create_run(experiment).info.run_id for _ in range(2))
+            fired: list[bool] = []
+
+            def other_run_logs_in_between(conn, cursor, statement, parameters, context, executemany) -> None:
+                if not fired and statement.lstrip().upper().startswith("SELECT") and "FROM datasets" in statement:
+                    fired.append(True)  # before logging: the other run's own lookup must not fire again
+                    tracking.MlflowTracker(theirs).log_dataset(frame, "sklearn:raced", name)
+
+            event.listen(store.engine, "after_cursor_execute", other_run_logs_in_between)
+            try:
+                tracking.MlflowTracker(mine).log_dataset(frame, "sklearn:raced", name)
+            finally:
+                event.remove(store.engine, "after_cursor_execute", other_run_logs_in_between)
+                assert fired == [True]  # the interleaving happened
+            return mine, theirs
+
+        # Without the repeat, this run's insert fails on the unique key: the bug CI hit.
+        monkeypatch.setattr(tracking, "DATASET_RACE_ATTEMPTS", 1)
+        with pytest.raises(MlflowException, match="(?i)unique constraint"):
+            race("first")
+        # With it, the same interleaving leaves both runs with the one shared dataset.
+        monkeypatch.undo()
+        mine, theirs = race("second")
+
+        inputs = _dataset_inputs(client, theirs)
+        assert len(inputs) == 1
+        name, digest, tags = inputs[0]
+        assert name == "second" and tags == {"mlflow.data.context": "training"}
+        assert _dataset_inputs(client, mine) == inputs
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # one row per dataset: no duplicate slipped in
+        rows = db.execute("SELECT name, digest FROM datasets ORDER BY name").fetchall()
+    assert rows == [("first", digest), ("second", digest)]
+
+
+def test_many_runs_logging_one_dataset_at_once_each_record_it(mlflow_server: str) -> None:  # noqa: F811
+    """Real concurrency: 8 runs, released together by a barrier, log the same data through the server."""
+    import threading
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from distill.tracking import MlflowTracker
+    from tests.test_tracking import mlflow_state
+
+    writers, rounds = 8, 4
+    frame = _dataset_frame()
+    with mlflow_state():
+        mlflow.set_tracking_uri(mlflow_server)
+        client = MlflowClient(mlflow_server)
+        for r in range(rounds):  # a fresh experiment each round: each round is a new race to insert
+            experiment = client.create_experiment(f"raced-data-{r}")
+            run_ids = [client.create_run(experiment).info.run_id for _ in range(writers)]
+            barrier = threading.Barrier(writers)
+            errors: list[str] = []
+
+            def log(run_id: str) -> None:
+                barrier.wait()
+                try:
+                    MlflowTracker(run_id).log_dataset(frame, "sklearn:raced", "sklearn:raced")
+                except Exception as error:  # noqa: BLE001 -- collected and asserted below
+                    errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
+
+            threads = [threading.Thread(target=log, args=(run_id,)) for run_id in run_ids]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            assert errors == [], errors
+            recorded = [_dataset_inputs(client, run_id) for run_id in run_ids]
+            assert all(len(r) == 1 for r in recorded) and all(r == recorded[0] for r in recorded), recorded
+            assert recorded[0][0][0] == "sklearn:raced"
