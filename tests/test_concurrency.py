@@ -355,7 +355,7 @@ def test_a_run_that_loses_the_dataset_insert_race_still_records_its_input(
     from mlflow.tracking import MlflowClient
     from sqlalchemy import event
 
-    import distill.tracking as tracking
+    from distill import tracking
     from tests.test_tracking import mlflow_state
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -423,7 +423,7 @@ def test_many_runs_logging_one_dataset_at_once_each_record_it(mlflow_server: str
             barrier = threading.Barrier(writers)
             errors: list[str] = []
 
-            def log(run_id: str) -> None:
+            def log(run_id: str, barrier: threading.Barrier = barrier, errors: list[str] = errors) -> None:
                 barrier.wait()
                 try:
                     MlflowTracker(run_id).log_dataset(frame, "sklearn:raced", "sklearn:raced")
