@@ -239,9 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        where = getattr(exc, "run_dir", None)
-        print(f"interrupted ({exc.signal_name}) {exc.where}" +
-              (f"; resume with: python -m distill run --resume {where}" if where else ""), file=sys.stderr)
+        resume = getattr(exc, "resume", None)
+        print(f"interrupted ({exc.signal_name}) {exc.where}" + (f"; resume with: {resume}" if resume else ""),
+              file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

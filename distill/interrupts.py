@@ -35,8 +35,9 @@ class Interrupted(Exception):
 class StopRequest:
     """Callable flag: True once SIGINT or SIGTERM arrived while ``installed``."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: str = "stopping after the current step and writing a checkpoint") -> None:
         self.signal_name: str | None = None
+        self._then = then  # what the first signal's warning says happens next
 
     def __call__(self) -> bool:
         return self.signal_name is not None
@@ -51,8 +52,7 @@ class StopRequest:
         if self.signal_name is not None and name == "SIGINT":
             raise KeyboardInterrupt
         self.signal_name = name
-        log.warning("%s received: stopping after the current step and writing a checkpoint "
-                    "(Ctrl-C again to stop at once)", name)
+        log.warning("%s received: %s (Ctrl-C again to stop at once)", name, self._then)
 
     @contextmanager
     def installed(self) -> Iterator[StopRequest]:

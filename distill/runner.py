@@ -408,6 +408,7 @@ def run_experiment(
         })
         tracker.finish("KILLED")
         exc.run_dir = run_dir  # type: ignore[attr-defined]
+        exc.resume = f"python -m distill run --resume {run_dir}"  # type: ignore[attr-defined]
         raise
     except KeyboardInterrupt:
         log.error("run interrupted")

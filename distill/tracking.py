@@ -476,8 +476,12 @@ class StudyTracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id or self.run_id, params=items[i : i + 100])
 
-    def on_trial(self, study: Any, trial: Any) -> None:
-        """Optuna callback: a nested run holding the trial's params, value, state and per-episode values."""
+    def on_trial(self, study: Any, trial: Any, status: str | None = None) -> None:
+        """Optuna callback: a nested run holding the trial's params, value, state and per-episode values.
+
+        The child ends FINISHED (complete), KILLED (pruned) or FAILED, unless ``status`` says otherwise
+        (KILLED for a trial a signal cut short).
+        """
         import time as _time
 
         from mlflow.entities import Metric
@@ -499,7 +503,7 @@ class StudyTracker:
             if metrics:
                 self.client.log_batch(child, metrics=metrics)
         finally:
-            status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+            status = status or {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
             self.client.set_terminated(child, status=status)
 
     def finish_study(self, summary: dict[str, Any]) -> None:

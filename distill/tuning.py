@@ -18,6 +18,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from distill.errors import ConfigError
 from distill.metrics import METRICS, classification_metrics, probabilities
 from distill.cache import SoftTargetCache
 from distill.engine import predict_logits
+from distill.interrupts import Interrupted, StopRequest
 from distill.protocol import (
     Prepared,
     StudentJob,
@@ -138,11 +141,12 @@ class _TeacherCache:
 
 
 def validation_score(
-    config: Config, dataset: Any, cache: _TeacherCache, *, report: Any = None
+    config: Config, dataset: Any, cache: _TeacherCache, *, report: Any = None, stop: StopRequest | None = None
 ) -> tuple[float, list[float]]:
     """Mean validation ``tune.metric`` of the distilled student over the episodes (test rows never read).
 
-    ``report(mean_so_far, episode)`` is called after each episode (Optuna's report + prune).
+    ``report(mean_so_far, episode)`` is called after each episode (Optuna's report + prune);
+    ``stop`` turns a signal into ``Interrupted`` after the current training step.
     """
     metric = config.tune.metric
     jobs = []
@@ -153,7 +157,7 @@ def validation_score(
     chunks = [jobs] if config.train.batched else [[job] for job in jobs]
     scores: list[float] = []
     for chunk in chunks:
-        train_students(chunk, batched=config.train.batched, epoch_metrics=False)
+        train_students(chunk, batched=config.train.batched, epoch_metrics=False, stop=stop)
         for job in chunk:
             assert job.model is not None and job.taught.validation is not None
             logits = predict_logits(job.model, job.taught.validation.x)
@@ -264,6 +268,10 @@ def run_tuning(
     run_dir = create_run_dir(f"{config.name}-tune", output)
     handler = attach_log_file(run_dir / "log.txt", log)
     tracker = None
+    study = None
+    stop = StopRequest("stopping after the current training step; finished trials are in the study")
+    running: set[int] = set()  # trials this process started that Optuna has not finished
+    finished_here: list[int] = []
     try:
         write_text(run_dir / "config.toml", to_toml(config_dict(config)))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -287,6 +295,8 @@ def run_tuning(
         cache = _TeacherCache(soft_target_cache(config))
 
         def objective(trial: optuna.Trial) -> float:
+            running.add(trial.number)  # Optuna has asked for it: the study holds it RUNNING from here
+            stop.check(f"at the start of trial {trial.number}")  # the signal came after the last trial's end
             params = {key: _suggest(trial, key, spec) for key, spec in config.tune.space.items()}
             trial_cfg = trial_config(config, params)
 
@@ -296,19 +306,31 @@ def run_tuning(
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned after episode {episode} at mean {mean:.4f}")
 
-            value, _ = validation_score(trial_cfg, dataset, cache, report=report)
+            try:
+                value, _ = validation_score(trial_cfg, dataset, cache, report=report, stop=stop)
+            except Interrupted as exc:
+                raise Interrupted(exc.signal_name, f"in trial {trial.number} {exc.where}") from None
             return value
 
-        callbacks = [tracker.on_trial] if tracker is not None else []
-        study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, callbacks=callbacks,
-                       show_progress_bar=progress)
+        def finished(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            running.discard(trial.number)
+            finished_here.append(trial.number)
+            if stop():
+                study.stop()  # a signal between trials: end the search here, no trial cut short
+
+        callbacks = [finished] + ([tracker.on_trial] if tracker is not None else [])
+        with stop.installed(), _interrupted_trials_logged_once():
+            study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, callbacks=callbacks,
+                           show_progress_bar=progress)
+            stop.check(f"after {len(finished_here)} trial(s), before the test comparison")
 
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not completed:
             raise ConfigError(f"study '{study_name}' has no completed trial: every trial was pruned or failed")
         best = study.best_trial
         best_params = dict(best.params)
-        untuned_value, _ = validation_score(config, dataset, cache)
+        with stop.installed():
+            untuned_value, _ = validation_score(config, dataset, cache, stop=stop)
         log.info("best trial #%d: %s = %.4f with %s", best.number, config.tune.metric, best.value, best_params)
 
         # Honest test numbers: the best params and the untuned config, each through the whole protocol.
@@ -356,6 +378,30 @@ def run_tuning(
                     tracker.log_artifact(path)
             tracker.finish("FINISHED")
         return TuneResult(run_dir, study_name, best_params, float(best.value), untuned_value, summary)
+    except Interrupted as exc:
+        resume = _resume_command(run_dir, study_name, storage_text, trials, len(finished_here), jobs, timeout)
+        log.error("tune interrupted by %s %s; continue the study with: %s", exc.signal_name, exc.where, resume)
+        counts = _trial_counts(study) if study is not None else {}
+        write_json(run_dir / "tuning.json", {
+            "status": "interrupted",
+            "signal": exc.signal_name,
+            "stopped": exc.where,
+            "study": study_name,
+            "storage": storage_text,
+            "trials": {"finished_here": len(finished_here), **counts},
+            "cut_short": sorted(running),  # Optuna records these as FAIL
+            "resume": resume,
+            "mlflow_run_id": tracker.run_id if tracker is not None else None,
+            "seconds": round(time.perf_counter() - started, 3),
+        })
+        if tracker is not None:
+            if study is not None:
+                for trial in study.get_trials(deepcopy=False):
+                    if trial.number in running:
+                        tracker.on_trial(study, trial, status="KILLED")
+            tracker.finish("KILLED")
+        exc.resume = resume  # type: ignore[attr-defined]
+        raise
     except KeyboardInterrupt:
         if tracker is not None:
             tracker.finish("KILLED")
@@ -367,6 +413,57 @@ def run_tuning(
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _trial_counts(study: Any) -> dict[str, int]:
+    """The study's trials by state (every worker's), as counted in ``tuning.json``."""
+    from collections import Counter
+
+    states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
+    return {"total": sum(states.values()), **{state: states.get(state, 0)
+                                                 for state in ("complete", "pruned", "fail", "running")}}
+
+
+def _resume_command(run_dir: Path, study: str, storage: str, trials: int | None, done: int, jobs: int,
+                    timeout: float | None) -> str:
+    """The ``tune`` command that adds the trials this process did not finish to the same study."""
+    import shlex
+
+    parts = ["python", "-m", "distill", "tune", str(run_dir / "config.toml"), "--study", study, "--storage", storage]
+    if trials is not None:
+        parts += ["--trials", str(max(trials - done, 1))]
+    if timeout is not None:
+        parts += ["--timeout", f"{timeout:g}"]
+    if jobs > 1:
+        parts += ["--jobs", str(jobs)]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+class _HideInterruptedTrial(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." records (one with a traceback) for a trial stopped by a signal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        head = " ".join(record.getMessage().split()[:2])  # "Trial 19"
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+            self.hidden.add(head)
+        return head not in self.hidden
+
+
+@contextmanager
+def _interrupted_trials_logged_once() -> Iterator[None]:
+    """Optuna logs a trial that raised as failed, with its traceback; for a signal distill says it in one line."""
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    hide = _HideInterruptedTrial()
+    optimize_logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        optimize_logger.removeFilter(hide)
 
 
 def _get_dotted(tree: dict[str, Any], dotted: str) -> Any:

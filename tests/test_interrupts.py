@@ -170,3 +170,128 @@ def test_a_write_that_fails_midway_leaves_nothing_that_looks_finished(tmp_path: 
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     assert not (out / "summary.json").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]  # no half-written file
+
+
+# --------------------------------------------------------------------------- tune
+
+
+def _wait_for_finished_trials(journal_path: Path, process: subprocess.Popen, count: int,
+                              timeout: float = 120.0) -> None:
+    from tests.test_tuning import load_study
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if journal_path.exists():
+            try:
+                if sum(t.state.is_finished() for t in load_study(journal_path).trials) >= count:
+                    return
+            except KeyError:  # the study is not in the journal yet
+                pass
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} trials finished")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_tune_after_a_step_records_every_trial_and_the_printed_command_continues_the_study(
+        tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    import mlflow
+    from optuna.trial import TrialState
+
+    from tests.test_tuning import STUDY, load_study, write_config
+
+    # Trials of about half a second (two 400-epoch episodes), far more than will run.
+    toml = write_config(tmp_path, train={"epochs": 400}, tune={"trials": 500})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    journal_path = tmp_path / "journal.log"
+    command = ["tune", str(toml), "-q", "--storage", journal_path.name, "-o", "first"]
+    process = subprocess.Popen([sys.executable, "-m", "distill", *command], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_finished_trials(journal_path, process, 2)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr and "failed" not in stderr  # no Optuna "Trial N failed" noise
+
+    # Optuna: nothing left RUNNING; the trial the signal cut short is FAIL, every other one finished.
+    trials = load_study(journal_path).trials
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states
+    partial = json.loads((tmp_path / "first" / "tuning.json").read_text())
+    assert partial["status"] == "interrupted" and partial["signal"] == sig.name
+    cut_short = partial["cut_short"]
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == cut_short
+    assert len(cut_short) <= 1 and (not cut_short or f"trial {cut_short[0]}" in partial["stopped"])
+    assert partial["trials"]["total"] == len(trials) == partial["trials"]["finished_here"] + len(cut_short)
+    assert partial["trials"]["complete"] == states.count(TrialState.COMPLETE) >= 2
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.value is not None and 0.0 <= t.value <= 1.0
+
+    # MLflow: the study's parent KILLED; one child per trial, the cut-short one KILLED too.
+    client = mlflow.MlflowClient(uri)
+    parent_id = partial["mlflow_run_id"]
+    assert client.get_run(parent_id).info.status == "KILLED"
+    experiment = client.get_experiment_by_name(STUDY)
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  max_results=1000)
+    by_name = {c.info.run_name: c for c in children}
+    assert sorted(by_name) == sorted(f"trial {t.number}" for t in trials)
+    for t in trials:
+        expected = "KILLED" if t.number in cut_short else {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state.name]
+        assert by_name[f"trial {t.number}"].info.status == expected
+
+    if sig != signal.SIGTERM:
+        return
+    # The printed command continues the same study (two more trials here, not the hundreds left).
+    printed = stderr.split("resume with: ", 1)[1].splitlines()[0]
+    assert partial["resume"] == printed
+    words = printed.split()
+    assert words[:4] == ["python", "-m", "distill", "tune"]
+    assert (tmp_path / words[4]).resolve() == (tmp_path / "first" / "config.toml").resolve()  # from the same folder
+    assert words[words.index("--trials") + 1] == str(500 - partial["trials"]["finished_here"])
+    words[words.index("--trials") + 1] = "2"
+    resumed = subprocess.run([sys.executable, *words[1:], "-q", "-o", "second"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((tmp_path / "second" / "tuning.json").read_text())
+    assert summary["status"] == "completed" and summary["study"] == STUDY
+    after = load_study(journal_path).trials
+    assert [t.number for t in after] == list(range(len(trials) + 2))
+    assert summary["trials"]["before"] == len(trials) and summary["trials"]["total"] == len(trials) + 2
+    assert summary["mlflow_run_id"] == parent_id  # the same MLflow study run, reopened and finished
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_a_signal_between_two_trials_ends_the_search_without_cutting_one_short(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Deterministic: SIGTERM arrives as trial 1 returns its value, before Optuna asks for trial 2."""
+    from optuna.trial import TrialState
+
+    import distill.tuning
+    from tests.test_tuning import load_study, write_config
+
+    real = distill.tuning.validation_score
+    calls: list[int] = []
+
+    def score_then_signal(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2 and kwargs.get("report") is not None:  # trial 1 (a search trial, not the untuned score)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(distill.tuning, "validation_score", score_then_signal)
+    toml = write_config(tmp_path, tune={"trials": 10})
+    journal_path = tmp_path / "journal.log"
+    assert main(["tune", str(toml), "-q", "--no-track", "--storage", str(journal_path),
+                 "-o", str(tmp_path / "out")]) == 143
+    err = capsys.readouterr().err
+    assert "after 2 trial(s), before the test comparison" in err and "Traceback" not in err
+    trials = load_study(journal_path).trials
+    assert [(t.number, t.state) for t in trials] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]
+    partial = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    assert partial["cut_short"] == [] and partial["trials"]["finished_here"] == 2
+    assert partial["resume"].split("--trials ")[1].split()[0] == "8"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
