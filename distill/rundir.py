@@ -23,26 +23,34 @@ __all__ = ["create_run_dir", "atomic_write", "write_text", "write_json", "attach
 
 def create_run_dir(name: str, output: str | Path | None, root: str | Path = "runs") -> Path:
     """``runs/<timestamp>-<name>/`` (a suffix when taken), or ``output`` as given; checked writable."""
-    if output is not None:
-        path = Path(output)
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(root) / f"{stamp}-{name}"
-        suffix = 2
-        while path.exists():
-            path = Path(root) / f"{stamp}-{name}-{suffix}"
-            suffix += 1
+    folder = Path(output) if output is not None else Path(root)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder if output is not None else _claim_new_folder(folder, f"{datetime.now():%Y%m%d-%H%M%S}-{name}")
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)  # a unique name: another run may probe too
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"output folder '{path}' is not writable: {exc.strerror or exc}") from None
+        raise UserError(f"output folder '{folder}' is not writable: {exc.strerror or exc}") from None
     stale = path / "summary.json"
     if stale.exists():  # an earlier run in the same --output folder: never let it look current
         stale.unlink()
     return path
+
+
+def _claim_new_folder(root: Path, stem: str) -> Path:
+    """Create ``root/stem`` (or ``stem-2``, ``stem-3``, ...) with an exclusive ``mkdir``.
+
+    Runs started in the same second (a shell loop over seeds) each get their own folder: a name
+    another process created between a check and a mkdir is never shared.
+    """
+    path, suffix = root / stem, 2
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path, suffix = root / f"{stem}-{suffix}", suffix + 1
 
 
 def _current_umask() -> int:

@@ -172,6 +172,42 @@ def test_one_lock_per_local_store_file(tmp_path: Path, monkeypatch: pytest.Monke
         assert _local_store_lock(remote) is None, remote
 
 
+def test_runs_started_in_the_same_second_each_claim_their_own_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from datetime import datetime
+
+    from distill import rundir
+
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # noqa: ANN001, ANN206
+            return datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(rundir, "datetime", FrozenClock)
+    root = tmp_path / "runs"
+    (root / "20260102-030405-exp").mkdir(parents=True)  # another process claimed the name a moment ago
+    assert rundir.create_run_dir("exp", None, root).name == "20260102-030405-exp-2"
+
+    writers = 8  # released together, all in the same (frozen) second
+    barrier = threading.Barrier(writers)
+    claimed: list[Path] = []
+
+    def claim() -> None:
+        barrier.wait()
+        claimed.append(rundir.create_run_dir("exp", None, root))
+
+    threads = [threading.Thread(target=claim) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    names = sorted(p.name for p in claimed)
+    assert len(set(names)) == writers
+    assert names == sorted(f"20260102-030405-exp-{n}" for n in range(3, 3 + writers))
+    assert all(not any(p.iterdir()) for p in claimed)  # empty: no probe file left behind
+
+
 def test_runs_started_together_in_a_fresh_folder_share_the_default_local_store(tmp_path: Path) -> None:
     """The README's default store (``sqlite:///mlflow.db`` in the working folder), made by three runs at once.
 
@@ -180,19 +216,21 @@ def test_runs_started_together_in_a_fresh_folder_share_the_default_local_store(t
     """
     from mlflow.tracking import MlflowClient
 
-    outs = [tmp_path / f"run-{i}" for i in range(3)]
+    seeds = range(3)
     env = {k: v for k, v in _env("unused").items() if k != "MLFLOW_TRACKING_URI"}
-    _run_together(
-        [["run", str(EXPERIMENT), "-q", "--seed", str(i), "--output", str(out), "--set", "train.epochs=20"]
-         for i, out in enumerate(outs)],
+    _run_together(  # no --output either: each claims its own runs/<timestamp>-<name>[-N] folder
+        [["run", str(EXPERIMENT), "-q", "--seed", str(i), "--set", "train.epochs=20"] for i in seeds],
         cwd=tmp_path, env=env,
     )
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("breast_cancer_gp")
     runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id], max_results=100)}
-    assert len(runs) == len(outs)
-    for i, out in enumerate(outs):
-        summary = json.loads((out / "summary.json").read_text())
+    assert len(runs) == len(seeds)
+    folders = sorted((tmp_path / "runs").iterdir())
+    summaries = {json.loads((f / "summary.json").read_text())["seed"]: json.loads((f / "summary.json").read_text())
+                 for f in folders}
+    assert len(folders) == len(seeds) and sorted(summaries) == list(seeds)  # a folder each, none shared
+    for i, summary in summaries.items():
         run = runs[summary["mlflow_run_id"]]
         assert run.info.status == "FINISHED" and run.data.params["seed"] == str(i)
         assert run.data.metrics["student/test_accuracy"] == pytest.approx(summary["student"]["accuracy"], abs=1e-9)
