@@ -181,7 +181,7 @@ def test_runs_started_in_the_same_second_each_claim_their_own_folder(
 
     class FrozenClock(datetime):
         @classmethod
-        def now(cls, tz=None):  # noqa: ANN001, ANN206
+        def now(cls, tz=None):
             return datetime(2026, 1, 2, 3, 4, 5)
 
     monkeypatch.setattr(rundir, "datetime", FrozenClock)
