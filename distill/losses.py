@@ -120,6 +120,15 @@ def _check_logits_2d(input: Tensor, target: Tensor, who: str) -> None:
         raise ValueError(f"{who} takes integer class indices as target, got dtype {target.dtype}")
 
 
+def _weighted_log_probs(loss: nn.Module, input: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Checked inputs of a class-weighted loss: long targets, class weights, log-softmax and per-row NLL."""
+    _check_logits_2d(input, target, type(loss).__name__)
+    target = target.to(device=input.device, dtype=torch.long)
+    weight = _class_weight(loss.weight, input, type(loss).__name__)
+    log_p = _log_softmax(input)
+    return target, weight, log_p, -log_p.gather(1, target[:, None])[:, 0]
+
+
 def _class_weight(weight: Tensor | None, input: Tensor, who: str) -> Tensor | None:
     if weight is None:
         return None
@@ -206,11 +215,7 @@ class CrossEntropyLoss(nn.Module):
         self.weight: Tensor | None
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        _check_logits_2d(input, target, type(self).__name__)
-        target = target.to(device=input.device, dtype=torch.long)
-        weight = _class_weight(self.weight, input, type(self).__name__)
-        log_p = _log_softmax(input)
-        nll = -log_p.gather(1, target[:, None])[:, 0]
+        target, weight, log_p, nll = _weighted_log_probs(self, input, target)
         w_y = weight[target] if weight is not None else None
         per_row = nll if w_y is None else w_y * nll
         eps = self.label_smoothing
@@ -551,11 +556,7 @@ class SymmetricCrossEntropyLoss(nn.Module):
         self.weight: Tensor | None
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        _check_logits_2d(input, target, type(self).__name__)
-        target = target.to(device=input.device, dtype=torch.long)
-        weight = _class_weight(self.weight, input, type(self).__name__)
-        log_p = _log_softmax(input)
-        ce = -log_p.gather(1, target[:, None])[:, 0]
+        target, weight, log_p, ce = _weighted_log_probs(self, input, target)
         one_minus_py = torch.exp(_log_one_minus_p_target(log_p, target))
         rce = -math.log(self.clamp) * one_minus_py
         per_row = self.alpha * ce + self.beta * rce
