@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("source", help="run directory, student.pt, or MLflow model URI (models:/..., runs:/.../student)")
     predict.add_argument("data", help="CSV with the feature columns the student was trained on")
     predict.add_argument("--output", "-o", help="CSV to write (default: standard output)")
+    predict.add_argument("--arch", action="append", default=[], metavar="MODULE:CLASS",
+                         help="trust this import path as the student's architecture (a checkpoint that names an "
+                              "import path is refused unless you name it too; registered names need nothing)")
     predict.add_argument("--tracking-uri", help="MLflow tracking URI for model URIs (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
     verbs.add_parser("list", help="list registered datasets, teachers, students and losses")
@@ -205,7 +208,7 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from distill.predict import predict_csv
 
-    result = predict_csv(args.source, args.data, args.output, args.tracking_uri)
+    result = predict_csv(args.source, args.data, args.output, args.tracking_uri, trusted_archs=args.arch)
     if args.output is None:
         result.to_csv(sys.stdout, index=False, float_format="%.6g")
     else:

@@ -8,6 +8,7 @@ The student comes from a run directory, a ``student.pt`` file, or an MLflow mode
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,12 @@ def resolve_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
     return path
 
 
-def predict_frame(payload: dict[str, Any], frame: Any, where: str) -> Any:
-    """Predicted class name and per-class probabilities for each row of ``frame`` (raw features)."""
+def predict_frame(payload: dict[str, Any], frame: Any, where: str, trusted_archs: Collection[str] = ()) -> Any:
+    """Predicted class name and per-class probabilities for each row of ``frame`` (raw features).
+
+    ``trusted_archs``: import paths (``module:Class``) the user names as architectures they trust; a
+    checkpoint whose ``arch`` is an import path not listed here is refused before anything is imported.
+    """
     import pandas as pd
 
     names = list(payload.get("feature_names") or [])
@@ -73,7 +78,7 @@ def predict_frame(payload: dict[str, Any], frame: Any, where: str) -> Any:
     if not np.isfinite(x).all():
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise DataError(f"{where} has NaN or infinite feature values (first at row {row})")
-    model = servable_from_checkpoint(payload)
+    model = servable_from_checkpoint(payload, trusted_archs, "the student checkpoint", f"--arch {payload['arch']}")
     with torch.inference_mode():
         probs = model(torch.as_tensor(x, dtype=torch.float32)).numpy()
     classes = list(payload["classes"])
@@ -83,12 +88,13 @@ def predict_frame(payload: dict[str, Any], frame: Any, where: str) -> Any:
     return out
 
 
-def predict_csv(source: str, data: str | Path, output: str | Path | None, tracking_uri: str | None = None) -> Any:
+def predict_csv(source: str, data: str | Path, output: str | Path | None, tracking_uri: str | None = None,
+                trusted_archs: Collection[str] = ()) -> Any:
     """Read ``data`` (CSV with the training feature columns), predict, write ``output`` (or return the frame)."""
     payload = load_checkpoint(resolve_checkpoint(source, tracking_uri))
     path = Path(data)
     frame = read_csv_frame(path)
-    result = predict_frame(payload, frame, f"data file '{path}'")
+    result = predict_frame(payload, frame, f"data file '{path}'", trusted_archs)
     if output is not None:
         out = Path(output)
         if not out.parent.is_dir():

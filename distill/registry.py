@@ -7,10 +7,11 @@ registered ones (torchdistill overwrites silently and lists nothing; we do bette
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["Registry", "import_object"]
+__all__ = ["Registry", "import_object", "import_class", "has_methods", "is_import_path", "UnsafeImportError"]
 
 T = TypeVar("T")
 
@@ -52,8 +53,17 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
+class UnsafeImportError(ValueError):
+    """An import path names something other than the kind of class its key promises."""
+
+
 def import_object(path: str) -> object:
-    """Import ``"package.module:Attribute"``; raises ValueError with a clear message on failure."""
+    """Import ``"package.module:Attribute"``; raises ValueError with a clear message on failure.
+
+    Importing runs the module's top-level code, as any Python import does: only call this with a
+    path the user wrote (a config, the command line), never one read from a data file or a
+    checkpoint. Use :func:`import_class` to also check what the path names.
+    """
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"'{path}' is not an import path of the form 'module:Name'")
@@ -63,10 +73,45 @@ def import_object(path: str) -> object:
         raise ValueError(f"cannot import module '{module_name}' (from '{path}'): {exc}") from None
     obj: object = module
     for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"module '{module_name}' has no attribute '{attr}' (from '{path}')")
-        obj = getattr(obj, part)
+        try:  # on a class, getattr_static: no descriptor or metaclass __getattr__ runs
+            obj = getattr(obj, part) if inspect.ismodule(obj) else inspect.getattr_static(obj, part)
+        except AttributeError:
+            raise ValueError(f"module '{module_name}' has no attribute '{attr}' (from '{path}')") from None
     return obj
+
+
+def import_class(path: str, key: str, kind: str, accepts: Callable[[type], bool]) -> type:
+    """Import ``"module:Class"`` and check, before anything is called, that it names a class of ``kind``.
+
+    Functions, builtins, modules, instances and classes that fail ``accepts`` are refused with an
+    :class:`UnsafeImportError` naming ``key``: ``teacher.estimator = "os:system"`` or
+    ``"subprocess:Popen"`` is never called. Only the named module's import runs, as with any import.
+    """
+    try:
+        obj = import_object(path)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    if not inspect.isclass(obj):
+        what = "a module" if inspect.ismodule(obj) else "a function" if callable(obj) else f"a {type(obj).__name__} value"
+        raise UnsafeImportError(f"{key} '{path}' is {what}, not {kind}; refused (nothing was called)")
+    if not accepts(obj):
+        raise UnsafeImportError(f"{key} '{path}' is the class {obj.__qualname__}, which is not {kind}; refused "
+                                "(nothing was called)")
+    return obj
+
+
+def has_methods(cls: type, *names: str) -> bool:
+    """Whether ``cls`` defines (or inherits) callable attributes ``names``, read without running descriptors."""
+    for name in names:
+        try:
+            attr = inspect.getattr_static(cls, name)
+        except AttributeError:
+            return False
+        if isinstance(attr, (staticmethod, classmethod)):
+            attr = attr.__func__
+        if not callable(attr):
+            return False
+    return True
 
 
 def is_import_path(name: str) -> bool:

@@ -381,7 +381,7 @@ def run_experiment(
             log.debug(line)  # the file gets the table; the console gets it once, from the CLI
         if tracking:
             tracker.log_dataset(_dataset_frame(first[0]), config.data.source, first[0].dataset.name)
-            model = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"))
+            model = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"), trusted=(config.student.arch,))
             summary["mlflow_run_id"] = tracker.run_id
             summary["mlflow_model_uri"] = tracker.log_student(
                 model, _input_example(first[0]), run_dir / "student.pt", first[0].dataset.classes

@@ -6,7 +6,9 @@ distill is installed; the same module is what the MLflow run logs as its model.
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ from torch import Tensor, nn
 import students
 from distill.errors import UserError
 from distill.metrics import probabilities
+from distill.registry import is_import_path
 
-__all__ = ["ServableStudent", "load_checkpoint", "servable_from_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["ServableStudent", "load_checkpoint", "servable_from_checkpoint", "checked_arch", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "distill.student/1"
 
@@ -55,16 +58,89 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"'{path}' is not a distill student checkpoint readable with weights_only=True: {first}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"'{path}' is not a distill student checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    problem = _payload_problem(payload)
+    if problem is not None:
+        raise UserError(f"'{path}' is a damaged distill student checkpoint: {problem}")
     return payload
 
 
-def servable_from_checkpoint(payload: dict[str, Any]) -> ServableStudent:
-    """Rebuild the student from a checkpoint payload and wrap it with its scaler."""
-    student = students.build(
-        payload["arch"], tuple(payload["in_shape"]), int(payload["num_classes"]),
-        num_outputs=int(payload["num_outputs"]), **payload["kwargs"],
-    )
-    student.load_state_dict(payload["state_dict"])
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _payload_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's fields (types and agreement), or None: a file is untrusted input."""
+    if not isinstance(payload.get("arch"), str) or not payload["arch"]:
+        return "'arch' must be a non-empty string"
+    if not isinstance(payload.get("kwargs"), dict) or not all(isinstance(k, str) for k in payload["kwargs"]):
+        return "'kwargs' must be a table of named values"
+    shape = payload.get("in_shape")
+    if not isinstance(shape, (list, tuple)) or not shape or not all(_is_int(v) and v > 0 for v in shape):
+        return "'in_shape' must be a list of positive integers"
+    if math.prod(shape) > 1 << 31:
+        return f"'in_shape' {list(shape)} is implausibly large"
+    for key in ("num_classes", "num_outputs"):
+        if not _is_int(payload.get(key)) or not 1 <= payload[key] <= 1 << 20:
+            return f"'{key}' must be a positive integer"
+    classes = payload.get("classes")
+    if not isinstance(classes, (list, tuple)) or len(classes) != payload["num_classes"] or payload["num_classes"] < 2:
+        return "'classes' must list num_classes (>= 2) class names"
+    names = payload.get("feature_names")
+    if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
+        return "'feature_names' must be a list of strings"
+    scaler = payload.get("scaler")
+    if not isinstance(scaler, dict) or "shift" not in scaler or "scale" not in scaler:
+        return "'scaler' must hold 'shift' and 'scale'"
+    features = math.prod(shape)
+    for key in ("shift", "scale"):
+        try:
+            values = np.asarray(scaler[key], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return f"'scaler.{key}' must be numbers"
+        if values.size not in (1, features) or not np.isfinite(values).all() or (key == "scale" and (values == 0).any()):
+            return f"'scaler.{key}' must be {features} finite{' non-zero' if key == 'scale' else ''} numbers"
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        return "'state_dict' must map names to tensors"
+    return None
+
+
+def checked_arch(arch: str, trusted: Collection[str], where: str, how: str) -> str:
+    """``arch`` as read from a file, refused when it is an import path the user did not name too.
+
+    A checkpoint is untrusted input: a registered architecture name is fine, but an import path
+    (``module:Class``) would import a module chosen by the file. Such a path is accepted only when
+    it is in ``trusted`` (the user's config or command line names the same path; ``how`` says
+    where the user can name it).
+    """
+    if is_import_path(arch) and arch not in set(trusted):
+        raise UserError(
+            f"{where} names the architecture '{arch}', an import path, and distill never imports a module "
+            f"because a file says so; if you trust it, name it yourself: {how}"
+        )
+    return arch
+
+
+def servable_from_checkpoint(payload: dict[str, Any], trusted: Collection[str] = (),
+                             where: str = "the checkpoint", how: str = "") -> ServableStudent:
+    """Rebuild the student from a checkpoint payload and wrap it with its scaler.
+
+    ``payload["arch"]`` may be a registered name, or an import path listed in ``trusted`` (see
+    :func:`checked_arch`); the payload is checked field by field first.
+    """
+    problem = _payload_problem(payload)
+    if problem is not None:
+        raise UserError(f"{where} is a damaged distill student checkpoint: {problem}")
+    arch = checked_arch(payload["arch"], trusted, where, how or f"--arch {payload['arch']}")
+    try:
+        student = students.build(
+            arch, tuple(payload["in_shape"]), int(payload["num_classes"]),
+            num_outputs=int(payload["num_outputs"]), **payload["kwargs"],
+        )
+        student.load_state_dict(payload["state_dict"])
+    except (ValueError, RuntimeError) as exc:  # unknown name, wrong kwargs, weights of another shape
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where} cannot rebuild its student: {first}") from None
     scaler = payload["scaler"]
     model = ServableStudent(student, np.asarray(scaler["shift"]), np.asarray(scaler["scale"]), payload["classes"])
     return model.eval()

@@ -83,9 +83,10 @@ def train_teacher(
     kwargs = dict(config.teacher.params)
     seed_everything(config.seed)
     try:
-        model = students.build(str(config.teacher.arch), dataset.in_shape, k, **kwargs).to(device)
+        model = students.build(str(config.teacher.arch), dataset.in_shape, k, key="teacher.arch", **kwargs).to(device)
     except ValueError as exc:
-        raise ConfigError(f"teacher.arch: {str(exc).replace('student.', 'teacher.params.')}") from None
+        message = str(exc).replace("student.", "teacher.params.")
+        raise ConfigError(message if message.startswith("teacher.arch") else f"teacher.arch: {message}") from None
     num_outputs = int(model(torch.zeros((1, *dataset.in_shape), device=device)).shape[-1])
 
     def rows(index: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -12,9 +12,10 @@ from typing import Any, Callable
 
 from torch import nn
 
-from distill.registry import Registry, import_object, is_import_path
+from distill.registry import Registry, import_class, is_import_path
 
-__all__ = ["STUDENTS", "register_student", "list_students", "build", "StudentArgumentError", "num_outputs_for"]
+__all__ = ["STUDENTS", "register_student", "list_students", "build", "StudentArgumentError", "num_outputs_for",
+           "is_module_class", "resolve"]
 
 STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student")
 
@@ -48,27 +49,31 @@ def num_outputs_for(num_classes: int, hard: str = "auto") -> int:
     return 1 if num_classes == 2 and hard in ("auto", "bce", "focal") else num_classes
 
 
-def resolve(name: str) -> Callable[..., nn.Module]:
-    """The class for a registry name or ``module:Class`` import path."""
+def is_module_class(cls: type) -> bool:
+    """Whether ``cls`` is an ``nn.Module`` subclass (what ``student.arch`` / ``teacher.arch`` may name)."""
+    return issubclass(cls, nn.Module)
+
+
+def resolve(name: str, key: str = "student.arch") -> Callable[..., nn.Module]:
+    """The class for a registry name or ``module:Class`` import path (an ``nn.Module`` subclass, checked
+    before it is called; anything else is refused naming ``key``)."""
     _load_builtin()
     if is_import_path(name):
-        obj = import_object(name)
-        if not callable(obj):
-            raise ValueError(f"student.arch '{name}' is not a class")
-        return obj  # type: ignore[return-value]
+        return import_class(name, key, "an nn.Module subclass", is_module_class)
     try:
         return STUDENTS.get(name)
     except KeyError as exc:
         raise ValueError(exc.args[0]) from None
 
 
-def build(name: str, in_shape: tuple[int, ...], num_classes: int, *, num_outputs: int | None = None, **kwargs: Any) -> nn.Module:
+def build(name: str, in_shape: tuple[int, ...], num_classes: int, *, num_outputs: int | None = None,
+          key: str = "student.arch", **kwargs: Any) -> nn.Module:
     """Build the student ``name`` for inputs of ``in_shape`` and ``num_classes`` classes.
 
     Example:
         >>> build("mlp", (30,), 2, hidden=[10, 10], activation="sigmoid")
     """
-    cls = resolve(name)
+    cls = resolve(name, key)
     outputs = num_outputs if num_outputs is not None else num_outputs_for(num_classes)
     try:
         sig = inspect.signature(cls)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.registry import import_object
+from distill.registry import has_methods, import_class
 from teachers.base import NotFittedError, probabilities_to_logits, register_teacher
 from teachers.kernels import parse_kernel
 
@@ -218,12 +218,8 @@ def _create_estimator(
     """Any scikit-learn classifier named by import path, e.g. ``sklearn.ensemble:RandomForestClassifier``."""
     if not estimator:
         raise ValueError("teacher.estimator is required for teacher.kind = 'sklearn'")
-    try:
-        cls = import_object(estimator)
-    except ValueError as exc:
-        raise ValueError(f"teacher.estimator: {exc}") from None
-    if not callable(cls):
-        raise ValueError(f"teacher.estimator '{estimator}' is not a class")
+    cls = import_class(estimator, "teacher.estimator", "a classifier class with fit and predict_proba",
+                       is_classifier_class)
     params = dict(params or {})
     accepted = _init_params(cls)
     unknown = sorted(set(params) - accepted) if accepted is not None else []
@@ -238,6 +234,11 @@ def _create_estimator(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"teacher.params for {estimator}: {exc}") from None
     return EstimatorTeacher(model, num_classes)
+
+
+def is_classifier_class(cls: type) -> bool:
+    """A scikit-learn-style classifier class: ``fit`` and ``predict_proba`` (what ``teacher.estimator`` may name)."""
+    return has_methods(cls, "fit", "predict_proba")
 
 
 def _init_params(cls: Any) -> set[str] | None:

@@ -3,8 +3,10 @@
 Sources, in the order they are recognised:
 
 * an MLflow model URI (``teacher.uri``) of a model distill logged — its ``student.pt`` is used;
-* a ``torch.export`` program (``.pt2``, ``torch.export.load``) or a TorchScript archive
-  (``torch.jit.load``) — neither runs Python code from the file;
+* a ``torch.export`` program (``.pt2``, ``torch.export.load`` under :func:`distill.safeload.no_unpickling`,
+  so a program whose members would need unpickling is refused instead of torch's silent
+  ``weights_only=False`` fallback) or a TorchScript archive (``torch.jit.load``) — neither runs
+  Python code from the file;
 * a distill checkpoint (``student.pt`` of a run, or ``teacher train``'s output), which carries its
   architecture and its own input scaling;
 * a plain ``state_dict`` (or ``{"state_dict": ...}``) plus ``teacher.arch`` (a registered
@@ -19,7 +21,6 @@ scaled ones (``"scaled"``). A distill checkpoint always reads raw features and s
 from __future__ import annotations
 
 import hashlib
-import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.safeload import load_export_program, load_weights_only
 from teachers.base import NotFittedError, probabilities_to_logits, register_teacher
 
 __all__ = ["NetworkTeacher", "file_digest"]
@@ -198,7 +200,10 @@ class NetworkTeacher:
 
             payload = self._payload(path)
             assert payload is not None
-            module: nn.Module = servable_from_checkpoint(payload)
+            module: nn.Module = servable_from_checkpoint(
+                payload, trusted=(self.arch,) if self.arch else (), where=f"teacher checkpoint '{path}'",
+                how=f'set teacher.arch = "{payload["arch"]}" in the experiment',
+            )
             in_shape = tuple(payload["in_shape"])
             classes = int(payload["num_classes"])
             info.update(arch=payload["arch"], kwargs=payload["kwargs"], trained_seed=payload.get("seed"),
@@ -209,10 +214,7 @@ class NetworkTeacher:
                 raise ValueError("the network teacher needs the data's input shape")
             in_shape = self.in_shape
             if kind == "export":
-                try:
-                    net = _Exported(torch.export.load(str(path)))
-                except Exception as exc:  # noqa: BLE001
-                    raise ValueError(f"'{path}' is not a torch.export program: {_first_line(exc)}") from None
+                net = _Exported(load_export_program(path))
                 if net.row_shape is not None and int(np.prod(net.row_shape)) != int(np.prod(in_shape)):
                     raise ValueError(
                         f"the teacher network takes inputs of shape {net.row_shape} but the data has {tuple(in_shape)}"
@@ -260,7 +262,8 @@ class NetworkTeacher:
         last_error = ""
         for outputs in dict.fromkeys([students.num_outputs_for(self.num_classes), self.num_classes]):
             try:
-                net = students.build(self.arch, self.in_shape, self.num_classes, num_outputs=outputs, **self.arch_kwargs)
+                net = students.build(self.arch, self.in_shape, self.num_classes, num_outputs=outputs,
+                                     key="teacher.arch", **self.arch_kwargs)
                 net.load_state_dict(state)
                 return net
             except RuntimeError as exc:
@@ -344,15 +347,7 @@ def _cached_load(path: str, size: int, mtime_ns: int) -> Any:
 
 
 def _load_weights_only(path: Path) -> Any:
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a file we can read safely"
-        raise ValueError(
-            f"'{path}' cannot be read with torch.load(weights_only=True) (refused: loading it could run code, "
-            f"or it is not a torch file): {_first_line(exc)}"
-        ) from None
+    return load_weights_only(path)
 
 
 @register_teacher("network")

@@ -7,6 +7,8 @@ import sys
 import textwrap
 
 import pytest
+
+from distill.registry import UnsafeImportError
 import torch
 from torch import nn
 
@@ -229,9 +231,10 @@ def test_user_class_errors(tinynet_module: str) -> None:
     assert "student.scale" in str(info.value)
     with pytest.raises(StudentArgumentError, match="num_outputs"):
         build(f"{tinynet_module}:NoOutputs", (6,), 3)
-    with pytest.raises(StudentArgumentError, match="nn.Module"):
+    # A function (even one that returns a module) is refused before it is called: import paths name classes.
+    with pytest.raises(UnsafeImportError, match="is a function, not an nn.Module subclass; refused"):
         build(f"{tinynet_module}:not_a_module", (6,), 3)
-    with pytest.raises(ValueError, match="not a class"):
+    with pytest.raises(UnsafeImportError, match="not an nn.Module subclass"):
         build(f"{tinynet_module}:NOT_CALLABLE", (6,), 3)
     with pytest.raises(ValueError, match="Missing"):
         build(f"{tinynet_module}:Missing", (6,), 3)
