@@ -47,8 +47,13 @@ class SoftTargetCache:
     def key(*parts: str) -> str:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
-    def get(self, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
-        """The cached logits and diagnostics, or None (a miss; unreadable entries are misses too)."""
+    def get(self, key: str, shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The cached logits and diagnostics, or None (a miss).
+
+        The cache folder is untrusted input: an unreadable entry, or one whose logits are not finite
+        float64 numbers of ``shape`` (when given) or whose diagnostics are not a JSON object, is a miss
+        with a warning, never soft targets of the wrong rows.
+        """
         if self.folder is None:
             return None
         data, meta = self.folder / f"{key}.npz", self.folder / f"{key}.json"
@@ -57,6 +62,10 @@ class SoftTargetCache:
                 with np.load(data, allow_pickle=False) as archive:
                     logits = archive["logits"]
                 diagnostics = json.loads(meta.read_text(encoding="utf-8"))
+                if logits.dtype != np.float64 or (shape is not None and logits.shape != tuple(shape)):
+                    raise ValueError(f"logits of {logits.dtype} {logits.shape}, expected float64 {shape}")
+                if not np.isfinite(logits).all() or not isinstance(diagnostics, dict):
+                    raise ValueError("non-finite logits or diagnostics that are not an object")
                 self.hits += 1
                 return logits, diagnostics
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated or corrupt

@@ -430,7 +430,7 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
         raise UserError(f"teacher: {exc}") from None
     key = cache.key(identity, array_digest(fit_x, fit_y) if learns else "", array_digest(teacher_rows))
     started = time.perf_counter()
-    cached = cache.get(key)
+    cached = cache.get(key, shape=(everything.shape[0], k))
     if cached is not None:
         logits, diagnostics = cached
         diagnostics = {**diagnostics, "cache": "hit"}

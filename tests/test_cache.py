@@ -314,10 +314,22 @@ def _corrupt(folder: Path, key: str, how: str) -> None:
     elif how == "npz is a folder":
         npz.unlink()
         npz.mkdir()
+    elif how == "logits of other rows":  # a planted or stale entry: the right key, the wrong shape
+        with open(npz, "wb") as handle:
+            np.savez(handle, logits=np.ones((5, 3)))
+    elif how == "non-finite logits":
+        with open(npz, "wb") as handle:
+            np.savez(handle, logits=np.full((2, 3), np.nan))
+    elif how == "integer logits":
+        with open(npz, "wb") as handle:
+            np.savez(handle, logits=np.ones((2, 3), dtype=np.int64))
+    elif how == "json list":
+        meta.write_text("[1, 2]", encoding="utf-8")
 
 
 CORRUPTIONS = ["truncated npz", "empty npz", "garbage npz", "pickled npz", "npz without logits", "bad json",
-               "binary json", "npz is a folder"]
+               "binary json", "npz is a folder", "logits of other rows", "non-finite logits", "integer logits",
+               "json list"]
 
 
 @pytest.mark.parametrize("how", CORRUPTIONS)
@@ -325,7 +337,7 @@ def test_an_unreadable_entry_is_a_miss_with_a_warning(tmp_path: Path, how: str, 
     cache = SoftTargetCache(tmp_path)
     cache.put("k", np.ones((2, 3)), {"a": 1})
     _corrupt(tmp_path, "k", how)
-    assert cache.get("k") is None
+    assert cache.get("k", shape=(2, 3)) is None
     assert cache.stats()["misses"] == 1 and cache.stats()["hits"] == 0
     if how != "npz is a folder":
         assert any("unreadable" in r.getMessage() for r in distill_log.records)
