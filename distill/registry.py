@@ -107,9 +107,8 @@ def has_methods(cls: type, *names: str) -> bool:
             attr = inspect.getattr_static(cls, name)
         except AttributeError:
             return False
-        if isinstance(attr, (staticmethod, classmethod)):
-            attr = attr.__func__
-        if not callable(attr):
+        # A method, or a descriptor that yields one (scikit-learn's ``available_if`` on SVC's predict_proba).
+        if not (callable(attr) or isinstance(attr, (staticmethod, classmethod)) or hasattr(type(attr), "__get__")):
             return False
     return True
 

@@ -102,6 +102,12 @@ def test_the_classes_a_key_promises_are_still_accepted(workdir: Path, capsys: py
     """The positive side: a real classifier and a user's own nn.Module run (the check refuses no honest class)."""
     assert main(["check", EXPERIMENT, "--set", 'teacher.kind="sklearn"',
                  "--set", 'teacher.estimator="sklearn.linear_model:LogisticRegression"']) == 0
+    for estimator, params in (("sklearn.svm:SVC", "{probability = true}"),
+                              ("sklearn.linear_model:SGDClassifier", '{loss = "log_loss"}'),
+                              ("sklearn.ensemble:RandomForestClassifier", "{}")):
+        # SVC's and SGDClassifier's predict_proba are descriptors (available_if): still classifiers.
+        assert main(["check", EXPERIMENT, "--set", 'teacher.kind="sklearn"', "--set", f'teacher.estimator="{estimator}"',
+                     "--set", f"teacher.params={params}"]) == 0, estimator
     assert main(["check", EXPERIMENT, "--set", 'student.arch="tests.adversarial.hostile_module:Net"']) == 0
     assert "ok: config and data are valid" in capsys.readouterr().out
 
