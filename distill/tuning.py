@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from distill.config import Config, config_dict, set_dotted, to_toml, validate_config
-from distill.errors import ConfigError
+from distill.errors import ConfigError, UserError
 from distill.metrics import METRICS, classification_metrics, probabilities
 from distill.cache import SoftTargetCache
 from distill.engine import predict_logits
@@ -46,7 +46,7 @@ from distill.protocol import (
     train_students,
 )
 from distill.objective import hard_loss
-from distill.rundir import attach_log_file, create_run_dir, write_json, write_text
+from distill.rundir import attach_log_file, claim_run_dir, write_json, write_text
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -265,7 +265,9 @@ def run_tuning(
     optuna_storage = resolve_storage(storage_text)
     tracking = track and config.tracking.enabled
     uri = preflight(config) if tracking else None
-    run_dir = create_run_dir(f"{config.name}-tune", output)
+    claim = claim_run_dir(f"{config.name}-tune", output)  # a new or empty folder: never another run's files
+    run_dir = claim.path
+    discard = False  # a tune refused before its first trial leaves no run directory
     handler = attach_log_file(run_dir / "log.txt", log)
     tracker = None
     study = None
@@ -406,13 +408,16 @@ def run_tuning(
         if tracker is not None:
             tracker.finish("KILLED")
         raise
-    except BaseException:
+    except BaseException as exc:
         if tracker is not None:
             tracker.finish("FAILED")
+        discard = isinstance(exc, UserError) and not finished_here and not running
         raise
     finally:
         log.removeHandler(handler)
         handler.close()
+        if discard:
+            claim.discard()
 
 
 def _trial_counts(study: Any) -> dict[str, int]:
