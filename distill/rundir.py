@@ -68,33 +68,32 @@ def claim_run_dir(name: str, output: str | Path | None, root: str | Path = "runs
 
     A run never writes into a folder that holds anything (it would overwrite or mix with what is
     there); ``resume=True`` is the one way into an existing run directory. The claim is exclusive:
-    ``log.txt`` is created with ``O_EXCL``, so two runs pointed at one empty folder cannot share it.
+    a new folder by ``mkdir``, an empty one by creating ``log.txt`` with ``O_EXCL``, so two runs
+    pointed at one folder cannot share it.
     ``hint`` ends the "not empty" message (how else the user may proceed).
     """
     folder = Path(output) if output is not None else Path(root)
     created = _missing_ancestors(folder)
     try:
         if resume:
-            path = folder
-            fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)  # a unique name: another run may probe too
-            os.close(fd)
-            os.unlink(probe)
-            return RunDirClaim(path, [], resumed=True)
+            _probe(folder)
+            return RunDirClaim(folder, [], resumed=True)
         if folder.exists() and not folder.is_dir():
             raise UserError(f"output folder '{folder}' is a file, not a folder; choose a new folder")
         folder.mkdir(parents=True, exist_ok=True)
-        if output is None:
+        if output is None:  # the exclusive mkdir is the claim
             path = _claim_new_folder(folder, f"{datetime.now():%Y%m%d-%H%M%S}-{name}")
             created.append(path)
+            _probe(path)
         else:
             path = folder
             if any(path.iterdir()):
                 raise UserError(f"output folder '{folder}' is not empty; choose a new folder{hint}")
-        try:
-            os.close(os.open(path / "log.txt", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        except FileExistsError:  # another run claimed the same empty folder a moment ago
-            raise UserError(f"output folder '{folder}' is not empty (another run is writing there); "
-                            f"choose a new folder{hint}") from None
+            try:  # the claim of an existing empty folder: the run's log.txt, created exclusively
+                os.close(os.open(path / "log.txt", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            except FileExistsError:  # another run claimed the same empty folder a moment ago
+                raise UserError(f"output folder '{folder}' is not empty (another run is writing there); "
+                                f"choose a new folder{hint}") from None
     except OSError as exc:
         _rmdirs(created)
         raise UserError(f"output folder '{folder}' is not writable: {exc.strerror or exc}") from None
@@ -102,6 +101,13 @@ def claim_run_dir(name: str, output: str | Path | None, root: str | Path = "runs
         _rmdirs(created)
         raise
     return RunDirClaim(path, created)
+
+
+def _probe(folder: Path) -> None:
+    """Raise ``OSError`` unless a file can be created in ``folder`` (a unique name: another run may probe too)."""
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _missing_ancestors(folder: Path) -> list[Path]:
