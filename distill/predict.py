@@ -87,7 +87,8 @@ def check_output(output: str | Path, force: bool = False) -> Path:
     """``output`` names a file to create in an existing folder; an existing file only with ``force``."""
     out = Path(output)
     if out.is_dir():
-        raise UserError(f"output '{out}' is a folder; give a file path for the predictions, such as '{out / 'predictions.csv'}'")
+        raise UserError(f"output '{out}' is a folder; give a file path for the predictions, "
+                        f"such as '{out / 'predictions.csv'}'")
     if (out.exists() or out.is_symlink()) and not force:
         raise UserError(f"output file '{out}' already exists; predict does not overwrite it unless you pass --force")
     if not out.parent.is_dir():
