@@ -267,3 +267,13 @@ def test_the_refusals_leave_the_working_folder_clean(tmp_path: Path, monkeypatch
     (tmp_path / "out" / "x").write_text("x")
     assert main(["run", EXPERIMENT, "-o", "out", *FAST]) == 2
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_teacher_train_with_a_dead_tracking_server_stops_before_training_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tracking check comes first: no hour of training that ends in exit 2 with a checkpoint left behind."""
+    target = tmp_path / "teachers" / "t.pt"
+    assert main(["teacher", "train", DIGITS_TEACHER, "-o", str(target), "-q", "--set", "train.epochs=1",
+                 "--set", 'tracking.uri="http://127.0.0.1:9"']) == 2
+    one_error(capsys.readouterr().err, "tracking.uri http://127.0.0.1:9", "does not answer")
+    assert not list(tmp_path.iterdir())
