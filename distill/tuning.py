@@ -411,7 +411,7 @@ def run_tuning(
     except BaseException as exc:
         if tracker is not None:
             tracker.finish("FAILED")
-        discard = isinstance(exc, UserError) and not finished_here and not running
+        discard = isinstance(exc, UserError) and not finished_here  # refused before any trial finished
         raise
     finally:
         log.removeHandler(handler)
@@ -445,7 +445,8 @@ def _resume_command(run_dir: Path, study: str, storage: str, trials: int | None,
 
 
 class _HideInterruptedTrial(logging.Filter):
-    """Drops Optuna's "Trial N failed ..." records (one with a traceback) for a trial stopped by a signal."""
+    """Drops Optuna's "Trial N failed ..." records (one with a traceback) for a trial stopped by a signal
+    or by bad input (a ``UserError``, which the CLI prints as its one ``error:`` line)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -454,7 +455,7 @@ class _HideInterruptedTrial(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         head = " ".join(record.getMessage().split()[:2])  # "Trial 19"
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+        if isinstance(error, (Interrupted, KeyboardInterrupt, UserError)):  # the CLI says it in one line
             self.hidden.add(head)
         return head not in self.hidden
 

@@ -197,6 +197,21 @@ def test_tune_into_a_non_empty_folder_is_refused_untouched(tmp_path: Path, capsy
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("where", ["new", "default"])
+def test_a_tune_refused_in_its_first_trial_leaves_no_run_directory(
+        tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The teacher cannot be fit: exit 2 from the first trial, and neither ``-o DIR`` nor ``runs/`` is left."""
+    from tests.test_tuning import write_config
+
+    toml = write_config(tmp_path, teacher={"kind": "sklearn", "estimator": "sklearn.linear_model:LogisticRegression",
+                                           "params": {"C": -1.0}})
+    monkeypatch.chdir(tmp_path)
+    out = ["-o", str(tmp_path / "a" / "out")] if where == "new" else []
+    assert main(["tune", str(toml), "--storage", "journal.log", *out, "--no-track", "-q", "--trials", "2"]) == 2
+    one_error(capsys.readouterr().err, "teacher 'sklearn' cannot be fit")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.log", "tune.toml"]  # the study is outside
+
+
 # --------------------------------------------------------------------------- teacher train -o
 
 
