@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run, optional=True)
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue an interrupted or killed run from its checkpoints (no experiment file)")
-    _add_output_args(run, "run directory (default runs/<timestamp>-<name>/)", "run")
+    _add_output_args(run, "run directory, a new or empty folder (default runs/<timestamp>-<name>/); an existing run "
+                          "continues only with --resume", "run")
 
     check = verbs.add_parser("check", help="validate the config and data and print what would run")
     _add_config_args(check)
@@ -70,18 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--study", help="study name (default tune.study, else the experiment name)")
     tune.add_argument("--storage", help="journal file or RDB URL (default tune.storage, else optuna-journal.log)")
     tune.add_argument("--jobs", type=int, default=1, help="parallel trials in this process (threads)")
-    _add_output_args(tune, "run directory (default runs/<timestamp>-<name>-tune/)", "study")
+    _add_output_args(tune, "run directory, a new or empty folder (default runs/<timestamp>-<name>-tune/)", "study")
 
     teacher = verbs.add_parser("teacher", help="teacher actions: train")
     teacher_verbs = teacher.add_subparsers(dest="teacher_verb", required=True, parser_class=_Parser, metavar="ACTION")
     teacher_train = teacher_verbs.add_parser("train", help="train a network teacher (teacher.arch) on all labelled rows")
     _add_config_args(teacher_train)
-    _add_output_args(teacher_train, "checkpoint path (default teacher.checkpoint)", "training")
+    _add_output_args(teacher_train, "checkpoint path, a new file: an existing one is never overwritten "
+                                    "(default teacher.checkpoint)", "training")
 
     predict = verbs.add_parser("predict", help="predict classes for a CSV with a trained student")
     predict.add_argument("source", help="run directory, student.pt, or MLflow model URI (models:/..., runs:/.../student)")
     predict.add_argument("data", help="CSV with the feature columns the student was trained on")
-    predict.add_argument("--output", "-o", help="CSV to write (default: standard output)")
+    predict.add_argument("--output", "-o", help="CSV file to write, a new one unless --force (default: standard output)")
+    predict.add_argument("--force", action="store_true", help="replace the --output file if it exists")
     predict.add_argument("--arch", action="append", default=[], metavar="MODULE:CLASS",
                          help="trust this import path as the student's architecture (a checkpoint that names an "
                               "import path is refused unless you name it too; registered names need nothing)")
@@ -208,7 +211,8 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from distill.predict import predict_csv
 
-    result = predict_csv(args.source, args.data, args.output, args.tracking_uri, trusted_archs=args.arch)
+    result = predict_csv(args.source, args.data, args.output, args.tracking_uri, trusted_archs=args.arch,
+                         force=args.force)
     if args.output is None:
         result.to_csv(sys.stdout, index=False, float_format="%.6g")
     else:

@@ -20,7 +20,7 @@ from distill.errors import DataError, UserError
 from distill.rundir import atomic_write
 from distill.serving import load_checkpoint, servable_from_checkpoint
 
-__all__ = ["resolve_checkpoint", "predict_frame", "predict_csv"]
+__all__ = ["resolve_checkpoint", "predict_frame", "predict_csv", "check_output"]
 
 _MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://", "dbfs:/")
 
@@ -88,16 +88,32 @@ def predict_frame(payload: dict[str, Any], frame: Any, where: str, trusted_archs
     return out
 
 
+def check_output(output: str | Path, force: bool = False) -> Path:
+    """``output`` names a file to create in an existing folder; an existing file only with ``force``."""
+    out = Path(output)
+    if out.is_dir():
+        raise UserError(f"output '{out}' is a folder; give a file path for the predictions, "
+                        f"such as '{out / 'predictions.csv'}'")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UserError(f"output file '{out}' already exists; predict does not overwrite it unless you pass --force")
+    if not out.parent.is_dir():
+        raise UserError(f"output folder '{out.parent}' does not exist")
+    return out
+
+
 def predict_csv(source: str, data: str | Path, output: str | Path | None, tracking_uri: str | None = None,
-                trusted_archs: Collection[str] = ()) -> Any:
-    """Read ``data`` (CSV with the training feature columns), predict, write ``output`` (or return the frame)."""
+                trusted_archs: Collection[str] = (), *, force: bool = False) -> Any:
+    """Read ``data`` (CSV with the training feature columns), predict, write ``output`` (or return the frame).
+
+    ``output`` must be a new file unless ``force`` (then an existing file is replaced, atomically).
+    """
+    if output is not None:
+        check_output(output, force)  # before the model or data are read: a refused output costs nothing
     payload = load_checkpoint(resolve_checkpoint(source, tracking_uri))
     path = Path(data)
     frame = read_csv_frame(path)
     result = predict_frame(payload, frame, f"data file '{path}'", trusted_archs)
     if output is not None:
-        out = Path(output)
-        if not out.parent.is_dir():
-            raise UserError(f"output folder '{out.parent}' does not exist")
+        out = check_output(output, force)
         atomic_write(out, lambda tmp: result.to_csv(tmp, index=False, float_format="%.6g"))
     return result

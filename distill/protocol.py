@@ -10,6 +10,7 @@ on the same rows and batches.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 import students
-from distill.config import Config, expand_sweep
+from distill.config import Config, config_dict, expand_sweep
 from distill.cache import SoftTargetCache, array_digest
 from distill.checkpoints import Checkpoints
 from distill.data import Dataset, Scaler, Split, augment_rows, fit_scaler, load_dataset, split_dataset
@@ -607,8 +608,9 @@ def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bo
 def _fit_group(jobs: list[StudentJob], models: list[nn.Module], settings: list[FitSettings], key: str,
                checkpoints: Checkpoints | None, stop: StopRequest | None, progress: bool) -> list[FitResult]:
     """One fit of one or more students (stacked), resumed from or recorded in ``checkpoints``."""
+    identity = _fit_identity(key, jobs)  # recorded with the fit's checkpoints, checked on resume
     if checkpoints is not None:
-        done = checkpoints.finished(key, models)
+        done = checkpoints.finished(key, models, identity)
         if done is not None:
             return done
     first = jobs[0].prepared
@@ -621,17 +623,28 @@ def _fit_group(jobs: list[StudentJob], models: list[nn.Module], settings: list[F
                 models, [j.taught.train for j in jobs], settings, num_classes=first.dataset.num_classes,
                 validations=[j.taught.validation for j in jobs], progress=progress,
                 description=jobs[0].system if len(jobs) == 1 else f"{len(jobs)} students",
-                checkpoint=checkpoints.saver(key) if checkpoints is not None else None,
+                checkpoint=checkpoints.saver(key, identity) if checkpoints is not None else None,
                 checkpoint_due=checkpoints.due if checkpoints is not None else None,
-                resume=checkpoints.in_progress(key) if checkpoints is not None else None,
+                resume=checkpoints.in_progress(key, identity) if checkpoints is not None else None,
                 stop_requested=stop,
             )
     except FitInterrupted as exc:
         raise Interrupted(stop.signal_name if stop is not None and stop.signal_name else "SIGINT",
                           f"at epoch {exc.epoch}, step {exc.step} of fit {key}") from None
     if checkpoints is not None:
-        checkpoints.finish(key, models, results)
+        checkpoints.finish(key, models, results, identity)
     return results
+
+
+def _fit_identity(key: str, jobs: list[StudentJob]) -> dict[str, Any]:
+    """Which fit a checkpoint belongs to: its key and, per member, system, episode seed, KL weight, config."""
+    members = []
+    for job in jobs:
+        text = json.dumps(config_dict(job.prepared.config), sort_keys=True, default=str)
+        members.append({"system": job.system, "seed": int(job.prepared.config.seed),
+                        "kl_weight": None if job.kl_weight is None else float(job.kl_weight),
+                        "config": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]})
+    return {"key": key, "members": members}
 
 
 def run_episode(

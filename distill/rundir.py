@@ -10,32 +10,122 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
 
-__all__ = ["create_run_dir", "atomic_write", "write_text", "write_json", "attach_log_file", "to_jsonable"]
+__all__ = [
+    "create_run_dir", "claim_run_dir", "RunDirClaim", "atomic_write", "write_text", "write_json", "attach_log_file",
+    "to_jsonable",
+]
 
 
-def create_run_dir(name: str, output: str | Path | None, root: str | Path = "runs") -> Path:
-    """``runs/<timestamp>-<name>/`` (a suffix when taken), or ``output`` as given; checked writable."""
+@dataclass
+class RunDirClaim:
+    """A run directory this process claimed, and the folders it created to do so.
+
+    ``discard()`` puts things back as they were (for a run that fails before training): a folder
+    the run created goes, with the parents it created; a folder that was empty is emptied again.
+    """
+
+    path: Path
+    created: list[Path] = field(default_factory=list)  # deepest last: path's new ancestors, then path itself
+    resumed: bool = False
+
+    def discard(self) -> None:
+        if self.resumed:
+            return  # an earlier run's folder: what is there is that run's
+        if self.path in self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:  # a folder that was empty before this run
+            for child in self.path.iterdir() if self.path.is_dir() else []:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        for folder in reversed([c for c in self.created if c != self.path]):
+            try:
+                folder.rmdir()  # only if still empty: a concurrent run may have put its folder there
+            except OSError:
+                break
+
+
+def create_run_dir(name: str, output: str | Path | None, root: str | Path = "runs", *, resume: bool = False,
+                   hint: str = "") -> Path:
+    """``claim_run_dir(...).path``."""
+    return claim_run_dir(name, output, root, resume=resume, hint=hint).path
+
+
+def claim_run_dir(name: str, output: str | Path | None, root: str | Path = "runs", *, resume: bool = False,
+                  hint: str = "") -> RunDirClaim:
+    """``runs/<timestamp>-<name>/`` (a suffix when taken), or ``output``: a new or empty folder.
+
+    A run never writes into a folder that holds anything (it would overwrite or mix with what is
+    there); ``resume=True`` is the one way into an existing run directory. The claim is exclusive:
+    a new folder by ``mkdir``, an empty one by creating ``log.txt`` with ``O_EXCL``, so two runs
+    pointed at one folder cannot share it.
+    ``hint`` ends the "not empty" message (how else the user may proceed).
+    """
     folder = Path(output) if output is not None else Path(root)
+    created = _missing_ancestors(folder)
     try:
+        if resume:
+            _probe(folder)
+            return RunDirClaim(folder, [], resumed=True)
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"output folder '{folder}' is a file, not a folder; choose a new folder")
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder if output is not None else _claim_new_folder(folder, f"{datetime.now():%Y%m%d-%H%M%S}-{name}")
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)  # a unique name: another run may probe too
-        os.close(fd)
-        os.unlink(probe)
+        if output is None:  # the exclusive mkdir is the claim
+            path = _claim_new_folder(folder, f"{datetime.now():%Y%m%d-%H%M%S}-{name}")
+            created.append(path)
+            _probe(path)
+        else:
+            path = folder
+            if any(path.iterdir()):
+                raise UserError(f"output folder '{folder}' is not empty; choose a new folder{hint}")
+            try:  # the claim of an existing empty folder: the run's log.txt, created exclusively
+                os.close(os.open(path / "log.txt", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            except FileExistsError:  # another run claimed the same empty folder a moment ago
+                raise UserError(f"output folder '{folder}' is not empty (another run is writing there); "
+                                f"choose a new folder{hint}") from None
     except OSError as exc:
+        _rmdirs(created)
         raise UserError(f"output folder '{folder}' is not writable: {exc.strerror or exc}") from None
-    stale = path / "summary.json"
-    if stale.exists():  # an earlier run in the same --output folder: never let it look current
-        stale.unlink()
-    return path
+    except UserError:
+        _rmdirs(created)
+        raise
+    return RunDirClaim(path, created)
+
+
+def _probe(folder: Path) -> None:
+    """Raise ``OSError`` unless a file can be created in ``folder`` (a unique name: another run may probe too)."""
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _missing_ancestors(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, outermost first (what ``mkdir -p`` creates)."""
+    missing = []
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists() or candidate.is_symlink():
+            break
+        missing.append(candidate)
+    return list(reversed(missing))
+
+
+def _rmdirs(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _claim_new_folder(root: Path, stem: str) -> Path:
@@ -65,15 +155,17 @@ _UMASK = _current_umask()
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        tmp = Path(tmp_name)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     return path
 

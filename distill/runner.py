@@ -34,7 +34,7 @@ from distill.report import (
 )
 from distill.serving import CHECKPOINT_FORMAT, load_checkpoint, servable_from_checkpoint
 from distill.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
-from distill.rundir import atomic_write, attach_log_file, create_run_dir, write_json, write_text
+from distill.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
 from distill.stats import CI_METHODS, describe, paired_difference, verdict
 
 __all__ = ["run_experiment", "summarise", "save_student", "describe_plan", "result_text"]
@@ -313,116 +313,166 @@ def run_experiment(
     first = prepare_protocol(config)  # every config and data problem surfaces here, before anything is written
     tracking = track and config.tracking.enabled
     uri = preflight(config) if tracking else None  # a dead tracking server is exit 2 before anything is written
-    run_dir = create_run_dir(config.name, output)
-    handler = attach_log_file(run_dir / "log.txt", log)
-    tracker: Tracker = NullTracker()
+    claim = claim_run_dir(config.name, output, resume=resume,
+                          hint=f", or continue an interrupted run with --resume {output}" if output is not None else "")
+    run_dir = claim.path
     config_text = to_toml(config_dict(config))
     checkpoints = Checkpoints(run_dir / CHECKPOINT_FOLDER, every=config.train.checkpoint_every,
                               interval=float(config.train.checkpoint_interval), config=config_text)
-    meta = checkpoints.read_meta() if resume else {}
-    if not resume:
-        checkpoints.remove()  # a reused --output folder: never resume someone else's fits
+    meta = checkpoints.verify_resume() if resume else {}  # every record must belong to this config
+    handler = attach_log_file(run_dir / "log.txt", log)
+    tracker: Tracker = NullTracker()
     stop = StopRequest()
     logged = {"n": int(meta.get("logged", 0))}
-    try:
-        write_text(run_dir / "config.toml", config_text)
-        log.info("%s run directory %s", "resuming" if resume else "run", run_dir)
-        if uri is not None:
-            tracker = open_tracker(config, uri, run_dir.name, str(first[0].device), run_id=meta.get("mlflow_run_id"))
-            meta["mlflow_run_id"] = getattr(tracker, "run_id", None)
-        checkpoints.write_meta({**meta, "logged": logged["n"]})
-        for line in describe_plan(first[0]).splitlines():
-            log.info(line)
-        sweep_key = config.sweep[0] if config.sweep is not None else None
-        nested = config.protocol.episodes * (len(config.sweep[1]) if config.sweep else 1) > 1
-        soft_cache = soft_target_cache(config)
+    discard = False  # a run refused before it trained anything leaves no run directory
+    tracker_box = [tracker]  # the tracker _run_in opens, for the handlers below
+    with stop.installed():
+        try:
+            return _run_in(config, first, run_dir, checkpoints, meta, stop, logged, tracking, uri, resume,
+                           progress, started, tracker_box)
+        except Interrupted as exc:
+            tracker = tracker_box[0]
+            log.error("run interrupted by %s %s; resume with: python -m distill run --resume %s",
+                      exc.signal_name, exc.where, run_dir)
+            write_json(run_dir / "summary.json", {
+                "status": "interrupted",
+                "signal": exc.signal_name,
+                "stopped": exc.where,
+                "name": config.name,
+                "run_dir": str(run_dir),
+                "resume": f"python -m distill run --resume {run_dir}",
+                "mlflow_run_id": meta.get("mlflow_run_id"),
+                "seconds": round(time.perf_counter() - started, 3),
+            })
+            tracker.finish("KILLED")
+            exc.run_dir = run_dir  # type: ignore[attr-defined]
+            exc.resume = f"python -m distill run --resume {run_dir}"  # type: ignore[attr-defined]
+            raise
+        except KeyboardInterrupt:
+            log.error("run interrupted")
+            tracker_box[0].finish("KILLED")
+            raise
+        except OSError as exc:  # a full disk, a folder gone: one line, and no summary that looks finished
+            where = f" ({exc.filename})" if exc.filename else ""
+            _to_file(handler, f"run failed: cannot write{where}: {exc.strerror or exc}")  # the CLI prints the error
+            tracker_box[0].finish("FAILED")
+            discard = not resume and not checkpoints.has_fits()
+            raise UserError(f"cannot write the run directory {run_dir}{where}: {exc.strerror or exc}") from None
+        except UserError as exc:
+            _to_file(handler, f"run failed: {'; '.join(exc.problems)}")  # the CLI prints the error line
+            tracker_box[0].finish("FAILED")
+            discard = not resume and not checkpoints.has_fits()
+            raise
+        except BaseException as exc:
+            log.error("run failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            tracker_box[0].finish("FAILED")
+            raise
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+            if discard:
+                claim.discard()
 
-        def on_result(result: EpisodeResult) -> None:
-            _log_episode(tracker, result, sweep_key, nested)
-            logged["n"] += 1
-            if tracking:  # a resumed run does not log these episodes twice
-                checkpoints.write_meta({**meta, "logged": logged["n"]})
 
-        with stop.installed():
-            first, results = run_protocol(
-                config, first, progress=progress, on_result=on_result, soft_cache=soft_cache,
-                checkpoints=checkpoints, stop=stop, reported=logged["n"] if tracking else 0,
-            )
-        if soft_cache.folder is not None:
-            log.info("soft-target cache %s: %d hit(s), %d miss(es)", soft_cache.folder, soft_cache.hits, soft_cache.misses)
-        runs = []
-        for r in results:
-            for system, fit_result in (("student", r.student_fit), ("baseline", r.baseline_fit)):
-                labels: dict[str, Any] = {"episode": r.episode, "seed": r.seed, "system": system}
-                if sweep_key is not None:
-                    labels["value"] = r.value
-                runs.append((labels, fit_result.history))
-        write_history(run_dir / "history.csv", runs)
-        head = results[0]  # episode 0 (first sweep value): the run repeated by --episodes 1
-        save_student(run_dir / "student.pt", first[0], head)
-        plot_learning_curves(
-            run_dir / "learning_curves.png", {"student": head.student_fit.history, "baseline": head.baseline_fit.history}
+def _to_file(handler: logging.Handler, message: str) -> None:
+    """An error record for ``log.txt`` alone: the console gets the problem once, as the CLI's ``error:`` line."""
+    handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), None))
+
+
+def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: Checkpoints, meta: dict[str, Any],
+            stop: StopRequest, logged: dict[str, int], tracking: bool, uri: str | None, resume: bool, progress: bool,
+            started: float, tracker_box: list[Tracker]) -> tuple[Path, dict[str, Any]]:
+    """The body of ``run_experiment`` once the run directory is claimed (signals routed to ``stop``).
+
+    After training, ``stop.check`` runs between the artifacts: a signal that came in while one was
+    being written lets that file finish (each is written atomically), then ends the run
+    "interrupted" with its fit records kept, so ``--resume`` loads every fit and writes them again.
+    Once ``summary.json`` says completed, the run is done and finishes its last MLflow calls.
+    """
+    write_text(run_dir / "config.toml", checkpoints.config)
+    log.info("%s run directory %s", "resuming" if resume else "run", run_dir)
+    tracker = tracker_box[0]
+    if uri is not None:
+        tracker = tracker_box[0] = open_tracker(config, uri, run_dir.name, str(first[0].device),
+                                                run_id=meta.get("mlflow_run_id"))
+        meta["mlflow_run_id"] = getattr(tracker, "run_id", None)
+    checkpoints.write_meta({**meta, "logged": logged["n"]})
+    for line in describe_plan(first[0]).splitlines():
+        log.info(line)
+    sweep_key = config.sweep[0] if config.sweep is not None else None
+    nested = config.protocol.episodes * (len(config.sweep[1]) if config.sweep else 1) > 1
+    soft_cache = soft_target_cache(config)
+
+    def on_result(result: EpisodeResult) -> None:
+        _log_episode(tracker, result, sweep_key, nested)
+        logged["n"] += 1
+        if tracking:  # a resumed run does not log these episodes twice
+            checkpoints.write_meta({**meta, "logged": logged["n"]})
+
+    first, results = run_protocol(
+        config, first, progress=progress, on_result=on_result, soft_cache=soft_cache,
+        checkpoints=checkpoints, stop=stop, reported=logged["n"] if tracking else 0,
+    )
+
+    def written(name: str) -> None:
+        stop.check(f"after training, while writing the results ({name} written)")
+
+    stop.check("after training, before writing the results")
+    if soft_cache.folder is not None:
+        log.info("soft-target cache %s: %d hit(s), %d miss(es)", soft_cache.folder, soft_cache.hits, soft_cache.misses)
+    runs = []
+    for r in results:
+        for system, fit_result in (("student", r.student_fit), ("baseline", r.baseline_fit)):
+            labels: dict[str, Any] = {"episode": r.episode, "seed": r.seed, "system": system}
+            if sweep_key is not None:
+                labels["value"] = r.value
+            runs.append((labels, fit_result.history))
+    write_history(run_dir / "history.csv", runs)
+    written("history.csv")
+    head = results[0]  # episode 0 (first sweep value): the run repeated by --episodes 1
+    save_student(run_dir / "student.pt", first[0], head)
+    written("student.pt")
+    plot_learning_curves(
+        run_dir / "learning_curves.png", {"student": head.student_fit.history, "baseline": head.baseline_fit.history}
+    )
+    written("learning_curves.png")
+    plot_confusion_matrix(
+        run_dir / "confusion_matrix.png", head.test_targets, head.test_predictions["student"],
+        first[0].dataset.classes, title="student on the test rows (episode 0)",
+    )
+    written("confusion_matrix.png")
+    summary = summarise(config, first, results, run_dir, time.perf_counter() - started)
+    summary["soft_target_cache"] = soft_cache.stats()
+    if sweep_key is not None:
+        name = f"sweep_{sweep_key.replace('.', '_')}.png"
+        plot_sweep(run_dir / name, sweep_key, summary["sweep"]["points"])
+        written(name)
+        for i, point in enumerate(summary["sweep"]["points"]):
+            tracker.log_metrics(_aggregate_metrics(point), step=i)
+    else:
+        if config.protocol.episodes > 1:
+            plot_paired(run_dir / "episodes.png", summary["episodes"], config.protocol.metric)
+            written("episodes.png")
+        tracker.log_metrics(_aggregate_metrics(summary))
+    written("the aggregate metrics to MLflow")
+    for line in result_text(summary).splitlines():
+        log.debug(line)  # the file gets the table; the console gets it once, from the CLI
+    if tracking:
+        tracker.log_dataset(_dataset_frame(first[0]), config.data.source, first[0].dataset.name)
+        written("the dataset to MLflow")
+        model = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"), trusted=(config.student.arch,))
+        summary["mlflow_run_id"] = tracker.run_id
+        summary["mlflow_model_uri"] = tracker.log_student(
+            model, _input_example(first[0]), run_dir / "student.pt", first[0].dataset.classes
         )
-        plot_confusion_matrix(
-            run_dir / "confusion_matrix.png", head.test_targets, head.test_predictions["student"],
-            first[0].dataset.classes, title="student on the test rows (episode 0)",
-        )
-        summary = summarise(config, first, results, run_dir, time.perf_counter() - started)
-        summary["soft_target_cache"] = soft_cache.stats()
-        if sweep_key is not None:
-            plot_sweep(run_dir / f"sweep_{sweep_key.replace('.', '_')}.png", sweep_key, summary["sweep"]["points"])
-            for i, point in enumerate(summary["sweep"]["points"]):
-                tracker.log_metrics(_aggregate_metrics(point), step=i)
-        else:
-            if config.protocol.episodes > 1:
-                plot_paired(run_dir / "episodes.png", summary["episodes"], config.protocol.metric)
-            tracker.log_metrics(_aggregate_metrics(summary))
-        for line in result_text(summary).splitlines():
-            log.debug(line)  # the file gets the table; the console gets it once, from the CLI
-        if tracking:
-            tracker.log_dataset(_dataset_frame(first[0]), config.data.source, first[0].dataset.name)
-            model = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"), trusted=(config.student.arch,))
-            summary["mlflow_run_id"] = tracker.run_id
-            summary["mlflow_model_uri"] = tracker.log_student(
-                model, _input_example(first[0]), run_dir / "student.pt", first[0].dataset.classes
-            )
-            log_files(tracker, sorted(p for p in run_dir.iterdir() if p.suffix in (".toml", ".csv", ".png", ".pt")))
-        write_json(run_dir / "summary.json", summary)
-        checkpoints.remove()
-        log.info("done in %.2fs", time.perf_counter() - started)
-        log_files(tracker, [run_dir / "summary.json", run_dir / "log.txt"])
-        tracker.finish("FINISHED")
-        return run_dir, summary
-    except Interrupted as exc:
-        log.error("run interrupted by %s %s; resume with: python -m distill run --resume %s",
-                  exc.signal_name, exc.where, run_dir)
-        write_json(run_dir / "summary.json", {
-            "status": "interrupted",
-            "signal": exc.signal_name,
-            "stopped": exc.where,
-            "name": config.name,
-            "run_dir": str(run_dir),
-            "resume": f"python -m distill run --resume {run_dir}",
-            "mlflow_run_id": meta.get("mlflow_run_id"),
-            "seconds": round(time.perf_counter() - started, 3),
-        })
-        tracker.finish("KILLED")
-        exc.run_dir = run_dir  # type: ignore[attr-defined]
-        exc.resume = f"python -m distill run --resume {run_dir}"  # type: ignore[attr-defined]
-        raise
-    except KeyboardInterrupt:
-        log.error("run interrupted")
-        tracker.finish("KILLED")
-        raise
-    except OSError as exc:  # a full disk, a folder gone: one line, and no summary that looks finished
-        where = f" ({exc.filename})" if exc.filename else ""
-        log.error("run failed: cannot write%s: %s", where, exc.strerror or exc)
-        tracker.finish("FAILED")
-        raise UserError(f"cannot write the run directory {run_dir}{where}: {exc.strerror or exc}") from None
-    except BaseException as exc:
-        log.error("run failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        tracker.finish("FAILED")
-        raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+        written("the MLflow model")
+        log_files(tracker, sorted(p for p in run_dir.iterdir() if p.suffix in (".toml", ".csv", ".png", ".pt")))
+        written("the MLflow artifacts")
+    write_json(run_dir / "summary.json", summary)  # the run is complete from here on
+    checkpoints.remove()
+    log.info("done in %.2fs", time.perf_counter() - started)
+    if stop():
+        log.warning("%s came after the run completed; nothing is lost", stop.signal_name)
+    log_files(tracker, [run_dir / "summary.json", run_dir / "log.txt"])
+    tracker.finish("FINISHED")
+    return run_dir, summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,30 @@ def _check(config: Config, output: str | Path | None) -> Path:
         problems.append("teacher train writes to teacher.checkpoint (or --output); set one")
     if problems:
         raise ConfigError(*problems)
-    return Path(output) if output is not None else Path(str(t.checkpoint))
+    path = Path(output) if output is not None else Path(str(t.checkpoint))
+    _check_target(path, "--output" if output is not None else "teacher.checkpoint")
+    return path
+
+
+def _check_target(path: Path, where: str) -> None:
+    """The checkpoint goes to a new file in a folder that exists or can be created; never over another file.
+
+    ``teacher train`` writes ``path`` and its ``.json`` summary beside it; either one existing means
+    a file this run did not write, which a new training must not replace.
+    """
+    if path.suffix in (".json", ".log"):
+        raise ConfigError(f"{where}: teacher checkpoint '{path}' would collide with its own {path.suffix} summary "
+                          "or log; name it with another suffix, such as .pt")
+    for taken in (path, path.with_suffix(".json")):
+        if taken.is_dir():
+            raise ConfigError(f"{where}: teacher checkpoint '{path}' is a folder; give a file path such as "
+                              f"'{path / 'teacher.pt'}'")
+        if taken.exists() or taken.is_symlink():
+            raise ConfigError(f"{where}: '{taken}' already exists and teacher train does not overwrite a file it did "
+                              "not write; choose a new path (or delete the old checkpoint yourself)")
+    folder = next((p for p in path.parents if p.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: cannot create teacher checkpoint '{path}': '{folder}' is not a writable folder")
 
 
 def train_teacher(
@@ -62,6 +86,11 @@ def train_teacher(
     """Train ``teacher.arch`` on all labelled rows but the held-out test split; write its checkpoint."""
     started = time.perf_counter()
     path = _check(config, output)
+    uri = None
+    if track and config.tracking.enabled:  # a dead tracking server is exit 2 before the training, not after it
+        from distill.tracking import preflight
+
+        uri = preflight(config)
     dataset = load_dataset(config.data.source, config.data.label)
     device = resolve_device(config.train.device)
     k = dataset.num_classes
@@ -135,6 +164,7 @@ def train_teacher(
         "config": config_dict(config),
         "state_dict": {key: v.detach().cpu() for key, v in model.state_dict().items()},
     }
+    _check_target(path, "--output" if output is not None else "teacher.checkpoint")  # nothing appeared meanwhile
     if not path.parent.exists():
         try:
             path.parent.mkdir(parents=True)
@@ -156,8 +186,8 @@ def train_teacher(
             "seconds": time.perf_counter() - started,
             "mlflow_run_id": None,
         }
-        if track and config.tracking.enabled:
-            summary["mlflow_run_id"] = _record(config, path, result.history, test_metrics, str(device))
+        if uri is not None:
+            summary["mlflow_run_id"] = _record(config, uri, path, result.history, test_metrics, str(device))
         write_json(path.with_suffix(".json"), summary)
     finally:
         log.removeHandler(handler)
@@ -165,11 +195,10 @@ def train_teacher(
     return path, summary
 
 
-def _record(config: Config, path: Path, history: list[dict[str, float]], test_metrics: dict[str, float], device: str) -> str:
+def _record(config: Config, uri: str, path: Path, history: list[dict[str, float]], test_metrics: dict[str, float],
+            device: str) -> str:
     """MLflow: one run with the config, the per-epoch history, the test metrics and the checkpoint."""
-    from distill.tracking import MlflowTracker, _git_commit, preflight
-
-    uri = preflight(config)
+    from distill.tracking import MlflowTracker, _git_commit
     tags = {"dataset": config.data.source, "teacher.arch": str(config.teacher.arch), "distill.kind": "teacher train",
             "distill.version": distill.__version__, "device": device}
     commit = _git_commit(Path.cwd())

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from distill.config import Config, config_dict, set_dotted, to_toml, validate_config
-from distill.errors import ConfigError
+from distill.errors import ConfigError, UserError
 from distill.metrics import METRICS, classification_metrics, probabilities
 from distill.cache import SoftTargetCache
 from distill.engine import predict_logits
@@ -46,7 +46,7 @@ from distill.protocol import (
     train_students,
 )
 from distill.objective import hard_loss
-from distill.rundir import attach_log_file, create_run_dir, write_json, write_text
+from distill.rundir import attach_log_file, claim_run_dir, write_json, write_text
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -265,7 +265,9 @@ def run_tuning(
     optuna_storage = resolve_storage(storage_text)
     tracking = track and config.tracking.enabled
     uri = preflight(config) if tracking else None
-    run_dir = create_run_dir(f"{config.name}-tune", output)
+    claim = claim_run_dir(f"{config.name}-tune", output)  # a new or empty folder: never another run's files
+    run_dir = claim.path
+    discard = False  # a tune refused before its first trial leaves no run directory
     handler = attach_log_file(run_dir / "log.txt", log)
     tracker = None
     study = None
@@ -406,13 +408,16 @@ def run_tuning(
         if tracker is not None:
             tracker.finish("KILLED")
         raise
-    except BaseException:
+    except BaseException as exc:
         if tracker is not None:
             tracker.finish("FAILED")
+        discard = isinstance(exc, UserError) and not finished_here  # refused before any trial finished
         raise
     finally:
         log.removeHandler(handler)
         handler.close()
+        if discard:
+            claim.discard()
 
 
 def _trial_counts(study: Any) -> dict[str, int]:
@@ -440,7 +445,8 @@ def _resume_command(run_dir: Path, study: str, storage: str, trials: int | None,
 
 
 class _HideInterruptedTrial(logging.Filter):
-    """Drops Optuna's "Trial N failed ..." records (one with a traceback) for a trial stopped by a signal."""
+    """Drops Optuna's "Trial N failed ..." records (one with a traceback) for a trial stopped by a signal
+    or by bad input (a ``UserError``, which the CLI prints as its one ``error:`` line)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -449,7 +455,7 @@ class _HideInterruptedTrial(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         head = " ".join(record.getMessage().split()[:2])  # "Trial 19"
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+        if isinstance(error, (Interrupted, KeyboardInterrupt, UserError)):  # the CLI says it in one line
             self.hidden.add(head)
         return head not in self.hidden
 

@@ -1,0 +1,166 @@
+"""SIGTERM / SIGINT at any moment after training (issue #13, point 7), in a real process with a real signal.
+
+A small driver runs ``python -m distill run`` in a subprocess whose signal is sent by the process to
+itself at one chosen moment: just before a results file is renamed into place (the write is under
+way), or as a step of the results phase begins. Whatever the moment, the run ends with the
+"interrupted" summary (exit 143 / 130), no temporary file, the MLflow run KILLED, and
+``--resume`` then finishes it to the numbers of a run never interrupted. A signal that arrives as
+``summary.json`` is renamed into place comes after the run completed: it finishes (exit 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from distill.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")
+SETTINGS = ["--set", "train.epochs=3", "--set", "protocol.episodes=2", "--set", "teacher.cache=false", "-q"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+DRIVER = textwrap.dedent('''
+    import os, signal, sys
+
+    target, sig, argv = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3:]
+    fired = []
+
+    def fire():
+        if not fired:
+            fired.append(True)
+            os.kill(os.getpid(), sig)
+
+    if target.startswith("file:"):  # while the file is written: after its bytes, before its rename
+        name, real_replace = target[5:], os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if str(dst).endswith(name):
+                fire()
+            return real_replace(src, dst, *args, **kwargs)
+
+        os.replace = replace
+    else:  # as a step begins: "module:attribute" or "module:Class.method"
+        import importlib
+
+        module, _, dotted = target.partition(":")
+        owner = importlib.import_module(module)
+        *path, attr = dotted.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        real = getattr(owner, attr)
+
+        def wrapped(*args, **kwargs):
+            fire()
+            return real(*args, **kwargs)
+
+        setattr(owner, attr, wrapped)
+    from distill.cli import main
+
+    sys.exit(main(argv))
+''')
+
+
+def _signalled(tmp_path: Path, target: str, sig: signal.Signals, out: Path, *extra: str,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {**(env or os.environ), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(driver), target, sig.name, "run", EXPERIMENT, "-o", str(out),
+                           *SETTINGS, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _temporary_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith(".write-test.")]
+
+
+def _numbers(summary: dict) -> dict:
+    from tests.test_interrupts import _numbers as strip
+
+    return strip(summary)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("clean") / "run"
+    assert main(["run", EXPERIMENT, "-o", str(out), *SETTINGS, "--no-track"]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+MOMENTS = {
+    "as the results phase begins": "distill.runner:write_history",
+    "while history.csv is written": "file:history.csv",
+    "while student.pt is written": "file:student.pt",
+    "while learning_curves.png is written": "file:learning_curves.png",
+    "while confusion_matrix.png is written": "file:confusion_matrix.png",
+    "while episodes.png is written": "file:episodes.png",
+}
+CASES = [(moment, signal.SIGTERM) for moment in MOMENTS] + [
+    ("while history.csv is written", signal.SIGINT), ("while student.pt is written", signal.SIGINT)]
+
+
+@pytest.mark.parametrize(("moment", "sig"), CASES, ids=[f"{m}-{s.name}" for m, s in CASES])
+def test_a_signal_while_the_results_are_written_ends_interrupted_and_resume_finishes(
+        tmp_path: Path, clean: dict, moment: str, sig: signal.Signals) -> None:
+    out = tmp_path / "run"
+    done = _signalled(tmp_path, MOMENTS[moment], sig, out, "--no-track")
+    assert done.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig], done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"resume with: python -m distill run --resume {out}" in done.stderr
+    partial = json.loads((out / "summary.json").read_text())
+    assert partial["status"] == "interrupted" and partial["signal"] == sig.name
+    assert "after training" in partial["stopped"]
+    assert not _temporary_files(out), _temporary_files(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["driver.py", "run"]  # nothing outside the run
+
+    assert main(["run", "--resume", str(out), "--no-track", "-q"]) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["status"] == "completed"
+    assert _numbers(resumed) == _numbers(clean)
+    assert not (out / "checkpoints").exists() and not _temporary_files(out)
+
+
+def test_a_signal_as_the_completed_summary_lands_lets_the_run_finish(tmp_path: Path, clean: dict) -> None:
+    out = tmp_path / "run"
+    done = _signalled(tmp_path, "file:summary.json", signal.SIGTERM, out, "--no-track")
+    assert done.returncode == 0, done.stderr
+    assert "came after the run completed" in done.stderr and "Traceback" not in done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and _numbers(summary) == _numbers(clean)
+    assert not (out / "checkpoints").exists() and not _temporary_files(out)
+
+
+@pytest.mark.parametrize("target", ["distill.tracking:MlflowTracker.log_student", "file:confusion_matrix.png"])
+def test_with_tracking_the_mlflow_run_is_killed_then_finished_by_resume(tmp_path: Path, target: str) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    out = tmp_path / "run"
+    done = _signalled(tmp_path, target, signal.SIGTERM, out, "--set", "tracking.experiment='signals'", env=env)
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr
+    partial = json.loads((out / "summary.json").read_text())
+    assert partial["status"] == "interrupted" and "after training" in partial["stopped"]
+    client = mlflow.MlflowClient(uri)
+    run_id = partial["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert not _temporary_files(out)
+
+    resumed = subprocess.run([sys.executable, "-m", "distill", "run", "--resume", str(out), "-q"], cwd=tmp_path,
+                             env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["mlflow_run_id"] == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("signals")
+    statuses = [r.info.status for r in client.search_runs([experiment.experiment_id])]
+    assert "RUNNING" not in statuses, statuses
