@@ -25,8 +25,9 @@ import students
 from distill.cache import array_digest
 from distill.config import Config, config_dict, flatten
 from distill.data import draw_stratified, fit_scaler, load_dataset
-from distill.engine import EvaluationRows, TrainingRows, fit, predict_logits
+from distill.engine import EvaluationRows, FitInterrupted, TrainingRows, fit_many, predict_logits
 from distill.errors import ConfigError
+from distill.interrupts import Interrupted, StopRequest
 from distill.metrics import classification_metrics, probabilities
 from distill.protocol import fit_settings
 from distill.rundir import atomic_write, attach_log_file, write_json
@@ -83,7 +84,18 @@ def _check_target(path: Path, where: str) -> None:
 def train_teacher(
     config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True
 ) -> tuple[Path, dict[str, Any]]:
-    """Train ``teacher.arch`` on all labelled rows but the held-out test split; write its checkpoint."""
+    """Train ``teacher.arch`` on all labelled rows but the held-out test split; write its checkpoint.
+
+    SIGINT / SIGTERM stop training after the current step and raise ``Interrupted``; no checkpoint
+    is written then (a teacher trains in one go: run it again).
+    """
+    stop = StopRequest(then="stopping after the current step; teacher train writes no checkpoint")
+    with stop.installed():
+        return _train_teacher(config, output, progress, track, stop)
+
+
+def _train_teacher(config: Config, output: str | Path | None, progress: bool, track: bool,
+                   stop: StopRequest) -> tuple[Path, dict[str, Any]]:
     started = time.perf_counter()
     path = _check(config, output)
     uri = None
@@ -132,8 +144,13 @@ def train_teacher(
         config.teacher.arch, kwargs, train.size, val.size, test.size, device,
     )
     seed_everything(config.seed + 1)
-    result = fit(model, training, settings, num_classes=k, validation=EvaluationRows(rows(val), labels(val)),
-                 progress=progress, description="teacher")
+    try:
+        result = fit_many([model], [training], [settings], num_classes=k,
+                          validations=[EvaluationRows(rows(val), labels(val))], progress=progress,
+                          description="teacher", stop_requested=stop)[0]
+    except FitInterrupted as exc:
+        raise Interrupted(stop.signal_name or "SIGINT",
+                          f"while training the teacher (epoch {exc.epoch}); no checkpoint was written") from None
     logits = predict_logits(model, rows(test))
     metric_values = classification_metrics(probabilities(logits), labels(test), k)
     test_metrics = dict(zip(metric_values, torch.stack(list(metric_values.values())).tolist(), strict=True))
@@ -164,6 +181,7 @@ def train_teacher(
         "config": config_dict(config),
         "state_dict": {key: v.detach().cpu() for key, v in model.state_dict().items()},
     }
+    stop.check("after training the teacher, before writing its checkpoint; no checkpoint was written")
     _check_target(path, "--output" if output is not None else "teacher.checkpoint")  # nothing appeared meanwhile
     if not path.parent.exists():
         try:

@@ -164,3 +164,31 @@ def test_with_tracking_the_mlflow_run_is_killed_then_finished_by_resume(tmp_path
     experiment = client.get_experiment_by_name("signals")
     statuses = [r.info.status for r in client.search_runs([experiment.experiment_id])]
     assert "RUNNING" not in statuses, statuses
+
+
+# --------------------------------------------------------------------------- teacher train
+
+TEACHER_MOMENTS = {
+    "while training": "distill.engine:_batches",
+    "after training, before the checkpoint is written": "distill.teacher_training:predict_logits",
+}
+
+
+@pytest.mark.parametrize("moment", list(TEACHER_MOMENTS))
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_during_teacher_train_writes_no_checkpoint(tmp_path: Path, moment: str, sig: signal.Signals) -> None:
+    """teacher train stops after the step, writes nothing that looks finished, and says so in one line."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    out = tmp_path / "teacher.pt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(driver), TEACHER_MOMENTS[moment], sig.name, "teacher", "train",
+         str(ROOT / "experiments" / "digits_teacher.toml"), "-o", str(out), "--no-track", "-q",
+         "--set", "train.epochs=3", "--set", "teacher.params={channels = [2], kernel_sizes = [3], hidden = [8]}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig], done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and "no checkpoint was written" in lines[0], done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["driver.py"], list(tmp_path.iterdir())
