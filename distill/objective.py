@@ -337,7 +337,10 @@ def distillation_loss(
     kl = kl_divergence(
         student_logits, teacher_logits, temperature=temperature, direction=direction
     )
-    return hard + kl_weight * temperature**2 * kl
+    distilled = hard + kl_weight * temperature**2 * kl
+    if isinstance(kl_weight, Tensor):  # w = 0 selects the hard term: never 0 * (an inf or NaN KL)
+        return torch.where(kl_weight > 0, distilled, hard)
+    return distilled
 
 
 class HardCriterion:
