@@ -126,3 +126,231 @@ def test_the_reference_objective_selects_the_hard_term_for_a_zero_weight_tensor(
     hard = distillation_loss(student, teacher, targets, kl_weight=0.0, temperature=1e-38)
     as_tensor = distillation_loss(student, teacher, targets, kl_weight=torch.tensor(0.0), temperature=1e-38)
     assert torch.isfinite(hard) and torch.equal(as_tensor, hard)
+
+
+# --------------------------------------------------------------------------- sweeps
+
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from distill.cli import main  # noqa: E402
+from distill.config import Config, _leaf_keys, expand_sweep, sweepable_keys, validate_config  # noqa: E402
+from distill.errors import ConfigError  # noqa: E402
+from distill.protocol import _teacher_kwargs, run_protocol  # noqa: E402
+
+SWEEP_BASE: dict[str, Any] = {
+    "seed": 1,
+    "data": {"source": "sklearn:iris", "test_size": 30},
+    "teacher": {"restarts": 0, "cache": False},
+    "student": {"hidden": [8]},
+    "train": {"epochs": 3, "device": "cpu"},
+    "tracking": {"enabled": False},
+}
+_VAL = {"few_shot": {"validation": 2}, "train": {"epochs": 40, "lr": 0.3}}
+_NET = {"teacher": {"kind": "network", "checkpoint": "{net_a}", "arch": "mlp", "params": {"hidden": [4]}}}
+_SKLEARN = "sklearn.linear_model:LogisticRegression"
+
+#: Every sweepable key: the config it takes effect in, and two values that must give different runs.
+SWEEPS: dict[str, tuple[dict[str, Any], Any, Any]] = {
+    "seed": ({}, 0, 1),
+    "data.scale": ({}, "minmax", "standard"),
+    "data.test_size": ({}, 30, 45),
+    "few_shot.labelled": ({}, 6, 9),
+    "few_shot.per_class": ({}, 2, 3),
+    "few_shot.validation": ({}, 0, 2),
+    "few_shot.transfer": ({}, "labelled", "pool"),
+    "few_shot.augment.count": ({"few_shot": {"transfer": "augmented"}}, 5, 10),
+    "few_shot.augment.jitter": ({"few_shot": {"transfer": "augmented"}}, 0.05, 0.5),
+    "few_shot.augment.mixup": ({"few_shot": {"transfer": "augmented"}}, 0.0, 1.0),
+    "few_shot.augment.mixup_alpha": ({"few_shot": {"transfer": "augmented"}}, 0.5, 4.0),
+    "teacher.kind": ({"teacher": {"estimator": _SKLEARN}}, "gaussian_process", "sklearn"),
+    "teacher.kernel": ({}, "auto", "1.0 * RBF(0.2)"),
+    "teacher.restarts": ({"teacher": {"kernel": "1.0 * RBF(1.0) + WhiteKernel(0.5)"}}, 0, 3),
+    "teacher.estimator": ({"teacher": {"kind": "sklearn"}}, _SKLEARN, "sklearn.naive_bayes:GaussianNB"),
+    "teacher.checkpoint": (_NET, "{net_a}", "{net_b}"),
+    "teacher.uri": ({"teacher": {"kind": "network", "arch": "mlp"}}, "models:/a/1", "models:/b/1"),
+    "teacher.arch": (_NET, "mlp", "sweep_student:Linear"),
+    "teacher.input": (_NET, "raw", "scaled"),
+    "student.arch": ({}, "mlp", "sweep_student:Linear"),
+    "objective.hard": ({}, "auto", "focal"),
+    "objective.pos_weight": ({"data": {"source": "sklearn:breast_cancer", "test_size": 100}}, 1.0, 5.0),
+    "objective.kl_weight": ({}, 0.0, 1.0),
+    "objective.temperature": ({}, 1.0, 4.0),
+    "objective.direction": ({}, "forward", "reverse"),
+    "objective.l1": ({}, 0.0, 0.05),
+    "objective.l2": ({}, 0.0, 0.05),
+    "objective.metric_loss": ({}, "triplet", "margin_ranking"),
+    "objective.metric_weight": ({"objective": {"metric_loss": "triplet"}}, 0.1, 1.0),
+    "objective.metric_margin": ({"objective": {"metric_loss": "triplet"}}, 0.5, 3.0),
+    "train.optimizer": ({}, "sgd", "adam"),
+    "train.lr": ({}, 0.01, 0.05),
+    "train.momentum": ({"train": {"optimizer": "sgd"}}, 0.0, 0.9),
+    "train.weight_decay": ({}, 0.0, 0.5),
+    "train.epochs": ({}, 2, 3),
+    "train.batch_size": ({}, 4, 8),
+    "train.replacement": ({}, False, True),
+    "train.scheduler": ({}, "none", "cosine"),
+    "train.step_size": ({"train": {"scheduler": "step"}}, 1, 2),
+    "train.gamma": ({"train": {"scheduler": "step", "step_size": 1}}, 0.1, 0.5),
+    "train.grad_clip": ({}, 0.001, 100.0),
+    "train.restore_best": (_VAL, True, False),
+    "train.precision": ({}, "fp32", "bf16"),
+    "train.early_stopping.monitor": ({**_VAL, "train": {"epochs": 40, "lr": 0.3, "early_stopping": {"patience": 1}}},
+                                     "val_loss", "train_loss"),
+    "train.early_stopping.mode": ({**_VAL, "train": {"epochs": 40, "lr": 0.3, "early_stopping": {
+        "patience": 1, "monitor": "val_accuracy"}}}, "auto", "min"),
+    "train.early_stopping.patience": (_VAL, 0, 1),
+    "train.early_stopping.min_delta": ({**_VAL, "train": {"epochs": 40, "lr": 0.3, "early_stopping": {"patience": 1}}},
+                                       0.0, 10.0),
+}
+#: Keys whose values need a resource a unit test cannot have (an MLflow model) or whose effect is
+#: the network teacher's own; for them the test checks that each value reaches its own teacher.
+TEACHER_ONLY = {"teacher.uri", "teacher.arch"}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _sweep_raw(key: str, values: list[Any], context: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
+    raw = _merge(SWEEP_BASE, context)
+    node = raw
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = list(values)
+    fill = (lambda v: v.format(**files) if isinstance(v, str) else v)
+    return json_map(raw, fill)
+
+
+def json_map(tree: Any, fn: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: json_map(v, fn) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [json_map(v, fn) for v in tree]
+    return fn(tree)
+
+
+@pytest.fixture
+def sweep_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    (tmp_path / "sweep_student.py").write_text(
+        "from torch import nn\n\n\n"
+        "class Linear(nn.Module):\n"
+        "    def __init__(self, in_features, num_outputs, **kwargs):\n"
+        "        super().__init__()\n"
+        "        self.linear = nn.Linear(in_features, num_outputs)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.linear(x)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    files = {}
+    for name, seed in (("net_a", 0), ("net_b", 1)):
+        torch.manual_seed(seed)
+        path = tmp_path / f"{name}.pt"
+        torch.save(build("mlp", (4,), 3, hidden=[4]).state_dict(), path)
+        files[name] = str(path)
+    return files
+
+
+def _what_ran(result: Any) -> tuple:
+    """Everything an episode's numbers come from: rows drawn, teacher, student and baseline outputs, fits."""
+    split = result.split
+    return (
+        tuple(a.tobytes() for a in (split.test, split.labelled, split.validation, split.pool)),
+        tuple(result.test_predictions[s].tobytes() for s in ("teacher", "student", "baseline")),
+        tuple(tuple(h.get("train_loss") for h in fit.history) for fit in (result.student_fit, result.baseline_fit)),
+        tuple(fit.stopped_epoch for fit in (result.student_fit, result.baseline_fit)),
+    )
+
+
+def test_the_sweep_table_covers_every_sweepable_key() -> None:
+    assert sorted(SWEEPS) == sorted(sweepable_keys())
+
+
+@pytest.mark.parametrize("key", sorted(set(_leaf_keys(Config)) - set(sweepable_keys())))
+def test_a_key_read_once_per_run_cannot_be_swept(key: str) -> None:
+    """Every scalar key outside ``sweepable_keys()`` is refused, naming it and the keys that may be swept."""
+    raw = _merge(SWEEP_BASE, {})
+    node = raw
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = ["a", "b"]
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw)
+    (line,) = info.value.problems
+    assert line.startswith(f"{key} cannot be swept") and "objective.kl_weight" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(SWEEPS))
+def test_sweeping_a_sweepable_key_changes_what_runs_per_value(key: str, sweep_files: dict[str, str]) -> None:
+    context, a, b = SWEEPS[key]
+    config = validate_config(_sweep_raw(key, [a, b], context, sweep_files))
+    assert config.sweep is not None and config.sweep[0] == key
+    if key in TEACHER_ONLY:
+        kwargs = [_teacher_kwargs(variant, _iris_like()) for _, variant in expand_sweep(config)]
+        field = {"teacher.uri": "uri", "teacher.arch": "arch"}[key]
+        assert [k[field] for k in kwargs] == [a, b]
+        return
+    _, results = run_protocol(config)
+    assert [r.value for r in results] == list(config.sweep[1])
+    assert _what_ran(results[0]) != _what_ran(results[1]), f"sweeping {key} over {a!r}, {b!r} ran the same thing"
+
+
+def _iris_like() -> Any:
+    from distill.data import load_dataset
+
+    return load_dataset("sklearn:iris")
+
+
+@pytest.mark.parametrize(("key", "context", "condition"), [
+    ("few_shot.augment.count", {}, 'few_shot.transfer = "augmented"'),
+    ("objective.temperature", {"objective": {"kl_weight": 0}}, "objective.kl_weight > 0"),
+    ("objective.direction", {"objective": {"kl_weight": 0}}, "objective.kl_weight > 0"),
+    ("teacher.kernel", {"teacher": {"kind": "sklearn", "estimator": _SKLEARN}}, 'teacher.kind = "gaussian_process"'),
+    ("teacher.estimator", {}, 'teacher.kind = "sklearn"'),
+    ("teacher.input", {}, 'teacher.kind = "network"'),
+    ("objective.metric_margin", {}, "objective.metric_loss is set"),
+    ("train.momentum", {"train": {"optimizer": "adam"}}, 'train.optimizer = "sgd"'),
+    ("train.gamma", {}, 'train.scheduler = "step"'),
+])
+def test_a_key_that_changes_nothing_in_this_config_cannot_be_swept(key: str, context: dict, condition: str,
+                                                                   sweep_files: dict[str, str]) -> None:
+    values = {k: (a, b) for k, (_, a, b) in SWEEPS.items()}[key]
+    with pytest.raises(ConfigError) as info:
+        validate_config(_sweep_raw(key, list(values), context, sweep_files))
+    (line,) = info.value.problems
+    assert line.startswith(f"{key} cannot be swept here") and condition in line
+
+
+@pytest.mark.parametrize("key", ["data.source", "data.label", "train.threads", "teacher.cache"])
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_sweep_over_a_key_read_once_is_exit_2_in_run_and_check(key: str, command: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    values = {"data.source": '["sklearn:iris", "sklearn:wine"]', "data.label": '["label", "y"]',
+              "train.threads": "[1, 2]", "teacher.cache": "[true, false]"}[key]
+    out = tmp_path / "out"
+    argv = [command, str(ROOT / "experiments" / "breast_cancer_gp.toml"), "--set", f"{key}={values}"]
+    if command == "run":
+        argv += ["-o", str(out), "-q", "--no-track"]
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"error: {key} cannot be swept"), err
+    assert not out.exists()
+    assert not any(tmp_path.iterdir())
+
+
+def test_teacher_train_refuses_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "teacher.pt"
+    code = main(["teacher", "train", str(ROOT / "experiments" / "breast_cancer_gp.toml"), "-o", str(out), "--no-track",
+                 "--set", 'teacher.kind="network"', "--set", f'teacher.checkpoint="{out}"', "--set", 'teacher.arch="mlp"',
+                 "--set", "train.lr=[0.01, 0.1]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "train.lr one value, not a sweep" in err[0], err
+    assert not out.exists()
