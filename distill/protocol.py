@@ -25,7 +25,9 @@ import students
 from distill.config import Config, expand_sweep
 from distill.cache import SoftTargetCache, array_digest
 from distill.checkpoints import Checkpoints
-from distill.data import Dataset, Scaler, Split, augment_rows, fit_scaler, load_dataset, split_dataset
+from distill.data import (
+    Dataset, Scaler, Split, augment_rows, check_scaled, fit_scaler, load_dataset, split_dataset,
+)
 from distill.engine import (
     EvaluationRows,
     FitInterrupted,
@@ -232,6 +234,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     if problems:
         raise ConfigError(*problems)
     scaler = fit_scaler(config.data.scale, dataset.x[split.labelled])
+    check_scaled(scaler, dataset.x, dataset.feature_names, f"data.source '{config.data.source}'")
     return Prepared(
         config=config,
         dataset=dataset,

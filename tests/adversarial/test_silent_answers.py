@@ -354,3 +354,237 @@ def test_teacher_train_refuses_a_sweep(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "train.lr one value, not a sweep" in err[0], err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- labels
+
+import json  # noqa: E402
+from fractions import Fraction  # noqa: E402
+
+import pandas as pd  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from distill.data import label_classes, load_dataset, split_dataset  # noqa: E402
+from distill.errors import DataError  # noqa: E402
+
+
+def _numeral(draw: Any) -> str:
+    """A decimal numeral for a number drawn near others: integers past int64, floats, trailing zeros, exponents."""
+    base = draw(st.sampled_from([0, 1, 7, 10**20, 2**63, 2**64, -(2**63) - 1, 123456789012345678901234567890]))
+    offset = draw(st.integers(-2, 2))
+    value = Fraction(base + offset) / draw(st.sampled_from([1, 2, 10, 10**8, 10**30]))
+    form = draw(st.sampled_from(["plain", "zeros", "exp"]))
+    if value.denominator == 1:
+        text = str(value.numerator)
+        return {"plain": text, "zeros": text + ".000", "exp": f"{text}e0"}[form]
+    digits = 40
+    scaled = value * 10**digits
+    if scaled.denominator != 1:
+        return str(float(value))  # a float's shortest repr is exact as a decimal
+    text = f"{int(scaled)}e-{digits}"
+    return text if form != "zeros" else f"{int(scaled) * 1000}e-{digits + 3}"
+
+
+numerals = st.composite(lambda draw: _numeral(draw))()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(numerals, min_size=1, max_size=12))
+def test_numeric_labels_are_classes_by_exact_value(texts: list[str]) -> None:
+    """Two numerals are one class exactly when they are one number (Fraction is the reference), in numeric order."""
+    y, classes = label_classes(np.array(texts), "labels")
+    exact = [Fraction(t) for t in texts]
+    for i in range(len(texts)):
+        for j in range(len(texts)):
+            assert (y[i] == y[j]) == (exact[i] == exact[j]), (texts[i], texts[j])
+    assert [Fraction(c) for c in classes] == sorted(set(exact))
+    assert all(Fraction(classes[c]) == v for c, v in zip(y, exact, strict=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(numerals, st.text(min_size=1, max_size=5)), min_size=1, max_size=12))
+def test_labels_that_are_not_all_numbers_are_classes_by_exact_text(texts: list[str]) -> None:
+    texts = [t for t in texts if "\x00" not in t]
+    if not texts:
+        return
+    try:
+        y, classes = label_classes(np.array(texts), "labels")
+    except DataError as exc:  # "inf" or "nan" among numbers
+        assert "finite number" in str(exc)
+        return
+    as_numbers = all(_is_decimal(t) for t in texts)
+    for i in range(len(texts)):
+        for j in range(len(texts)):
+            same = Fraction(texts[i].strip()) == Fraction(texts[j].strip()) if as_numbers else texts[i] == texts[j]
+            assert (y[i] == y[j]) == same, (texts[i], texts[j])
+
+
+def _is_decimal(text: str) -> bool:
+    try:
+        Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        return False
+    return "_" not in text and "/" not in text
+
+
+def _labelled_csv(tmp_path: Path, labels: list[Any], rows: int = 30, extra: str = "") -> Path:
+    rng = np.random.default_rng(0)
+    classes = sorted(set(range(len(set(labels)))))
+    codes = [i % len(labels) for i in range(rows)]
+    frame = pd.DataFrame({"a": rng.normal(size=rows) + np.array(codes) * 3, "b": rng.normal(size=rows),
+                          "label": [labels[c] for c in codes]})
+    del classes
+    data = tmp_path / "data.csv"
+    frame.to_csv(data, index=False)
+    toml = tmp_path / "exp.toml"
+    toml.write_text(f'name = "labels"\n[data]\nsource = "csv:{data}"\ntest_size = 6\n[few_shot]\nper_class = 2\n'
+                    f"[teacher]\nrestarts = 0\ncache = false\n[train]\nepochs = 2\n{extra}")
+    return toml
+
+
+@pytest.mark.parametrize("labels", [
+    ["100000000000000000000", "100000000000000000001"],  # one float64, two integers
+    ["0.5", "0.50000001"],
+    ["9223372036854775807", "9223372036854775808"],  # int64's last value and one past it
+    ["1e400", "-1e400"],  # no float64 at all
+], ids=["1e20-and-1e20+1", "0.5-and-0.50000001", "int64-edge", "past-float64"])
+def test_distinct_numeric_labels_stay_distinct_classes_end_to_end(labels: list[str], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    toml = _labelled_csv(tmp_path, labels)
+    out = tmp_path / "out"
+    assert main(["run", str(toml), "-o", str(out), "-q", "--no-track"]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert len(summary["data"]["classes"]) == 2
+    assert sorted(Fraction(c) for c in summary["data"]["classes"]) == sorted(Fraction(t) for t in labels)
+
+
+def test_an_id_or_continuous_label_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    toml = _labelled_csv(tmp_path, [f"{i * 1.37:.2f}" for i in range(30)])
+    out = tmp_path / "out"
+    assert main(["run", str(toml), "-o", str(out), "-q", "--no-track"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.label 'label' has 30 distinct values in 30 rows" in err[0], err
+    assert "continuous target or an id" in err[0]
+    assert not out.exists()
+
+
+def test_a_single_class_label_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    toml = _labelled_csv(tmp_path, ["7"])
+    out = tmp_path / "out"
+    assert main(["check", str(toml)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.label 'label' has a single class (7) in all 30 rows" in err[0], err
+
+
+def test_an_infinite_label_among_numbers_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    toml = _labelled_csv(tmp_path, ["1", "inf"])
+    assert main(["check", str(toml)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label column 'label' holds 'inf'" in err[0], err
+
+
+def test_npz_float_labels_past_int64_stay_distinct(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=np.array([1e20, 2e20, 3e20, 4e20] * 5))  # cast to int64, all four were one value
+    data = load_dataset(f"npz:{path}")
+    assert data.num_classes == 4 and [float(c) for c in data.classes] == [1e20, 2e20, 3e20, 4e20]
+    np.savez(path, x=x, y=np.array([2**64 - 1, 0] * 10, dtype=np.uint64), classes=np.array(["a", "b"]))
+    with pytest.raises(DataError, match="label 18446744073709551615 in 'y' has no name"):
+        load_dataset(f"npz:{path}")
+
+
+def test_idx_float_labels_beyond_exact_integers_are_refused(tmp_path: Path) -> None:
+    import struct
+
+    images = struct.pack(">BBBBIII", 0, 0, 0x08, 3, 4, 2, 2) + bytes(16)
+    labels = struct.pack(">BBBBI", 0, 0, 0x0E, 1, 4) + np.array([0, 1, 1e20, 1e20 + 2**20], dtype=">f8").tobytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(images)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(labels)
+    with pytest.raises(DataError, match="non-integer labels"):
+        load_dataset(f"idx:{tmp_path}")
+
+
+# --------------------------------------------------------------------------- float32 range
+
+
+def _feature_csv(tmp_path: Path, value: float, row: int, column: str = "b") -> Path:
+    toml = _labelled_csv(tmp_path, ["x", "y", "z"])
+    data = tmp_path / "data.csv"
+    frame = pd.read_csv(data)
+    frame[column] = frame[column].astype(float)
+    frame.loc[row, column] = value
+    frame.to_csv(data, index=False, float_format="%.17g")
+    return toml
+
+
+@pytest.mark.parametrize("value", [1e39, -3.5e38, 1e308, -1e308])
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_feature_beyond_float32_is_named_with_its_row_and_column(value: float, command: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    toml = _feature_csv(tmp_path, value, 4)
+    out = tmp_path / "out"
+    argv = [command, str(toml)] + (["-o", str(out), "-q", "--no-track"] if command == "run" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "beyond float32's range" in err[0] and "row 4, column 'b'" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("scale", ["minmax", "standard"])
+def test_a_row_that_scaling_sends_beyond_float32_is_named(scale: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Scaling is fit on the labelled rows: a column nearly constant there sends another row to inf."""
+    toml = _labelled_csv(tmp_path, ["x", "y", "z"])
+    toml.write_text(toml.read_text().replace("test_size = 6\n", f'test_size = 6\nscale = "{scale}"\n'))
+    data = tmp_path / "data.csv"
+    frame = pd.read_csv(data)
+    dataset = load_dataset(f"csv:{data}")
+    labelled = split_dataset(dataset, test_size=6, labelled=None, per_class=2, validation=0, seed=0).labelled
+    other = next(r for r in range(len(frame)) if r not in set(labelled.tolist()))
+    frame["b"] = [1e-150 * (1 + r % 2) for r in range(len(frame))]  # labelled span and spread ~1e-150
+    frame.loc[other, "b"] = 1e10
+    frame.to_csv(data, index=False, float_format="%.17g")
+    out = tmp_path / "out"
+    assert main(["run", str(toml), "-o", str(out), "-q", "--no-track"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"data.scale = '{scale}'" in err[0] and f"row {other}, column 'b'" in err[0], err
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def trained_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("student") / "run"
+    code = main(["run", str(ROOT / "experiments" / "breast_cancer_gp.toml"), "-o", str(out), "-q", "--no-track",
+                 "--set", "train.epochs=2", "--set", "teacher.cache=false"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["raw beyond float32", "scaled beyond float32"])
+def test_predict_names_a_value_beyond_float32(case: str, trained_student: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    from distill.serving import load_checkpoint
+
+    bunch = load_breast_cancer()
+    frame = pd.DataFrame(bunch.data[:5], columns=bunch.feature_names)
+    scaler = load_checkpoint(trained_student / "student.pt")["scaler"]
+    if case == "raw beyond float32":
+        column, value = str(bunch.feature_names[3]), 1e39
+    else:  # within float32, but (x - shift) / scale with a scale below 1 is not
+        col = int(np.argmin(scaler["scale"]))
+        column, value = str(bunch.feature_names[col]), 3e38
+        assert scaler["scale"][col] < 0.9
+    frame.loc[2, column] = value
+    rows = tmp_path / "rows.csv"
+    frame.to_csv(rows, index=False, float_format="%.17g")
+    pred = tmp_path / "pred.csv"
+    assert main(["predict", str(trained_student), str(rows), "-o", str(pred)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "beyond float32's range" in err[0] and f"row 2, column '{column}'" in err[0], err
+    assert not pred.exists()
