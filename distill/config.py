@@ -353,8 +353,8 @@ class TuneConfig(_Section):
             if field is None and not key.startswith("student."):
                 problems.append(f"tune.space names unknown key '{key}'")
                 continue
-            if key == "name" or key.startswith(("protocol.", "tune.", "tracking.", "train.device", "data.source")):
-                problems.append(f"tune.space cannot search '{key}'")
+            if not sweepable(key):  # as for a sweep: a key read once per run would give every trial the same
+                problems.append(f"tune.space cannot search '{key}': a run reads it once or it changes no number")
                 continue
             if field is not None and _admits_list(field.annotation):
                 problems.append(f"tune.space cannot search '{key}': it is not a scalar")

@@ -588,3 +588,13 @@ def test_predict_names_a_value_beyond_float32(case: str, trained_student: Path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "beyond float32's range" in err[0] and f"row 2, column '{column}'" in err[0], err
     assert not pred.exists()
+
+
+@pytest.mark.parametrize("key", ["data.label", "data.source", "train.threads", "train.batched", "teacher.cache_dir"])
+def test_tune_cannot_search_a_key_read_once_per_run(key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["tune", str(ROOT / "experiments" / "breast_cancer_gp.toml"), "-o", str(out), "--no-track",
+                 "--set", "few_shot.validation=2", "--set", f'tune.space={{"{key}" = {{ choices = ["a", "b"] }} }}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"tune.space cannot search '{key}'" in err[0], err
+    assert not out.exists()
