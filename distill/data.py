@@ -234,7 +234,10 @@ def _npz_labels(
     """Labels to ``0..K-1`` and class names: sorted values, or the order of a ``classes`` array."""
     where = f"data file '{path}'"
     if y.dtype.kind == "S":
-        y = np.char.decode(y, "utf-8", errors="replace")
+        try:  # strictly: replacing bad bytes would merge distinct labels (b"\xff", b"\xfe") into one class
+            y = np.char.decode(y, "utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: label array 'y' holds bytes that are not UTF-8 text") from None
     if y.dtype.kind == "f":
         if not np.isfinite(y).all():
             raise DataError(f"{where}: label array 'y' holds NaN or infinite values")

@@ -598,3 +598,29 @@ def test_tune_cannot_search_a_key_read_once_per_run(key: str, tmp_path: Path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"tune.space cannot search '{key}'" in err[0], err
     assert not out.exists()
+
+
+def test_npz_byte_labels_that_are_not_utf8_are_refused_not_merged(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(20, 2)), y=np.array([b"\xff", b"\xfe"] * 10))
+    with pytest.raises(DataError, match="label array 'y' holds bytes that are not UTF-8"):
+        load_dataset(f"npz:{path}")
+
+
+def test_a_runs_baseline_is_the_same_at_every_temperature_and_equals_the_zero_weight_student() -> None:
+    """End to end through the protocol (stacked): T only reaches the KL term, which the baseline does not have."""
+    runs = {}
+    for temperature in (1.0, 1e-38, 1e30):
+        raw = _merge(SWEEP_BASE, {"objective": {"kl_weight": [0.0, 0.5], "temperature": temperature},
+                                  "protocol": {"episodes": 2}, "train": {"epochs": 5, "batched": True}})
+        _, results = run_protocol(validate_config(raw))
+        runs[temperature] = results
+        for r in results:
+            assert r.baseline_fit.status == "completed"
+            if r.value == 0.0:
+                assert r.student_fit.history == r.baseline_fit.history
+                assert np.array_equal(r.test_predictions["student"], r.test_predictions["baseline"])
+    for results in runs.values():
+        for a, b in zip(results, runs[1.0], strict=True):
+            assert a.baseline_fit.history == b.baseline_fit.history
+            assert np.array_equal(a.test_predictions["baseline"], b.test_predictions["baseline"])
