@@ -658,12 +658,23 @@ def validate_config(raw: dict[str, Any]) -> Config:
             problems.extend(p for p in exc.problems if p not in problems)
     if problems:
         raise ConfigError(*problems)
+    validated = [_value_at(c, key) for c in configs]
+    same = next(((a, b) for i, a in enumerate(validated) for b in validated[i + 1 :] if a == b), None)
+    if same is not None:  # e.g. kl_weight = [1, 1.0]: two points with one value's numbers
+        raise ConfigError(f"{key}: sweep values must be distinct, got {values!r} (two of them are {same[0]!r})")
     no_effect = _no_effect(key, configs)
     if no_effect is not None:
         raise ConfigError(no_effect)
     config = configs[0]
     config._sweep = (key, tuple(values))
     return config
+
+
+def _value_at(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def expand_sweep(config: Config) -> list[tuple[Any, Config]]:

@@ -624,3 +624,21 @@ def test_a_runs_baseline_is_the_same_at_every_temperature_and_equals_the_zero_we
         for a, b in zip(results, runs[1.0], strict=True):
             assert a.baseline_fit.history == b.baseline_fit.history
             assert np.array_equal(a.test_predictions["baseline"], b.test_predictions["baseline"])
+
+
+@pytest.mark.parametrize(("key", "values"), [("objective.kl_weight", [1, 1.0]), ("train.lr", [1, 1.0]),
+                                             ("objective.temperature", [2, 2.0, 3])])
+def test_sweep_values_that_are_one_value_once_validated_are_refused(key: str, values: list[Any]) -> None:
+    raw = _merge(SWEEP_BASE, {})
+    section, last = key.split(".")
+    raw.setdefault(section, {})[last] = values
+    with pytest.raises(ConfigError, match=f"{key}: sweep values must be distinct"):
+        validate_config(raw)
+
+
+def test_augmented_points_beyond_float32_are_an_error_naming_the_augment_settings() -> None:
+    from distill.errors import UserError
+
+    raw = _merge(SWEEP_BASE, {"few_shot": {"transfer": "augmented", "augment": {"jitter": 1e39}}})
+    with pytest.raises(UserError, match=r"few_shot.augment \(jitter = 1e\+39"):
+        run_protocol(validate_config(raw))
