@@ -571,6 +571,15 @@ _READ_ONCE = (
     "teacher.validation", "train.detect_anomaly", "train.compile", "teacher.multi_class",
 )
 
+_MONITORED = "train.early_stopping.monitor is logged (val_* metrics need few_shot.validation > 0)"
+
+
+def _monitored(config: "Config") -> bool:
+    """Whether the fit logs the early-stopping monitor (train_* always, val_* with validation rows)."""
+    monitor = config.train.early_stopping.monitor
+    return monitor.startswith("train_") or (monitor.startswith("val_") and config.few_shot.validation > 0)
+
+
 #: Keys that change the numbers only in some configs: (key or section, the condition, said in words).
 _TAKES_EFFECT: list[tuple[str, Any, str]] = [
     ("few_shot.augment.", lambda c: c.few_shot.transfer == "augmented", 'few_shot.transfer = "augmented"'),
@@ -589,6 +598,10 @@ _TAKES_EFFECT: list[tuple[str, Any, str]] = [
     ("train.momentum", lambda c: c.train.optimizer == "sgd", 'train.optimizer = "sgd"'),
     ("train.step_size", lambda c: c.train.scheduler == "step", 'train.scheduler = "step"'),
     ("train.gamma", lambda c: c.train.scheduler == "step", 'train.scheduler = "step"'),
+    ("train.early_stopping.patience", lambda c: _monitored(c), _MONITORED),
+    ("train.restore_best", lambda c: _monitored(c), _MONITORED),
+    ("train.early_stopping.", lambda c: _monitored(c) and (c.train.early_stopping.patience > 0 or c.train.restore_best),
+     _MONITORED + " and either train.early_stopping.patience > 0 or train.restore_best"),
 ]
 
 

@@ -318,6 +318,9 @@ def _iris_like() -> Any:
     ("objective.metric_margin", {}, "objective.metric_loss is set"),
     ("train.momentum", {"train": {"optimizer": "adam"}}, 'train.optimizer = "sgd"'),
     ("train.gamma", {}, 'train.scheduler = "step"'),
+    ("train.restore_best", {}, "train.early_stopping.monitor is logged"),  # val_loss without validation rows
+    ("train.early_stopping.patience", {}, "train.early_stopping.monitor is logged"),
+    ("train.early_stopping.min_delta", {**_VAL, "train": {"restore_best": False}}, "patience > 0 or train.restore_best"),
 ])
 def test_a_key_that_changes_nothing_in_this_config_cannot_be_swept(key: str, context: dict, condition: str,
                                                                    sweep_files: dict[str, str]) -> None:
