@@ -611,7 +611,8 @@ def _no_effect(key: str, configs: list["Config"]) -> str | None:
         if (key == entry or (entry.endswith(".") and key.startswith(entry))) and not all(
             takes_effect(c) for c in configs
         ):
-            return f"{key} cannot be swept here: it changes nothing unless {condition}, so every value would give the same numbers"
+            return (f"{key} cannot be swept here: it changes nothing unless {condition}, so every value would"
+                    " give the same numbers")
     return None
 
 

@@ -107,7 +107,8 @@ def load_dataset(source: str, label: str = "label") -> Dataset:
         except KeyError as exc:
             raise DataError(f"data.source: {exc.args[0]}") from None
         dataset = loader()
-    label_name = {"csv": f"data.label '{label}'", "npz": "label array 'y'", "idx": "the labels"}.get(scheme, "the target")
+    names = {"csv": f"data.label '{label}'", "npz": "label array 'y'", "idx": "the labels"}
+    label_name = names.get(scheme, "the target")
     check_dataset(dataset, where=f"data.source '{source}'", label=label_name)
     return dataset
 

@@ -12,15 +12,26 @@
 from __future__ import annotations
 
 import copy
-import sys
+import json
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from distill.cli import main
+from distill.config import Config, _leaf_keys, expand_sweep, sweepable_keys, validate_config
+from distill.data import label_classes, load_dataset, split_dataset
 from distill.engine import EvaluationRows, FitSettings, TrainingRows, fit, fit_many
+from distill.errors import ConfigError, DataError, UserError
 from distill.member_objective import MemberObjective
 from distill.objective import distillation_loss
+from distill.protocol import _teacher_kwargs, run_protocol
 from students import build
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,14 +141,6 @@ def test_the_reference_objective_selects_the_hard_term_for_a_zero_weight_tensor(
 
 # --------------------------------------------------------------------------- sweeps
 
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from distill.cli import main  # noqa: E402
-from distill.config import Config, _leaf_keys, expand_sweep, sweepable_keys, validate_config  # noqa: E402
-from distill.errors import ConfigError  # noqa: E402
-from distill.protocol import _teacher_kwargs, run_protocol  # noqa: E402
 
 SWEEP_BASE: dict[str, Any] = {
     "seed": 1,
@@ -223,15 +226,14 @@ def _sweep_raw(key: str, values: list[Any], context: dict[str, Any], files: dict
     for part in parents:
         node = node.setdefault(part, {})
     node[last] = list(values)
-    fill = (lambda v: v.format(**files) if isinstance(v, str) else v)
-    return json_map(raw, fill)
+    return _map_leaves(raw, lambda v: v.format(**files) if isinstance(v, str) else v)
 
 
-def json_map(tree: Any, fn: Any) -> Any:
+def _map_leaves(tree: Any, fn: Any) -> Any:
     if isinstance(tree, dict):
-        return {k: json_map(v, fn) for k, v in tree.items()}
+        return {k: _map_leaves(v, fn) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [json_map(v, fn) for v in tree]
+        return [_map_leaves(v, fn) for v in tree]
     return fn(tree)
 
 
@@ -303,8 +305,6 @@ def test_sweeping_a_sweepable_key_changes_what_runs_per_value(key: str, sweep_fi
 
 
 def _iris_like() -> Any:
-    from distill.data import load_dataset
-
     return load_dataset("sklearn:iris")
 
 
@@ -320,7 +320,8 @@ def _iris_like() -> Any:
     ("train.gamma", {}, 'train.scheduler = "step"'),
     ("train.restore_best", {}, "train.early_stopping.monitor is logged"),  # val_loss without validation rows
     ("train.early_stopping.patience", {}, "train.early_stopping.monitor is logged"),
-    ("train.early_stopping.min_delta", {**_VAL, "train": {"restore_best": False}}, "patience > 0 or train.restore_best"),
+    ("train.early_stopping.min_delta", {**_VAL, "train": {"restore_best": False}},
+     "patience > 0 or train.restore_best"),
 ])
 def test_a_key_that_changes_nothing_in_this_config_cannot_be_swept(key: str, context: dict, condition: str,
                                                                    sweep_files: dict[str, str]) -> None:
@@ -352,7 +353,8 @@ def test_a_sweep_over_a_key_read_once_is_exit_2_in_run_and_check(key: str, comma
 def test_teacher_train_refuses_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "teacher.pt"
     code = main(["teacher", "train", str(ROOT / "experiments" / "breast_cancer_gp.toml"), "-o", str(out), "--no-track",
-                 "--set", 'teacher.kind="network"', "--set", f'teacher.checkpoint="{out}"', "--set", 'teacher.arch="mlp"',
+                 "--set", 'teacher.kind="network"', "--set", f'teacher.checkpoint="{out}"',
+                 "--set", 'teacher.arch="mlp"',
                  "--set", "train.lr=[0.01, 0.1]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "train.lr one value, not a sweep" in err[0], err
@@ -360,16 +362,6 @@ def test_teacher_train_refuses_a_sweep(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 # --------------------------------------------------------------------------- labels
-
-import json  # noqa: E402
-from fractions import Fraction  # noqa: E402
-
-import pandas as pd  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from distill.data import label_classes, load_dataset, split_dataset  # noqa: E402
-from distill.errors import DataError  # noqa: E402
 
 
 def _numeral(draw: Any) -> str:
@@ -433,11 +425,9 @@ def _is_decimal(text: str) -> bool:
 
 def _labelled_csv(tmp_path: Path, labels: list[Any], rows: int = 30, extra: str = "") -> Path:
     rng = np.random.default_rng(0)
-    classes = sorted(set(range(len(set(labels)))))
     codes = [i % len(labels) for i in range(rows)]
     frame = pd.DataFrame({"a": rng.normal(size=rows) + np.array(codes) * 3, "b": rng.normal(size=rows),
                           "label": [labels[c] for c in codes]})
-    del classes
     data = tmp_path / "data.csv"
     frame.to_csv(data, index=False)
     toml = tmp_path / "exp.toml"
@@ -594,7 +584,8 @@ def test_predict_names_a_value_beyond_float32(case: str, trained_student: Path, 
 
 
 @pytest.mark.parametrize("key", ["data.label", "data.source", "train.threads", "train.batched", "teacher.cache_dir"])
-def test_tune_cannot_search_a_key_read_once_per_run(key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tune_cannot_search_a_key_read_once_per_run(key: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     code = main(["tune", str(ROOT / "experiments" / "breast_cancer_gp.toml"), "-o", str(out), "--no-track",
                  "--set", "few_shot.validation=2", "--set", f'tune.space={{"{key}" = {{ choices = ["a", "b"] }} }}'])
@@ -640,8 +631,6 @@ def test_sweep_values_that_are_one_value_once_validated_are_refused(key: str, va
 
 
 def test_augmented_points_beyond_float32_are_an_error_naming_the_augment_settings() -> None:
-    from distill.errors import UserError
-
     raw = _merge(SWEEP_BASE, {"few_shot": {"transfer": "augmented", "augment": {"jitter": 1e39}}})
     with pytest.raises(UserError, match=r"few_shot.augment \(jitter = 1e\+39"):
         run_protocol(validate_config(raw))
