@@ -585,7 +585,6 @@ _TAKES_EFFECT: list[tuple[str, Any, str]] = [
     ("few_shot.augment.", lambda c: c.few_shot.transfer == "augmented", 'few_shot.transfer = "augmented"'),
     ("teacher.kernel", lambda c: c.teacher.kind == "gaussian_process", 'teacher.kind = "gaussian_process"'),
     ("teacher.restarts", lambda c: c.teacher.kind == "gaussian_process", 'teacher.kind = "gaussian_process"'),
-    ("teacher.multi_class", lambda c: c.teacher.kind == "gaussian_process", 'teacher.kind = "gaussian_process"'),
     ("teacher.estimator", lambda c: c.teacher.kind == "sklearn", 'teacher.kind = "sklearn"'),
     ("teacher.checkpoint", lambda c: c.teacher.kind == "network", 'teacher.kind = "network"'),
     ("teacher.uri", lambda c: c.teacher.kind == "network", 'teacher.kind = "network"'),
@@ -600,8 +599,10 @@ _TAKES_EFFECT: list[tuple[str, Any, str]] = [
     ("train.gamma", lambda c: c.train.scheduler == "step", 'train.scheduler = "step"'),
     ("train.early_stopping.patience", lambda c: _monitored(c), _MONITORED),
     ("train.restore_best", lambda c: _monitored(c), _MONITORED),
-    ("train.early_stopping.", lambda c: _monitored(c) and (c.train.early_stopping.patience > 0 or c.train.restore_best),
-     _MONITORED + " and either train.early_stopping.patience > 0 or train.restore_best"),
+    *((f"train.early_stopping.{key}", lambda c: _monitored(c) and (c.train.early_stopping.patience > 0
+                                                                    or c.train.restore_best),
+       _MONITORED + " and either train.early_stopping.patience > 0 or train.restore_best")
+      for key in ("monitor", "mode", "min_delta")),
 ]
 
 

@@ -249,8 +249,10 @@ def _npz_labels(
     if names is None:
         # Classes by exact value: no cast that could merge two labels (float to int64 overflows past 2**63).
         classes_raw, inverse = np.unique(y, return_inverse=True)
-        named = [str(int(c)) if y.dtype.kind == "f" and abs(c) < 2**63 else repr(float(c)) if y.dtype.kind == "f"
-                 else str(c) for c in classes_raw]
+        if y.dtype.kind == "f":  # integral floats: "3" below 2**63, the float's repr ("1e+20") past it
+            named = [str(int(c)) if abs(c) < 2**63 else repr(float(c)) for c in classes_raw]
+        else:
+            named = [str(c) for c in classes_raw]
         return inverse.reshape(-1).astype(np.int64), named
     if names.dtype.kind == "S":
         names = np.char.decode(names, "utf-8", errors="replace")

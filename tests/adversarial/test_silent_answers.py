@@ -322,6 +322,7 @@ def _iris_like() -> Any:
     ("train.early_stopping.patience", {}, "train.early_stopping.monitor is logged"),
     ("train.early_stopping.min_delta", {**_VAL, "train": {"restore_best": False}},
      "patience > 0 or train.restore_best"),
+    ("train.early_stopping.monitor", {**_VAL, "train": {"restore_best": False}}, "patience > 0 or train.restore_best"),
 ])
 def test_a_key_that_changes_nothing_in_this_config_cannot_be_swept(key: str, context: dict, condition: str,
                                                                    sweep_files: dict[str, str]) -> None:
@@ -634,3 +635,8 @@ def test_augmented_points_beyond_float32_are_an_error_naming_the_augment_setting
     raw = _merge(SWEEP_BASE, {"few_shot": {"transfer": "augmented", "augment": {"jitter": 1e39}}})
     with pytest.raises(UserError, match=r"few_shot.augment \(jitter = 1e\+39"):
         run_protocol(validate_config(raw))
+
+
+def test_patience_can_be_swept_without_restore_best() -> None:
+    raw = _merge(SWEEP_BASE, {**_VAL, "train": {"restore_best": False, "early_stopping": {"patience": [0, 1]}}})
+    assert validate_config(raw).sweep == ("train.early_stopping.patience", (0, 1))
