@@ -130,13 +130,22 @@ def test_a_member_without_kl_weight_gets_exactly_the_hard_loss_and_its_gradient(
     assert torch.equal(z.grad[0], alone_z.grad[0])
 
 
-def test_the_reference_objective_selects_the_hard_term_for_a_zero_weight_tensor() -> None:
-    student = torch.tensor([[1e30, 0.0, -1e30]])
-    teacher = torch.tensor([[0.0, 1e30, 0.0]])
-    targets = torch.tensor([1])
-    hard = distillation_loss(student, teacher, targets, kl_weight=0.0, temperature=1e-38)
-    as_tensor = distillation_loss(student, teacher, targets, kl_weight=torch.tensor(0.0), temperature=1e-38)
-    assert torch.isfinite(hard) and torch.equal(as_tensor, hard)
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("temperature", [1e-38, 1e-45, 1e30])
+def test_the_reference_objective_selects_the_hard_term_for_a_zero_weight_tensor(direction: str,
+                                                                                temperature: float) -> None:
+    teacher = torch.tensor([[0.0, 30.0, 0.0], [5.0, 0.0, -5.0]])
+    targets = torch.tensor([1, 0])
+    grads = []
+    for weight in (0.0, torch.tensor(0.0)):
+        student = torch.tensor([[3.0, 0.0, -3.0], [1.0, 2.0, 0.5]], requires_grad=True)
+        loss = distillation_loss(student, teacher, targets, kl_weight=weight, temperature=temperature,
+                                 direction=direction)
+        loss.backward()
+        grads.append((loss.detach(), student.grad))
+    (hard, hard_grad), (selected, selected_grad) = grads
+    assert torch.isfinite(hard) and torch.equal(selected, hard)
+    assert torch.isfinite(hard_grad).all() and torch.equal(selected_grad, hard_grad)
 
 
 # --------------------------------------------------------------------------- sweeps
