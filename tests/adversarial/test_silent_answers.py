@@ -649,3 +649,19 @@ def test_augmented_points_beyond_float32_are_an_error_naming_the_augment_setting
 def test_patience_can_be_swept_without_restore_best() -> None:
     raw = _merge(SWEEP_BASE, {**_VAL, "train": {"restore_best": False, "early_stopping": {"patience": [0, 1]}}})
     assert validate_config(raw).sweep == ("train.early_stopping.patience", (0, 1))
+
+
+@pytest.mark.parametrize("temperature", [1e-6, 1e-3, 1e3])
+def test_a_stacked_run_and_a_one_at_a_time_run_report_the_same_outcomes(temperature: float) -> None:
+    """Through the protocol: train.batched true and false agree on every fit's status and every metric."""
+    runs = {}
+    for batched in (True, False):
+        raw = _merge(SWEEP_BASE, {"objective": {"kl_weight": [0.0, 0.1, 1.0], "temperature": temperature},
+                                  "protocol": {"episodes": 2}, "train": {"epochs": 4, "batched": batched}})
+        runs[batched] = run_protocol(validate_config(raw))[1]
+    for a, b in zip(runs[True], runs[False], strict=True):
+        assert (a.episode, a.value) == (b.episode, b.value)
+        assert (a.student_fit.status, a.baseline_fit.status) == (b.student_fit.status, b.baseline_fit.status)
+        for system in ("teacher", "student", "baseline"):
+            for key, value in a.metrics[system].items():
+                assert value == pytest.approx(b.metrics[system][key], rel=1e-3, abs=1e-4), (a.value, system, key)
