@@ -79,6 +79,12 @@ def predict_frame(payload: dict[str, Any], frame: Any, where: str) -> Any:
     model = servable_from_checkpoint(payload)
     with torch.inference_mode():
         probs = model(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    broken = ~np.isfinite(probs).all(axis=1)
+    if broken.any():  # argmax of NaN would still name a class: refuse instead of predicting from garbage
+        raise DataError(
+            f"{where}: the student's output for row {int(np.flatnonzero(broken)[0])} is not a number"
+            f" ({int(broken.sum())} row(s)): its weights or this row's values overflow float32"
+        )
     classes = list(payload["classes"])
     out = pd.DataFrame({"prediction": [classes[i] for i in probs.argmax(axis=1)]})
     for c, name in enumerate(classes):

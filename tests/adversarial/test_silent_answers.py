@@ -665,3 +665,25 @@ def test_a_stacked_run_and_a_one_at_a_time_run_report_the_same_outcomes(temperat
         for system in ("teacher", "student", "baseline"):
             for key, value in a.metrics[system].items():
                 assert value == pytest.approx(b.metrics[system][key], rel=1e-3, abs=1e-4), (a.value, system, key)
+
+
+@pytest.mark.slow
+def test_predict_refuses_rows_whose_output_is_not_a_number(trained_student: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A student whose output is NaN (here: infinite output weights) names the row instead of predicting."""
+    from sklearn.datasets import load_breast_cancer
+
+    payload = torch.load(trained_student / "student.pt", weights_only=True)
+    last = [k for k in payload["state_dict"] if k.endswith("weight")][-1]
+    weight = payload["state_dict"][last]
+    weight[..., 0], weight[..., 1] = float("inf"), float("-inf")  # inf * h - inf * h' = NaN
+    broken = tmp_path / "student.pt"
+    torch.save(payload, broken)
+    bunch = load_breast_cancer()
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame(bunch.data[:3], columns=bunch.feature_names).to_csv(rows, index=False)
+    pred = tmp_path / "pred.csv"
+    assert main(["predict", str(broken), str(rows), "-o", str(pred)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the student's output for row 0 is not a number" in err[0], err
+    assert not pred.exists()
