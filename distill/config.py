@@ -51,6 +51,8 @@ __all__ = [
     "load_config",
     "validate_config",
     "expand_sweep",
+    "sweepable",
+    "sweepable_keys",
     "parse_overrides",
     "to_toml",
     "flatten",
@@ -351,8 +353,8 @@ class TuneConfig(_Section):
             if field is None and not key.startswith("student."):
                 problems.append(f"tune.space names unknown key '{key}'")
                 continue
-            if key == "name" or key.startswith(("protocol.", "tune.", "tracking.", "train.device", "data.source")):
-                problems.append(f"tune.space cannot search '{key}'")
+            if not sweepable(key):  # as for a sweep: a key read once per run would give every trial the same
+                problems.append(f"tune.space cannot search '{key}': a run reads it once or it changes no number")
                 continue
             if field is not None and _admits_list(field.annotation):
                 problems.append(f"tune.space cannot search '{key}': it is not a scalar")
@@ -558,6 +560,84 @@ def _substitute(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
+#: Keys a run reads once, whatever the sweep value: the data set (loaded once), threads, batching,
+#: checkpointing and the soft-target cache, and what names or drives the run rather than a value
+#: (``teacher.validation`` only matters to ``teacher train``); and keys that change no number:
+#: anomaly detection, compiling, and ``teacher.multi_class`` (one_vs_one gives probabilities for two
+#: classes only, where it equals one_vs_rest). An entry ending in "." is a section.
+_READ_ONCE = (
+    "name", "data.source", "data.label", "protocol.", "tune.", "tracking.", "train.device", "train.threads",
+    "train.batched", "train.checkpoint_every", "train.checkpoint_interval", "teacher.cache", "teacher.cache_dir",
+    "teacher.validation", "train.detect_anomaly", "train.compile", "teacher.multi_class",
+)
+
+_MONITORED = "train.early_stopping.monitor is logged (val_* metrics need few_shot.validation > 0)"
+
+
+def _monitored(config: "Config") -> bool:
+    """Whether the fit logs the early-stopping monitor (train_* always, val_* with validation rows)."""
+    monitor = config.train.early_stopping.monitor
+    return monitor.startswith("train_") or (monitor.startswith("val_") and config.few_shot.validation > 0)
+
+
+#: Keys that change the numbers only in some configs: (key or section, the condition, said in words).
+_TAKES_EFFECT: list[tuple[str, Any, str]] = [
+    ("few_shot.augment.", lambda c: c.few_shot.transfer == "augmented", 'few_shot.transfer = "augmented"'),
+    ("teacher.kernel", lambda c: c.teacher.kind == "gaussian_process", 'teacher.kind = "gaussian_process"'),
+    ("teacher.restarts", lambda c: c.teacher.kind == "gaussian_process", 'teacher.kind = "gaussian_process"'),
+    ("teacher.estimator", lambda c: c.teacher.kind == "sklearn", 'teacher.kind = "sklearn"'),
+    ("teacher.checkpoint", lambda c: c.teacher.kind == "network", 'teacher.kind = "network"'),
+    ("teacher.uri", lambda c: c.teacher.kind == "network", 'teacher.kind = "network"'),
+    ("teacher.arch", lambda c: c.teacher.kind == "network", 'teacher.kind = "network"'),
+    ("teacher.input", lambda c: c.teacher.kind == "network", 'teacher.kind = "network"'),
+    ("objective.temperature", lambda c: c.objective.kl_weight > 0, "objective.kl_weight > 0"),
+    ("objective.direction", lambda c: c.objective.kl_weight > 0, "objective.kl_weight > 0"),
+    ("objective.metric_weight", lambda c: c.objective.metric_loss is not None, "objective.metric_loss is set"),
+    ("objective.metric_margin", lambda c: c.objective.metric_loss is not None, "objective.metric_loss is set"),
+    ("train.momentum", lambda c: c.train.optimizer == "sgd", 'train.optimizer = "sgd"'),
+    ("train.step_size", lambda c: c.train.scheduler == "step", 'train.scheduler = "step"'),
+    ("train.gamma", lambda c: c.train.scheduler == "step", 'train.scheduler = "step"'),
+    ("train.early_stopping.patience", lambda c: _monitored(c), _MONITORED),
+    ("train.restore_best", lambda c: _monitored(c), _MONITORED),
+    *((f"train.early_stopping.{key}", lambda c: _monitored(c) and (c.train.early_stopping.patience > 0
+                                                                    or c.train.restore_best),
+       _MONITORED + " and either train.early_stopping.patience > 0 or train.restore_best")
+      for key in ("monitor", "mode", "min_delta")),
+]
+
+
+def _no_effect(key: str, configs: list["Config"]) -> str | None:
+    """Why a sweep over ``key`` would give every value the same numbers in these configs (None: it would not)."""
+    for entry, takes_effect, condition in _TAKES_EFFECT:
+        if (key == entry or (entry.endswith(".") and key.startswith(entry))) and not all(
+            takes_effect(c) for c in configs
+        ):
+            return (f"{key} cannot be swept here: it changes nothing unless {condition}, so every value would"
+                    " give the same numbers")
+    return None
+
+
+def sweepable(key: str) -> bool:
+    """Whether a sweep over ``key`` changes what runs per value (``distill.protocol`` reads it per value)."""
+    return not any(key == entry or (entry.endswith(".") and key.startswith(entry)) for entry in _READ_ONCE)
+
+
+def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_leaf_keys(annotation, f"{prefix}{name}."))
+        elif not _admits_list(annotation):
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def sweepable_keys() -> list[str]:
+    """Every scalar key a list may sweep, in schema order."""
+    return [key for key in _leaf_keys(Config) if sweepable(key)]
+
+
 def validate_config(raw: dict[str, Any]) -> Config:
     """Build a Config from a nested dict; every problem at once in one ConfigError.
 
@@ -572,8 +652,12 @@ def validate_config(raw: dict[str, Any]) -> Config:
     if not sweeps:
         return _validate_plain(raw)
     key, values = sweeps[0]
-    if key == "name" or key.startswith(("protocol.", "train.device", "tracking.", "tune.")):
-        raise ConfigError(f"{key} cannot be swept; give it one value, got {values!r}")
+    if not sweepable(key):
+        raise ConfigError(
+            f"{key} cannot be swept: a run reads it once, not per sweep value, or it changes no number, so every"
+            f" value would report the first one's; give it one value (got {values!r}) or sweep one of:"
+            f" {', '.join(sweepable_keys())}"
+        )
     if not values:
         raise ConfigError(f"{key}: a sweep needs at least one value, got []")
     if any(isinstance(v, (list, dict)) for v in values):
@@ -589,9 +673,23 @@ def validate_config(raw: dict[str, Any]) -> Config:
             problems.extend(p for p in exc.problems if p not in problems)
     if problems:
         raise ConfigError(*problems)
+    validated = [_value_at(c, key) for c in configs]
+    same = next(((a, b) for i, a in enumerate(validated) for b in validated[i + 1 :] if a == b), None)
+    if same is not None:  # e.g. kl_weight = [1, 1.0]: two points with one value's numbers
+        raise ConfigError(f"{key}: sweep values must be distinct, got {values!r} (two of them are {same[0]!r})")
+    no_effect = _no_effect(key, configs)
+    if no_effect is not None:
+        raise ConfigError(no_effect)
     config = configs[0]
     config._sweep = (key, tuple(values))
     return config
+
+
+def _value_at(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def expand_sweep(config: Config) -> list[tuple[Any, Config]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -27,6 +28,9 @@ __all__ = [
     "split_dataset",
     "draw_stratified",
     "fit_scaler",
+    "check_scaled",
+    "check_float32",
+    "label_classes",
     "augment_rows",
 ]
 
@@ -103,12 +107,17 @@ def load_dataset(source: str, label: str = "label") -> Dataset:
         except KeyError as exc:
             raise DataError(f"data.source: {exc.args[0]}") from None
         dataset = loader()
-    check_dataset(dataset, where=f"data.source '{source}'")
+    names = {"csv": f"data.label '{label}'", "npz": "label array 'y'", "idx": "the labels"}
+    label_name = names.get(scheme, "the target")
+    check_dataset(dataset, where=f"data.source '{source}'", label=label_name)
     return dataset
 
 
-def read_csv_frame(path: Path) -> Any:
-    """A CSV file as a DataFrame; a missing, empty or unparsable file is a one-line DataError."""
+def read_csv_frame(path: Path, text_columns: tuple[str, ...] = ()) -> Any:
+    """A CSV file as a DataFrame; a missing, empty or unparsable file is a one-line DataError.
+
+    ``text_columns`` are read as the file's text, not parsed as numbers (labels: see ``label_classes``).
+    """
     import pandas as pd
 
     if path.is_dir():
@@ -116,7 +125,7 @@ def read_csv_frame(path: Path) -> Any:
     if not path.is_file():
         raise DataError(f"data file '{path}' not found")
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype={c: str for c in text_columns} or None)
     except pd.errors.EmptyDataError:
         raise DataError(f"data file '{path}' is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
@@ -128,7 +137,7 @@ def load_csv(path: Path, label: str) -> Dataset:
     """A CSV with a header row: the ``label`` column holds classes, every other column a number."""
     import pandas as pd
 
-    frame = read_csv_frame(path)
+    frame = read_csv_frame(path, (label,))
     if frame.shape[0] == 0:
         raise DataError(f"data file '{path}' has a header but no rows")
     if label not in frame.columns:
@@ -147,15 +156,7 @@ def load_csv(path: Path, label: str) -> Dataset:
         raise DataError(
             f"data file '{path}': feature column(s) {', '.join(repr(b) for b in bad[:5])} are not numeric"
         )
-    if pd.api.types.is_numeric_dtype(labels) and np.all(np.mod(labels.to_numpy(dtype=float), 1) == 0):
-        values = labels.to_numpy(dtype=np.int64)
-        classes_raw = np.unique(values)
-        classes = [str(c) for c in classes_raw]
-    else:
-        values = labels.astype(str).to_numpy()
-        classes_raw = np.unique(values)
-        classes = [str(c) for c in classes_raw]
-    y = np.searchsorted(classes_raw, values).astype(np.int64)
+    y, classes = label_classes(labels.astype(str).to_numpy(), f"data file '{path}': label column '{label}'")
     return Dataset(
         name=f"csv:{path}",
         x=frame.to_numpy(dtype=np.float64),
@@ -163,6 +164,60 @@ def load_csv(path: Path, label: str) -> Dataset:
         classes=classes,
         feature_names=[str(c) for c in frame.columns],
     )
+
+
+def _exact_number(text: str) -> Decimal | None:
+    """The exact value of a decimal numeral (``"1"``, ``"1.0"``, ``"1e20"``, ``"-0.5"``), None for other text.
+
+    Exact: ``"100000000000000000001"`` and ``"1e20"`` differ, as do ``"0.5"`` and ``"0.50000001"``;
+    trailing zeros do not count (``"1"``, ``"1.0"`` and ``"1e0"`` are one value). Infinity and NaN are
+    not finite numbers: the caller decides what they are.
+    """
+    if "_" in text:  # Decimal reads "1_0" as 10; a label file does not mean that
+        return None
+    try:
+        value = Decimal(text.strip())
+    except (InvalidOperation, ValueError):
+        return None
+    if value.is_nan() or value.is_infinite():
+        return value
+    sign, digits, exponent = value.as_tuple()
+    if not any(digits):
+        return Decimal(0)
+    kept = list(digits)
+    while kept[-1] == 0:
+        kept.pop()
+        exponent += 1  # type: ignore[operator]
+    return Decimal((sign, tuple(kept), exponent))
+
+
+def _number_name(value: Decimal) -> str:
+    """``"3"``, ``"-12"``, ``"100000000000000000001"``; ``"0.5"``, ``"1E+40"`` for the rest."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and 0 <= exponent and len(value.as_tuple().digits) + exponent <= 40:
+        return str(int(value))
+    return str(value)
+
+
+def label_classes(text: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
+    """Labels (as the file's text) to ``0..K-1`` and class names; distinct labels stay distinct classes.
+
+    When every label is a finite number, classes are the numbers' exact values in numeric order (so
+    ``1`` and ``1.0`` are one class, ``1e20`` and ``100000000000000000001`` two: no float rounding,
+    no int64 overflow); otherwise they are the distinct texts in sorted order. Infinity or NaN among
+    numbers is an error naming the value.
+    """
+    distinct, inverse = np.unique(np.asarray(text, dtype=str), return_inverse=True)
+    numbers = [_exact_number(str(t)) for t in distinct]
+    if all(n is not None for n in numbers):
+        bad = next((str(t) for t, n in zip(distinct, numbers) if not n.is_finite()), None)  # type: ignore[union-attr]
+        if bad is not None:
+            raise DataError(f"{where} holds {bad!r}: a label must be a finite number or a name")
+        values = sorted(set(numbers))  # type: ignore[type-var]
+        index = {v: i for i, v in enumerate(values)}
+        order = np.array([index[n] for n in numbers], dtype=np.int64)  # type: ignore[index]
+        return order[inverse.reshape(-1)], [_number_name(v) for v in values]
+    return inverse.reshape(-1).astype(np.int64), [str(t) for t in distinct]
 
 
 def _image_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -180,18 +235,25 @@ def _npz_labels(
     """Labels to ``0..K-1`` and class names: sorted values, or the order of a ``classes`` array."""
     where = f"data file '{path}'"
     if y.dtype.kind == "S":
-        y = np.char.decode(y, "utf-8", errors="replace")
+        try:  # strictly: replacing bad bytes would merge distinct labels (b"\xff", b"\xfe") into one class
+            y = np.char.decode(y, "utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: label array 'y' holds bytes that are not UTF-8 text") from None
     if y.dtype.kind == "f":
         if not np.isfinite(y).all():
             raise DataError(f"{where}: label array 'y' holds NaN or infinite values")
         if not np.all(np.mod(y, 1) == 0):
             raise DataError(f"{where}: label array 'y' holds fractional numbers; labels must be integers or strings")
-        y = y.astype(np.int64)
-    if y.dtype.kind not in "biuU":
+    if y.dtype.kind not in "biufU":
         raise DataError(f"{where}: label array 'y' has dtype {y.dtype}; labels must be integers or strings")
     if names is None:
-        classes_raw = np.unique(y)
-        return np.searchsorted(classes_raw, y).astype(np.int64), [str(c) for c in classes_raw]
+        # Classes by exact value: no cast that could merge two labels (float to int64 overflows past 2**63).
+        classes_raw, inverse = np.unique(y, return_inverse=True)
+        if y.dtype.kind == "f":  # integral floats: "3" below 2**63, the float's repr ("1e+20") past it
+            named = [str(int(c)) if abs(c) < 2**63 else repr(float(c)) for c in classes_raw]
+        else:
+            named = [str(c) for c in classes_raw]
+        return inverse.reshape(-1).astype(np.int64), named
     if names.dtype.kind == "S":
         names = np.char.decode(names, "utf-8", errors="replace")
     if names.ndim != 1 or names.size == 0 or names.dtype.kind not in "iuU":
@@ -208,14 +270,13 @@ def _npz_labels(
                 f"{where}: label(s) {', '.join(repr(u) for u in unknown[:5])} in 'y' are not in array 'classes'"
             )
         return np.array([index[str(v)] for v in y], dtype=np.int64), classes
-    values = y.astype(np.int64)
-    bad = (values < 0) | (values >= len(classes))
+    bad = (y < 0) | (y >= len(classes))  # in y's own dtype: a cast first could wrap a huge label into range
     if bad.any():
         raise DataError(
-            f"{where}: label {int(values[bad][0])} in 'y' has no name; with an array 'classes' of"
+            f"{where}: label {int(y[bad][0])} in 'y' has no name; with an array 'classes' of"
             f" {len(classes)} name(s) the labels must be 0..{len(classes) - 1}"
         )
-    return values, classes
+    return y.astype(np.int64), classes
 
 
 def load_npz(path: Path) -> Dataset:
@@ -385,9 +446,9 @@ def load_idx(folder: Path) -> Dataset:
                 f" has {pixels.shape[0]} image(s)"
             )
         if targets.dtype.kind == "f" and not (
-            np.isfinite(targets).all() and np.all(np.mod(targets, 1) == 0)
-        ):
-            raise DataError(f"data file '{labels}' holds non-integer labels")
+            np.isfinite(targets).all() and np.all(np.mod(targets, 1) == 0) and np.all(np.abs(targets) <= 2**53)
+        ):  # past 2**53 a float is no exact integer class, and past 2**63 the int64 cast would wrap
+            raise DataError(f"data file '{labels}' holds non-integer labels (fractions, NaN, inf or beyond 2**53)")
         if targets.size and targets.min() < 0:
             raise DataError(f"data file '{labels}' holds a negative label ({int(targets.min())})")
         image_shape, first = shape, images
@@ -426,8 +487,14 @@ def load_idx(folder: Path) -> Dataset:
     )
 
 
-def check_dataset(dataset: Dataset, where: str) -> None:
-    """Reject data no experiment can use: NaN/inf features, fewer than two classes, no rows."""
+#: float32, the student's dtype: a feature beyond it becomes inf in the student.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_dataset(dataset: Dataset, where: str, label: str = "the label") -> None:
+    """Reject data no experiment can use: no rows; NaN/inf features, or features beyond float32 (the
+    student's dtype); fewer than two classes, or mostly classes of one row each (an id or a continuous
+    target, not classes)."""
     x = dataset.x
     if x.shape[0] == 0:
         raise DataError(f"{where} has no rows")
@@ -439,11 +506,31 @@ def check_dataset(dataset: Dataset, where: str) -> None:
         raise DataError(
             f"{where} has {count} NaN or infinite feature value(s); first at row {row}, column '{name}'"
         )
+    check_float32(x, dataset.feature_names, where)
     present = np.unique(dataset.y)
+    n = int(dataset.y.size)
     if present.size < 2:
         raise DataError(
-            f"{where} has a single class ({dataset.classes[int(present[0])] if present.size else 'none'}); "
-            "classification needs at least two"
+            f"{where}: {label} has a single class ({dataset.classes[int(present[0])] if present.size else 'none'}) "
+            f"in all {n} rows; classification needs at least two"
+        )
+    singletons = int((np.unique(dataset.y, return_counts=True)[1] == 1).sum())
+    if present.size > 2 and 2 * singletons > present.size:
+        raise DataError(
+            f"{where}: {label} has {present.size} distinct values in {n} rows, {singletons} of them in one row"
+            " only: it looks like a continuous target or an id, not a class label; name the column of class labels"
+        )
+
+
+def check_float32(x: np.ndarray, feature_names: list[str], where: str, what: str = "feature value") -> None:
+    """Finite float64 values beyond float32's range (``|x| > 3.4e38``) would be inf in the student: name the first."""
+    big = np.abs(x) > FLOAT32_MAX
+    if big.any():
+        row, col = (int(i) for i in np.argwhere(big)[0])
+        name = feature_names[col] if col < len(feature_names) else str(col)
+        raise DataError(
+            f"{where} has {int(big.sum())} {what}(s) beyond float32's range (|x| > 3.4e38, the student's dtype);"
+            f" first at row {row}, column '{name}': {x[row, col]:g}"
         )
 
 
@@ -615,6 +702,29 @@ def fit_scaler(kind: Literal["minmax", "standard", "none"], x: np.ndarray) -> Sc
         mean, std = x.mean(axis=0), x.std(axis=0)
         return Scaler(kind, mean, np.where(std > 0, std, 1.0))
     raise ValueError(f"data.scale must be one of 'minmax', 'standard', 'none', got {kind!r}")
+
+
+def check_scaled(scaler: Scaler, x: np.ndarray, feature_names: list[str], where: str) -> None:
+    """Every row, scaled, must stay within float32 (the student's dtype).
+
+    The scaler is fit on the labelled rows only, so another row can land far outside them (a minmax
+    span of 1e-30, a test row at 1e10): that row would reach the student as inf. Checked in chunks
+    of rows, so the check holds no second copy of a large data set.
+    """
+    flat = x.reshape(x.shape[0], -1)
+    for start in range(0, flat.shape[0], 4096):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            z = scaler.transform(flat[start : start + 4096].reshape(-1, *x.shape[1:])).reshape(-1, flat.shape[1])
+        # Finite rows within float32 scale to no NaN (the scale is never 0); NaN is the loader's to refuse.
+        bad = np.abs(z) > FLOAT32_MAX
+        if bad.any():
+            r, col = (int(i) for i in np.argwhere(bad)[0])
+            name = feature_names[col] if col < len(feature_names) else str(col)
+            raise DataError(
+                f"{where}: data.scale = '{scaler.kind}', fit on the labelled rows, maps row {start + r}, column"
+                f" '{name}' ({flat[start + r, col]:g}) to {z[r, col]:g}, beyond float32's range (the student's"
+                " dtype); choose another data.scale or rescale that column"
+            )
 
 
 # --------------------------------------------------------------------------- augmentation

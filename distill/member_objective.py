@@ -91,6 +91,12 @@ class MemberObjective:
         self._temperatures = [float(t) for t in temperatures]
         coef = [float(w) * t**2 for w, t in zip(kl_weights, self._temperatures, strict=True)]
         self.coef = torch.tensor(coef, dtype=dtype, device=device)
+        # Members with kl_weight 0 (the baseline) skip the KL term by selection, never by a product
+        # with 0: at an extreme temperature their KL may be inf or NaN, and 0 * inf is NaN.
+        distils = [float(w) > 0 for w in kl_weights]
+        self._skips_kl = self.use_teacher and not all(distils)
+        shape = (m, 1) if self.binary else (m, 1, 1)
+        self._distils = torch.tensor(distils, dtype=torch.bool, device=device).view(shape)
         temps = torch.tensor(self._temperatures, dtype=dtype, device=device)
         self.same_temperature = len(set(self._temperatures)) == 1
         self.temperature: Tensor | float = self._temperatures[0] if self.same_temperature else temps.view(m, 1, 1)
@@ -229,7 +235,8 @@ class MemberObjective:
                     if need_grad:
                         q0, q1 = q.unbind(-1)
                         grad = (q0 * q1).mul_(u - cols[4]).mul_(scale)
-                loss = loss + coef * per_row.sum(-1, keepdim=True).div_(b)  # = mean, bit for bit (and cheaper)
+                loss = self._with_kl(loss, coef * per_row.sum(-1, keepdim=True).div_(b))  # = mean, bit for bit
+                grad = self._kl_grad(grad)
             if need_grad:
                 grad = minus_hard.div_(count).neg_() if grad is None else grad.addcdiv_(minus_hard, count, value=-1.0)
                 grad = grad.unsqueeze(-1)
@@ -257,7 +264,8 @@ class MemberObjective:
                 per_row = (q * log_ratio).sum(-1, keepdim=True)
                 if need_grad:
                     grad = (log_ratio - per_row).mul_(q).mul_(scale)
-            loss = loss + coef * per_row.sum(-2, keepdim=True).div_(b)
+            loss = self._with_kl(loss, coef * per_row.sum(-2, keepdim=True).div_(b))
+            grad = self._kl_grad(grad)
         if need_grad:
             grad = minus_hard.div_(count).neg_() if grad is None else grad.addcdiv_(minus_hard, count, value=-1.0)
         return loss.view(m), grad
@@ -274,8 +282,21 @@ class MemberObjective:
             return self._loss_and_grad(z, rows, False)[0]
         loss = hard
         if self.use_teacher:
-            loss = loss + self.coef * self.kl(z, rows)
+            kl_term = self.coef * self.kl(z, rows)
+            loss = torch.where(self._distils.view(-1), loss + kl_term, loss) if self._skips_kl else loss + kl_term
         return loss
+
+    def _with_kl(self, loss: Tensor, kl_term: Tensor) -> Tensor:
+        """``loss + kl_term`` for the members that distil; the hard loss alone, exactly, for the rest."""
+        if not self._skips_kl:
+            return loss + kl_term
+        return torch.where(self._distils, loss + kl_term, loss)
+
+    def _kl_grad(self, grad: Tensor | None) -> Tensor | None:
+        """The KL term's gradient, exactly 0 for the members that do not distil."""
+        if grad is None or not self._skips_kl:
+            return grad
+        return torch.where(self._distils, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
     @staticmethod
     def evaluation_loss(z: Tensor, y: Tensor) -> Tensor:

@@ -334,10 +334,16 @@ def distillation_loss(
         else:
             _check_multiclass_teacher(student_logits, teacher_logits)
         return hard
-    kl = kl_divergence(
-        student_logits, teacher_logits, temperature=temperature, direction=direction
-    )
-    return hard + kl_weight * temperature**2 * kl
+    if not isinstance(kl_weight, Tensor):
+        kl = kl_divergence(student_logits, teacher_logits, temperature=temperature, direction=direction)
+        return hard + kl_weight * temperature**2 * kl
+    # A tensor w = 0 selects the hard term, never 0 * KL (inf or NaN at an extreme temperature), and its
+    # KL sees zeros, so no inf or NaN reaches the gradient either (where routes it, 0 * it would not).
+    on = kl_weight > 0
+    kl = kl_divergence(torch.where(on, student_logits, torch.zeros_like(student_logits)),
+                       torch.where(on, teacher_logits, torch.zeros_like(teacher_logits)),
+                       temperature=temperature, direction=direction)
+    return torch.where(on, hard + kl_weight * temperature**2 * kl, hard)
 
 
 class HardCriterion:

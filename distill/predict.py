@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.data import read_csv_frame
+from distill.data import check_float32, read_csv_frame
 from distill.errors import DataError, UserError
 from distill.rundir import atomic_write
 from distill.serving import load_checkpoint, servable_from_checkpoint
@@ -75,12 +75,21 @@ def predict_frame(payload: dict[str, Any], frame: Any, where: str, trusted_archs
     expected = int(np.prod(payload["in_shape"]))
     if x.shape[1] != expected:
         raise DataError(f"{where} has {x.shape[1]} feature columns; the student takes {expected}")
+    columns = [str(c) for c in features.columns]
     if not np.isfinite(x).all():
-        row = int(np.argwhere(~np.isfinite(x))[0][0])
-        raise DataError(f"{where} has NaN or infinite feature values (first at row {row})")
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise DataError(f"{where} has NaN or infinite feature values (first at row {row}, column '{columns[col]}')")
+    check_float32(x, columns, where)
+    _check_scaled_float32(payload, x, columns, where)
     model = servable_from_checkpoint(payload, trusted_archs, "the student checkpoint", f"--arch {payload['arch']}")
     with torch.inference_mode():
         probs = model(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    broken = ~np.isfinite(probs).all(axis=1)
+    if broken.any():  # argmax of NaN would still name a class: refuse instead of predicting from garbage
+        raise DataError(
+            f"{where}: the student's output for row {int(np.flatnonzero(broken)[0])} is not a number"
+            f" ({int(broken.sum())} row(s)): its weights or this row's values overflow float32"
+        )
     classes = list(payload["classes"])
     out = pd.DataFrame({"prediction": [classes[i] for i in probs.argmax(axis=1)]})
     for c, name in enumerate(classes):
@@ -99,6 +108,23 @@ def check_output(output: str | Path, force: bool = False) -> Path:
     if not out.parent.is_dir():
         raise UserError(f"output folder '{out.parent}' does not exist")
     return out
+
+
+def _check_scaled_float32(payload: dict[str, Any], x: np.ndarray, columns: list[str], where: str) -> None:
+    """The student scales in float32, ``(x - shift) / scale``: a row that becomes inf or NaN there
+    would get a confident prediction from inf; name its row and column instead."""
+    scaler = payload.get("scaler") or {}
+    shift = np.asarray(scaler.get("shift", 0.0), dtype=np.float32).reshape(-1)
+    scale = np.asarray(scaler.get("scale", 1.0), dtype=np.float32).reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        z = (x.astype(np.float32) - shift) / scale
+    bad = ~np.isfinite(z)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"{where}: row {row}, column '{columns[col]}' ({x[row, col]:g}) is beyond float32's range once"
+            f" scaled as in training ({z[row, col]:g}); the student cannot score it"
+        )
 
 
 def predict_csv(source: str, data: str | Path, output: str | Path | None, tracking_uri: str | None = None,

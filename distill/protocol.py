@@ -26,7 +26,9 @@ import students
 from distill.config import Config, config_dict, expand_sweep
 from distill.cache import SoftTargetCache, array_digest
 from distill.checkpoints import Checkpoints
-from distill.data import Dataset, Scaler, Split, augment_rows, fit_scaler, load_dataset, split_dataset
+from distill.data import (
+    FLOAT32_MAX, Dataset, Scaler, Split, augment_rows, check_scaled, fit_scaler, load_dataset, split_dataset,
+)
 from distill.engine import (
     EvaluationRows,
     FitInterrupted,
@@ -233,6 +235,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     if problems:
         raise ConfigError(*problems)
     scaler = fit_scaler(config.data.scale, dataset.x[split.labelled])
+    check_scaled(scaler, dataset.x, dataset.feature_names, f"data.source '{config.data.source}'")
     return Prepared(
         config=config,
         dataset=dataset,
@@ -416,6 +419,11 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
             x[split.labelled], aug.count, jitter=float(aug.jitter), mixup=float(aug.mixup),
             mixup_alpha=float(aug.mixup_alpha), rng=rng,
         )
+        if not (np.abs(augmented) <= FLOAT32_MAX).all():  # NaN too: the student would train on inf or NaN
+            raise UserError(
+                f"few_shot.augment (jitter = {aug.jitter}, mixup_alpha = {aug.mixup_alpha}) gives augmented points"
+                " that are NaN or beyond float32's range (the student's dtype); jitter is in scaled feature units"
+            )
         x_train = np.concatenate([x_train, augmented])
     # One teacher pass over every row it will ever be asked about: transfer, validation, test.
     test_rows = split.test if score_test else split.test[:0]

@@ -51,6 +51,8 @@ def _check(config: Config, output: str | Path | None) -> Path:
         problems.append(f"teacher train trains a network: set teacher.kind = \"network\", got {t.kind!r}")
     if not t.arch:
         problems.append("teacher train needs teacher.arch (a registered architecture such as 'cnn', or 'module:Class')")
+    if config.sweep is not None:
+        problems.append(f"teacher train trains one network; give {config.sweep[0]} one value, not a sweep")
     if output is None and not t.checkpoint:
         problems.append("teacher train writes to teacher.checkpoint (or --output); set one")
     if problems:

@@ -109,7 +109,7 @@ def check_tunable(config: Config) -> None:
         )
     if config.sweep is not None:
         problems.append(f"tune does not take a sweep; give {config.sweep[0]} one value (or search it in tune.space)")
-    for key, spec in config.tune.space.items():
+    for key, spec in config.tune.space.items() if config.sweep is None else ():  # a sweep: said once above
         ends = spec["choices"] if "choices" in spec else [spec["low"], spec["high"]]
         for value in ends:
             try:

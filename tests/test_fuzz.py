@@ -34,6 +34,7 @@ from distill.config import (
     config_dict,
     expand_sweep,
     load_config,
+    sweepable_keys,
     to_toml,
     validate_config,
 )
@@ -279,13 +280,8 @@ def section(model: type[BaseModel], prefix: str = "", tame: bool = False) -> st.
     return fields
 
 
-#: Keys a sweep may name (scalars outside name, protocol, tune, tracking and train.device).
-SWEEPABLE = [
-    path for path, f in FIELDS.items()
-    if _model_of(f.annotation) is None and typing.get_origin(f.annotation) not in (dict, list)
-    and path not in ("name", "train.device", "objective.class_weight")
-    and not path.startswith(("protocol.", "tune.", "tracking."))
-]
+#: Keys a sweep may name (the scalars the protocol reads per value).
+SWEEPABLE = sweepable_keys()
 MUTATIONS = ("sweep", "sweep", "garbage", "garbage", "boundary", "delete", "unknown key")
 
 
