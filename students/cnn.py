@@ -107,7 +107,7 @@ class CNN(nn.Module):
                 key="student.kernel_sizes",
             )
         widths = _int_list(hidden, "student.hidden", allow_empty=True)
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise StudentArgumentError(
                 f"student.activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}",
                 key="student.activation",
@@ -116,7 +116,7 @@ class CNN(nn.Module):
             raise StudentArgumentError(f"student.pool must be a positive integer, got {pool!r}", key="student.pool")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise StudentArgumentError(f"student.dropout must be in [0, 1), got {dropout!r}", key="student.dropout")
-        if padding not in PADDINGS:
+        if not isinstance(padding, str) or padding not in PADDINGS:
             raise StudentArgumentError(
                 f"student.padding must be one of {', '.join(PADDINGS)}, got {padding!r}", key="student.padding"
             )

@@ -49,7 +49,7 @@ class MLP(nn.Module):
             raise StudentArgumentError(
                 f"student.hidden must be a list of positive integers, got {hidden!r}", key="student.hidden"
             )
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise StudentArgumentError(
                 f"student.activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}",
                 key="student.activation",

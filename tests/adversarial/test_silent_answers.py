@@ -687,3 +687,19 @@ def test_predict_refuses_rows_whose_output_is_not_a_number(trained_student: Path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the student's output for row 0 is not a number" in err[0], err
     assert not pred.exists()
+
+
+@pytest.mark.parametrize("override", ['student.activation=["relu", "tanh"]', 'student.activation=1',
+                                      'student.arch="cnn"\nstudent.padding=["same"]'])
+def test_a_list_for_a_student_argument_is_named_not_a_type_error(override: str, capsys) -> None:
+    """A student's own arguments take one value: a list is a one-line error naming the key."""
+    from distill.cli import main
+
+    argv = ["check", str(Path(__file__).resolve().parents[2] / "experiments" / "digits_gp.toml")]
+    for item in override.split("\n"):
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "unhashable" not in err and "Traceback" not in err, err
+    assert ("student.activation" in errors[0] or "student.padding" in errors[0]), errors[0]
