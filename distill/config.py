@@ -396,6 +396,10 @@ class TrackingConfig(_Section):
     uri: Optional[str] = None
     experiment: Optional[str] = None
     fallback: Literal["error", "local"] = "error"
+    #: seconds one request to a tracking server may take, and how often a failed one is repeated:
+    #: a server that stalls fails the run (or falls back) in bounded time instead of hanging
+    timeout: Number = Field(default=10.0, gt=0, le=3600)
+    retries: StrictInt = Field(default=2, ge=0, le=10)
 
 
 class Config(_Section):
