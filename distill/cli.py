@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = verbs.add_parser("check", help="validate the config and data and print what would run")
     _add_config_args(check)
+    check.add_argument("--no-track", action="store_true",
+                       help="do not check the MLflow store (as 'run --no-track' would not use it)")
 
     tune = verbs.add_parser("tune", help="search tune.space with Optuna on validation rows, then compare on test rows")
     _add_config_args(tune)
@@ -153,7 +155,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from distill.protocol import prepare_protocol
     from distill.runner import describe_plan
 
-    first = prepare_protocol(load_config(args.experiment, _overrides(args)))
+    from distill.tracking import preflight
+
+    config = load_config(args.experiment, _overrides(args))
+    first = prepare_protocol(config)
+    if not args.no_track and config.tracking.enabled:
+        preflight(config)  # what run checks before writing anything: a dead server, a corrupt store
     print(describe_plan(first[0]))
     print("ok: config and data are valid")
     return 0

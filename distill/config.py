@@ -72,6 +72,20 @@ MAX_AUGMENT = 1_000_000  #: few_shot.augment.count: generated transfer rows
 MAX_TRIALS = 1_000_000
 #: Tables and arrays nest at most this deep in an experiment file or ``--set`` value.
 MAX_NESTING = 32
+#: float32's largest finite value: numbers that become float32 tensors (loss weights, learning
+#: rate, ...) must stay below it, or the student's arithmetic turns them into infinity.
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_SECONDS = 1e9  #: tune.timeout (about 30 years)
+
+
+def _within_float32(value: Any) -> Any:
+    """A number the student computes with: finite in float32."""
+    numbers = value if isinstance(value, list) else [value]
+    for v in numbers:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not abs(v) <= FLOAT32_MAX:
+            raise ValueError(f"must be at most {FLOAT32_MAX:.4g} in size (the float32 range the student "
+                             f"computes in), got {value}")
+    return value
 
 
 class _Section(BaseModel):
@@ -240,6 +254,9 @@ class ObjectiveConfig(_Section):
             raise ValueError(f"must be 'balanced' or a number > 0, got {value!r}")
         return value
 
+    _float32 = field_validator("class_weight", "pos_weight", "kl_weight", "temperature", "l1", "l2",
+                               "metric_weight", "metric_margin")(_within_float32)
+
     @field_validator("kl_weight", "temperature")
     @classmethod
     def _finite(cls, value: float) -> float:
@@ -287,6 +304,8 @@ class TrainConfig(_Section):
     #: ... and at most once per this many seconds (0: every N epochs exactly)
     checkpoint_interval: Number = Field(default=10.0, ge=0)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+    _float32 = field_validator("lr", "weight_decay", "grad_clip")(_within_float32)
 
     @field_validator("device")
     @classmethod
@@ -343,7 +362,7 @@ class TuneConfig(_Section):
     """Optuna search over config keys, scored on the validation rows only."""
 
     trials: StrictInt = Field(default=30, ge=1, le=MAX_TRIALS)
-    timeout: Optional[Number] = Field(default=None, gt=0)
+    timeout: Optional[Number] = Field(default=None, gt=0, le=MAX_SECONDS)
     metric: Literal["f1_macro", "accuracy", "auroc", "ece", "loss"] = "f1_macro"
     direction: Literal["auto", "maximize", "minimize"] = "auto"
     storage: Optional[str] = None

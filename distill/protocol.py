@@ -211,17 +211,20 @@ def _transfer_problems(config: Config, dataset: Dataset, scaled: np.ndarray) -> 
     return problems
 
 
-def _scaling_problems(config: Config, dataset: Dataset, scaler: Scaler) -> list[str]:
-    """Features the scaler turns into NaN or infinity (a span beyond float64, e.g. -1e308..1e308)."""
+def _scaling_problems(config: Config, dataset: Dataset, split: Split, scaler: Scaler) -> list[str]:
+    """Features the scaler turns into NaN or infinity (a span beyond float64, e.g. -1e308..1e308), or
+    beyond float32, in the rows training reads (never the test rows: tuning must not look at them)."""
+    rows = np.sort(np.concatenate([split.labelled, split.validation, split.pool]))
     with np.errstate(all="ignore"):
-        scaled = scaler.transform(dataset.x)
+        scaled = scaler.transform(dataset.x[rows])
         bad = ~np.isfinite(scaled) | (np.abs(scaled) > _FLOAT32_MAX)
     if not bad.any():
         return []
-    row, col = (int(i) for i in np.argwhere(bad)[0])
+    at, col = (int(i) for i in np.argwhere(bad)[0])
+    row = int(rows[at])
     name = dataset.feature_names[col] if col < len(dataset.feature_names) else str(col)
     return [f"data.scale = '{config.data.scale}': feature '{name}' (row {row}) scales to "
-            f"{scaled[row, col]}, outside the float32 range the student computes in; check the data's extreme values"]
+            f"{scaled[at, col]}, outside the float32 range the student computes in; check the data's extreme values"]
 
 
 def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
@@ -299,8 +302,9 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     except ConfigError as exc:
         problems.extend(exc.problems)
         device = torch.device("cpu")
-    scaler = fit_scaler(config.data.scale, dataset.x[split.labelled])
-    problems.extend(_scaling_problems(config, dataset, scaler))
+    with np.errstate(all="ignore"):  # an overflowing span is reported below, not warned about
+        scaler = fit_scaler(config.data.scale, dataset.x[split.labelled])
+    problems.extend(_scaling_problems(config, dataset, split, scaler))
     if not problems:
         problems.extend(_transfer_problems(config, dataset, scaler.transform(dataset.x[split.labelled])))
     if problems:
