@@ -35,6 +35,7 @@ __all__ = [
     "StudyTracker",
     "DEFAULT_URI",
     "TrackingError",
+    "falls_back",
 ]
 
 log = logging.getLogger("distill")
@@ -488,10 +489,24 @@ def open_tracker(config: Config, uri: str, run_name: str, device: str, run_id: s
     if config.sweep is not None:
         tags["sweep.key"] = config.sweep[0]
     experiment = config.tracking.experiment or config.name
-    tracker = MlflowTracker.start(uri, experiment, run_name, tags, run_id=run_id)
+    try:
+        tracker = MlflowTracker.start(uri, experiment, run_name, tags, run_id=run_id)
+    except TrackingError as exc:  # a server that passed the preflight and then stalled or failed
+        if not falls_back(config, uri, exc) or run_id is not None:
+            raise
+        uri = DEFAULT_URI
+        tracker = MlflowTracker.start(uri, experiment, run_name, tags)
     tracker.log_params(flatten(config_dict(config)))
     log.info("MLflow run %s at %s (experiment '%s')", tracker.run_id, uri, experiment)
     return tracker
+
+
+def falls_back(config: Config, uri: str, exc: UserError) -> bool:
+    """True (with a warning) when ``tracking.fallback = "local"`` lets a failed server give way to the local store."""
+    if config.tracking.fallback != "local" or not uri.startswith(("http://", "https://")):
+        return False
+    log.warning("%s; recording to %s instead (tracking.fallback = \"local\")", exc.problems[0], DEFAULT_URI)
+    return True
 
 
 def log_files(tracker: Tracker, paths: Iterable[Path]) -> None:

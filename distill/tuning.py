@@ -317,9 +317,14 @@ def run_tuning(
             study_name, storage_text, before, trials, direction, config.tune.metric, config.protocol.episodes,
         )
         if uri is not None:
-            from distill.tracking import StudyTracker
+            from distill.tracking import DEFAULT_URI, StudyTracker, TrackingError, falls_back
 
-            tracker = StudyTracker.start(uri, config, study_name, storage_text, run_dir.name)
+            try:
+                tracker = StudyTracker.start(uri, config, study_name, storage_text, run_dir.name)
+            except TrackingError as exc:  # a server that passed the preflight, then stalled or failed
+                if not falls_back(config, uri, exc):
+                    raise
+                tracker = StudyTracker.start(DEFAULT_URI, config, study_name, storage_text, run_dir.name)
         cache = _TeacherCache(soft_target_cache(config))
 
         def objective(trial: optuna.Trial) -> float:
