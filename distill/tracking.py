@@ -81,6 +81,9 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+_CALLS = {"start": "opening the run", "_end": "ending the run", "on_trial": "recording a trial"}
+
+
 def _tracking_call(method: Any) -> Any:
     """A tracker method whose store failures become one-line TrackingErrors (exit 2), not tracebacks."""
 
@@ -91,10 +94,10 @@ def _tracking_call(method: Any) -> Any:
         except UserError:
             raise
         except _store_errors() as exc:
-            what = method.__name__.strip("_").replace("_", " ")
+            what = _CALLS.get(method.__name__, method.__name__.strip("_").replace("_", " "))
+            where = getattr(self, "uri", None) or next((a for a in args[:1] if isinstance(a, str)), "the store")
             raise TrackingError(
-                f"tracking: {what} failed at {getattr(self, 'uri', None) or 'the store'}: {_reason(exc)}; "
-                "check the store, or pass --no-track"
+                f"tracking: {what} failed at {where}: {_reason(exc)}; check the store, or pass --no-track"
             ) from None
 
     return wrapper
@@ -304,16 +307,20 @@ class MlflowTracker(Tracker):
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         try:
-            _create_local_store_once(uri)
-            experiment_id = _experiment_id(mlflow.MlflowClient(uri), experiment)
-            mlflow.set_experiment(experiment_id=experiment_id)  # by id: active for the nested episode runs too
-        except mlflow.exceptions.MlflowException as exc:
-            raise ConfigError(f"tracking: cannot use experiment '{experiment}' at {uri}: {str(exc).splitlines()[0]}") from None
-        if run_id is not None:
-            run = mlflow.start_run(run_id=run_id)  # reopened: RUNNING again until finish()
-            mlflow.set_tags({**tags, "distill.resumed": "true"})
-        else:  # the experiment by id: another process creating it at the same moment cannot redirect us
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+            try:
+                _create_local_store_once(uri)
+                experiment_id = _experiment_id(mlflow.MlflowClient(uri), experiment)
+                mlflow.set_experiment(experiment_id=experiment_id)  # by id: active for the nested episode runs too
+            except mlflow.exceptions.MlflowException as exc:
+                raise TrackingError(f"tracking: cannot use experiment '{experiment}' at {uri}: {_reason(exc)}") from None
+            if run_id is not None:
+                run = mlflow.start_run(run_id=run_id)  # reopened: RUNNING again until finish()
+                mlflow.set_tags({**tags, "distill.resumed": "true"})
+            else:  # the experiment by id: another process creating it at the same moment cannot redirect us
+                run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        except BaseException:
+            mlflow.set_tracking_uri(previous)  # the caller's URI back, as finish() would
+            raise
         tracker = cls(run.info.run_id, restore_uri=previous)
         tracker.uri = uri
         return tracker
@@ -585,6 +592,7 @@ class StudyTracker:
         self.client = client
         self.experiment_id = experiment_id
         self.run_id = run_id
+        self.uri: str | None = getattr(getattr(client, "_tracking_client", None), "tracking_uri", None)
         self._done = False
 
     @classmethod
