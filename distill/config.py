@@ -257,6 +257,16 @@ class ObjectiveConfig(_Section):
     _float32 = field_validator("class_weight", "pos_weight", "kl_weight", "temperature", "l1", "l2",
                                "metric_weight", "metric_margin")(_within_float32)
 
+    @field_validator("hard_params")
+    @classmethod
+    def _hard_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, number in value.items():  # the hard loss's parameters become float32 tensors too
+            try:
+                _within_float32(number)
+            except ValueError as exc:
+                raise ValueError(f"{key} {exc}") from None
+        return value
+
     @field_validator("kl_weight", "temperature")
     @classmethod
     def _finite(cls, value: float) -> float:

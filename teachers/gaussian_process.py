@@ -35,6 +35,16 @@ class EstimatorTeacher:
         self.estimator = estimator
         self.num_classes = int(num_classes)
 
+    def check(self, in_shape: tuple[int, ...]) -> None:
+        """The estimator's parameters against scikit-learn's own constraints, before any fit, so that
+        ``check`` refuses the ``teacher.params`` that ``run`` would fail on."""
+        validate = getattr(self.estimator, "_validate_params", None)
+        if callable(validate):
+            try:
+                validate()
+            except ValueError as exc:
+                raise ValueError(f"teacher.params: {str(exc).strip().splitlines()[0]}") from None
+
     def fit(self, x: np.ndarray, y: np.ndarray) -> "EstimatorTeacher":
         from sklearn.base import clone
 
@@ -114,6 +124,7 @@ class GaussianProcessTeacher(EstimatorTeacher):
     def check(self, in_shape: tuple[int, ...]) -> None:
         """The kernel against the data, before any fit: every hyperparameter finite and > 0, and an
         anisotropic length-scale with one value per feature (scikit-learn fails mid-run otherwise)."""
+        super().check(in_shape)
         if self.kernel.strip() == "auto":
             return
         features = int(np.prod(in_shape))

@@ -117,6 +117,12 @@ LIMITS = {
     "nan inside a list": (["student.hidden=[8, nan]"], ["student.hidden[1] must be a finite number"]),
     "-inf in hard_params": (['objective.hard="focal"', "objective.hard_params={ gamma = -inf }"],
                             ["objective.hard_params.gamma must be a finite number"]),
+    "a hard-loss parameter beyond float32": (['objective.hard="focal"', "objective.hard_params={ gamma = 1e300 }"],
+                                             ["objective.hard_params: gamma must be at most", "float32"]),
+    # check accepts exactly what run accepts: the estimator's own parameter rules, before any fit
+    "an estimator parameter scikit-learn refuses": (
+        ['teacher.kind="sklearn"', 'teacher.estimator="sklearn.ensemble:RandomForestClassifier"',
+         "teacher.params={ n_estimators = -1 }"], ["teacher.params", "'n_estimators'", "Got -1"]),
     "kernel length-scale of 2 values on 30 features": (
         ['teacher.kernel="1.0 * RBF([1.0, 2.0])"'], ["teacher.kernel", "2 values", "30 feature(s)"]),
     "kernel length-scale of 31 values on 30 features": (
