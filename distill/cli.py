@@ -171,12 +171,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from distill.errors import ConfigError
     from distill.tuning import run_tuning, tuning_table
 
+    from distill.config import MAX_SECONDS, MAX_THREADS, MAX_TRIALS
+
     config = load_config(args.experiment, _overrides(args))
-    for flag, value in (("--trials", args.trials), ("--jobs", args.jobs)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ConfigError(f"--timeout must be > 0, got {args.timeout}")
+    for flag, value, limit in (("--trials", args.trials, MAX_TRIALS), ("--jobs", args.jobs, MAX_THREADS)):
+        if value is not None and not 1 <= value <= limit:
+            raise ConfigError(f"{flag} must be between 1 and {limit}, got {value}")
+    if args.timeout is not None and not 0 < args.timeout <= MAX_SECONDS:  # also refuses nan and inf
+        raise ConfigError(f"--timeout must be > 0 and <= {MAX_SECONDS:g} seconds, got {args.timeout}")
     result = run_tuning(
         config,
         trials=args.trials,

@@ -397,3 +397,26 @@ def test_read_idx_reads_no_more_than_the_header_claims(tmp_path: Path) -> None:
     assert math.prod((20, 4, 4)) == _IMAGES.size
     with gzip.open(path, "rb") as handle:  # the whole stream really is that large
         assert len(handle.read()) == 4 + 12 + _IMAGES.size + 5 * 10**6
+
+
+# --------------------------------------------------------------------------- command-line numbers
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--trials", "10000000000"], "--trials must be between 1 and 1000000"),
+    (["--jobs", "100000"], "--jobs must be between 1 and 1024"),
+    (["--jobs", "0"], "--jobs must be between 1 and 1024"),
+    (["--timeout", "nan"], "--timeout must be > 0"),
+    (["--timeout", "inf"], "--timeout must be > 0"),
+    (["--seed", "18446744073709551616"], "seed"),
+    (["--episodes", "1000000000000"], "protocol.episodes must be <= 10000"),
+])
+def test_tune_flags_beyond_their_limits_are_one_line(flags: list[str], needle: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["tune", EXPERIMENT, *FAST, "--no-track", "-q", "--storage", str(tmp_path / "j.log"),
+                 "-o", str(tmp_path / "out"), *flags])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err.strip().startswith("error: ") and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert needle in captured.err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "j.log").exists()
