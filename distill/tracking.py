@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_URI",
     "TrackingError",
     "falls_back",
+    "bound_requests",
 ]
 
 log = logging.getLogger("distill")
@@ -103,15 +104,25 @@ def _tracking_call(method: Any) -> Any:
     return wrapper
 
 
-def _apply_timeouts(config: Config) -> None:
-    """Bound every MLflow HTTP request: ``tracking.timeout`` seconds, ``tracking.retries`` repeats.
+def bound_requests(timeout: float = 10.0, retries: int = 2, *, override: bool = True) -> None:
+    """Bound every MLflow HTTP request: ``timeout`` seconds, ``retries`` repeats (``override=False``:
+    only where the user has not set MLflow's variables).
 
     MLflow reads these variables per request; its defaults (120 s, 7 retries with backoff) let a
     stalled server hold a run for many minutes.
     """
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(float(config.tracking.timeout))))
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.tracking.retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    values = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(float(timeout)))),
+              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(retries)), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    for name, value in values.items():
+        if override:
+            os.environ[name] = value
+        else:
+            os.environ.setdefault(name, value)
+
+
+def _apply_timeouts(config: Config) -> None:
+    """``tracking.timeout`` and ``tracking.retries`` for every MLflow request this process makes."""
+    bound_requests(float(config.tracking.timeout), config.tracking.retries)
 
 
 class Tracker:
@@ -154,8 +165,15 @@ class NullTracker(Tracker):
 
 
 def resolve_tracking_uri(config: Config) -> str:
-    """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (working folder)."""
-    return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (working folder).
+
+    A server's requests are bounded by ``tracking.timeout`` / ``tracking.retries`` from here on (a
+    network teacher's ``teacher.uri`` is fetched from it while the config is checked).
+    """
+    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith(("http://", "https://")):
+        _apply_timeouts(config)
+    return uri
 
 
 def _probe(uri: str) -> str | None:

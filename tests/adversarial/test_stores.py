@@ -301,6 +301,34 @@ def test_a_server_that_stalls_after_the_preflight_falls_back_when_asked(
     assert _finished_runs(tmp_path / "mlflow.db") == ["FINISHED"]
 
 
+@pytest.mark.integration
+def test_a_network_teacher_from_a_stalling_server_is_refused_in_seconds(stalling: _StallingServer, tmp_path: Path,
+                                                                        capsys) -> None:
+    """``teacher.uri`` is fetched while the config is checked: bounded by ``tracking.timeout`` too."""
+    started = time.monotonic()
+    _refused_by_check_and_run(['teacher.kind="network"', 'teacher.uri="models:/teacher/1"', 'teacher.arch="mlp"',
+                               f'tracking.uri="{stalling.uri}"', "tracking.enabled=false", *_SERVER],
+                              ["models:/teacher/1"], tmp_path, capsys)
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.integration
+def test_predict_from_a_stalling_server_is_bounded(stalling: _StallingServer, tmp_path: Path) -> None:
+    """No config here: distill's default bound (10 s a request) replaces MLflow's 120 s x 7 retries."""
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b\n1,2\n")
+    started = time.monotonic()
+    env_retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # one request: the test waits one timeout
+    done = subprocess.run([sys.executable, "-m", "distill", "predict", "models:/student/1", str(data),
+                           "--tracking-uri", stalling.uri], cwd=tmp_path, capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env_retries})
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    assert _errors(done.stderr) == [line for line in done.stderr.splitlines() if line.strip()], done.stderr
+    assert "cannot fetch MLflow model 'models:/student/1'" in done.stderr
+    assert 9 < elapsed < 45  # the 10 s default bound, not MLflow's 120 s
+
+
 # --------------------------------------------------------------------------- Optuna storages
 
 TUNE = {
