@@ -252,8 +252,11 @@ def _check_npz_sizes(path: Path) -> None:
                     shape, _, dtype = npy.read_array_header_1_0(handle)
                 elif version == (2, 0):
                     shape, _, dtype = npy.read_array_header_2_0(handle)
-                else:
-                    shape, _, dtype = npy._read_array_header(handle, version)  # 3.0: utf-8 header
+                else:  # 3.0: a utf-8 header, read by numpy's own (private) reader where it has one
+                    reader = getattr(npy, "_read_array_header", None)
+                    if reader is None:
+                        raise ValueError(f"array '{name}' uses .npy format {version}, which this numpy cannot read")
+                    shape, _, dtype = reader(handle, version)
                 header = handle.tell()
             if dtype.hasobject:
                 continue  # refused as pickled data when read

@@ -284,12 +284,11 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     except ConfigError as exc:
         problems.extend(exc.problems)
     except (RuntimeError, MemoryError) as exc:
-        if "allocat" in str(exc).lower() or isinstance(exc, MemoryError):
-            problems.append(f"student '{config.student.arch}' does not fit in memory: {str(exc).splitlines()[0]}")
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, MemoryError) or "allocat" in reason.lower():
+            problems.append(f"student '{config.student.arch}' does not fit in memory: {reason}")
         else:
-            problems.append(
-                f"student '{config.student.arch}' cannot take inputs of shape {dataset.in_shape}: {str(exc).splitlines()[0]}"
-        )
+            problems.append(f"student '{config.student.arch}' cannot take inputs of shape {dataset.in_shape}: {reason}")
     es = config.train.early_stopping
     logged = logged_metric_names(split.validation.size > 0)
     if es.patience > 0 and es.monitor not in logged:
