@@ -420,3 +420,57 @@ def test_tune_flags_beyond_their_limits_are_one_line(flags: list[str], needle: s
     assert captured.err.strip().startswith("error: ") and len(captured.err.strip().splitlines()) == 1, captured.err
     assert needle in captured.err
     assert not (tmp_path / "out").exists() and not (tmp_path / "j.log").exists()
+
+
+def _upper_bound(dotted: str) -> int:
+    """The ``le`` bound pydantic holds for a key (read from the model, not restated here)."""
+    import annotated_types
+
+    model: typing.Any = Config
+    field = None
+    for part in dotted.split("."):
+        field = model.model_fields[part]
+        model = field.annotation
+    bounds = [m.le for m in field.metadata if isinstance(m, annotated_types.Le)]
+    assert bounds, f"{dotted} has no upper bound"
+    return int(bounds[0])
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_every_int_key_has_an_upper_bound_that_is_inclusive(key: str) -> None:
+    """Each count takes its limit and refuses one more, naming the key (unit level, on the schema)."""
+    from distill.config import validate_config
+    from distill.errors import ConfigError
+
+    limit = _upper_bound(key)
+    assert limit < 2**32
+    tree: dict[str, typing.Any] = {}
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = limit
+    assert validate_config(tree) is not None
+    node[parts[-1]] = limit + 1
+    with pytest.raises(ConfigError) as caught:
+        validate_config(tree)
+    assert caught.value.problems == [f"{key} must be <= {limit}, got {limit + 1}"]
+
+
+@pytest.mark.parametrize("arch, in_shape, kwargs", [
+    ("mlp", (30,), {"hidden": [10, 10], "activation": "sigmoid"}),
+    ("mlp", (64,), {"hidden": [128, 64, 32], "dropout": 0.1}),
+    ("cnn", (1, 28, 28), {}),
+])
+def test_the_meta_device_count_equals_the_real_parameter_count(arch: str, in_shape, kwargs) -> None:
+    """The size limit counts on the meta device; the count is the real model's, with nothing allocated."""
+    import students
+    from distill.config import validate_config
+    from distill.data import Dataset
+    from distill.protocol import _student_size
+
+    config = validate_config({"student": {"arch": arch, **kwargs}})
+    dataset = Dataset("t", np.zeros((2, math.prod(in_shape))), np.array([0, 1]), ["a", "b", "c"],
+                      image_shape=in_shape if len(in_shape) > 1 else None)
+    real = students.build(arch, in_shape, 3, num_outputs=3, **kwargs)
+    assert _student_size(config, dataset, 3) == sum(p.numel() for p in real.parameters()) > 0
