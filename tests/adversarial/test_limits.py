@@ -245,6 +245,15 @@ def test_deeply_nested_set_values_are_refused(depth: int, tmp_path: Path, capsys
              tmp_path, capsys)
 
 
+def test_deeply_nested_tables_by_dotted_keys_are_refused(tmp_path: Path, capsys) -> None:
+    """Dotted keys nest without recursion in the parser: the depth limit still holds, in a file and in --set."""
+    deep = ".".join(["x"] * 5000)
+    path = tmp_path / "deep.toml"
+    path.write_text(Path(EXPERIMENT).read_text() + f"\n[{deep}]\na = 1\n")
+    _refused([], ["x.x.x", "nest at most"], tmp_path, capsys, experiment=path)
+    _refused(["--set", f"{deep}=1"], ["x.x.x", "nest at most"], tmp_path, capsys)
+
+
 def test_nested_inline_tables_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     value = "{ a = " * 100 + "1" + " }" * 100
     _refused(["--set", f"teacher.params={value}"], ["teacher.params", "nest at most"], tmp_path, capsys)

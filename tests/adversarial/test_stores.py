@@ -80,6 +80,7 @@ def test_a_corrupt_sqlite_store_is_refused_before_anything_is_written(tmp_path: 
     assert store.read_bytes() == before  # the user's file is left as it was
 
 
+@pytest.mark.slow
 def test_a_truncated_sqlite_store_is_refused(tmp_path: Path, capsys) -> None:
     """A real store cut in half: the header is right, the pages are gone."""
     store = tmp_path / "real.db"
