@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = verbs.add_parser("check", help="validate the config and data and print what would run")
     _add_config_args(check)
+    check.add_argument("--no-track", action="store_true",
+                       help="do not check the MLflow store (as 'run --no-track' would not use it)")
 
     tune = verbs.add_parser("tune", help="search tune.space with Optuna on validation rows, then compare on test rows")
     _add_config_args(tune)
@@ -159,7 +161,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from distill.protocol import prepare_protocol
     from distill.runner import describe_plan
 
-    first = prepare_protocol(load_config(args.experiment, _overrides(args)))
+    from distill.tracking import preflight
+
+    config = load_config(args.experiment, _overrides(args))
+    first = prepare_protocol(config)
+    if not args.no_track and config.tracking.enabled:
+        preflight(config)  # what run checks before writing anything: a dead server, a corrupt store
     print(describe_plan(first[0]))
     print("ok: config and data are valid")
     return 0
@@ -170,12 +177,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from distill.errors import ConfigError
     from distill.tuning import run_tuning, tuning_table
 
+    from distill.config import MAX_SECONDS, MAX_THREADS, MAX_TRIALS
+
     config = load_config(args.experiment, _overrides(args))
-    for flag, value in (("--trials", args.trials), ("--jobs", args.jobs)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ConfigError(f"--timeout must be > 0, got {args.timeout}")
+    for flag, value, limit in (("--trials", args.trials, MAX_TRIALS), ("--jobs", args.jobs, MAX_THREADS)):
+        if value is not None and not 1 <= value <= limit:
+            raise ConfigError(f"{flag} must be between 1 and {limit}, got {value}")
+    if args.timeout is not None and not 0 < args.timeout <= MAX_SECONDS:  # also refuses nan and inf
+        raise ConfigError(f"--timeout must be > 0 and <= {MAX_SECONDS:g} seconds, got {args.timeout}")
     result = run_tuning(
         config,
         trials=args.trials,

@@ -60,6 +60,35 @@ __all__ = [
 
 Number = Union[StrictInt, StrictFloat]
 
+# --------------------------------------------------------------------------- resource limits
+#: Resource limits on config values (README "Experiment files"): each refuses, with exit 2 and the key,
+#: a value that would exhaust memory, threads or time instead of running.
+MAX_SEED = 2**32 - 1  #: scikit-learn's ``random_state`` takes at most this; episode seeds are seed + e
+MAX_COUNT = 2**31 - 1  #: any other count (rows, sizes): what an int32 index can address
+MAX_EPOCHS = 1_000_000  #: epochs, and the epoch counts step_size, patience, checkpoint_every
+MAX_EPISODES = 10_000
+MAX_BATCH = 2**20  #: rows per batch
+MAX_THREADS = 1024  #: torch CPU threads
+MAX_RESTARTS = 1000  #: GP optimizer restarts
+MAX_AUGMENT = 1_000_000  #: few_shot.augment.count: generated transfer rows
+MAX_TRIALS = 1_000_000
+#: Tables and arrays nest at most this deep in an experiment file or ``--set`` value.
+MAX_NESTING = 32
+#: float32's largest finite value: numbers that become float32 tensors (loss weights, learning
+#: rate, ...) must stay below it, or the student's arithmetic turns them into infinity.
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_SECONDS = 1e9  #: tune.timeout (about 30 years)
+
+
+def _within_float32(value: Any) -> Any:
+    """A number the student computes with: finite in float32."""
+    numbers = value if isinstance(value, list) else [value]
+    for v in numbers:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not abs(v) <= FLOAT32_MAX:
+            raise ValueError(f"must be at most {FLOAT32_MAX:.4g} in size (the float32 range the student "
+                             f"computes in), got {value}")
+    return value
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -77,7 +106,7 @@ class DataConfig(_Section):
     @classmethod
     def _test_size(cls, value: float) -> float:
         if isinstance(value, int):
-            if value < 1:
+            if not 1 <= value <= MAX_COUNT:
                 raise ValueError(f"must be a row count >= 1 or a fraction in (0, 1), got {value}")
         elif not 0.0 < value < 1.0:
             raise ValueError(f"must be a row count >= 1 or a fraction in (0, 1), got {value}")
@@ -99,7 +128,7 @@ class DataConfig(_Section):
 class AugmentConfig(_Section):
     """Points generated from the labelled rows for ``transfer = "augmented"`` (labelled by the teacher)."""
 
-    count: StrictInt = Field(default=200, ge=1)
+    count: StrictInt = Field(default=200, ge=1, le=MAX_AUGMENT)
     jitter: Number = Field(default=0.05, ge=0)
     mixup: Number = Field(default=0.5, ge=0, le=1)
     mixup_alpha: Number = Field(default=1.0, gt=0)
@@ -108,9 +137,9 @@ class AugmentConfig(_Section):
 class FewShotConfig(_Section):
     """The few-shot draw: labelled rows (in total or per class), validation rows, transfer set."""
 
-    labelled: Optional[StrictInt] = Field(default=None, ge=1)
-    per_class: Optional[StrictInt] = Field(default=None, ge=1)
-    validation: StrictInt = Field(default=0, ge=0)
+    labelled: Optional[StrictInt] = Field(default=None, ge=1, le=MAX_COUNT)
+    per_class: Optional[StrictInt] = Field(default=None, ge=1, le=MAX_COUNT)
+    validation: StrictInt = Field(default=0, ge=0, le=MAX_COUNT)
     transfer: Literal["labelled", "pool", "augmented"] = "labelled"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
@@ -131,7 +160,7 @@ class FewShotConfig(_Section):
 class ProtocolConfig(_Section):
     """Independent few-shot draws (episodes) and how they are summarised."""
 
-    episodes: StrictInt = Field(default=1, ge=1)
+    episodes: StrictInt = Field(default=1, ge=1, le=MAX_EPISODES)
     metric: Literal["accuracy", "f1_macro", "auroc", "ece"] = "accuracy"
     ci: Literal["t", "bootstrap"] = "t"
 
@@ -144,7 +173,7 @@ class TeacherConfig(_Section):
 
     kind: Literal["gaussian_process", "sklearn", "network"] = "gaussian_process"
     kernel: str = "auto"
-    restarts: StrictInt = Field(default=2, ge=0)
+    restarts: StrictInt = Field(default=2, ge=0, le=MAX_RESTARTS)
     multi_class: Literal["one_vs_rest", "one_vs_one"] = "one_vs_rest"
     estimator: Optional[str] = None
     params: dict[str, Any] = Field(default_factory=dict)
@@ -227,6 +256,19 @@ class ObjectiveConfig(_Section):
             raise ValueError(f"must be 'balanced' or a number > 0, got {value!r}")
         return value
 
+    _float32 = field_validator("class_weight", "pos_weight", "kl_weight", "temperature", "l1", "l2",
+                               "metric_weight", "metric_margin")(_within_float32)
+
+    @field_validator("hard_params")
+    @classmethod
+    def _hard_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, number in value.items():  # the hard loss's parameters become float32 tensors too
+            try:
+                _within_float32(number)
+            except ValueError as exc:
+                raise ValueError(f"{key} {exc}") from None
+        return value
+
     @field_validator("kl_weight", "temperature")
     @classmethod
     def _finite(cls, value: float) -> float:
@@ -240,7 +282,7 @@ class EarlyStoppingConfig(_Section):
 
     monitor: str = "val_loss"
     mode: Literal["auto", "min", "max"] = "auto"
-    patience: StrictInt = Field(default=0, ge=0)
+    patience: StrictInt = Field(default=0, ge=0, le=MAX_EPOCHS)
     min_delta: Number = Field(default=0.0, ge=0)
 
 
@@ -251,16 +293,16 @@ class TrainConfig(_Section):
     lr: Number = Field(default=1e-2, gt=0)
     momentum: Number = Field(default=0.0, ge=0, lt=1)
     weight_decay: Number = Field(default=0.0, ge=0)
-    epochs: StrictInt = Field(default=100, ge=1)
-    batch_size: StrictInt = Field(default=32, ge=1)
+    epochs: StrictInt = Field(default=100, ge=1, le=MAX_EPOCHS)
+    batch_size: StrictInt = Field(default=32, ge=1, le=MAX_BATCH)
     replacement: StrictBool = False
     scheduler: Literal["none", "cosine", "step"] = "none"
-    step_size: StrictInt = Field(default=30, ge=1)
+    step_size: StrictInt = Field(default=30, ge=1, le=MAX_EPOCHS)
     gamma: Number = Field(default=0.1, gt=0, le=1)
     grad_clip: Optional[Number] = Field(default=None, gt=0)
     restore_best: StrictBool = True
     device: str = "auto"
-    threads: StrictInt = Field(default=0, ge=0)
+    threads: StrictInt = Field(default=0, ge=0, le=MAX_THREADS)
     detect_anomaly: StrictBool = False
     #: train students of one architecture across episodes, sweep values and trial episodes as one
     #: stacked model when only their KL weight, temperature and seed differ (false: one at a time)
@@ -270,10 +312,12 @@ class TrainConfig(_Section):
     #: torch.compile the student's forward pass (worth it on a GPU for long fits; compiling costs seconds)
     compile: StrictBool = False
     #: write the fit state to RUN_DIR/checkpoints every N epochs (0: only when interrupted) ...
-    checkpoint_every: StrictInt = Field(default=1, ge=0)
+    checkpoint_every: StrictInt = Field(default=1, ge=0, le=MAX_EPOCHS)
     #: ... and at most once per this many seconds (0: every N epochs exactly)
     checkpoint_interval: Number = Field(default=10.0, ge=0)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+    _float32 = field_validator("lr", "weight_decay", "grad_clip")(_within_float32)
 
     @field_validator("device")
     @classmethod
@@ -329,8 +373,8 @@ def _check_space_entry(key: str, spec: Any) -> dict[str, Any] | str:
 class TuneConfig(_Section):
     """Optuna search over config keys, scored on the validation rows only."""
 
-    trials: StrictInt = Field(default=30, ge=1)
-    timeout: Optional[Number] = Field(default=None, gt=0)
+    trials: StrictInt = Field(default=30, ge=1, le=MAX_TRIALS)
+    timeout: Optional[Number] = Field(default=None, gt=0, le=MAX_SECONDS)
     metric: Literal["f1_macro", "accuracy", "auroc", "ece", "loss"] = "f1_macro"
     direction: Literal["auto", "maximize", "minimize"] = "auto"
     storage: Optional[str] = None
@@ -383,6 +427,10 @@ class TrackingConfig(_Section):
     uri: Optional[str] = None
     experiment: Optional[str] = None
     fallback: Literal["error", "local"] = "error"
+    #: seconds one request to a tracking server may take, and how often a failed one is repeated:
+    #: a server that stalls fails the run (or falls back) in bounded time instead of hanging
+    timeout: Number = Field(default=10.0, gt=0, le=3600)
+    retries: StrictInt = Field(default=2, ge=0, le=10)
 
 
 class Config(_Section):
@@ -395,7 +443,7 @@ class Config(_Section):
     _sweep: Optional[tuple[str, tuple[Any, ...]]] = PrivateAttr(default=None)
 
     name: str = "experiment"
-    seed: StrictInt = Field(default=0, ge=0)
+    seed: StrictInt = Field(default=0, ge=0, le=MAX_SEED)
     data: DataConfig = Field(default_factory=DataConfig)
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
@@ -410,6 +458,16 @@ class Config(_Section):
     def sweep(self) -> Optional[tuple[str, tuple[Any, ...]]]:
         """``(dotted key, values)`` when a key is swept, else None."""
         return self._sweep
+
+    @model_validator(mode="after")
+    def _episode_seeds(self) -> "Config":
+        last = self.seed + self.protocol.episodes - 1
+        if last > MAX_SEED:
+            raise ValueError(
+                f"seed + protocol.episodes - 1 must be <= {MAX_SEED} (episode e uses seed + e), "
+                f"got seed {self.seed} with {self.protocol.episodes} episode(s)"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -438,6 +496,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw.strip()
+        except RecursionError:
+            problems.append(f"--set {key}: tables and arrays may nest at most {MAX_NESTING} levels deep")
+            continue
         set_dotted(nested, key, value)
     if problems:
         raise ConfigError(*problems)
@@ -501,7 +562,7 @@ def _format_error(error: dict[str, Any]) -> str:
     msg = str(error["msg"])
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
-        if msg.startswith(("set one of", "teacher.kind", "unknown key '", key)):
+        if msg.startswith(("set one of", "teacher.kind", "unknown key '", "seed + ", key)):
             return msg  # the message names its key already
         return f"{key}: {msg}" if ", got" in msg else f"{key}: {msg}, got {_describe(value)}"
     for pattern, repl in _PYDANTIC_RULES:
@@ -552,6 +613,34 @@ def _find_sweeps(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, list[
             if field is not None and not _admits_list(field.annotation):
                 found.append((dotted, value))
     return found
+
+
+_INT64 = 2**63
+
+
+def _tree_problems(raw: dict[str, Any]) -> list[str]:
+    """Values no key can use, anywhere in the tree (free-form tables too): NaN or infinite
+    numbers, integers beyond 64 bits, and tables or arrays nested deeper than ``MAX_NESTING``.
+
+    Walked without recursion, so that a hostile depth cannot exhaust the stack here either.
+    """
+    problems: list[str] = []
+    stack: list[tuple[str, Any, int]] = [(str(k), v, 1) for k, v in reversed(list(raw.items()))]
+    while stack:
+        key, value, depth = stack.pop()
+        if isinstance(value, (dict, list)) and depth > MAX_NESTING:
+            where = key.split("[", 1)[0]
+            problems.append(f"{where}: tables and arrays may nest at most {MAX_NESTING} levels deep")
+            continue
+        if isinstance(value, dict):
+            stack.extend((f"{key}.{k}", v, depth + 1) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((f"{key}[{i}]", v, depth + 1) for i, v in reversed(list(enumerate(value))))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key} must be a finite number, got {value}")
+        elif isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+            problems.append(f"{key} is out of range: {value} does not fit in 64 bits")
+    return problems
 
 
 def _substitute(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
@@ -644,6 +733,9 @@ def validate_config(raw: dict[str, Any]) -> Config:
     A list where the schema wants a scalar is a sweep: every value is validated, and the
     returned Config holds the first one with ``Config.sweep`` naming the key and all values.
     """
+    tree = _tree_problems(raw)
+    if tree:
+        raise ConfigError(*tree)
     sweeps = _find_sweeps(raw)
     if len(sweeps) > 1:
         raise ConfigError(
@@ -735,6 +827,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: tables and arrays may nest at most {MAX_NESTING} levels deep") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read experiment file '{path}': {exc}") from None
     if "name" not in raw:

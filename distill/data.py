@@ -59,6 +59,12 @@ class Dataset:
 
 DATASETS: Registry[Callable[[], Dataset]] = Registry("dataset")
 
+#: The most bytes one array of a data file may take in memory: an ``npz`` member decompressed,
+#: an ``idx`` file's data (gunzipped), and the float64 features made from either. Sizes come from
+#: the file's own headers (the zip directory, the ``.npy`` and IDX headers) and are checked against
+#: what the file really holds before anything is allocated: a zip bomb or a forged shape is refused.
+MAX_DATA_BYTES = 2**31
+
 
 def _sklearn_loader(name: str) -> Callable[[], Dataset]:
     def load() -> Dataset:
@@ -279,6 +285,53 @@ def _npz_labels(
     return y.astype(np.int64), classes
 
 
+def _too_big(where: str, what: str, size: int) -> DataError:
+    return DataError(
+        f"{where}: {what} takes {size:,} bytes, more than the limit of {MAX_DATA_BYTES:,}"
+        " (distill.data.MAX_DATA_BYTES); use a smaller data set"
+    )
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Every ``.npy`` member of the archive: its decompressed size (from the zip directory) within
+    ``MAX_DATA_BYTES``, and the shape its header claims exactly the bytes it holds, so that numpy,
+    which allocates the claimed shape before reading, allocates no more than the file contains."""
+    import zipfile
+    from numpy.lib import format as npy
+
+    where = f"data file '{path}'"
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[: -len(".npy")]
+            if info.file_size > MAX_DATA_BYTES:
+                raise _too_big(where, f"array '{name}' (decompressed)", info.file_size)
+            with archive.open(info) as handle:
+                version = npy.read_magic(handle)
+                if version == (1, 0):
+                    shape, _, dtype = npy.read_array_header_1_0(handle)
+                elif version == (2, 0):
+                    shape, _, dtype = npy.read_array_header_2_0(handle)
+                else:  # 3.0: a utf-8 header, read by numpy's own (private) reader where it has one
+                    reader = getattr(npy, "_read_array_header", None)
+                    if reader is None:
+                        raise ValueError(f"array '{name}' uses .npy format {version}, which this numpy cannot read")
+                    shape, _, dtype = reader(handle, version)
+                header = handle.tell()
+            if dtype.hasobject:
+                continue  # refused as pickled data when read
+            count = math.prod(int(s) for s in shape)
+            claimed = count * dtype.itemsize
+            if claimed != info.file_size - header:
+                raise DataError(
+                    f"{where}: array '{name}' claims shape {tuple(shape)} of {dtype} ({claimed:,} bytes) but holds"
+                    f" {info.file_size - header:,} bytes of data; the file is damaged or forged"
+                )
+            if count * 8 > MAX_DATA_BYTES:
+                raise _too_big(where, f"array '{name}' {tuple(shape)} as float64", count * 8)
+
+
 def load_npz(path: Path) -> Dataset:
     """A NumPy ``.npz`` archive with arrays ``x`` (features or images) and ``y`` (labels).
 
@@ -296,6 +349,7 @@ def load_npz(path: Path) -> Dataset:
         raise DataError(f"{where} is not an .npz archive (a zip of arrays saved by numpy.savez)")
     arrays: dict[str, np.ndarray] = {}
     try:
+        _check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise DataError(f"{where} is not an .npz archive")
@@ -372,11 +426,19 @@ def read_idx(path: Path) -> np.ndarray:
 
     where = f"data file '{path}'"
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as handle:
-                raw = handle.read()
-        else:
-            raw = path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as handle:
+            raw = handle.read(4)
+            if len(raw) == 4 and raw[0] == 0 and raw[1] == 0 and raw[2] in _IDX_TYPES:
+                raw += handle.read(4 * raw[3])
+                # Read no more than the header claims (and one byte to see trailing data): a gzip
+                # bomb or a forged shape is refused below before it costs memory.
+                dims = (len(raw) - 4) // 4
+                claimed = math.prod(int(s) for s in np.frombuffer(raw, dtype=">u4", count=dims, offset=4))
+                need = claimed * np.dtype(_IDX_TYPES[raw[2]]).itemsize
+                if max(need, claimed * 8) > MAX_DATA_BYTES:
+                    raise _too_big(where, f"the data its header {tuple(np.frombuffer(raw, '>u4', dims, 4).tolist())}"
+                                   " claims (as float64)", max(need, claimed * 8))
+                raw += handle.read(need + 1)
     except (OSError, EOFError, zlib.error) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{where} cannot be read: {reason}") from None
@@ -392,16 +454,14 @@ def read_idx(path: Path) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise DataError(f"{where} is truncated: its header needs {header} bytes, the file has {len(raw)}")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    need = math.prod(shape) * dtype.itemsize
     have = len(raw) - header
     if have < need:
         raise DataError(
             f"{where} is truncated: its header {shape} needs {need} data bytes, the file has {have}"
         )
     if have > need:
-        raise DataError(
-            f"{where} has {have - need} byte(s) after the data its header {shape} describes"
-        )
+        raise DataError(f"{where} has byte(s) after the data its header {shape} describes")
     return np.frombuffer(raw, dtype=dtype, count=need // dtype.itemsize, offset=header).reshape(shape)
 
 
@@ -462,6 +522,11 @@ def load_idx(folder: Path) -> Dataset:
     y = np.concatenate(ys)
     needed = int(y.max()) + 1 if y.size else 0
     names_file = folder / "classes.txt"
+    if needed > max(10, y.size) and not names_file.is_file():
+        raise DataError(
+            f"{where}: label {needed - 1} is larger than the {y.size} row(s); IDX labels are class numbers"
+            f" 0..K-1 and every class needs rows, so a label cannot exceed the row count"
+        )
     if names_file.is_file():
         try:
             text = names_file.read_text(encoding="utf-8")

@@ -31,8 +31,9 @@ def resolve_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
 
-        from distill.tracking import DEFAULT_URI
+        from distill.tracking import DEFAULT_URI, bound_requests
 
+        bound_requests(override=False)  # a stalled server: bounded time, not MLflow's minutes of retries
         mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))

@@ -163,6 +163,72 @@ def _build_student(config: Config, dataset: Dataset, num_outputs: int) -> nn.Mod
         raise ConfigError(message) from None
 
 
+#: Resource limits (README "Experiment files"): a student above this many parameters, or generated
+#: transfer rows (``few_shot.augment.count``) above this many bytes, is refused before anything runs.
+MAX_STUDENT_PARAMETERS = 100_000_000
+MAX_TRANSFER_BYTES = 2**31
+#: float32's largest finite value: the student's dtype, so the generated rows must stay below it.
+
+
+def _student_size(config: Config, dataset: Dataset, num_outputs: int) -> int | None:
+    """The student's parameter count, from a build on the meta device (no memory is allocated),
+    or None when the architecture cannot be built there (the real build then reports any problem)."""
+    try:
+        with torch.device("meta"):
+            model = students.build(config.student.arch, dataset.in_shape, dataset.num_classes,
+                                   num_outputs=num_outputs, **config.student.kwargs)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # noqa: BLE001 - a probe only; the real build below reports the problem
+        return None
+
+
+def _student_size_problem(config: Config, dataset: Dataset, num_outputs: int) -> str | None:
+    size = _student_size(config, dataset, num_outputs)
+    if size is None or size <= MAX_STUDENT_PARAMETERS:
+        return None
+    shown = ", ".join(f"student.{k} = {v!r}" for k, v in config.student.kwargs.items())
+    return (f"student '{config.student.arch}' would have {size:,} parameters, more than the limit of "
+            f"{MAX_STUDENT_PARAMETERS:,}" + (f" ({shown})" if shown else "") + "; make it smaller")
+
+
+def _transfer_problems(config: Config, dataset: Dataset, scaled: np.ndarray) -> list[str]:
+    """Generated transfer rows that would not fit in memory, or would leave float32's range."""
+    if config.few_shot.transfer != "augmented":
+        return []
+    aug = config.few_shot.augment
+    problems = []
+    row_bytes = int(np.prod(dataset.in_shape, dtype=object)) * 8
+    if aug.count * row_bytes > MAX_TRANSFER_BYTES:
+        problems.append(
+            f"few_shot.augment.count = {aug.count} generates {aug.count * row_bytes:,} bytes of rows "
+            f"({row_bytes:,} per row), more than the limit of {MAX_TRANSFER_BYTES:,}; lower it"
+        )
+    # A Gaussian draw beyond 40 standard deviations never happens; mixup stays between rows.
+    reach = float(np.abs(scaled).max(initial=0.0)) + 40.0 * float(aug.jitter)
+    if not reach < FLOAT32_MAX:
+        problems.append(
+            f"few_shot.augment.jitter = {aug.jitter} moves generated rows beyond the float32 range the "
+            f"student computes in (about {FLOAT32_MAX:.3g}); lower it"
+        )
+    return problems
+
+
+def _scaling_problems(config: Config, dataset: Dataset, split: Split, scaler: Scaler) -> list[str]:
+    """Features the scaler turns into NaN or infinity (a span beyond float64, e.g. -1e308..1e308), or
+    beyond float32, in the rows training reads (never the test rows: tuning must not look at them)."""
+    rows = np.sort(np.concatenate([split.labelled, split.validation, split.pool]))
+    with np.errstate(all="ignore"):
+        scaled = scaler.transform(dataset.x[rows])
+        bad = ~np.isfinite(scaled) | (np.abs(scaled) > FLOAT32_MAX)
+    if not bad.any():
+        return []
+    at, col = (int(i) for i in np.argwhere(bad)[0])
+    row = int(rows[at])
+    name = dataset.feature_names[col] if col < len(dataset.feature_names) else str(col)
+    return [f"data.scale = '{config.data.scale}': feature '{name}' (row {row}) scales to "
+            f"{scaled[at, col]}, outside the float32 range the student computes in; check the data's extreme values"]
+
+
 def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     """Load and check the data, draw the split, and check teacher, student and objective against it."""
     started = time.perf_counter()
@@ -198,7 +264,10 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
         message = exc.args[0] if exc.args else str(exc)
         problems.append(message if message.startswith("teacher.") else f"teacher: {message}")
     student_parameters = 0
+    too_big = _student_size_problem(config, dataset, num_outputs)
     try:
+        if too_big is not None:
+            raise ConfigError(too_big)
         model = _build_student(config, dataset, num_outputs)
         student_parameters = sum(p.numel() for p in model.parameters())
         if config.objective.metric_loss is not None and not callable(getattr(model, "embed", None)):
@@ -216,10 +285,12 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
             )
     except ConfigError as exc:
         problems.extend(exc.problems)
-    except RuntimeError as exc:
-        problems.append(
-            f"student '{config.student.arch}' cannot take inputs of shape {dataset.in_shape}: {str(exc).splitlines()[0]}"
-        )
+    except (RuntimeError, MemoryError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, MemoryError) or "allocat" in reason.lower():
+            problems.append(f"student '{config.student.arch}' does not fit in memory: {reason}")
+        else:
+            problems.append(f"student '{config.student.arch}' cannot take inputs of shape {dataset.in_shape}: {reason}")
     es = config.train.early_stopping
     logged = logged_metric_names(split.validation.size > 0)
     if es.patience > 0 and es.monitor not in logged:
@@ -232,9 +303,13 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
     except ConfigError as exc:
         problems.extend(exc.problems)
         device = torch.device("cpu")
+    with np.errstate(all="ignore"):  # an overflowing span is reported below, not warned about
+        scaler = fit_scaler(config.data.scale, dataset.x[split.labelled])
+    problems.extend(_scaling_problems(config, dataset, split, scaler))
+    if not problems:
+        problems.extend(_transfer_problems(config, dataset, scaler.transform(dataset.x[split.labelled])))
     if problems:
         raise ConfigError(*problems)
-    scaler = fit_scaler(config.data.scale, dataset.x[split.labelled])
     check_scaled(scaler, dataset.x, dataset.feature_names, f"data.source '{config.data.source}'")
     return Prepared(
         config=config,

@@ -7,6 +7,7 @@ interrupted ends KILLED, so nothing is ever left RUNNING.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.config import Config, config_dict, flatten
-from distill.errors import ConfigError
+from distill.errors import ConfigError, UserError
 
 __all__ = [
     "Tracker",
@@ -33,6 +34,9 @@ __all__ = [
     "log_files",
     "StudyTracker",
     "DEFAULT_URI",
+    "TrackingError",
+    "falls_back",
+    "bound_requests",
 ]
 
 log = logging.getLogger("distill")
@@ -41,6 +45,84 @@ log = logging.getLogger("distill")
 DEFAULT_URI = "sqlite:///mlflow.db"
 #: Seconds to wait for a remote tracking server before saying it does not answer.
 PROBE_TIMEOUT_S = 3.0
+
+
+class TrackingError(UserError):
+    """A tracking store or server failed mid-way (stalled past ``tracking.timeout``, corrupt, read-only, full)."""
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What MLflow's stores raise when the store, not distill, is at fault."""
+    import sqlite3
+
+    errors: list[type[BaseException]] = [OSError, sqlite3.Error]
+    try:
+        from mlflow.exceptions import MlflowException
+
+        errors.append(MlflowException)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import requests
+
+        errors.append(requests.RequestException)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import sqlalchemy.exc
+
+        errors.append(sqlalchemy.exc.SQLAlchemyError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+_CALLS = {"start": "opening the run", "_end": "ending the run", "on_trial": "recording a trial"}
+
+
+def _tracking_call(method: Any) -> Any:
+    """A tracker method whose store failures become one-line TrackingErrors (exit 2), not tracebacks."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except UserError:
+            raise
+        except _store_errors() as exc:
+            what = _CALLS.get(method.__name__, method.__name__.strip("_").replace("_", " "))
+            where = getattr(self, "uri", None) or next((a for a in args[:1] if isinstance(a, str)), "the store")
+            raise TrackingError(
+                f"tracking: {what} failed at {where}: {_reason(exc)}; check the store, or pass --no-track"
+            ) from None
+
+    return wrapper
+
+
+def bound_requests(timeout: float = 10.0, retries: int = 2, *, override: bool = True) -> None:
+    """Bound every MLflow HTTP request: ``timeout`` seconds, ``retries`` repeats (``override=False``:
+    only where the user has not set MLflow's variables).
+
+    MLflow reads these variables per request; its defaults (120 s, 7 retries with backoff) let a
+    stalled server hold a run for many minutes.
+    """
+    values = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(float(timeout)))),
+              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(retries)), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    for name, value in values.items():
+        if override:
+            os.environ[name] = value
+        else:
+            os.environ.setdefault(name, value)
+
+
+def _apply_timeouts(config: Config) -> None:
+    """``tracking.timeout`` and ``tracking.retries`` for every MLflow request this process makes."""
+    bound_requests(float(config.tracking.timeout), config.tracking.retries)
 
 
 class Tracker:
@@ -83,15 +165,23 @@ class NullTracker(Tracker):
 
 
 def resolve_tracking_uri(config: Config) -> str:
-    """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (working folder)."""
-    return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (working folder).
+
+    A server's requests are bounded by ``tracking.timeout`` / ``tracking.retries`` from here on (a
+    network teacher's ``teacher.uri`` is fetched from it while the config is checked).
+    """
+    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith(("http://", "https://")):
+        _apply_timeouts(config)
+    return uri
 
 
 def _probe(uri: str) -> str | None:
     """None when an http(s) tracking server answers within a few seconds, else the reason."""
     url = uri.rstrip("/") + "/health"
+    timeout = min(PROBE_TIMEOUT_S, float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", PROBE_TIMEOUT_S)))
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:  # noqa: S310 (http(s) only)
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http(s) only)
             return None if response.status < 500 else f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
         # A server that answers, even with 404 for /health (older servers, proxies), is reachable.
@@ -120,17 +210,63 @@ def _git_commit(folder: Path) -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
+def _sqlite_problem(uri: str) -> str | None:
+    """A local SQLite store that cannot work: not a SQLite file (corrupt), or not writable."""
+    prefix = "sqlite:///"
+    target = uri[len(prefix):].split("?", 1)[0]
+    if not uri.startswith(prefix) or not target or target.startswith(":memory:"):
+        return None
+    path = Path(target)
+    if path.is_dir():
+        return f"tracking.uri {uri}: '{path}' is a folder, not a SQLite file"
+    if path.exists():
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(16)
+        except OSError as exc:
+            return f"tracking.uri {uri}: cannot read '{path}': {exc.strerror or exc}"
+        if head and head != b"SQLite format 3\x00":
+            return f"tracking.uri {uri}: '{path}' is not a SQLite database (corrupt or another kind of file)"
+        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+            return f"tracking.uri {uri}: '{path}' (or its folder) is read-only"
+    elif not path.parent.is_dir():
+        return f"tracking.uri {uri}: folder '{path.parent}' does not exist"
+    elif not os.access(path.parent, os.W_OK):
+        return f"tracking.uri {uri}: folder '{path.parent}' is read-only"
+    return None
+
+
+def _server_problem(uri: str) -> str | None:
+    """None when an http(s) server answers /health and a real API request within the timeout."""
+    reason = _probe(uri)
+    if reason is not None:
+        return reason
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except _store_errors() as exc:
+        return f"it answers /health but not its API: {_reason(exc)}"
+    return None
+
+
 def preflight(config: Config) -> str:
-    """The tracking URI to use, checked before any training: a dead server is exit 2 or the local fallback."""
+    """The tracking URI to use, checked before any training: a dead or stalling server, a corrupt or
+    read-only local store is exit 2 (or, for a server, the local fallback)."""
     uri = resolve_tracking_uri(config)
     if uri.startswith(("http://", "https://")):
-        reason = _probe(uri)
+        _apply_timeouts(config)
+    problem = _sqlite_problem(uri)
+    if problem is not None:
+        raise ConfigError(problem + "; fix or remove it, set tracking.uri, or pass --no-track")
+    if uri.startswith(("http://", "https://")):
+        reason = _server_problem(uri)
         if reason is not None:
             if config.tracking.fallback == "local":
                 log.warning("tracking server %s does not answer (%s); recording to %s instead", uri, reason, DEFAULT_URI)
                 return DEFAULT_URI
             raise ConfigError(
-                f"tracking.uri {uri} does not answer within {PROBE_TIMEOUT_S:.0f} s ({reason}); start the server, "
+                f"tracking.uri {uri} does not answer within {float(config.tracking.timeout):g} s ({reason}); start the server, "
                 "set tracking.fallback = \"local\", or pass --no-track"
             )
     return uri
@@ -169,6 +305,8 @@ def _log_dataset_input(client: Any, run_id: str, entry: Any) -> None:
 class MlflowTracker(Tracker):
     """One MLflow run, through MLflow's fluent API (nested runs for children)."""
 
+    uri: str | None = None
+
     def __init__(self, run_id: str, *, nested: bool = False, restore_uri: str | None = None) -> None:
         self.run_id = run_id
         self._nested = nested
@@ -177,6 +315,7 @@ class MlflowTracker(Tracker):
         self._restore_uri = restore_uri
 
     @classmethod
+    @_tracking_call
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str],
               run_id: str | None = None) -> "MlflowTracker":
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -186,18 +325,25 @@ class MlflowTracker(Tracker):
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         try:
-            _create_local_store_once(uri)
-            experiment_id = _experiment_id(mlflow.MlflowClient(uri), experiment)
-            mlflow.set_experiment(experiment_id=experiment_id)  # by id: active for the nested episode runs too
-        except mlflow.exceptions.MlflowException as exc:
-            raise ConfigError(f"tracking: cannot use experiment '{experiment}' at {uri}: {str(exc).splitlines()[0]}") from None
-        if run_id is not None:
-            run = mlflow.start_run(run_id=run_id)  # reopened: RUNNING again until finish()
-            mlflow.set_tags({**tags, "distill.resumed": "true"})
-        else:  # the experiment by id: another process creating it at the same moment cannot redirect us
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
-        return cls(run.info.run_id, restore_uri=previous)
+            try:
+                _create_local_store_once(uri)
+                experiment_id = _experiment_id(mlflow.MlflowClient(uri), experiment)
+                mlflow.set_experiment(experiment_id=experiment_id)  # by id: active for the nested episode runs too
+            except mlflow.exceptions.MlflowException as exc:
+                raise TrackingError(f"tracking: cannot use experiment '{experiment}' at {uri}: {_reason(exc)}") from None
+            if run_id is not None:
+                run = mlflow.start_run(run_id=run_id)  # reopened: RUNNING again until finish()
+                mlflow.set_tags({**tags, "distill.resumed": "true"})
+            else:  # the experiment by id: another process creating it at the same moment cannot redirect us
+                run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        except BaseException:
+            mlflow.set_tracking_uri(previous)  # the caller's URI back, as finish() would
+            raise
+        tracker = cls(run.info.run_id, restore_uri=previous)
+        tracker.uri = uri
+        return tracker
 
+    @_tracking_call
     def log_params(self, params: dict[str, Any]) -> None:
         import mlflow
 
@@ -206,6 +352,7 @@ class MlflowTracker(Tracker):
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             mlflow.log_params(dict(items[i : i + 100]), run_id=self.run_id)
 
+    @_tracking_call
     def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
         import math
 
@@ -215,6 +362,7 @@ class MlflowTracker(Tracker):
         if clean:
             mlflow.log_metrics(clean, step=step, run_id=self.run_id)
 
+    @_tracking_call
     def log_history(self, prefix: str, history: list[dict[str, float]]) -> None:
         import math
         import time
@@ -233,23 +381,29 @@ class MlflowTracker(Tracker):
         for i in range(0, len(metrics), 1000):  # one request per 1000 points, not one per epoch
             client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
+    @_tracking_call
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         MlflowClient().log_artifact(self.run_id, str(path), artifact_path=folder)
 
+    @_tracking_call
     def set_tags(self, tags: dict[str, str]) -> None:
         import mlflow
 
         for key, value in tags.items():
             mlflow.MlflowClient().set_tag(self.run_id, key, value)
 
+    @_tracking_call
     def child(self, name: str) -> "MlflowTracker":
         import mlflow
 
         run = mlflow.start_run(run_name=name, nested=True)
-        return MlflowTracker(run.info.run_id, nested=True)
+        child = MlflowTracker(run.info.run_id, nested=True)
+        child.uri = self.uri
+        return child
 
+    @_tracking_call
     def log_dataset(self, frame: Any, source: str, name: str) -> None:
         import mlflow
         from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -266,6 +420,7 @@ class MlflowTracker(Tracker):
                              tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")])
         _log_dataset_input(mlflow.MlflowClient(), self.run_id, entry)
 
+    @_tracking_call
     def log_student(self, model: Any, example: Any, checkpoint: Path, classes: list[str]) -> str | None:
         import warnings
 
@@ -302,11 +457,22 @@ class MlflowTracker(Tracker):
         return info.model_uri
 
     def finish(self, status: str = "FINISHED") -> None:
-        import mlflow
-
+        """End the run; a store that fails while a failed or interrupted run ends is only a warning,
+        so that the run's own error is the one reported."""
         if self._finished:
             return
         self._finished = True
+        try:
+            self._end(status)
+        except TrackingError as exc:
+            if status == "FINISHED":
+                raise
+            log.warning("%s (the MLflow run may still show RUNNING)", exc.problems[0])
+
+    @_tracking_call
+    def _end(self, status: str) -> None:
+        import mlflow
+
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
             mlflow.end_run(status=status)
@@ -348,10 +514,24 @@ def open_tracker(config: Config, uri: str, run_name: str, device: str, run_id: s
     if config.sweep is not None:
         tags["sweep.key"] = config.sweep[0]
     experiment = config.tracking.experiment or config.name
-    tracker = MlflowTracker.start(uri, experiment, run_name, tags, run_id=run_id)
+    try:
+        tracker = MlflowTracker.start(uri, experiment, run_name, tags, run_id=run_id)
+    except TrackingError as exc:  # a server that passed the preflight and then stalled or failed
+        if not falls_back(config, uri, exc) or run_id is not None:
+            raise
+        uri = DEFAULT_URI
+        tracker = MlflowTracker.start(uri, experiment, run_name, tags)
     tracker.log_params(flatten(config_dict(config)))
     log.info("MLflow run %s at %s (experiment '%s')", tracker.run_id, uri, experiment)
     return tracker
+
+
+def falls_back(config: Config, uri: str, exc: UserError) -> bool:
+    """True (with a warning) when ``tracking.fallback = "local"`` lets a failed server give way to the local store."""
+    if config.tracking.fallback != "local" or not uri.startswith(("http://", "https://")):
+        return False
+    log.warning("%s; recording to %s instead (tracking.fallback = \"local\")", exc.problems[0], DEFAULT_URI)
+    return True
 
 
 def log_files(tracker: Tracker, paths: Iterable[Path]) -> None:
@@ -413,6 +593,11 @@ def _experiment_id(client: Any, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def study_key(study: str, storage: str) -> str:
+    """The parent run's lookup tag for a study: hex only, safe in an MLflow filter string."""
+    return hashlib.sha256(f"{study}\0{storage}".encode("utf-8")).hexdigest()[:32]
+
+
 class StudyTracker:
     """MLflow for ``tune``: one parent run per study (found again by its tags) and a child run per trial.
 
@@ -425,9 +610,11 @@ class StudyTracker:
         self.client = client
         self.experiment_id = experiment_id
         self.run_id = run_id
+        self.uri: str | None = getattr(getattr(client, "_tracking_client", None), "tracking_uri", None)
         self._done = False
 
     @classmethod
+    @_tracking_call
     def start(cls, uri: str, config: Config, study: str, storage: str, run_name: str) -> "StudyTracker":
         from mlflow.tracking import MlflowClient
 
@@ -436,9 +623,11 @@ class StudyTracker:
         client = MlflowClient(tracking_uri=uri)
         name = config.tracking.experiment or config.name
         experiment_id = _experiment_id(client, name)
+        # Found by a digest of name and storage: names with quotes or backslashes never reach the filter.
+        key = study_key(study, storage)
         found = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`distill.study` = '{study}' and tags.`distill.storage` = '{storage}'",
+            filter_string=f"tags.`distill.study_key` = '{key}'",
             max_results=1,
         )
         if found:
@@ -448,14 +637,15 @@ class StudyTracker:
         else:
             import distill
 
-            tags = {"distill.study": study, "distill.storage": storage, "distill.version": distill.__version__,
+            tags = {"distill.study": study, "distill.storage": storage, "distill.study_key": key,
+                    "distill.version": distill.__version__,
                     "dataset": config.data.source, "teacher.kind": config.teacher.kind,
                     "student.arch": config.student.arch, "distill.kind": "tune"}
             run_id = client.create_run(experiment_id, run_name=f"tune {study}", tags=tags).info.run_id
             # Workers starting together may each have created a parent: all keep the earliest one.
             parents = client.search_runs(
                 [experiment_id],
-                filter_string=f"tags.`distill.study` = '{study}' and tags.`distill.storage` = '{storage}'",
+                filter_string=f"tags.`distill.study_key` = '{key}'",
                 order_by=["attributes.start_time ASC"], max_results=50,
             )
             earliest = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run_id
@@ -468,6 +658,7 @@ class StudyTracker:
             log.info("MLflow: study parent run %s at %s (experiment '%s')", run_id, uri, name)
         return cls(client, experiment_id, run_id)
 
+    @_tracking_call
     def _log_params(self, params: dict[str, Any], run_id: str | None = None) -> None:
         from mlflow.entities import Param
 
@@ -476,6 +667,7 @@ class StudyTracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id or self.run_id, params=items[i : i + 100])
 
+    @_tracking_call
     def on_trial(self, study: Any, trial: Any, status: str | None = None) -> None:
         """Optuna callback: a nested run holding the trial's params, value, state and per-episode values.
 
@@ -506,6 +698,7 @@ class StudyTracker:
             status = status or {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
             self.client.set_terminated(child, status=status)
 
+    @_tracking_call
     def finish_study(self, summary: dict[str, Any]) -> None:
         """Best params (as tags: the parent may be reused), best value and the test comparison."""
         from mlflow.entities import Metric, RunTag
@@ -524,10 +717,21 @@ class StudyTracker:
                         metrics.append(Metric(f"{label}/{system}/test_{metric}", float(value), now, 0))
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
 
+    @_tracking_call
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
     def finish(self, status: str = "FINISHED") -> None:
+        """End the parent run (a store failure while a failed or interrupted study ends: a warning)."""
         if not self._done:
             self._done = True
-            self.client.set_terminated(self.run_id, status=status)
+            try:
+                self._end(status)
+            except TrackingError as exc:
+                if status == "FINISHED":
+                    raise
+                log.warning("%s (the MLflow run may still show RUNNING)", exc.problems[0])
+
+    @_tracking_call
+    def _end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)

@@ -70,16 +70,44 @@ def resolve_storage(storage: str | None) -> Any:
     import optuna
 
     target = storage or DEFAULT_STORAGE
+    _ = optuna  # imported for its side effect of configuring logging once
     if "://" in target:
-        return target
+        return _rdb_storage(target)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(target)
     if path.parent and not path.parent.is_dir():
         raise ConfigError(f"tune.storage: folder '{path.parent}' does not exist")
-    _ = optuna  # imported for its side effect of configuring logging once
-    return JournalStorage(JournalFileBackend(str(path)))
+    if path.is_dir():
+        raise ConfigError(f"tune.storage: '{path}' is a folder, not a journal file")
+    try:  # opening replays the journal: a damaged one fails here, before anything is written
+        return JournalStorage(JournalFileBackend(str(path)))
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as exc:
+        raise ConfigError(
+            f"tune.storage: journal file '{path}' cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
+            "it is damaged or not an Optuna journal: restore it, or use another --storage"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _rdb_storage(url: str) -> Any:
+    """An Optuna RDB storage, opened now so that a bad URL or an unreachable database is exit 2 before
+    anything is written (a ``sqlite:///`` file in a missing folder, a corrupt file, a wrong scheme)."""
+    from optuna.storages import RDBStorage
+
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
+        if str(path) and not path.parent.is_dir():
+            raise ConfigError(f"tune.storage {url}: folder '{path.parent}' does not exist")
+    try:
+        return RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy, the driver, Optuna: all name the URL's problem
+        raise ConfigError(f"tune.storage {url}: cannot open the study storage: {_first_line(exc)}") from None
 
 
 def _suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
@@ -291,9 +319,14 @@ def run_tuning(
             study_name, storage_text, before, trials, direction, config.tune.metric, config.protocol.episodes,
         )
         if uri is not None:
-            from distill.tracking import StudyTracker
+            from distill.tracking import DEFAULT_URI, StudyTracker, TrackingError, falls_back
 
-            tracker = StudyTracker.start(uri, config, study_name, storage_text, run_dir.name)
+            try:
+                tracker = StudyTracker.start(uri, config, study_name, storage_text, run_dir.name)
+            except TrackingError as exc:  # a server that passed the preflight, then stalled or failed
+                if not falls_back(config, uri, exc):
+                    raise
+                tracker = StudyTracker.start(DEFAULT_URI, config, study_name, storage_text, run_dir.name)
         cache = _TeacherCache(soft_target_cache(config))
 
         def objective(trial: optuna.Trial) -> float:

@@ -35,6 +35,16 @@ class EstimatorTeacher:
         self.estimator = estimator
         self.num_classes = int(num_classes)
 
+    def check(self, in_shape: tuple[int, ...]) -> None:
+        """The estimator's parameters against scikit-learn's own constraints, before any fit, so that
+        ``check`` refuses the ``teacher.params`` that ``run`` would fail on."""
+        validate = getattr(self.estimator, "_validate_params", None)
+        if callable(validate):
+            try:
+                validate()
+            except ValueError as exc:
+                raise ValueError(f"teacher.params: {str(exc).strip().splitlines()[0]}") from None
+
     def fit(self, x: np.ndarray, y: np.ndarray) -> "EstimatorTeacher":
         from sklearn.base import clone
 
@@ -110,6 +120,26 @@ class GaussianProcessTeacher(EstimatorTeacher):
         self.multi_class = multi_class
         self.random_state = random_state
         super().__init__(self._make_estimator(None), num_classes)
+
+    def check(self, in_shape: tuple[int, ...]) -> None:
+        """The kernel against the data, before any fit: every hyperparameter finite and > 0, and an
+        anisotropic length-scale with one value per feature (scikit-learn fails mid-run otherwise)."""
+        super().check(in_shape)
+        if self.kernel.strip() == "auto":
+            return
+        features = int(np.prod(in_shape))
+        kernel = parse_kernel(self.kernel)
+        params = kernel.get_params(deep=True)
+        for hp in kernel.hyperparameters:
+            value = np.asarray(params.get(hp.name), dtype=np.float64)
+            if not (np.isfinite(value).all() and (value > 0).all()):
+                raise ValueError(f"teacher.kernel: {hp.name.split('__')[-1]} must be finite and > 0, "
+                                 f"got {params.get(hp.name)!r} in {self.kernel!r}")
+            if hp.name.endswith("length_scale") and value.ndim == 1 and value.size not in (1, features):
+                raise ValueError(
+                    f"teacher.kernel: the length-scale has {value.size} values but the data has {features} "
+                    f"feature(s); give one value, or one per feature, in {self.kernel!r}"
+                )
 
     def _make_estimator(self, x: np.ndarray | None) -> Any:
         from sklearn.gaussian_process import GaussianProcessClassifier
