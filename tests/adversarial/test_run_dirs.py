@@ -26,8 +26,9 @@ EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")
 DIGITS_TEACHER = str(ROOT / "experiments" / "digits_teacher.toml")
 FAST = ["--set", "train.epochs=2", "--set", "teacher.cache=false", "--no-track", "-q"]
 #: A teacher whose fit fails (a UserError raised in the protocol, after the run directory is claimed).
-BAD_FIT = ["--set", 'teacher.kind="sklearn"', "--set", 'teacher.estimator="sklearn.linear_model:LogisticRegression"',
-           "--set", "teacher.params={C=-1.0}"]
+# Valid by scikit-learn's parameter rules (so check passes), refused by the estimator's fit: priors must sum to 1.
+BAD_FIT = ["--set", 'teacher.kind="sklearn"', "--set", 'teacher.estimator="sklearn.naive_bayes:GaussianNB"',
+           "--set", "teacher.params={priors=[0.2, 0.2]}"]
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -203,8 +204,8 @@ def test_a_tune_refused_in_its_first_trial_leaves_no_run_directory(
     """The teacher cannot be fit: exit 2 from the first trial, and neither ``-o DIR`` nor ``runs/`` is left."""
     from tests.test_tuning import write_config
 
-    toml = write_config(tmp_path, teacher={"kind": "sklearn", "estimator": "sklearn.linear_model:LogisticRegression",
-                                           "params": {"C": -1.0}})
+    toml = write_config(tmp_path, teacher={"kind": "sklearn", "estimator": "sklearn.naive_bayes:GaussianNB",
+                                           "params": {"priors": [0.2, 0.2]}})
     monkeypatch.chdir(tmp_path)
     out = ["-o", str(tmp_path / "a" / "out")] if where == "new" else []
     assert main(["tune", str(toml), "--storage", "journal.log", *out, "--no-track", "-q", "--trials", "2"]) == 2
