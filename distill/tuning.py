@@ -46,7 +46,7 @@ from distill.protocol import (
     train_students,
 )
 from distill.objective import hard_loss
-from distill.rundir import attach_log_file, claim_run_dir, write_json, write_text
+from distill.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -362,57 +362,62 @@ def run_tuning(
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not completed:
             raise ConfigError(f"study '{study_name}' has no completed trial: every trial was pruned or failed")
-        best = study.best_trial
-        best_params = dict(best.params)
+        # The comparison and the results run under the stop handler: a signal ends them interrupted.
         with stop.installed():
+            best = study.best_trial
+            best_params = dict(best.params)
             untuned_value, _ = validation_score(config, dataset, cache, stop=stop)
-        log.info("best trial #%d: %s = %.4f with %s", best.number, config.tune.metric, best.value, best_params)
+            log.info("best trial #%d: %s = %.4f with %s", best.number, config.tune.metric, best.value, best_params)
 
-        # Honest test numbers: the best params and the untuned config, each through the whole protocol.
-        best_cfg = trial_config(config, best_params)
-        _, tuned_summary = run_experiment(best_cfg, output=run_dir / "tuned", track=False)
-        _, untuned_summary = run_experiment(config, output=run_dir / "untuned", track=False)
-        write_text(run_dir / "best_config.toml", to_toml(config_dict(best_cfg)))
-        frame = study.trials_dataframe()
-        frame.to_csv(run_dir / "trials.csv", index=False)
-        plots = _save_plots(study, run_dir)
+            # Honest test numbers: the best params and the untuned config, each through the whole protocol.
+            best_cfg = trial_config(config, best_params)
+            write_text(run_dir / "best_config.toml", to_toml(config_dict(best_cfg)))
+            stop.check("after the search, before the test comparison")
+            tuned_summary = _comparison_run(run_experiment, best_cfg, run_dir / "tuned")
+            stop.check("after the search, during the test comparison")
+            untuned_summary = _comparison_run(run_experiment, config, run_dir / "untuned")
+            stop.check("after the search and the test comparison, while writing the results")
+            frame = study.trials_dataframe()
+            atomic_write(run_dir / "trials.csv", lambda tmp: frame.to_csv(tmp, index=False))
+            plots = _save_plots(study, run_dir)
+            stop.check("after the search and the test comparison, while writing the results")
 
-        def side(summary: dict[str, Any]) -> dict[str, Any]:
-            return {system: summary[system] for system in SYSTEMS} | {"verdict": summary.get("verdict")}
+            def side(summary: dict[str, Any]) -> dict[str, Any]:
+                return {system: summary[system] for system in SYSTEMS} | {"verdict": summary.get("verdict")}
 
-        summary = {
-            "status": "completed",
-            "study": study_name,
-            "storage": storage_text,
-            "direction": direction,
-            "metric": f"validation {config.tune.metric}",
-            "space": config.tune.space,
-            "sampler": {"kind": config.tune.sampler, "seed": sampler_seed},
-            "pruner": config.tune.pruner,
-            "trials": {
-                "before": before,
-                "total": sum(t.state.is_finished() for t in study.trials),
-                "complete": len(completed),
-                "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-                "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
-            },
-            "best": {"trial": best.number, "params": best_params, "validation": best.value,
-                     "test": side(tuned_summary)},
-            "untuned": {"params": {k: _get_dotted(config_dict(config), k) for k in config.tune.space},
-                        "validation": untuned_value, "test": side(untuned_summary)},
-            "plots": plots,
-            "timings": {"total_s": round(time.perf_counter() - started, 3)},
-            "mlflow_run_id": tracker.run_id if tracker is not None else None,
-            "config": config_dict(config),
-        }
-        write_json(run_dir / "tuning.json", summary)
-        if tracker is not None:
-            tracker.finish_study(summary)
-            for path in sorted(run_dir.glob("*")):
-                if path.is_file() and path.suffix in (".json", ".toml", ".csv", ".png", ".txt"):
-                    tracker.log_artifact(path)
-            tracker.finish("FINISHED")
-        return TuneResult(run_dir, study_name, best_params, float(best.value), untuned_value, summary)
+            summary = {
+                "status": "completed",
+                "study": study_name,
+                "storage": storage_text,
+                "direction": direction,
+                "metric": f"validation {config.tune.metric}",
+                "space": config.tune.space,
+                "sampler": {"kind": config.tune.sampler, "seed": sampler_seed},
+                "pruner": config.tune.pruner,
+                "trials": {
+                    "before": before,
+                    "total": sum(t.state.is_finished() for t in study.trials),
+                    "complete": len(completed),
+                    "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+                    "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
+                },
+                "best": {"trial": best.number, "params": best_params, "validation": best.value,
+                         "test": side(tuned_summary)},
+                "untuned": {"params": {k: _get_dotted(config_dict(config), k) for k in config.tune.space},
+                            "validation": untuned_value, "test": side(untuned_summary)},
+                "plots": plots,
+                "timings": {"total_s": round(time.perf_counter() - started, 3)},
+                "mlflow_run_id": tracker.run_id if tracker is not None else None,
+                "config": config_dict(config),
+            }
+            write_json(run_dir / "tuning.json", summary)  # complete from here on: a later signal changes nothing
+            if tracker is not None:
+                tracker.finish_study(summary)
+                for path in sorted(run_dir.glob("*")):
+                    if path.is_file() and path.suffix in (".json", ".toml", ".csv", ".png", ".txt"):
+                        tracker.log_artifact(path)
+                tracker.finish("FINISHED")
+            return TuneResult(run_dir, study_name, best_params, float(best.value), untuned_value, summary)
     except Interrupted as exc:
         resume = _resume_command(run_dir, study_name, storage_text, trials, len(finished_here), jobs, timeout)
         log.error("tune interrupted by %s %s; continue the study with: %s", exc.signal_name, exc.where, resume)
@@ -451,6 +456,16 @@ def run_tuning(
         handler.close()
         if discard:
             claim.discard()
+
+
+def _comparison_run(run_experiment: Any, config: Config, folder: Path) -> dict[str, Any]:
+    """One side of the test comparison; a signal inside it is reported as the tune's own stop."""
+    try:
+        summary: dict[str, Any] = run_experiment(config, output=folder, track=False)[1]
+        return summary
+    except Interrupted as exc:
+        raise Interrupted(exc.signal_name, f"after the search, in the test comparison run {folder.name}/ "
+                                           f"({exc.where})") from None
 
 
 def _trial_counts(study: Any) -> dict[str, int]:

@@ -192,3 +192,37 @@ def test_a_signal_during_teacher_train_writes_no_checkpoint(tmp_path: Path, mome
     lines = [line for line in done.stderr.splitlines() if line.startswith("interrupted")]
     assert len(lines) == 1 and "no checkpoint was written" in lines[0], done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["driver.py"], list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- tune, after its search
+
+TUNE_MOMENTS = {
+    "as the test comparison begins": "distill.runner:run_experiment",
+    "while trials.csv is written": "file:trials.csv",
+    "while a tuning plot is written": "file:tune_optimization_history.png",
+    "inside the tuned comparison run": "file:learning_curves.png",
+}
+
+
+@pytest.mark.parametrize("moment", list(TUNE_MOMENTS))
+def test_a_signal_after_the_tune_search_ends_interrupted_with_a_command_that_continues(
+        tmp_path: Path, moment: str) -> None:
+    """The study is safe in its storage; tuning.json says interrupted, no temp file, exit 143."""
+    from tests.test_tuning import write_config
+
+    toml = write_config(tmp_path)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    out = tmp_path / "tune-out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(driver), TUNE_MOMENTS[moment], "SIGTERM", "tune", str(toml), "--storage",
+         str(tmp_path / "journal.log"), "-o", str(out), "--no-track", "-q", "--trials", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr
+    partial = json.loads((out / "tuning.json").read_text())
+    assert partial["status"] == "interrupted" and "after the search" in partial["stopped"], partial
+    assert partial["trials"]["finished_here"] == 2
+    assert "--study" in partial["resume"] and "--storage" in partial["resume"]
+    assert not _temporary_files(out), _temporary_files(out)
