@@ -830,7 +830,9 @@ def control_rows(name: str, train: TrainingRows, *, null_teacher: str = "uniform
       tempered like any teacher's): a teacher that knows nothing about the rows;
     * ``hard_labels``: the teacher's argmax on the unlabelled transfer rows as hard labels
       (pseudo-labelling; labelled rows keep their true labels), trained with ``kl_weight = 0``;
-    * ``teacher_probs_only``: no row in the hard term, so the loss is the KL term alone.
+    * ``teacher_probs_only``: no row in the hard term, so the loss is the KL term alone. The hard
+      term's sum is then over no row: exactly 0 with its gradient exactly 0 for any finite output
+      (``distill.member_objective``: a 0/1 row weight times a finite value), not a small weight.
     """
     if name == "null_teacher":
         assert train.teacher_logits is not None and labelled_y is not None

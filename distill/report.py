@@ -85,7 +85,7 @@ def plot_learning_curves(path: Path, histories: dict[str, list[dict[str, float]]
         axes[0, 0].plot(epochs, [r["train_loss"] for r in rows], label=system)
         if metric:
             axes[0, 1].plot(epochs, [r.get(metric, float("nan")) for r in rows], label=system)
-    axes[0, 0].set(title="training loss (student includes the KL term)", xlabel="epoch", ylabel="loss")
+    axes[0, 0].set(title="training loss (distilled systems include the KL term)", xlabel="epoch", ylabel="loss")
     if metric:
         axes[0, 1].set(title=metric, xlabel="epoch", ylabel=metric)
     for ax in axes[0]:
@@ -159,12 +159,13 @@ def protocol_table(aggregate: dict[str, Any], paired: dict[str, Any], episodes: 
 def sweep_table(key: str, points: list[dict[str, Any]], metric: str) -> str:
     """One row per sweep value: the protocol metric per system and the paired difference."""
     systems = _order(points[0]["aggregate"]) if points else list(SYSTEMS)
-    header = f"{key:<22}" + "".join(f"{s:>20}" for s in systems) + "   student − baseline"
+    w = max(16, *(len(s) + 2 for s in systems))
+    header = f"{key:<22}" + "".join(f"{s:>{w}}" for s in systems) + "   student − baseline"
     lines = [f"{metric} on the test rows, mean ± 95% CI half-width", header, "-" * (len(header) + 12)]
     for point in points:
         agg = point["aggregate"]
         lines.append(
-            f"{str(point['value']):<22}" + "".join(f"{_pm(agg[s][metric]):>20}" for s in systems)
+            f"{str(point['value']):<22}" + "".join(f"{_pm(agg[s][metric]):>{w}}" for s in systems)
             + f"   {_diff(point['paired']['student_minus_baseline'][metric])}"
         )
     return "\n".join(lines)

@@ -72,6 +72,10 @@ def describe_plan(prepared: Prepared) -> str:
         f"{' with replacement' if c.train.replacement else ''}, device {prepared.device}",
         f"protocol    {c.protocol.episodes} episode(s), seeds {c.seed}..{c.seed + c.protocol.episodes - 1}",
     ]
+    if c.protocol.controls or c.protocol.references:
+        names = [f"null_teacher ({c.protocol.null_teacher})" if n == "null_teacher" else n for n in c.protocol.controls]
+        lines.append("controls    " + (", ".join(names) or "none")
+                     + (f"; references {', '.join(c.protocol.references)}" if c.protocol.references else ""))
     if c.sweep is not None:
         key, values = c.sweep
         lines.append(f"sweep       {key} over {list(values)} (the plan above shows the first value)")
