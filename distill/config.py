@@ -163,6 +163,22 @@ class ProtocolConfig(_Section):
     episodes: StrictInt = Field(default=1, ge=1, le=MAX_EPISODES)
     metric: Literal["accuracy", "f1_macro", "auroc", "ece"] = "accuracy"
     ci: Literal["t", "bootstrap"] = "t"
+    #: systems trained beside the student to tell knowledge from regularisation (``distill.protocol``):
+    #: ``null_teacher`` (same objective, a teacher that knows nothing), ``hard_labels`` (the teacher's
+    #: argmax as hard labels, no KL), ``teacher_probs_only`` (the KL term alone, no hard term)
+    controls: list[Literal["null_teacher", "hard_labels", "teacher_probs_only"]] = Field(default_factory=list)
+    #: the null teacher's probabilities on every transfer row: ``uniform`` (1/K) or ``prior`` (the
+    #: labelled rows' class frequencies)
+    null_teacher: Literal["uniform", "prior"] = "uniform"
+    #: cheap non-network references fitted on the same scaled labelled rows of each episode
+    references: list[Literal["logistic_regression"]] = Field(default_factory=list)
+
+    @field_validator("controls", "references")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each name may appear once, got {value}")
+        return value
 
 
 class TeacherConfig(_Section):

@@ -46,12 +46,19 @@ __all__ = [
 
 @dataclass
 class TrainingRows:
-    """What the student trains on: inputs, hard targets (-1 where unlabelled), soft targets."""
+    """What the student trains on: inputs, hard targets (-1 where unlabelled), soft targets.
+
+    ``targets`` / ``labelled`` are the true labels: the train_* metrics are scored on them. The hard
+    term of the loss reads ``hard_targets`` / ``hard_labelled`` when given (a control's rows: the
+    teacher's argmax as pseudo-labels, or no row at all for the KL term alone), else the true labels.
+    """
 
     x: Tensor
     targets: Tensor
     labelled: Tensor
     teacher_logits: Tensor | None = None
+    hard_targets: Tensor | None = None
+    hard_labelled: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.x.shape[0]
@@ -59,6 +66,16 @@ class TrainingRows:
             raise ValueError("x, targets and labelled must have the same number of rows")
         if self.teacher_logits is not None and self.teacher_logits.shape[0] != n:
             raise ValueError("teacher_logits must have one row per training row")
+        if (self.hard_targets is None) != (self.hard_labelled is None):
+            raise ValueError("hard_targets and hard_labelled come together")
+        if self.hard_targets is not None and (self.hard_targets.shape[0] != n or self.hard_labelled.shape[0] != n):
+            raise ValueError("hard_targets and hard_labelled must have one entry per training row")
+
+    def hard_rows(self) -> tuple[Tensor, Tensor]:
+        """The hard term's targets and mask: ``hard_*`` when given, else the true labels."""
+        if self.hard_targets is None:
+            return self.targets, self.labelled
+        return self.hard_targets, self.hard_labelled  # type: ignore[return-value]
 
 
 @dataclass
@@ -397,8 +414,10 @@ def fit_many(
         if not ok:
             raise ValueError(f"teacher_logits have {teacher.shape[-1]} columns per row; the student gives "
                              f"{num_outputs} output(s)")
+    hard_rows = [t.hard_rows() for t in trains]
+    hard_targets0, hard_labelled0 = hard_rows[0]
     objective = MemberObjective(
-        stacked([t.targets for t in trains]), stacked([t.labelled for t in trains]), teacher,
+        stacked([h[0] for h in hard_rows]), stacked([h[1] for h in hard_rows]), teacher,
         [st.kl_weight for st in settings], [st.temperature for st in settings], s.direction, num_outputs,
     )
     labelled_rows = [t.labelled.nonzero().squeeze(1) for t in trains]
@@ -478,7 +497,7 @@ def fit_many(
             hard = None
             if s.criterion is not None:  # a single member: see stack_problem_for
                 i0 = idx[0]
-                hard = s.criterion(z[0], train0.targets[i0], train0.labelled[i0]).reshape(1)
+                hard = s.criterion(z[0], hard_targets0[i0], hard_labelled0[i0]).reshape(1)
             loss = objective(z, idx, hard)
             if use_metric_loss:
                 i0 = idx[0]

@@ -64,6 +64,11 @@ __all__ = [
     "episode_seed",
     "soft_target_cache",
     "fit_settings",
+    "CONTROLS",
+    "REFERENCES",
+    "null_teacher_probabilities",
+    "control_rows",
+    "reference_metrics",
 ]
 
 log = logging.getLogger("distill")
@@ -102,6 +107,9 @@ class EpisodeResult:
     value: Any = None
     split_sizes: dict[str, int] = field(default_factory=dict)
     split: Split | None = None
+    #: the controls' fits and models (``protocol.controls``), by name
+    control_fits: dict[str, FitResult] = field(default_factory=dict)
+    controls: dict[str, nn.Module] = field(default_factory=dict)
 
 
 def _teacher_kwargs(config: Config, dataset: Dataset, device: str = "cpu") -> dict[str, Any]:
@@ -638,6 +646,13 @@ class StudentJob:
     system: str
     model: nn.Module | None = None
     result: FitResult | None = None
+    #: the rows this job trains on when they are not the teacher's (a control's)
+    train: TrainingRows | None = None
+
+    @property
+    def rows(self) -> TrainingRows:
+        """What this job trains on: its own rows, or the teacher's soft targets on the transfer rows."""
+        return self.train if self.train is not None else self.taught.train
 
 
 def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bool = False,
@@ -659,7 +674,7 @@ def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bo
             first = group[0]
             if jobs[first].prepared.dataset.num_classes != job.prepared.dataset.num_classes:
                 continue
-            problem = stack_problem_for([models[first], models[i]], [jobs[first].taught.train, job.taught.train],
+            problem = stack_problem_for([models[first], models[i]], [jobs[first].rows, job.rows],
                                         [settings[first], settings[i]],
                                         [jobs[first].taught.validation, job.taught.validation])
             if problem is None:
@@ -699,11 +714,11 @@ def _fit_group(jobs: list[StudentJob], models: list[nn.Module], settings: list[F
     first = jobs[0].prepared
     if len(jobs) == 1:
         seed_everything(first.config.seed + 1)  # the same dropout stream for student and baseline
-    work = len(jobs) * int(jobs[0].taught.train.x.numel())
+    work = len(jobs) * int(jobs[0].rows.x.numel())
     try:
         with threads_for_stacked_work(first.device, first.config.train.threads, work):
             results = fit_many(
-                models, [j.taught.train for j in jobs], settings, num_classes=first.dataset.num_classes,
+                models, [j.rows for j in jobs], settings, num_classes=first.dataset.num_classes,
                 validations=[j.taught.validation for j in jobs], progress=progress,
                 description=jobs[0].system if len(jobs) == 1 else f"{len(jobs)} students",
                 checkpoint=checkpoints.saver(key, identity) if checkpoints is not None else None,
@@ -761,9 +776,10 @@ class _PendingEpisode:
     new_baseline: bool
     episode: int
     value: Any
+    controls: list[StudentJob] = field(default_factory=list)
 
     def jobs(self) -> list[StudentJob]:
-        return [self.student, self.baseline] if self.new_baseline else [self.student]
+        return ([self.student, self.baseline] if self.new_baseline else [self.student]) + self.controls
 
 
 def _plan_episode(prepared: Prepared, cache: dict[str, Any], episode: int, value: Any,
@@ -779,7 +795,95 @@ def _plan_episode(prepared: Prepared, cache: dict[str, Any], episode: int, value
     if new_baseline:
         cache[baseline_key] = StudentJob(prepared, taught, kl_weight=0.0, system="baseline")
     student = StudentJob(prepared, taught, kl_weight=None, system="student")
-    return _PendingEpisode(prepared, taught, student, cache[baseline_key], new_baseline, episode, value)
+    controls = [_control_job(prepared, taught, name) for name in config.protocol.controls]
+    return _PendingEpisode(prepared, taught, student, cache[baseline_key], new_baseline, episode, value, controls)
+
+
+#: ``protocol.controls``: systems trained beside the student, from the same initial weights on the
+#: same rows and batches, that tell the teacher's knowledge from the KL term's other effects.
+CONTROLS = ("null_teacher", "hard_labels", "teacher_probs_only")
+#: ``protocol.references``: cheap non-network systems fitted on the same scaled labelled rows.
+REFERENCES = ("logistic_regression",)
+#: A class absent from the labelled rows gets this probability under the ``prior`` null teacher
+#: (then renormalised), so that its log stays finite (log 0 would make a reverse KL infinite).
+_PRIOR_FLOOR = 1e-6
+
+
+def null_teacher_probabilities(kind: str, labelled_y: np.ndarray, num_classes: int) -> np.ndarray:
+    """The null teacher's class probabilities ``[K]`` (float64): ``1/K`` each (``uniform``), or the
+    labelled rows' class frequencies (``prior``; an absent class gets ``_PRIOR_FLOOR``, renormalised)."""
+    if kind == "uniform":
+        return np.full(num_classes, 1.0 / num_classes)
+    counts = np.bincount(np.asarray(labelled_y, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    prior = counts / counts.sum()
+    if (prior == 0).any():
+        prior = np.maximum(prior, _PRIOR_FLOOR)
+        prior = prior / prior.sum()
+    return prior
+
+
+def control_rows(name: str, train: TrainingRows, *, null_teacher: str = "uniform",
+                 labelled_y: np.ndarray | None = None) -> TrainingRows:
+    """A control's training rows: the student's rows with its teacher or its hard term replaced.
+
+    * ``null_teacher``: every transfer row's soft target is the null teacher's (``log p`` as logits,
+      tempered like any teacher's): a teacher that knows nothing about the rows;
+    * ``hard_labels``: the teacher's argmax on the unlabelled transfer rows as hard labels
+      (pseudo-labelling; labelled rows keep their true labels), trained with ``kl_weight = 0``;
+    * ``teacher_probs_only``: no row in the hard term, so the loss is the KL term alone. The hard
+      term's sum is then over no row: exactly 0 with its gradient exactly 0 for any finite output
+      (``distill.member_objective``: a 0/1 row weight times a finite value), not a small weight.
+    """
+    if name == "null_teacher":
+        assert train.teacher_logits is not None and labelled_y is not None
+        k = train.teacher_logits.shape[-1]
+        probs = null_teacher_probabilities(null_teacher, labelled_y, k)
+        logits = torch.as_tensor(np.log(probs), dtype=train.teacher_logits.dtype, device=train.x.device)
+        return dataclasses.replace(train, teacher_logits=logits.expand(train.x.shape[0], k).contiguous())
+    if name == "hard_labels":
+        assert train.teacher_logits is not None
+        guessed = train.teacher_logits.argmax(dim=-1).to(train.targets.dtype)
+        targets = torch.where(train.labelled, train.targets, guessed)
+        return dataclasses.replace(train, hard_targets=targets, hard_labelled=torch.ones_like(train.labelled))
+    if name == "teacher_probs_only":
+        return dataclasses.replace(train, hard_targets=train.targets, hard_labelled=torch.zeros_like(train.labelled))
+    raise ValueError(f"unknown control {name!r}; known: {', '.join(CONTROLS)}")
+
+
+def _control_job(prepared: Prepared, taught: TeacherOutputs, name: str) -> StudentJob:
+    """One control of this episode: its rows and KL weight (``hard_labels``: none; ``teacher_probs_only``:
+    the student's, or 1 when the student's is 0 so that the control still has a loss)."""
+    config = prepared.config
+    rows = control_rows(name, taught.train, null_teacher=config.protocol.null_teacher,
+                        labelled_y=prepared.dataset.y[prepared.split.labelled])
+    kl_weight: float | None = None
+    if name == "hard_labels":
+        kl_weight = 0.0
+    elif name == "teacher_probs_only" and float(config.objective.kl_weight) <= 0:
+        kl_weight = 1.0
+    return StudentJob(prepared, taught, kl_weight=kl_weight, system=name, train=rows)
+
+
+def reference_metrics(name: str, x_labelled: np.ndarray, y_labelled: np.ndarray, x_test: np.ndarray,
+                      y_test: np.ndarray, num_classes: int) -> tuple[dict[str, float], np.ndarray]:
+    """A reference's test metrics and probabilities ``[N, K]``: scikit-learn's ``LogisticRegression()``
+    (default C, lbfgs, max_iter raised to 10,000) on the scaled labelled rows; with a single labelled
+    class, the constant prediction of that class."""
+    if name != "logistic_regression":
+        raise ValueError(f"unknown reference {name!r}; known: {', '.join(REFERENCES)}")
+    from sklearn.linear_model import LogisticRegression
+
+    x_l = x_labelled.reshape(x_labelled.shape[0], -1)
+    x_t = x_test.reshape(x_test.shape[0], -1)
+    probs = np.zeros((x_t.shape[0], num_classes), dtype=np.float64)
+    present = np.unique(y_labelled)
+    if present.size < 2:
+        probs[:, int(present[0])] = 1.0
+    else:
+        model = LogisticRegression(max_iter=10_000).fit(x_l, y_labelled)
+        probs[:, model.classes_.astype(np.int64)] = model.predict_proba(x_t)
+    values = classification_metrics(torch.as_tensor(probs), torch.as_tensor(y_test, dtype=torch.long), num_classes)
+    return {k: float(v) for k, v in values.items()}, probs
 
 
 def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
@@ -801,8 +905,19 @@ def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
         "student": predict_logits(student, x_test),
         "baseline": predict_logits(baseline, x_test),
     }
+    for job in pending.controls:
+        assert job.model is not None and job.result is not None
+        outputs[job.system] = predict_logits(job.model, x_test)
+        timings[f"{job.system}_fit_s"] = job.result.seconds
     metrics = {system: _numpy_metrics(out, y_test, k) for system, out in outputs.items()}
     predictions = {system: probabilities(out).cpu().numpy() for system, out in outputs.items()}
+    if config.protocol.references:
+        x_scaled = prepared.scaler.transform(data.x)
+        for name in config.protocol.references:
+            started = time.perf_counter()
+            metrics[name], predictions[name] = reference_metrics(
+                name, x_scaled[split.labelled], data.y[split.labelled], x_scaled[split.test], data.y[split.test], k)
+            timings[f"{name}_fit_s"] = time.perf_counter() - started
     return EpisodeResult(
         metrics=metrics,
         teacher_diagnostics=taught.diagnostics,
@@ -825,6 +940,8 @@ def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
             "transfer": int(taught.train.x.shape[0]),
         },
         split=split,
+        control_fits={job.system: job.result for job in pending.controls},  # type: ignore[misc]
+        controls={job.system: job.model for job in pending.controls},  # type: ignore[misc]
     )
 
 

@@ -29,13 +29,19 @@ def _fmt(value: float | None) -> str:
     return "  n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
+def _order(systems: Any) -> list[str]:
+    """Teacher, student, baseline first, then controls and references in the order given."""
+    names = list(systems)
+    return [s for s in SYSTEMS if s in names] + [s for s in names if s not in SYSTEMS]
+
+
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     """A plain-text table: one row per system, one column per metric (ECE: lower is better)."""
-    header = f"{'system':<10}" + "".join(f"{m:>10}" for m in METRICS)
+    width = max([10] + [len(s) + 2 for s in metrics])
+    header = f"{'system':<{width}}" + "".join(f"{m:>10}" for m in METRICS)
     lines = [header, "-" * len(header)]
-    for system in SYSTEMS:
-        if system in metrics:
-            lines.append(f"{system:<10}" + "".join(f"{_fmt(metrics[system].get(m)):>10}" for m in METRICS))
+    for system in _order(metrics):
+        lines.append(f"{system:<{width}}" + "".join(f"{_fmt(metrics[system].get(m)):>10}" for m in METRICS))
     return "\n".join(lines)
 
 
@@ -79,7 +85,7 @@ def plot_learning_curves(path: Path, histories: dict[str, list[dict[str, float]]
         axes[0, 0].plot(epochs, [r["train_loss"] for r in rows], label=system)
         if metric:
             axes[0, 1].plot(epochs, [r.get(metric, float("nan")) for r in rows], label=system)
-    axes[0, 0].set(title="training loss (student includes the KL term)", xlabel="epoch", ylabel="loss")
+    axes[0, 0].set(title="training loss (distilled systems include the KL term)", xlabel="epoch", ylabel="loss")
     if metric:
         axes[0, 1].set(title=metric, xlabel="epoch", ylabel=metric)
     for ax in axes[0]:
@@ -141,23 +147,26 @@ def protocol_table(aggregate: dict[str, Any], paired: dict[str, Any], episodes: 
     width = 16
     header = f"{'system':<20}" + "".join(f"{m:>{width}}" for m in METRICS)
     lines = [f"{episodes} episodes; mean ± 95% CI half-width on the test rows", header, "-" * len(header)]
-    for system in SYSTEMS:
+    for system in _order(aggregate):
         lines.append(f"{system:<20}" + "".join(f"{_pm(aggregate[system][m]):>{width}}" for m in METRICS))
     lines.append("")
-    for name, label in (("student_minus_baseline", "student − baseline"), ("student_minus_teacher", "student − teacher")):
+    for name in paired:
+        label = "student − " + name.removeprefix("student_minus_")
         lines.append(f"{label}: " + ", ".join(f"{m} {_diff(paired[name][m])}" for m in METRICS))
     return "\n".join(lines)
 
 
 def sweep_table(key: str, points: list[dict[str, Any]], metric: str) -> str:
     """One row per sweep value: the protocol metric per system and the paired difference."""
-    header = f"{key:<22}{'teacher':>16}{'student':>16}{'baseline':>16}   student − baseline"
+    systems = _order(points[0]["aggregate"]) if points else list(SYSTEMS)
+    w = max(16, *(len(s) + 2 for s in systems))
+    header = f"{key:<22}" + "".join(f"{s:>{w}}" for s in systems) + "   student − baseline"
     lines = [f"{metric} on the test rows, mean ± 95% CI half-width", header, "-" * (len(header) + 12)]
     for point in points:
         agg = point["aggregate"]
         lines.append(
-            f"{str(point['value']):<22}{_pm(agg['teacher'][metric]):>16}{_pm(agg['student'][metric]):>16}"
-            f"{_pm(agg['baseline'][metric]):>16}   {_diff(point['paired']['student_minus_baseline'][metric])}"
+            f"{str(point['value']):<22}" + "".join(f"{_pm(agg[s][metric]):>{w}}" for s in systems)
+            + f"   {_diff(point['paired']['student_minus_baseline'][metric])}"
         )
     return "\n".join(lines)
 
@@ -169,8 +178,9 @@ def plot_sweep(path: Path, key: str, points: list[dict[str, Any]]) -> Path:
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     xs = values if numeric else list(range(len(values)))
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6), squeeze=False)
+    systems = _order(points[0]["aggregate"]) if points else list(SYSTEMS)
     for ax, metric in zip(axes[0], METRICS, strict=True):
-        for system in SYSTEMS:
+        for system in systems:
             stats = [p["aggregate"][system][metric] for p in points]
             mean = np.array([np.nan if s["mean"] is None else s["mean"] for s in stats])
             low = np.array([np.nan if s["ci95"] is None else s["ci95"][0] for s in stats])
@@ -194,11 +204,16 @@ def plot_paired(path: Path, episodes: list[dict[str, Any]], metric: str) -> Path
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     base = np.array([np.nan if e["baseline"][metric] is None else e["baseline"][metric] for e in episodes], dtype=float)
     stud = np.array([np.nan if e["student"][metric] is None else e["student"][metric] for e in episodes], dtype=float)
-    ax.scatter(base, stud, alpha=0.7, label="episodes")
+    ax.scatter(base, stud, alpha=0.7, label="vs baseline")
+    if all("null_teacher" in e for e in episodes):  # the control that tells knowledge from regularisation
+        null = np.array([np.nan if e["null_teacher"][metric] is None else e["null_teacher"][metric]
+                         for e in episodes], dtype=float)
+        ax.scatter(null, stud, alpha=0.7, marker="x", label="vs null teacher")
+        base = np.concatenate([base, null])
     finite = np.concatenate([base[np.isfinite(base)], stud[np.isfinite(stud)]])
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="no difference")
-    ax.set(xlabel=f"baseline {metric}", ylabel=f"student {metric}", title=f"student vs baseline, {len(episodes)} episodes")
+    ax.set(xlabel=f"baseline (or control) {metric}", ylabel=f"student {metric}", title=f"student vs baseline, {len(episodes)} episodes")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

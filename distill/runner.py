@@ -37,7 +37,7 @@ from distill.tracking import NullTracker, Tracker, log_files, open_tracker, pref
 from distill.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
 from distill.stats import CI_METHODS, describe, paired_difference, verdict
 
-__all__ = ["run_experiment", "summarise", "save_student", "describe_plan", "result_text"]
+__all__ = ["run_experiment", "summarise", "save_student", "describe_plan", "result_text", "systems_of"]
 
 log = logging.getLogger("distill")
 
@@ -72,6 +72,10 @@ def describe_plan(prepared: Prepared) -> str:
         f"{' with replacement' if c.train.replacement else ''}, device {prepared.device}",
         f"protocol    {c.protocol.episodes} episode(s), seeds {c.seed}..{c.seed + c.protocol.episodes - 1}",
     ]
+    if c.protocol.controls or c.protocol.references:
+        names = [f"null_teacher ({c.protocol.null_teacher})" if n == "null_teacher" else n for n in c.protocol.controls]
+        lines.append("controls    " + (", ".join(names) or "none")
+                     + (f"; references {', '.join(c.protocol.references)}" if c.protocol.references else ""))
     if c.sweep is not None:
         key, values = c.sweep
         lines.append(f"sweep       {key} over {list(values)} (the plan above shows the first value)")
@@ -118,13 +122,24 @@ def _fit_summary(fit_result: Any) -> dict[str, Any]:
     }
 
 
+def systems_of(config: Config) -> list[str]:
+    """Every system a run reports: teacher, student, baseline, then ``protocol.controls`` and
+    ``protocol.references`` in the order the config gives them."""
+    return [*SYSTEMS, *config.protocol.controls, *config.protocol.references]
+
+
+def _fits(result: EpisodeResult) -> dict[str, Any]:
+    """Every trained system's fit: student, baseline and the controls."""
+    return {"student": result.student_fit, "baseline": result.baseline_fit, **result.control_fits}
+
+
 def _episode_row(result: EpisodeResult, sweep_key: str | None) -> dict[str, Any]:
     row: dict[str, Any] = {"episode": result.episode, "seed": result.seed}
     if sweep_key is not None:
         row["value"] = result.value
-    row.update({system: result.metrics[system] for system in SYSTEMS})
+    row.update(result.metrics)
     row["teacher_diagnostics"] = result.teacher_diagnostics
-    row["fits"] = {"student": _fit_summary(result.student_fit), "baseline": _fit_summary(result.baseline_fit)}
+    row["fits"] = {system: _fit_summary(fit) for system, fit in _fits(result).items()}
     row["split"] = result.split_sizes
     row["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
     return row
@@ -133,16 +148,19 @@ def _episode_row(result: EpisodeResult, sweep_key: str | None) -> dict[str, Any]
 def _aggregate(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     """aggregate / paired / verdict and the mean metrics per system, over the given episode rows."""
     method = config.protocol.ci
-    aggregate = {s: {m: describe([r[s][m] for r in rows], method) for m in METRICS} for s in SYSTEMS}
+    systems = systems_of(config)
+    aggregate = {s: {m: describe([r[s][m] for r in rows], method) for m in METRICS} for s in systems}
     paired = {
         f"student_minus_{other}": {
             m: paired_difference([r["student"][m] for r in rows], [r[other][m] for r in rows], method) for m in METRICS
         }
-        for other in ("baseline", "teacher")
+        for other in ("baseline", "teacher", *systems[len(SYSTEMS):])
     }
     metric = config.protocol.metric
-    sentence = verdict(paired["student_minus_baseline"][metric], metric, len(rows), higher_is_better=metric != "ece")
-    means = {s: {m: aggregate[s][m]["mean"] for m in METRICS} for s in SYSTEMS}
+    null = paired.get("student_minus_null_teacher")
+    sentence = verdict(paired["student_minus_baseline"][metric], metric, len(rows), higher_is_better=metric != "ece",
+                       null=null[metric] if null is not None else None)
+    means = {s: {m: aggregate[s][m]["mean"] for m in METRICS} for s in systems}
     return {**means, "aggregate": aggregate, "paired": paired, "verdict": sentence}
 
 
@@ -189,7 +207,7 @@ def summarise(
     summary["episodes"] = rows
     diverged = [
         {"episode": r["episode"], "system": system, **(r["fits"][system]["diverged_at"] or {})}
-        for r in rows for system in ("student", "baseline") if r["fits"][system]["status"] == "diverged"
+        for r in rows for system in r["fits"] if r["fits"][system]["status"] == "diverged"
     ]
     if diverged:
         summary["status"] = "diverged"  # finished, but some fit's loss became non-finite: see "diverged"
@@ -214,12 +232,13 @@ def result_text(summary: dict[str, Any]) -> str:
         lines += [f"{sweep['key']} = {p['value']}: {p['verdict']}" for p in sweep["points"]]
         return "\n".join(lines)
     if episodes == 1:
-        return metrics_table({s: summary[s] for s in SYSTEMS})
+        return metrics_table({s: summary[s] for s in summary["aggregate"]})
     return protocol_table(summary["aggregate"], summary["paired"], episodes) + "\n\n" + summary["verdict"]
 
 
 def _test_metrics(result: EpisodeResult) -> dict[str, float]:
-    return {f"{system}/test_{metric}": value for system in SYSTEMS for metric, value in result.metrics[system].items()}
+    return {f"{system}/test_{metric}": value for system in result.metrics
+            for metric, value in result.metrics[system].items()}
 
 
 def _log_episode(tracker: Tracker, result: EpisodeResult, sweep_key: str | None, nested: bool) -> None:
@@ -232,8 +251,8 @@ def _log_episode(tracker: Tracker, result: EpisodeResult, sweep_key: str | None,
             params[sweep_key if nested else f"sweep.{sweep_key}"] = result.value
         if nested:
             target.log_params(params)
-        target.log_history("student", result.student_fit.history)
-        target.log_history("baseline", result.baseline_fit.history)
+        for system, fit in _fits(result).items():
+            target.log_history(system, fit.history)
         target.log_metrics(_test_metrics(result))
     except BaseException:
         if nested:
@@ -245,7 +264,7 @@ def _log_episode(tracker: Tracker, result: EpisodeResult, sweep_key: str | None,
 
 def _aggregate_metrics(block: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for system in SYSTEMS:
+    for system in block["aggregate"]:
         for metric, stat in block["aggregate"][system].items():
             out[f"{system}/test_{metric}"] = stat["mean"]
             if stat["ci95"] is not None:
@@ -422,7 +441,7 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
         log.info("soft-target cache %s: %d hit(s), %d miss(es)", soft_cache.folder, soft_cache.hits, soft_cache.misses)
     runs = []
     for r in results:
-        for system, fit_result in (("student", r.student_fit), ("baseline", r.baseline_fit)):
+        for system, fit_result in _fits(r).items():
             labels: dict[str, Any] = {"episode": r.episode, "seed": r.seed, "system": system}
             if sweep_key is not None:
                 labels["value"] = r.value
@@ -433,7 +452,7 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
     save_student(run_dir / "student.pt", first[0], head)
     written("student.pt")
     plot_learning_curves(
-        run_dir / "learning_curves.png", {"student": head.student_fit.history, "baseline": head.baseline_fit.history}
+        run_dir / "learning_curves.png", {system: fit.history for system, fit in _fits(head).items()}
     )
     written("learning_curves.png")
     plot_confusion_matrix(

@@ -92,8 +92,36 @@ def paired_difference(
     return {"mean": float(d.mean()) if n else None, "ci95": _interval(d, method), "p_value": p_value, "n": n}
 
 
-def verdict(paired: dict[str, Any], metric: str, episodes: int, higher_is_better: bool = True) -> str:
-    """One sentence: did distillation help at the 95% level on this metric?"""
+def _significant(paired: dict[str, Any], higher_is_better: bool) -> tuple[bool, bool]:
+    """(better, worse) at the 95% level: the interval on one side of 0 and Wilcoxon p < 0.05."""
+    ci, p = paired.get("ci95"), paired.get("p_value")
+    if paired.get("mean") is None or ci is None or p is None or p >= 0.05:
+        return False, False
+    low, high = ci
+    return (low > 0, high < 0) if higher_is_better else (high < 0, low > 0)
+
+
+def _detail(paired: dict[str, Any], name: str, metric: str) -> str:
+    mean, ci, p = paired.get("mean"), paired.get("ci95"), paired.get("p_value")
+    if mean is None:
+        return f"{name} {metric} undefined"
+    text = f"{name} {metric} = {mean:+.3f}"
+    if ci is not None:
+        text += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    if p is not None:
+        text += f", Wilcoxon p = {p:.3g}"
+    return text
+
+
+def verdict(paired: dict[str, Any], metric: str, episodes: int, higher_is_better: bool = True,
+            null: dict[str, Any] | None = None) -> str:
+    """One sentence: did distillation help at the 95% level on this metric, and was it knowledge?
+
+    ``paired`` is student − baseline. With ``null`` (student − null teacher, ``protocol.controls``)
+    a gain is called knowledge transfer only when the student also beats the null teacher at the
+    95% level (interval above 0 and p < 0.05); otherwise a teacher that knows nothing explains it,
+    and the sentence says regularisation, not knowledge.
+    """
     mean, ci, p = paired.get("mean"), paired.get("ci95"), paired.get("p_value")
     if mean is None:
         return f"Distillation cannot be judged on {metric}: no episode has a defined value."
@@ -112,7 +140,15 @@ def verdict(paired: dict[str, Any], metric: str, episodes: int, higher_is_better
     better = low > 0 if higher_is_better else high < 0
     worse = high < 0 if higher_is_better else low > 0
     if better and p < 0.05:
-        return f"Distillation helped at the 95% level ({detail})."
+        if null is None:
+            return f"Distillation helped at the 95% level ({detail})."
+        beat, _ = _significant(null, higher_is_better)
+        versus = _detail(null, "student − null_teacher", metric)
+        if beat:
+            return (f"Distillation helped at the 95% level, and beat the null teacher (knowledge transfer) "
+                    f"({detail}; {versus}).")
+        return (f"Distillation helped at the 95% level, but no more than a null teacher (regularisation, not "
+                f"knowledge) ({detail}; {versus}).")
     if worse and p < 0.05:
         return f"Distillation hurt at the 95% level ({detail})."
     return f"No difference at the 95% level: distillation neither clearly helped nor hurt ({detail})."

@@ -265,13 +265,19 @@ def test_episodes_are_nested_child_runs(mlflow_server: str, tmp_path: Path) -> N
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "run"
-    assert run(out, *tracked(mlflow_server, "episodes"), "--episodes", "3") == 0
+    assert run(out, *tracked(mlflow_server, "episodes"), "--episodes", "3",
+               "--set", 'protocol.controls=["null_teacher"]', "--set", 'protocol.references=["logistic_regression"]') == 0
     summary = summary_of(out)
     client = MlflowClient(tracking_uri=mlflow_server)
     parent = client.get_run(summary["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
-    assert "student_minus_baseline/accuracy" in parent.data.metrics
-    assert "student_minus_baseline/accuracy_p_value" in parent.data.metrics
+    for name in ("baseline", "null_teacher", "logistic_regression"):
+        assert f"student_minus_{name}/accuracy" in parent.data.metrics
+        assert f"student_minus_{name}/accuracy_p_value" in parent.data.metrics
+    assert parent.data.metrics["null_teacher/test_accuracy"] == pytest.approx(
+        summary["null_teacher"]["accuracy"], abs=1e-9)
+    assert parent.data.metrics["logistic_regression/test_accuracy"] == pytest.approx(
+        summary["logistic_regression"]["accuracy"], abs=1e-9)
     assert parent.data.metrics["student/test_accuracy"] == pytest.approx(summary["student"]["accuracy"], abs=1e-9)
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
@@ -281,9 +287,11 @@ def test_episodes_are_nested_child_runs(mlflow_server: str, tmp_path: Path) -> N
     assert len(all_in_experiment) == 4  # one parent, three children, nothing else
     for child in children:
         assert child.info.status == "FINISHED"
-        points = client.get_metric_history(child.info.run_id, "student/train_loss")
-        assert sorted(m.step for m in points) == list(range(1, EPOCHS + 1))
+        for system in ("student", "baseline", "null_teacher"):  # per-epoch curves of every trained system
+            points = client.get_metric_history(child.info.run_id, f"{system}/train_loss")
+            assert sorted(m.step for m in points) == list(range(1, EPOCHS + 1))
         assert "student/test_accuracy" in child.data.metrics
+        assert "logistic_regression/test_accuracy" in child.data.metrics
 
 
 # --- honest status -------------------------------------------------------------------------------
