@@ -23,6 +23,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,6 +42,8 @@ __all__ = [
     "ProtocolConfig",
     "TeacherConfig",
     "StudentConfig",
+    "InitConfig",
+    "LayerInitConfig",
     "ObjectiveConfig",
     "TrainConfig",
     "EarlyStoppingConfig",
@@ -212,16 +215,97 @@ class TeacherConfig(_Section):
         return self
 
 
+#: ``student.init`` schemes (``distill.weight_init`` has the formulas and papers).
+INIT_SCHEMES = ("torch", "glorot_uniform", "he_normal", "normal", "truncated_normal")
+#: ``student.init.std`` may name this instead of a number: the layer's own 1/sqrt(fan_in).
+STD_FAN_IN = "1/sqrt(fan_in)"
+
+
+class LayerInitConfig(_Section):
+    """How one layer's weights and bias start (``student.init``, or its ``first`` layer override).
+
+    A bare string is the scheme with its defaults: ``init = "he_normal"``.
+    """
+
+    scheme: Literal["torch", "glorot_uniform", "he_normal", "normal", "truncated_normal"] = "torch"
+    #: ``normal`` / ``truncated_normal`` only: the mean and standard deviation (a number, or
+    #: ``"1/sqrt(fan_in)"``); ``truncated_normal`` cuts at mean +- 2 std, redrawing outside.
+    mean: Number = 0.0
+    std: Union[Number, str] = 1.0
+    #: ``scheme``: PyTorch's own bias for ``torch``, zeros otherwise; or ``zeros``, ``normal``
+    #: (N(0, bias_std^2)), ``torch`` (the module's own default bias init).
+    bias: Literal["scheme", "zeros", "normal", "torch"] = "scheme"
+    bias_std: Number = Field(default=1.0, gt=0)
+
+    _float32 = field_validator("mean", "bias_std")(_within_float32)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"scheme": value}
+        if not isinstance(value, (dict, BaseModel)):
+            raise ValueError(f"must be a scheme name ({', '.join(INIT_SCHEMES)}) or a table with key scheme, "
+                             f"got {value!r}")
+        return value
+
+    @field_validator("std", mode="before")
+    @classmethod
+    def _std(cls, value: Any) -> Any:
+        if value == STD_FAN_IN and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= FLOAT32_MAX:
+            raise ValueError(f"must be a number > 0 or {STD_FAN_IN!r}, got {value!r}")
+        return value
+
+    @field_validator("mean", "std", "bias_std")
+    @classmethod
+    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
+        # A value other than the default that the scheme would ignore is refused (defaults round-trip).
+        if info.field_name == "bias_std":
+            bias = info.data.get("bias")
+            if value != 1.0 and bias is not None and bias != "normal":
+                raise ValueError(f"applies to bias = 'normal' only, not bias = {bias!r}")
+            return value
+        scheme = info.data.get("scheme")
+        if value != (0.0 if info.field_name == "mean" else 1.0) and scheme not in (None, "normal", "truncated_normal"):
+            raise ValueError(f"applies to scheme 'normal' or 'truncated_normal' only, not {scheme!r}")
+        return value
+
+    @property
+    def bias_rule(self) -> str:
+        """The bias actually used: ``scheme`` resolved to ``torch`` or ``zeros``."""
+        if self.bias != "scheme":
+            return self.bias
+        return "torch" if self.scheme == "torch" else "zeros"
+
+
+class InitConfig(LayerInitConfig):
+    """``student.init``: the scheme for every ``nn.Linear`` / ``nn.Conv*`` layer in module order,
+    ``first`` (optional) for the first of them, e.g. the seed post's
+    ``{ scheme = "normal", bias = "normal", first = { scheme = "truncated_normal", std = "1/sqrt(fan_in)" } }``.
+    """
+
+    first: Optional[LayerInitConfig] = None
+
+    @property
+    def is_torch(self) -> bool:
+        """PyTorch's own initialisation everywhere: nothing to redraw."""
+        return all(s.scheme == "torch" and s.bias_rule == "torch" for s in (self, self.first) if s is not None)
+
+
 class StudentConfig(BaseModel):
-    """The student architecture (registry name or ``module:Class``) plus its own kwargs."""
+    """The student architecture (registry name or ``module:Class``), its initialisation, and its own kwargs."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     arch: str = "mlp"
+    #: the weight initialisation, applied after the constructor (``distill.weight_init``)
+    init: InitConfig = Field(default_factory=InitConfig)
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        """Everything but ``arch``: passed to the architecture's constructor."""
+        """Everything but ``arch`` and ``init``: passed to the architecture's constructor."""
         return dict(self.model_extra or {})
 
 
