@@ -34,7 +34,7 @@ from torch import nn
 
 from distill.config import STD_FAN_IN, InitConfig, LayerInitConfig
 
-__all__ = ["init_layers", "apply_init", "layer_std"]
+__all__ = ["init_layers", "apply_init", "layer_std", "describe_init"]
 
 _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -89,3 +89,22 @@ def apply_init(model: nn.Module, spec: InitConfig, arch: str = "student") -> nn.
                                  "weights do not exist before the first forward pass; use init = \"torch\"")
             _init_layer(layer, spec.first if i == 0 and spec.first is not None else spec)
     return model
+
+
+def _describe_layer(spec: LayerInitConfig) -> str:
+    text = spec.scheme
+    if spec.scheme in ("normal", "truncated_normal"):
+        text += f"(mean {spec.mean}, std {spec.std})"
+    default = "torch" if spec.scheme == "torch" else "zeros"
+    if spec.bias_rule != default:
+        text += f", bias {spec.bias_rule}" + (f"(std {spec.bias_std})" if spec.bias_rule == "normal" else "")
+    return text
+
+
+def describe_init(spec: InitConfig) -> str:
+    """One line for the run's plan: ``he_normal`` or ``normal(mean 0.0, std 1.0), bias normal(std 1.0);
+    first layer truncated_normal(mean 0.0, std 1/sqrt(fan_in))``."""
+    text = _describe_layer(spec)
+    if spec.first is not None:
+        text += f"; first layer {_describe_layer(spec.first)}"
+    return text
