@@ -233,11 +233,12 @@ class LayerInitConfig(_Section):
     mean: Number = 0.0
     std: Union[Number, str] = 1.0
     #: ``scheme``: PyTorch's own bias for ``torch``, zeros otherwise; or ``zeros``, ``normal``
-    #: (N(0, bias_std^2)), ``torch`` (the module's own default bias init).
-    bias: Literal["scheme", "zeros", "normal", "torch"] = "scheme"
-    bias_std: Number = Field(default=1.0, gt=0)
+    #: (N(0, bias_std^2)), ``truncated_normal`` (the same, cut at +- 2 bias_std), ``torch`` (the
+    #: module's own default bias init). ``bias_std``: a number or ``"1/sqrt(fan_in)"``.
+    bias: Literal["scheme", "zeros", "normal", "truncated_normal", "torch"] = "scheme"
+    bias_std: Union[Number, str] = 1.0
 
-    _float32 = field_validator("mean", "bias_std")(_within_float32)
+    _float32 = field_validator("mean")(_within_float32)
 
     @model_validator(mode="before")
     @classmethod
@@ -249,7 +250,7 @@ class LayerInitConfig(_Section):
                              f"got {value!r}")
         return value
 
-    @field_validator("std", mode="before")
+    @field_validator("std", "bias_std", mode="before")
     @classmethod
     def _std(cls, value: Any) -> Any:
         if value == STD_FAN_IN and isinstance(value, str):
@@ -264,8 +265,8 @@ class LayerInitConfig(_Section):
         # A value other than the default that the scheme would ignore is refused (defaults round-trip).
         if info.field_name == "bias_std":
             bias = info.data.get("bias")
-            if value != 1.0 and bias is not None and bias != "normal":
-                raise ValueError(f"applies to bias = 'normal' only, not bias = {bias!r}")
+            if value != 1.0 and bias is not None and bias not in ("normal", "truncated_normal"):
+                raise ValueError(f"applies to bias = 'normal' or 'truncated_normal' only, not bias = {bias!r}")
             return value
         scheme = info.data.get("scheme")
         if value != (0.0 if info.field_name == "mean" else 1.0) and scheme not in (None, "normal", "truncated_normal"):

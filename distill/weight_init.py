@@ -22,7 +22,8 @@ Schemes (W a layer's weight):
   its variance is std² · (1 − 2·2φ(2) / (2Φ(2) − 1)) ≈ 0.774 std². Bias zeros.
 
 ``std = "1/sqrt(fan_in)"`` uses the layer's own 1/√fan_in. ``bias``: ``scheme`` (as above),
-``zeros``, ``normal`` (N(0, bias_std²)) or ``torch`` (the constructor's draw, untouched).
+``zeros``, ``normal`` (N(0, bias_std²)), ``truncated_normal`` (the same cut at ±2 bias_std) or
+``torch`` (the constructor's draw, untouched); ``bias_std`` may be ``"1/sqrt(fan_in)"`` too.
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ def init_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _LAYERS)]
 
 
-def layer_std(spec: LayerInitConfig, weight: torch.Tensor) -> float:
-    """``spec.std`` as a number for this weight (``"1/sqrt(fan_in)"`` resolved)."""
-    if spec.std == STD_FAN_IN:
+def layer_std(std: float | str, weight: torch.Tensor) -> float:
+    """``std`` (``spec.std`` or ``spec.bias_std``) as a number for this layer's weight (``"1/sqrt(fan_in)"`` resolved)."""
+    if std == STD_FAN_IN:
         fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
         return 1.0 / math.sqrt(fan_in)
-    return float(spec.std)
+    return float(std)
 
 
 def _init_layer(layer: nn.Module, spec: LayerInitConfig) -> None:
@@ -59,9 +60,9 @@ def _init_layer(layer: nn.Module, spec: LayerInitConfig) -> None:
     elif spec.scheme == "he_normal":
         nn.init.kaiming_normal_(weight, a=0.0, mode="fan_in", nonlinearity="relu")
     elif spec.scheme == "normal":
-        nn.init.normal_(weight, float(spec.mean), layer_std(spec, weight))
+        nn.init.normal_(weight, float(spec.mean), layer_std(spec.std, weight))
     elif spec.scheme == "truncated_normal":
-        mean, std = float(spec.mean), layer_std(spec, weight)
+        mean, std = float(spec.mean), layer_std(spec.std, weight)
         nn.init.trunc_normal_(weight, mean, std, a=mean - 2 * std, b=mean + 2 * std)
     bias = getattr(layer, "bias", None)
     if bias is None:
@@ -70,7 +71,10 @@ def _init_layer(layer: nn.Module, spec: LayerInitConfig) -> None:
     if rule == "zeros":
         nn.init.zeros_(bias)
     elif rule == "normal":
-        nn.init.normal_(bias, 0.0, float(spec.bias_std))
+        nn.init.normal_(bias, 0.0, layer_std(spec.bias_std, weight))
+    elif rule == "truncated_normal":
+        std = layer_std(spec.bias_std, weight)
+        nn.init.trunc_normal_(bias, 0.0, std, a=-2 * std, b=2 * std)
 
 
 def apply_init(model: nn.Module, spec: InitConfig, arch: str = "student") -> nn.Module:
@@ -97,7 +101,7 @@ def _describe_layer(spec: LayerInitConfig) -> str:
         text += f"(mean {spec.mean}, std {spec.std})"
     default = "torch" if spec.scheme == "torch" else "zeros"
     if spec.bias_rule != default:
-        text += f", bias {spec.bias_rule}" + (f"(std {spec.bias_std})" if spec.bias_rule == "normal" else "")
+        text += f", bias {spec.bias_rule}" + (f"(std {spec.bias_std})" if "normal" in spec.bias_rule else "")
     return text
 
 

@@ -97,6 +97,10 @@ def test_bias_choices(scheme: str) -> None:
     own = nn.Linear(FAN_IN, FAN_OUT).bias.detach().clone()  # the constructor's draw with the same seed
     kept = _big({"scheme": scheme, "bias": "torch"})
     assert torch.equal(kept.bias, own)
+    cut = _big({"scheme": scheme, "bias": "truncated_normal", "bias_std": "1/sqrt(fan_in)"})
+    std = 1 / math.sqrt(FAN_IN)
+    assert float(cut.bias.detach().abs().max()) <= 2 * std
+    _check(cut.bias, 0.0, float(scipy.stats.truncnorm(-2, 2, scale=std).var()), rel=0.15)
 
 
 def test_torch_draws_nothing_and_leaves_the_weights_bit_identical() -> None:
@@ -227,9 +231,10 @@ def test_a_module_without_layers_is_one_line_naming_student_init(user_module: st
     ({"scheme": "normal", "std": "1/sqrt(fan_out)"}, "student.init.std: must be a number > 0 or '1/sqrt(fan_in)'"),
     ({"scheme": "he_normal", "std": 2}, "student.init.std: applies to scheme 'normal' or 'truncated_normal' only, "
                                         "not 'he_normal', got 2"),
-    ({"scheme": "normal", "bias_std": 0.5}, "student.init.bias_std: applies to bias = 'normal' only"),
+    ({"scheme": "normal", "bias_std": 0.5}, "student.init.bias_std: applies to bias = 'normal' or 'truncated_normal' only, not bias = 'scheme', got 0.5"),
     ({"scheme": "normal", "bias": "uniform"}, "student.init.bias must be"),
-    ({"scheme": "normal", "bias": "normal", "bias_std": 0}, "student.init.bias_std must be > 0"),
+    ({"scheme": "normal", "bias": "normal", "bias_std": 0},
+     "student.init.bias_std: must be a number > 0 or '1/sqrt(fan_in)', got 0"),
     ({"scheme": "normal", "first": {"scheme": "glorot_uniform", "mean": 1}},
      "student.init.first.mean: applies to scheme"),
     ({"scheme": "normal", "first": {"first": "normal"}}, "unknown key 'student.init.first.first'"),
