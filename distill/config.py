@@ -666,6 +666,9 @@ def _field(dotted: str) -> Any:
     model: Any = Config
     field = None
     for part in dotted.split("."):
+        if typing.get_origin(model) is Union:  # an optional table (student.init.first): the table's keys
+            tables = [a for a in typing.get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = tables[0] if len(tables) == 1 else None
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         field = model.model_fields.get(part)

@@ -251,6 +251,11 @@ def test_init_sweeps_over_scheme_names() -> None:
     assert config.sweep == ("student.init", ("torch", "glorot_uniform", "he_normal"))
     assert validate_config({"student": {"init": {"scheme": "normal", "std": [0.1, 1.0]}}}).sweep == (
         "student.init.std", (0.1, 1.0))
+    first = validate_config({"student": {"init": {"scheme": "normal", "first": {"scheme": "truncated_normal",
+                                                                               "std": [0.1, 0.2]}}}})
+    assert first.sweep == ("student.init.first.std", (0.1, 0.2)) and first.student.init.first.std == 0.1
+    with pytest.raises(ConfigError, match=r"^student.init: sweep values must be scalars"):
+        validate_config({"student": {"init": [{"scheme": "normal"}, "torch"]}})
 
 
 # --------------------------------------------------------------------------- runs
