@@ -804,6 +804,8 @@ def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if issubclass(annotation, LayerInitConfig):  # a table that also takes a scalar: a scheme name
+                keys.append(f"{prefix}{name}")
             keys.extend(_leaf_keys(annotation, f"{prefix}{name}."))
         elif not _admits_list(annotation):
             keys.append(f"{prefix}{name}")
