@@ -23,6 +23,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,6 +42,8 @@ __all__ = [
     "ProtocolConfig",
     "TeacherConfig",
     "StudentConfig",
+    "InitConfig",
+    "LayerInitConfig",
     "ObjectiveConfig",
     "TrainConfig",
     "EarlyStoppingConfig",
@@ -228,16 +231,98 @@ class TeacherConfig(_Section):
         return self
 
 
+#: ``student.init`` schemes (``distill.weight_init`` has the formulas and papers).
+INIT_SCHEMES = ("torch", "glorot_uniform", "he_normal", "normal", "truncated_normal")
+#: ``student.init.std`` may name this instead of a number: the layer's own 1/sqrt(fan_in).
+STD_FAN_IN = "1/sqrt(fan_in)"
+
+
+class LayerInitConfig(_Section):
+    """How one layer's weights and bias start (``student.init``, or its ``first`` layer override).
+
+    A bare string is the scheme with its defaults: ``init = "he_normal"``.
+    """
+
+    scheme: Literal["torch", "glorot_uniform", "he_normal", "normal", "truncated_normal"] = "torch"
+    #: ``normal`` / ``truncated_normal`` only: the mean and standard deviation (a number, or
+    #: ``"1/sqrt(fan_in)"``); ``truncated_normal`` cuts at mean +- 2 std, redrawing outside.
+    mean: Number = 0.0
+    std: Union[Number, str] = 1.0
+    #: ``scheme``: PyTorch's own bias for ``torch``, zeros otherwise; or ``zeros``, ``normal``
+    #: (N(0, bias_std^2)), ``truncated_normal`` (the same, cut at +- 2 bias_std), ``torch`` (the
+    #: module's own default bias init). ``bias_std``: a number or ``"1/sqrt(fan_in)"``.
+    bias: Literal["scheme", "zeros", "normal", "truncated_normal", "torch"] = "scheme"
+    bias_std: Union[Number, str] = 1.0
+
+    _float32 = field_validator("mean")(_within_float32)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"scheme": value}
+        if not isinstance(value, (dict, BaseModel)):
+            raise ValueError(f"must be a scheme name ({', '.join(INIT_SCHEMES)}) or a table with key scheme, "
+                             f"got {value!r}")
+        return value
+
+    @field_validator("std", "bias_std", mode="before")
+    @classmethod
+    def _std(cls, value: Any) -> Any:
+        if value == STD_FAN_IN and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= FLOAT32_MAX:
+            raise ValueError(f"must be a number > 0 or {STD_FAN_IN!r}, got {value!r}")
+        return value
+
+    @field_validator("mean", "std", "bias_std")
+    @classmethod
+    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
+        # A value other than the default that the scheme would ignore is refused (defaults round-trip).
+        if info.field_name == "bias_std":
+            bias = info.data.get("bias")
+            if value != 1.0 and bias is not None and bias not in ("normal", "truncated_normal"):
+                raise ValueError(f"applies to bias = 'normal' or 'truncated_normal' only, not bias = {bias!r}")
+            return value
+        scheme = info.data.get("scheme")
+        if value != (0.0 if info.field_name == "mean" else 1.0) and scheme not in (None, "normal", "truncated_normal"):
+            raise ValueError(f"applies to scheme 'normal' or 'truncated_normal' only, not {scheme!r}")
+        return value
+
+    @property
+    def bias_rule(self) -> str:
+        """The bias actually used: ``scheme`` resolved to ``torch`` or ``zeros``."""
+        if self.bias != "scheme":
+            return self.bias
+        return "torch" if self.scheme == "torch" else "zeros"
+
+
+class InitConfig(LayerInitConfig):
+    """``student.init``: the scheme for every ``nn.Linear`` / ``nn.Conv*`` layer in module order,
+    ``first`` (optional) for the first of them, e.g. the seed post's
+    ``{ scheme = "normal", bias = "normal", first = { scheme = "truncated_normal", std = "1/sqrt(fan_in)" } }``.
+    """
+
+    first: Optional[LayerInitConfig] = None
+
+    @property
+    def is_torch(self) -> bool:
+        """PyTorch's own initialisation everywhere: nothing to redraw."""
+        return all(s.scheme == "torch" and s.bias_rule == "torch" for s in (self, self.first) if s is not None)
+
+
 class StudentConfig(BaseModel):
-    """The student architecture (registry name or ``module:Class``) plus its own kwargs."""
+    """The student architecture (registry name or ``module:Class``), its initialisation, and its own kwargs."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     arch: str = "mlp"
+    #: the weight initialisation, applied after the constructor (``distill.weight_init``)
+    init: InitConfig = Field(default_factory=InitConfig)
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        """Everything but ``arch``: passed to the architecture's constructor."""
+        """Everything but ``arch`` and ``init``: passed to the architecture's constructor."""
         return dict(self.model_extra or {})
 
 
@@ -597,6 +682,9 @@ def _field(dotted: str) -> Any:
     model: Any = Config
     field = None
     for part in dotted.split("."):
+        if typing.get_origin(model) is Union:  # an optional table (student.init.first): the table's keys
+            tables = [a for a in typing.get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = tables[0] if len(tables) == 1 else None
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         field = model.model_fields.get(part)
@@ -732,6 +820,8 @@ def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if issubclass(annotation, LayerInitConfig):  # a table that also takes a scalar: a scheme name
+                keys.append(f"{prefix}{name}")
             keys.extend(_leaf_keys(annotation, f"{prefix}{name}."))
         elif not _admits_list(annotation):
             keys.append(f"{prefix}{name}")

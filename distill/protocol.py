@@ -46,6 +46,7 @@ from distill.interrupts import Interrupted, StopRequest
 from distill.metrics import classification_metrics, probabilities
 from distill.seeding import configure_threads, resolve_device, seed_everything, threads_for_stacked_work
 from distill.tracking import resolve_tracking_uri
+from distill.weight_init import apply_init
 from teachers.base import Teacher, create_teacher
 
 __all__ = [
@@ -160,8 +161,9 @@ def _warn_once(message: str) -> None:
 
 
 def _build_student(config: Config, dataset: Dataset, num_outputs: int) -> nn.Module:
+    """The student from its constructor, then ``student.init`` (``distill.weight_init``)."""
     try:
-        return students.build(
+        model = students.build(
             config.student.arch, dataset.in_shape, dataset.num_classes, num_outputs=num_outputs, **config.student.kwargs
         )
     except ValueError as exc:  # StudentArgumentError and unknown names
@@ -169,6 +171,10 @@ def _build_student(config: Config, dataset: Dataset, num_outputs: int) -> nn.Mod
         if not message.startswith(("unknown key 'student.", "student.")):
             message = f"student.arch: {message}" if "student '" not in message else message
         raise ConfigError(message) from None
+    try:
+        return apply_init(model, config.student.init, config.student.arch)
+    except ValueError as exc:  # a student without layers student.init can draw
+        raise ConfigError(str(exc)) from None
 
 
 #: Resource limits (README "Experiment files"): a student above this many parameters, or generated

@@ -36,6 +36,7 @@ from distill.serving import CHECKPOINT_FORMAT, load_checkpoint, servable_from_ch
 from distill.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
 from distill.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
 from distill.stats import CI_METHODS, describe, paired_difference, verdict
+from distill.weight_init import describe_init
 
 __all__ = ["run_experiment", "summarise", "save_student", "describe_plan", "result_text", "systems_of"]
 
@@ -66,7 +67,8 @@ def describe_plan(prepared: Prepared) -> str:
         f"unlabelled pool {s.pool.size}",
         f"transfer    {transfer}",
         f"teacher     {teacher}",
-        f"student     {c.student.arch}({kwargs}) -> {prepared.num_outputs} output(s), {prepared.student_parameters} parameters",
+        f"student     {c.student.arch}({kwargs}) -> {prepared.num_outputs} output(s), {prepared.student_parameters} parameters"
+        + ("" if c.student.init.is_torch else f", init {describe_init(c.student.init)}"),
         f"objective   {prepared.hard} + {c.objective.kl_weight} * T^2 * KL ({c.objective.direction}), T = {c.objective.temperature}",
         f"train       {c.train.optimizer} lr {c.train.lr}, {c.train.epochs} epochs, batch {c.train.batch_size}"
         f"{' with replacement' if c.train.replacement else ''}, device {prepared.device}",
