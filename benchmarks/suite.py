@@ -113,6 +113,21 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def overview(results: list[dict[str, Any]]) -> str:
+    """Accuracy only, one row per dataset and k: the README's view of the suite."""
+    lines = ["| dataset | k | teacher | student | baseline | null teacher | hard labels | logistic regression "
+             "| student − baseline | student − null teacher |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        a, p = r["aggregate"], r["paired"]
+        means = " | ".join(f"{a[s]['accuracy']['mean']:.3f}" for s in
+                           ("teacher", "student", "baseline", "null_teacher", "hard_labels", "logistic_regression"))
+        lines.append(f"| {r['source'].split(':', 1)[1]} | {r['per_class']} | {means} | "
+                     f"{_fmt_delta(p['student_minus_baseline']['accuracy'])} | "
+                     f"{_fmt_delta(p['student_minus_null_teacher']['accuracy'])} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="*", help="extra csv:PATH datasets")
@@ -124,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="iris, k = 1, 3 episodes, 20 epochs (for CI)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "suite",
                         help="writes OUT.md and OUT.json")
+    parser.add_argument("--readme", type=Path, help="replace the overview between the suite markers in this file")
     args = parser.parse_args(argv)
     if args.quick:
         args.datasets, args.per_class, args.episodes, args.epochs = ["sklearn:iris"], [1], 3, 20
@@ -156,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": round(time.perf_counter() - started, 1),
         "results": results,
     }, indent=2) + "\n", encoding="utf-8")
+    if args.readme is not None:
+        from benchmarks.shipped import replace_block
+
+        replace_block(args.readme, "<!-- suite:begin -->", "<!-- suite:end -->", overview(results))
     print(f"wrote {args.out}.md and {args.out}.json in {time.perf_counter() - started:.0f} s")
     return 0
 
