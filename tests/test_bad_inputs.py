@@ -39,7 +39,7 @@ from distill.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")
 #: Fast, and no soft-target cache that a case could read or leave behind.
-FAST = ["--set", "train.epochs=2", "--set", "teacher.cache=false"]
+FAST = ["--set", "train.epochs=2", "--set", "teacher.cache=false", "--set", "protocol.episodes=1"]
 #: The only warning a failing run may print besides its error (a network teacher without held-out rows).
 NO_HELDOUT = r"the network teacher records no held-out rows"
 

@@ -40,11 +40,12 @@ def run_cli(*args: str) -> int:
 
 def check_summary(summary: dict) -> None:
     assert summary["status"] == "completed"
-    for system in SYSTEMS:
-        assert set(summary[system]) == set(METRICS)
-        for metric in ("accuracy", "f1_macro", "ece"):
-            assert 0.0 <= summary[system][metric] <= 1.0
-        assert summary[system]["auroc"] is None or 0.0 <= summary[system]["auroc"] <= 1.0
+    for block in summary["sweep"]["points"] if "sweep" in summary else [summary]:
+        for system in SYSTEMS:
+            assert set(block[system]) == set(METRICS)
+            for metric in ("accuracy", "f1_macro", "ece"):
+                assert 0.0 <= block[system][metric] <= 1.0
+            assert block[system]["auroc"] is None or 0.0 <= block[system]["auroc"] <= 1.0
     assert summary["data"]["split"]["test"] > 0
     assert summary["config"]["name"] == summary["name"]
     assert summary["timings"]["total_s"] > 0
@@ -76,16 +77,41 @@ def test_shipped_experiment_writes_a_valid_run_directory(experiment: Path, tmp_p
     # The history holds both systems, every epoch they ran.
     history = pd.read_csv(out / "history.csv")
     first = history[history.episode == 0]
+    if "sweep" in summary:  # episode 0 of the first value, as summary["episodes"][0]
+        first = first[first.value == summary["sweep"]["values"][0]]
     for system in ("student", "baseline"):
         assert len(first[first.system == system]) == summary["episodes"][0]["fits"][system]["epochs_run"]
     assert history.episode.nunique() == summary["protocol"]["episodes"]
+    if experiment.stem != "seed_post":  # the seed post's students do not train: that is what it shows
+        check_the_baseline_trains(summary, experiment)
+
+
+def _constant_macro_f1(summary: dict, experiment: Path) -> float:
+    """Macro-F1 of always predicting the test rows' majority class (an independent count of the labels)."""
+    f1s = []
+    for row in summary["episodes"]:  # episode e's rows are the draw of seed + e
+        prepared = prepare(load_config(experiment, [f"seed={row['seed']}"]))
+        y = prepared.dataset.y[prepared.split.test]
+        share = np.bincount(y).max() / y.size
+        f1s.append(2 * share / (1 + share) / prepared.dataset.num_classes)
+    return float(np.mean(f1s))
+
+
+def check_the_baseline_trains(summary: dict, experiment: Path) -> None:
+    """Issue 14, point 3: the baseline takes at least 5 distinct accuracies over the episodes, beats a
+    constant predictor's macro-F1, and is within 0.03 of LogisticRegression on the same rows (or better)."""
+    accuracies = [row["baseline"]["accuracy"] for row in summary["episodes"]]
+    assert len({round(a, 9) for a in accuracies}) >= 5, accuracies
+    assert summary["baseline"]["f1_macro"] > _constant_macro_f1(summary, experiment)
+    reference = summary["logistic_regression"]["accuracy"]
+    assert summary["baseline"]["accuracy"] >= reference - 0.03, (summary["baseline"]["accuracy"], reference)
 
 
 @pytest.mark.slow
 def test_student_checkpoint_reproduces_the_reported_test_metrics(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run_cli("run", str(ROOT / "experiments/breast_cancer_gp.toml"), "-o", str(out), "-q",
-                   "--set", "train.epochs=20") == 0
+                   "--set", "train.epochs=20", "--episodes", "1") == 0
     summary = json.loads((out / "summary.json").read_text())
     ckpt = torch.load(out / "student.pt", weights_only=True)  # loads without unpickling code
     model = students.build(ckpt["arch"], tuple(ckpt["in_shape"]), ckpt["num_classes"],

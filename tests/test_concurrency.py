@@ -219,7 +219,7 @@ def test_runs_started_together_in_a_fresh_folder_share_the_default_local_store(t
     seeds = range(3)
     env = {k: v for k, v in _env("unused").items() if k != "MLFLOW_TRACKING_URI"}
     _run_together(  # no --output either: each claims its own runs/<timestamp>-<name>[-N] folder
-        [["run", str(EXPERIMENT), "-q", "--seed", str(i), "--set", "train.epochs=20"] for i in seeds],
+        [["run", str(EXPERIMENT), "-q", "--seed", str(i), "--set", "train.epochs=20", "--episodes", "1"] for i in seeds],
         cwd=tmp_path, env=env,
     )
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

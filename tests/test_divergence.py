@@ -97,7 +97,7 @@ def test_a_diverging_run_says_so_in_its_summary(tmp_path: Path, capsys) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged"
     systems = {d["system"] for d in summary["diverged"]}
-    assert systems == {"student", "baseline"}
+    assert systems == {"student", "baseline", *summary["config"]["protocol"]["controls"]}  # every trained system
     fit_summary = summary["episodes"][0]["fits"]["student"]
     assert fit_summary["status"] == "diverged"
     assert fit_summary["diverged_at"]["epoch"] >= 1 and fit_summary["diverged_at"]["step"] >= 1

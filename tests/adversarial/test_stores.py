@@ -32,7 +32,7 @@ from distill.config import to_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")
-FAST = ["--set", "train.epochs=2", "--set", "teacher.cache=false", "--set", 'train.device="cpu"']
+FAST = ["--set", "train.epochs=2", "--set", "teacher.cache=false", "--set", 'train.device="cpu"', "--episodes", "1"]
 
 
 def _errors(err: str) -> list[str]:
