@@ -19,6 +19,7 @@ figure. Run by hand (it takes minutes); CI runs it on a tiny setting (``--quick`
     python benchmarks/suite.py                                   # -> benchmarks/results/suite.{md,json}
     python benchmarks/suite.py csv:data/mine.csv --label target   # your own CSV too
     python benchmarks/suite.py --quick --out /tmp/suite            # 1 dataset, k = 1, 3 episodes
+    python benchmarks/suite.py --render benchmarks/results/suite.json --readme README.md   # no runs
 """
 
 from __future__ import annotations
@@ -140,7 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "suite",
                         help="writes OUT.md and OUT.json")
     parser.add_argument("--readme", type=Path, help="replace the overview between the suite markers in this file")
+    parser.add_argument("--render", type=Path, help="no runs: put the overview of this suite JSON into --readme")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        if args.readme is None:
+            parser.error("--render needs --readme")
+        from benchmarks.shipped import replace_block
+
+        results = json.loads(args.render.read_text(encoding="utf-8"))["results"]
+        replace_block(args.readme, "<!-- suite:begin -->", "<!-- suite:end -->", overview(results))
+        return 0
     if args.quick:
         args.datasets, args.per_class, args.episodes, args.epochs = ["sklearn:iris"], [1], 3, 20
     sources = list(args.datasets) + list(args.sources)
