@@ -104,6 +104,17 @@ def _tracking_call(method: Any) -> Any:
     return wrapper
 
 
+def _end_run(end: Any, status: str) -> None:
+    """``end(status)``; a store failure is raised for a FINISHED run, and only a warning for a failed or
+    interrupted one, so that the run's own error is the one the user sees."""
+    try:
+        end(status)
+    except TrackingError as exc:
+        if status == "FINISHED":
+            raise
+        log.warning("%s (the MLflow run may still show RUNNING)", exc.problems[0])
+
+
 def bound_requests(timeout: float = 10.0, retries: int = 2, *, override: bool = True) -> None:
     """Bound every MLflow HTTP request: ``timeout`` seconds, ``retries`` repeats (``override=False``:
     only where the user has not set MLflow's variables).
@@ -462,12 +473,7 @@ class MlflowTracker(Tracker):
         if self._finished:
             return
         self._finished = True
-        try:
-            self._end(status)
-        except TrackingError as exc:
-            if status == "FINISHED":
-                raise
-            log.warning("%s (the MLflow run may still show RUNNING)", exc.problems[0])
+        _end_run(self._end, status)
 
     @_tracking_call
     def _end(self, status: str) -> None:
@@ -725,12 +731,7 @@ class StudyTracker:
         """End the parent run (a store failure while a failed or interrupted study ends: a warning)."""
         if not self._done:
             self._done = True
-            try:
-                self._end(status)
-            except TrackingError as exc:
-                if status == "FINISHED":
-                    raise
-                log.warning("%s (the MLflow run may still show RUNNING)", exc.problems[0])
+            _end_run(self._end, status)
 
     @_tracking_call
     def _end(self, status: str) -> None:
