@@ -34,8 +34,8 @@ from hypothesis import strategies as st
 
 from distill.cli import main
 
-#: Examples per test: 30 in CI; ``DISTILL_FUZZ_EXAMPLES=1000`` for a longer hunt.
-INVARIANT = settings(max_examples=int(os.environ.get("DISTILL_FUZZ_EXAMPLES", "30")), deadline=None, derandomize=True, database=None, print_blob=False,
+#: Examples per test: 20 in CI; ``DISTILL_FUZZ_EXAMPLES=1000`` for a longer hunt.
+INVARIANT = settings(max_examples=int(os.environ.get("DISTILL_FUZZ_EXAMPLES", "20")), deadline=None, derandomize=True, database=None, print_blob=False,
                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 SECONDS_PER_EXAMPLE = 60
 
