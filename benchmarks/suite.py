@@ -19,6 +19,7 @@ figure. Run by hand (it takes minutes); CI runs it on a tiny setting (``--quick`
     python benchmarks/suite.py                                   # -> benchmarks/results/suite.{md,json}
     python benchmarks/suite.py csv:data/mine.csv --label target   # your own CSV too
     python benchmarks/suite.py --quick --out /tmp/suite            # 1 dataset, k = 1, 3 episodes
+    python benchmarks/suite.py --external DIR --only-external      # every DIR/*.csv, not the sklearn four
     python benchmarks/suite.py --render benchmarks/results/suite.json --readme README.md   # no runs
 """
 
@@ -129,6 +130,25 @@ def overview(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def external_sources(folder: Path | None, only: bool = False) -> list[str]:
+    """``csv:PATH`` for every CSV in ``folder`` (sorted by name), the datasets the tuning never saw.
+
+    A missing or empty folder, or ``only`` without a folder, is a ValueError with a one-line reason.
+    """
+    if folder is None:
+        if only:
+            raise ValueError("--only-external needs --external DIR")
+        return []
+    if not folder.is_dir():
+        raise ValueError(f"--external {folder}: not a folder; write it with "
+                         f"python benchmarks/external_datasets.py --out {folder}")
+    paths = sorted(folder.glob("*.csv"))
+    if not paths:
+        raise ValueError(f"--external {folder}: no .csv files; write them with "
+                         f"python benchmarks/external_datasets.py --out {folder}")
+    return [f"csv:{path}" for path in paths]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="*", help="extra csv:PATH datasets")
@@ -138,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, nargs="+", default=PER_CLASS)
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--quick", action="store_true", help="iris, k = 1, 3 episodes, 20 epochs (for CI)")
+    parser.add_argument("--external", type=Path, metavar="DIR",
+                        help="also run every DIR/*.csv (as written by benchmarks/external_datasets.py --out DIR)")
+    parser.add_argument("--only-external", action="store_true",
+                        help="with --external: run the external CSVs only, not --datasets")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "suite",
                         help="writes OUT.md and OUT.json")
     parser.add_argument("--readme", type=Path, help="replace the overview between the suite markers in this file")
@@ -153,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.datasets, args.per_class, args.episodes, args.epochs = ["sklearn:iris"], [1], 3, 20
-    sources = list(args.datasets) + list(args.sources)
+    try:
+        external = external_sources(args.external, args.only_external)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sources = ([] if args.only_external else list(args.datasets)) + list(args.sources) + external
 
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
