@@ -5,9 +5,13 @@ wine) and on any ``csv:PATH`` given on the command line:
 
 - k = 1, 5 and 10 labelled rows per class, no labelled validation rows;
 - transfer set: the unlabelled pool (every training row that is neither labelled nor test);
-- teacher: scikit-learn's GaussianProcessClassifier, ``kernel = "auto"``;
+- teacher: ``teacher.kind = "auto"``: the scikit-learn candidate (GP with ``kernel = "auto"``,
+  logistic regression, random forest) with the best cross-validated log-loss on the labelled rows,
+  its probabilities calibrated by a temperature fitted on the same cross-fit (``--teacher`` picks
+  another kind);
 - student: an MLP with one hidden layer of 32 ReLU units, Adam (lr 0.01), 200 epochs, batches of
-  32, standardised features, kl_weight 1, T 1;
+  32, standardised features, ``kl_weight = "auto"`` and ``temperature = "auto"`` (chosen per episode by
+  cross-validation on its labelled rows; ``--set objective.kl_weight=1`` gives the old fixed setting);
 - controls: the null teacher (uniform), hard labels (the teacher's argmax as pseudo-labels) and the
   teacher's probabilities alone; reference: LogisticRegression on the same labelled rows;
 - 20 episodes (independent draws, seeds 0..19), 100 test rows (a third of the data when smaller).
@@ -43,8 +47,9 @@ CONTROLS = ["null_teacher", "hard_labels", "teacher_probs_only"]
 REFERENCES = ["logistic_regression"]
 METRICS = ["accuracy", "f1_macro", "auroc", "ece"]
 PROTOCOL = (
-    "Per dataset and k labelled rows per class: pool transfer, GP teacher (kernel auto), MLP student "
-    "(32 ReLU units, Adam lr 0.01, batches of 32, standardised features, kl_weight 1, T 1), controls "
+    "Per dataset and k labelled rows per class: pool transfer, teacher chosen and calibrated by cross-validation "
+    "on the labelled rows (teacher.kind auto), MLP student (32 ReLU units, Adam lr 0.01, batches of 32, "
+    "standardised features, kl_weight and temperature auto), controls "
     "null_teacher (uniform), hard_labels and teacher_probs_only, reference LogisticRegression on the same "
     "labelled rows; mean [95% t-interval] over independent episodes; Δ = paired student − X with its "
     "interval and two-sided Wilcoxon p."
@@ -52,7 +57,7 @@ PROTOCOL = (
 
 
 def suite_config(source: str, per_class: int, episodes: int, epochs: int, label: str = "label",
-                 test_size: int | float = 100) -> dict[str, Any]:
+                 test_size: int | float = 100, teacher: str = "auto") -> dict[str, Any]:
     """The suite's experiment for one dataset and k, as a raw config dictionary."""
     return {
         "name": f"suite-{source.split(':', 1)[1].replace('/', '_')}-k{per_class}",
@@ -61,9 +66,9 @@ def suite_config(source: str, per_class: int, episodes: int, epochs: int, label:
         "few_shot": {"per_class": per_class, "validation": 0, "transfer": "pool"},
         "protocol": {"episodes": episodes, "controls": CONTROLS, "null_teacher": "uniform",
                      "references": REFERENCES},
-        "teacher": {"kind": "gaussian_process", "kernel": "auto", "cache": False},
+        "teacher": {"kind": teacher, "calibration": "temperature", "cache": False},
         "student": {"arch": "mlp", "hidden": [32], "activation": "relu"},
-        "objective": {"kl_weight": 1.0, "temperature": 1.0},
+        "objective": {"kl_weight": "auto", "temperature": "auto"},
         "train": {"optimizer": "adam", "lr": 0.01, "epochs": epochs, "batch_size": 32},
         "tracking": {"enabled": False},
     }
@@ -75,6 +80,22 @@ def _test_size(source: str) -> int | float:
 
     rows = load_dataset(source).x.shape[0]
     return 100 if rows >= 300 else round(rows / 3)
+
+
+def _override(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides (TOML literals) applied to a raw config, as ``--set`` does for ``run``."""
+    import copy
+    import tomllib
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = tomllib.loads(f"v = {value}")["v"]
+    return raw
 
 
 def run_one(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -115,19 +136,46 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def significance(stat: dict[str, Any]) -> str:
+    """``better`` / ``worse`` when the paired 95% interval lies entirely above / below 0, else ``–``."""
+    ci = stat.get("ci95")
+    if not ci:
+        return "–"
+    return "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "–"
+
+
+def dataset_name(source: str) -> str:
+    """``breast_cancer`` for ``sklearn:breast_cancer``, ``pima`` for ``csv:/tmp/ext/pima.csv``."""
+    name = source.split(":", 1)[1]
+    return Path(name).stem if source.startswith("csv:") else name
+
+
 def overview(results: list[dict[str, Any]]) -> str:
     """Accuracy only, one row per dataset and k: the README's view of the suite."""
-    lines = ["| dataset | k | teacher | student | baseline | null teacher | hard labels | logistic regression "
-             "| student − baseline | student − null teacher |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| dataset | k | teacher | student | baseline | null teacher | logistic regression "
+             "| student − baseline | | student − null teacher | kl_weight 0 chosen |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         a, p = r["aggregate"], r["paired"]
         means = " | ".join(f"{a[s]['accuracy']['mean']:.3f}" for s in
-                           ("teacher", "student", "baseline", "null_teacher", "hard_labels", "logistic_regression"))
-        lines.append(f"| {r['source'].split(':', 1)[1]} | {r['per_class']} | {means} | "
+                           ("teacher", "student", "baseline", "null_teacher", "logistic_regression"))
+        chosen = r.get("kd_selection")
+        zero = f"{chosen['kl_weight_zero']}/{chosen['episodes']}" if chosen else "–"
+        lines.append(f"| {dataset_name(r['source'])} | {r['per_class']} | {means} | "
                      f"{_fmt_delta(p['student_minus_baseline']['accuracy'])} | "
-                     f"{_fmt_delta(p['student_minus_null_teacher']['accuracy'])} |")
+                     f"{significance(p['student_minus_baseline']['accuracy'])} | "
+                     f"{_fmt_delta(p['student_minus_null_teacher']['accuracy'])} | {zero} |")
     return "\n".join(lines)
+
+
+def teachers_chosen(summary: dict[str, Any]) -> dict[str, int]:
+    """How often each candidate was the teacher (``teacher.kind = "auto"``), over the episodes."""
+    counts: dict[str, int] = {}
+    for row in summary["episodes"]:
+        chosen = (row.get("teacher_diagnostics") or {}).get("selection", {}).get("chosen")
+        if chosen is not None:
+            counts[str(chosen)] = counts.get(str(chosen), 0) + 1
+    return counts
 
 
 def external_sources(folder: Path | None, only: bool = False) -> list[str]:
@@ -162,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run every DIR/*.csv (as written by benchmarks/external_datasets.py --out DIR)")
     parser.add_argument("--only-external", action="store_true",
                         help="with --external: run the external CSVs only, not --datasets")
+    parser.add_argument("--teacher", default="auto", help="teacher.kind (auto, ensemble, gaussian_process)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the suite's config (a TOML literal), e.g. objective.kl_weight=1")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "suite",
                         help="writes OUT.md and OUT.json")
     parser.add_argument("--readme", type=Path, help="replace the overview between the suite markers in this file")
@@ -192,21 +243,32 @@ def main(argv: list[str] | None = None) -> int:
         for source in sources:
             size = _test_size(source)
             for k in args.per_class:
-                raw = suite_config(source, k, args.episodes, args.epochs, args.label, size)
+                raw = suite_config(source, k, args.episodes, args.epochs, args.label, size, args.teacher)
+                raw = _override(raw, args.overrides)
                 t0 = time.perf_counter()
                 summary = run_one(raw, Path(tmp))
                 seconds = time.perf_counter() - t0
                 results.append({"source": source, "per_class": k, "episodes": args.episodes, "seconds": seconds,
                                 "verdict": summary["verdict"], "aggregate": summary["aggregate"],
-                                "paired": summary["paired"]})
+                                "paired": summary["paired"], "kd_selection": summary.get("kd_selection"),
+                                "teachers": teachers_chosen(summary)})
+                chosen = summary.get("kd_selection")
+                extra = ""
+                if chosen:
+                    from distill.kd_selection import selection_text
+
+                    extra += f"\n{selection_text(chosen)}."
+                if results[-1]["teachers"]:
+                    extra += "\nTeacher chosen: " + ", ".join(f"{n} ({c})" for n, c in results[-1]["teachers"].items()) + "."
                 sections.append(f"## {source}, k = {k} per class ({args.episodes} episodes, {seconds:.0f} s)\n\n"
-                                f"{table(summary)}\n\n{summary['verdict']}\n")
+                                f"{table(summary)}\n\n{summary['verdict']}{extra}\n")
                 print(f"{source} k={k}: {summary['verdict']} ({seconds:.1f} s)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.md").write_text("\n".join(sections), encoding="utf-8")
     Path(f"{args.out}.json").write_text(json.dumps({
         "protocol": {"per_class": args.per_class, "episodes": args.episodes, "epochs": args.epochs,
-                     "config": suite_config("sklearn:SOURCE", 0, args.episodes, args.epochs)},
+                     "config": _override(suite_config("sklearn:SOURCE", 0, args.episodes, args.epochs,
+                                                      teacher=args.teacher), args.overrides)},
         "environment": {"python": platform.python_version(), "platform": platform.platform(terse=True)},
         "total_s": round(time.perf_counter() - started, 1),
         "results": results,

@@ -326,6 +326,41 @@ class StudentConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+#: ``objective.kl_weight`` / ``objective.temperature`` may name this instead of a number.
+AUTO = "auto"
+
+
+def _grid(value: list[Any], positive: bool) -> list[float]:
+    """A sorted grid of distinct finite numbers (> 0 with ``positive``, else >= 0), float32-sized."""
+    if not value:
+        raise ValueError("must list at least one value")
+    _within_float32(value)
+    for v in value:
+        if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+            raise ValueError(f"must hold finite numbers {'> 0' if positive else '>= 0'}, got {v}")
+    return sorted({float(v) for v in value})
+
+
+class AutoObjectiveConfig(_Section):
+    """The grids ``objective.kl_weight = "auto"`` and ``objective.temperature = "auto"`` choose from.
+
+    ``kl_weights`` always includes 0 (the baseline itself), so "auto" can decline to distil.
+    """
+
+    kl_weights: list[Number] = Field(default_factory=lambda: [0.0, 0.3, 1.0, 3.0])
+    temperatures: list[Number] = Field(default_factory=lambda: [1.0, 2.0, 4.0])
+
+    @field_validator("kl_weights")
+    @classmethod
+    def _kl_weights(cls, value: list[Any]) -> list[float]:
+        return sorted({0.0, *_grid(value, positive=False)})
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures(cls, value: list[Any]) -> list[float]:
+        return _grid(value, positive=True)
+
+
 class ObjectiveConfig(_Section):
     """``hard + kl_weight * T^2 * KL (+ l1, l2, metric loss)``; ``hard = "auto"``: BCE (binary) or CE."""
 
@@ -333,9 +368,12 @@ class ObjectiveConfig(_Section):
     hard_params: dict[str, Any] = Field(default_factory=dict)
     class_weight: Optional[Union[list[Number], Literal["balanced"]]] = None
     pos_weight: Optional[Union[Number, Literal["balanced"]]] = None
-    kl_weight: Number = Field(default=1.0, ge=0)
-    temperature: Number = Field(default=1.0, gt=0)
+    #: a number, or "auto": chosen per episode by cross-validation on its labelled rows (``auto``)
+    kl_weight: Union[Number, Literal["auto"]] = 1.0
+    temperature: Union[Number, Literal["auto"]] = 1.0
     direction: Literal["forward", "reverse"] = "forward"
+    #: the grids "auto" chooses from (``distill.kd_selection``)
+    auto: AutoObjectiveConfig = Field(default_factory=AutoObjectiveConfig)
     l1: Number = Field(default=0.0, ge=0)
     l2: Number = Field(default=0.0, ge=0)
     metric_loss: Optional[Literal["triplet", "margin_ranking"]] = None
@@ -370,11 +408,25 @@ class ObjectiveConfig(_Section):
                 raise ValueError(f"{key} {exc}") from None
         return value
 
+    @field_validator("kl_weight", "temperature", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (
+                isinstance(value, str) and value != AUTO):
+            raise ValueError(f"objective.{info.field_name} must be a number or 'auto', got {value!r}")
+        return value
+
     @field_validator("kl_weight", "temperature")
     @classmethod
-    def _finite(cls, value: float) -> float:
+    def _finite(cls, value: Any, info: Any) -> Any:
+        if value == AUTO:
+            return value
         if not math.isfinite(value):
             raise ValueError(f"must be finite, got {value}")
+        if info.field_name == "kl_weight" and not value >= 0:
+            raise ValueError(f"objective.kl_weight must be >= 0, got {value}")
+        if info.field_name == "temperature" and not value > 0:
+            raise ValueError(f"objective.temperature must be > 0, got {value}")
         return float(value)
 
 
@@ -783,8 +835,10 @@ _TAKES_EFFECT: list[tuple[str, Any, str]] = [
     ("teacher.uri", lambda c: c.teacher.kind == "network", 'teacher.kind = "network"'),
     ("teacher.arch", lambda c: c.teacher.kind == "network", 'teacher.kind = "network"'),
     ("teacher.input", lambda c: c.teacher.kind == "network", 'teacher.kind = "network"'),
-    ("objective.temperature", lambda c: c.objective.kl_weight > 0, "objective.kl_weight > 0"),
-    ("objective.direction", lambda c: c.objective.kl_weight > 0, "objective.kl_weight > 0"),
+    ("objective.temperature", lambda c: c.objective.kl_weight != 0, "objective.kl_weight > 0 or 'auto'"),
+    ("objective.direction", lambda c: c.objective.kl_weight != 0, "objective.kl_weight > 0 or 'auto'"),
+    ("objective.auto.", lambda c: AUTO in (c.objective.kl_weight, c.objective.temperature),
+     "objective.kl_weight or objective.temperature = 'auto'"),
     ("objective.metric_weight", lambda c: c.objective.metric_loss is not None, "objective.metric_loss is set"),
     ("objective.metric_margin", lambda c: c.objective.metric_loss is not None, "objective.metric_loss is set"),
     ("train.momentum", lambda c: c.train.optimizer == "sgd", 'train.optimizer = "sgd"'),

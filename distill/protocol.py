@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 import students
-from distill.config import Config, config_dict, expand_sweep
+from distill.config import AUTO, Config, config_dict, expand_sweep
 from distill.cache import SoftTargetCache, array_digest
 from distill.checkpoints import Checkpoints
 from distill.data import (
@@ -111,6 +112,8 @@ class EpisodeResult:
     #: the controls' fits and models (``protocol.controls``), by name
     control_fits: dict[str, FitResult] = field(default_factory=dict)
     controls: dict[str, nn.Module] = field(default_factory=dict)
+    #: what ``objective.* = "auto"`` chose for the student (None: the config's numbers)
+    kd_selection: dict[str, Any] | None = None
 
 
 def _teacher_kwargs(config: Config, dataset: Dataset, device: str = "cpu") -> dict[str, Any]:
@@ -393,9 +396,17 @@ def build_criterion(config: Config, hard: str, num_classes: int, labelled_y: np.
     return HardCriterion(loss.to(device), mean_weight)
 
 
-def fit_settings(config: Config, *, kl_weight: float | None = None) -> FitSettings:
-    """The engine's settings from the config (``kl_weight`` overridden for the baseline)."""
+def fit_settings(config: Config, *, kl_weight: float | None = None, temperature: float | None = None) -> FitSettings:
+    """The engine's settings from the config (``kl_weight`` / ``temperature`` overridden for the baseline,
+    a control or what "auto" chose; at ``kl_weight = 0`` the temperature is irrelevant and set to 1)."""
     t, o, es = config.train, config.objective, config.train.early_stopping
+    kl = o.kl_weight if kl_weight is None else kl_weight
+    temp = o.temperature if temperature is None else temperature
+    if kl == 0:
+        temp = 1.0 if temp == AUTO else temp
+    if AUTO in (kl, temp):
+        raise ValueError("objective.kl_weight / objective.temperature = 'auto' must be chosen before a fit "
+                         "(distill.protocol.train_students does it)")
     return FitSettings(
         epochs=t.epochs,
         batch_size=t.batch_size,
@@ -408,8 +419,8 @@ def fit_settings(config: Config, *, kl_weight: float | None = None) -> FitSettin
         step_size=t.step_size,
         gamma=float(t.gamma),
         grad_clip=float(t.grad_clip) if t.grad_clip is not None else None,
-        kl_weight=float(o.kl_weight if kl_weight is None else kl_weight),
-        temperature=float(o.temperature),
+        kl_weight=float(kl),
+        temperature=float(temp),
         direction=o.direction,
         monitor=es.monitor,
         mode=es.mode,
@@ -451,6 +462,11 @@ class TeacherOutputs:
     test_logits: np.ndarray
     augmented: int
     timings: dict[str, float]
+    #: ``[F, n_train, K]``: fold f's teacher (fit without the labelled rows of ``folds[f]``) on the
+    #: transfer rows, calibrated like the teacher; None when no cross-validation is possible
+    fold_logits: torch.Tensor | None = None
+    #: positions into the labelled rows (the first transfer rows) held out by each fold
+    folds: list[np.ndarray] | None = None
 
 
 def _teacher_key(config: Config) -> str:
@@ -594,10 +610,11 @@ def build_student(prepared: Prepared) -> nn.Module:
     return _build_student(prepared.config, prepared.dataset, prepared.num_outputs).to(prepared.device)
 
 
-def _student_settings(prepared: Prepared, kl_weight: float | None, epoch_metrics: bool) -> FitSettings:
+def _student_settings(prepared: Prepared, kl_weight: float | None, epoch_metrics: bool,
+                      temperature: float | None = None) -> FitSettings:
     config = prepared.config
     return dataclasses.replace(
-        fit_settings(config, kl_weight=kl_weight),
+        fit_settings(config, kl_weight=kl_weight, temperature=temperature),
         epoch_metrics=epoch_metrics,
         criterion=build_criterion(
             config, prepared.hard, prepared.dataset.num_classes, prepared.dataset.y[prepared.split.labelled],
@@ -654,6 +671,16 @@ class StudentJob:
     result: FitResult | None = None
     #: the rows this job trains on when they are not the teacher's (a control's)
     train: TrainingRows | None = None
+    #: the temperature when it is not the config's (a cross-validation member's, or one "auto" chose)
+    temperature: float | None = None
+    #: what ``objective.* = "auto"`` chose for this job (``distill.kd_selection.Selection.as_dict``)
+    selection: dict[str, Any] | None = None
+
+    def knobs(self) -> tuple[float | str, float | str]:
+        """The job's KL weight and temperature: its own, else the config's (either may be "auto")."""
+        o = self.prepared.config.objective
+        return (o.kl_weight if self.kl_weight is None else self.kl_weight,
+                o.temperature if self.temperature is None else self.temperature)
 
     @property
     def rows(self) -> TrainingRows:
@@ -671,7 +698,8 @@ def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bo
     With ``checkpoints`` every fit (``<key>g<group>``) saves its state as it goes and a fit finished
     before is loaded instead of trained; ``stop`` turns a signal into ``Interrupted`` after a step.
     """
-    settings = [_student_settings(j.prepared, j.kl_weight, epoch_metrics) for j in jobs]
+    _choose_auto(jobs, batched=batched, checkpoints=checkpoints, stop=stop, key=key)
+    settings = [_student_settings(j.prepared, j.kl_weight, epoch_metrics, j.temperature) for j in jobs]
     models = [build_student(j.prepared) for j in jobs]
     groups: list[list[int]] = []
     problems: set[str] = set()
@@ -747,8 +775,97 @@ def _fit_identity(key: str, jobs: list[StudentJob]) -> dict[str, Any]:
         text = json.dumps(config_dict(job.prepared.config), sort_keys=True, default=str)
         members.append({"system": job.system, "seed": int(job.prepared.config.seed),
                         "kl_weight": None if job.kl_weight is None else float(job.kl_weight),
+                        "temperature": None if job.temperature is None else float(job.temperature),
                         "config": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]})
     return {"key": key, "members": members}
+
+
+def _selection_key(job: StudentJob) -> tuple[int, str]:
+    """Jobs that share an episode's teacher outputs, config (but for the knobs) and fixed knob share a choice."""
+    kl, temperature = job.knobs()
+    c = job.prepared.config.model_dump(mode="json")
+    c["objective"].pop("kl_weight")
+    c["objective"].pop("temperature")
+    return id(job.taught), json.dumps([c, kl, temperature], sort_keys=True)
+
+
+def _needs_choice(job: StudentJob) -> bool:
+    kl, temperature = job.knobs()
+    return kl != 0 and AUTO in (kl, temperature)
+
+
+def _choose_auto(jobs: list[StudentJob], *, batched: bool, checkpoints: Checkpoints | None,
+                 stop: StopRequest | None, key: str) -> None:
+    """Fill in the KL weight and temperature of every job whose config says "auto"
+    (``distill.kd_selection``): every fold x candidate of every episode is one member of one stacked fit."""
+    from distill.kd_selection import candidate_grid, choose, fallback, fold_training_rows, heldout_scores, Selection
+
+    groups: dict[tuple[int, str], list[StudentJob]] = {}
+    for job in jobs:
+        if _needs_choice(job):
+            groups.setdefault(_selection_key(job), []).append(job)
+    if not groups:
+        return
+    plans = []  # (group, grid, members per (fold, candidate))
+    members: list[StudentJob] = []
+    for group in groups.values():
+        first = group[0]
+        kl, temperature = first.knobs()
+        auto = first.prepared.config.objective.auto
+        grid = candidate_grid(kl, temperature, auto.kl_weights, auto.temperatures)
+        taught = first.taught
+        if taught.folds is None or taught.fold_logits is None:
+            plans.append((group, grid, None))
+            continue
+        cells = []
+        for f, positions in enumerate(taught.folds):
+            rows = fold_training_rows(taught.train, taught.fold_logits[f], positions)
+            for c in grid:
+                member = StudentJob(first.prepared, taught, kl_weight=c.kl_weight, temperature=c.temperature,
+                                    system=f"cv fold {f} kl_weight {c.kl_weight:g} T {c.temperature:g}", train=rows)
+                cells.append((f, c, member))
+                members.append(member)
+        plans.append((group, grid, cells))
+    if members:
+        train_students(members, batched=batched, epoch_metrics=False, checkpoints=checkpoints, stop=stop,
+                       key=f"{key}cv")
+    for group, grid, cells in plans:
+        first = group[0]
+        kl, temperature = first.knobs()
+        seed = first.prepared.config.seed
+        if cells is None:
+            selection = fallback(kl, temperature, "no cross-validation: a class has a single labelled row")
+        else:
+            per_row: dict[Any, list[tuple[int, np.ndarray, np.ndarray]]] = {c: [] for c in grid}
+            x, y = first.taught.train.x, first.taught.train.targets
+            for f, c, member in cells:
+                assert member.model is not None and first.taught.folds is not None
+                at = torch.as_tensor(first.taught.folds[f], dtype=torch.long, device=x.device)
+                per_row[c].append((f, *heldout_scores(predict_logits(member.model, x[at]), y[at])))
+            correct = [np.concatenate([r[1] for r in sorted(per_row[c], key=lambda r: r[0])]) for c in grid]
+            losses = [np.concatenate([r[2] for r in sorted(per_row[c], key=lambda r: r[0])]) for c in grid]
+            scores = [{"kl_weight": c.kl_weight, "temperature": c.temperature, "accuracy": float(ok.mean()),
+                       "log_loss": float(nll.mean())} for c, ok, nll in zip(grid, correct, losses, strict=True)]
+            index, gain, se = choose(scores, correct)
+            best = scores[index]
+            selection = Selection(kl_weight=best["kl_weight"], temperature=best["temperature"],
+                                  reason="cross-validation", folds=len(first.taught.folds), scores=scores,
+                                  gain=None if math.isnan(gain) else gain, gain_se=None if math.isnan(se) else se)
+            log.debug("objective auto (seed %d): kl_weight %g, T %g by %d-fold CV on %d labelled rows "
+                      "(best distilled candidate's held-out accuracy gain %+.3f, standard error %.3f)",
+                      seed, selection.kl_weight, selection.temperature, selection.folds, correct[0].size, gain, se)
+        if cells is None:
+            log.debug("objective auto (seed %d): %s; kl_weight %g, T %g", seed, selection.reason,
+                      selection.kl_weight, selection.temperature)
+        for job in group:
+            job_kl, job_t = job.knobs()
+            if job_kl == AUTO:
+                job.kl_weight = selection.kl_weight
+                if job.system == "teacher_probs_only" and selection.kl_weight == 0:
+                    job.kl_weight = 1.0  # the KL term alone needs a weight; 1 as for a fixed kl_weight = 0
+            if job_t == AUTO:
+                job.temperature = selection.temperature
+            job.selection = selection.as_dict()
 
 
 def run_episode(
@@ -865,7 +982,7 @@ def _control_job(prepared: Prepared, taught: TeacherOutputs, name: str) -> Stude
     kl_weight: float | None = None
     if name == "hard_labels":
         kl_weight = 0.0
-    elif name == "teacher_probs_only" and float(config.objective.kl_weight) <= 0:
+    elif name == "teacher_probs_only" and config.objective.kl_weight == 0:
         kl_weight = 1.0
     return StudentJob(prepared, taught, kl_weight=kl_weight, system=name, train=rows)
 
@@ -946,6 +1063,7 @@ def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
             "transfer": int(taught.train.x.shape[0]),
         },
         split=split,
+        kd_selection=pending.student.selection,
         control_fits={job.system: job.result for job in pending.controls},  # type: ignore[misc]
         controls={job.system: job.model for job in pending.controls},  # type: ignore[misc]
     )
@@ -955,11 +1073,19 @@ def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
 _STACK_BYTES = 256 * 2**20
 
 
-def _episode_bytes(taught: TeacherOutputs) -> int:
+def _episode_bytes(taught: TeacherOutputs, config: Config) -> int:
+    """The rows an episode's fits hold: its students', and its cross-validation members' for "auto"."""
     tensors = [taught.train.x, taught.train.teacher_logits]
     if taught.validation is not None:
         tensors.append(taught.validation.x)
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    o = config.objective
+    if AUTO in (o.kl_weight, o.temperature) and o.kl_weight != 0 and taught.folds is not None:
+        from distill.kd_selection import candidate_grid
+
+        grid = candidate_grid(o.kl_weight, o.temperature, o.auto.kl_weights, o.auto.temperatures)
+        size *= 1 + len(taught.folds) * len(grid)
+    return size
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -1038,7 +1164,7 @@ def run_protocol(
                 variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset
             )
             pending.append(_plan_episode(prepared, cache, e, value, soft_cache))
-            pending_bytes += _episode_bytes(pending[-1].taught)
+            pending_bytes += _episode_bytes(pending[-1].taught, prepared.config)
         # Episodes wait to be trained together while their rows fit the stacking budget.
         if not batched or pending_bytes >= _STACK_BYTES or e == episodes - 1:
             flush()

@@ -16,9 +16,10 @@ import torch
 
 import distill
 from distill.checkpoints import CHECKPOINT_FOLDER, Checkpoints
-from distill.config import Config, config_dict, to_toml
+from distill.config import AUTO, Config, config_dict, to_toml
 from distill.errors import UserError
 from distill.interrupts import Interrupted, StopRequest
+from distill.kd_selection import selection_text, summarise_selections
 from distill.metrics import METRICS
 from distill.protocol import EpisodeResult, Prepared, prepare_protocol, run_protocol, soft_target_cache
 from distill.report import (
@@ -41,6 +42,17 @@ from distill.weight_init import describe_init
 __all__ = ["run_experiment", "summarise", "save_student", "describe_plan", "result_text", "systems_of"]
 
 log = logging.getLogger("distill")
+
+
+def _auto_text(c: Config) -> str:
+    """How "auto" chooses, for the plan: the grids and the rule (``distill.kd_selection``)."""
+    o = c.objective
+    if AUTO not in (o.kl_weight, o.temperature) or o.kl_weight == 0:
+        return ""
+    grids = ([f"kl_weight in {o.auto.kl_weights}"] if o.kl_weight == AUTO else []) + (
+        [f"T in {o.auto.temperatures}"] if o.temperature == AUTO else [])
+    return (f"; per episode by cross-validation on its labelled rows over {', '.join(grids)} "
+            "(kl_weight 0 unless distilling raises the held-out accuracy)")
 
 
 def describe_plan(prepared: Prepared) -> str:
@@ -69,7 +81,8 @@ def describe_plan(prepared: Prepared) -> str:
         f"teacher     {teacher}",
         f"student     {c.student.arch}({kwargs}) -> {prepared.num_outputs} output(s), {prepared.student_parameters} parameters"
         + ("" if c.student.init.is_torch else f", init {describe_init(c.student.init)}"),
-        f"objective   {prepared.hard} + {c.objective.kl_weight} * T^2 * KL ({c.objective.direction}), T = {c.objective.temperature}",
+        f"objective   {prepared.hard} + {c.objective.kl_weight} * T^2 * KL ({c.objective.direction}), T = {c.objective.temperature}"
+        + _auto_text(c),
         f"train       {c.train.optimizer} lr {c.train.lr}, {c.train.epochs} epochs, batch {c.train.batch_size}"
         f"{' with replacement' if c.train.replacement else ''}, device {prepared.device}",
         f"protocol    {c.protocol.episodes} episode(s), seeds {c.seed}..{c.seed + c.protocol.episodes - 1}",
@@ -141,6 +154,8 @@ def _episode_row(result: EpisodeResult, sweep_key: str | None) -> dict[str, Any]
         row["value"] = result.value
     row.update(result.metrics)
     row["teacher_diagnostics"] = result.teacher_diagnostics
+    if result.kd_selection is not None:
+        row["kd_selection"] = result.kd_selection
     row["fits"] = {system: _fit_summary(fit) for system, fit in _fits(result).items()}
     row["split"] = result.split_sizes
     row["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
@@ -207,6 +222,9 @@ def summarise(
             points.append({"value": value, **_aggregate(point_rows, config)})
         summary["sweep"] = {"key": sweep_key, "values": values, "points": points}
     summary["episodes"] = rows
+    chosen = summarise_selections([r.kd_selection for r in results])
+    if chosen is not None:
+        summary["kd_selection"] = chosen
     diverged = [
         {"episode": r["episode"], "system": system, **(r["fits"][system]["diverged_at"] or {})}
         for r in rows for system in r["fits"] if r["fits"][system]["status"] == "diverged"
@@ -255,7 +273,11 @@ def _log_episode(tracker: Tracker, result: EpisodeResult, sweep_key: str | None,
             target.log_params(params)
         for system, fit in _fits(result).items():
             target.log_history(system, fit.history)
-        target.log_metrics(_test_metrics(result))
+        metrics = _test_metrics(result)
+        if result.kd_selection is not None:
+            metrics["student/kl_weight"] = result.kd_selection["kl_weight"]
+            metrics["student/temperature"] = result.kd_selection["temperature"]
+        target.log_metrics(metrics)
     except BaseException:
         if nested:
             target.finish("FAILED")
@@ -475,6 +497,12 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
             plot_paired(run_dir / "episodes.png", summary["episodes"], config.protocol.metric)
             written("episodes.png")
         tracker.log_metrics(_aggregate_metrics(summary))
+    if "kd_selection" in summary:
+        chosen = summary["kd_selection"]
+        tracker.log_metrics({"kd_selection/kl_weight_zero_share": chosen["kl_weight_zero"] / chosen["episodes"],
+                             "kd_selection/fallback_share": chosen["fallback"] / chosen["episodes"],
+                             "kd_selection/kl_weight_mean": chosen["kl_weight_mean"]})
+        log.info(selection_text(chosen))
     written("the aggregate metrics to MLflow")
     for line in result_text(summary).splitlines():
         log.debug(line)  # the file gets the table; the console gets it once, from the CLI

@@ -1,0 +1,301 @@
+"""``objective.kl_weight = "auto"`` / ``objective.temperature = "auto"`` (distill.kd_selection): the grid,
+the rule, the held-out scores against scikit-learn, the stacked cross-validation against a loop of
+plain fits, and the choice itself on a teacher of noise and on a teacher that knows the labels."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, log_loss
+
+from distill.cli import main
+from distill.config import ConfigError, validate_config
+from distill.data import Dataset
+from distill.engine import TrainingRows, fit, predict_logits
+from distill.kd_selection import (
+    Candidate, candidate_grid, choose, fold_training_rows, heldout_scores, selection_text, summarise_selections,
+)
+from distill.protocol import (
+    StudentJob, _choose_auto, _student_settings, build_student, prepare, run_protocol, teach,
+)
+
+BASE: dict[str, Any] = {
+    "seed": 3,
+    "data": {"source": "sklearn:iris", "test_size": 30, "scale": "standard"},
+    "few_shot": {"per_class": 3, "transfer": "pool"},
+    "teacher": {"restarts": 0, "cache": False},
+    "student": {"hidden": [8]},
+    "objective": {"kl_weight": "auto", "temperature": "auto",
+                  "auto": {"kl_weights": [0, 1], "temperatures": [1, 3]}},
+    "train": {"epochs": 6, "device": "cpu", "batch_size": 16},
+    "protocol": {"episodes": 1},
+    "tracking": {"enabled": False},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
+def config(**sections: Any) -> Any:
+    out = copy.deepcopy(BASE)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return validate_config(out)
+
+
+# --------------------------------------------------------------------------- the grid, the rule, the scores
+
+
+def test_grid_has_kl_weight_zero_once_and_the_fixed_knob_elsewhere() -> None:
+    assert candidate_grid("auto", "auto", [0.0, 1.0, 3.0], [1.0, 2.0]) == [
+        Candidate(0.0, 1.0), Candidate(1.0, 1.0), Candidate(1.0, 2.0), Candidate(3.0, 1.0), Candidate(3.0, 2.0)]
+    assert candidate_grid("auto", 4.0, [0.0, 0.5], [1.0, 2.0]) == [Candidate(0.0, 4.0), Candidate(0.5, 4.0)]
+    assert candidate_grid(2.0, "auto", [0.0, 0.5], [1.0, 2.0]) == [Candidate(2.0, 1.0), Candidate(2.0, 2.0)]
+
+
+def test_config_grids_always_hold_zero_and_refuse_bad_values() -> None:
+    assert config(objective={"auto": {"kl_weights": [3, 1]}}).objective.auto.kl_weights == [0.0, 1.0, 3.0]
+    for bad, key in [({"kl_weight": "often"}, "objective.kl_weight"), ({"temperature": -1}, "objective.temperature"),
+                     ({"auto": {"temperatures": [0]}}, "objective.auto.temperatures"),
+                     ({"auto": {"kl_weights": []}}, "objective.auto.kl_weights")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
+            config(objective={**BASE["objective"], **bad})
+        assert len(str(info.value).splitlines()) == 1
+
+
+def score(kl: float, t: float, acc: float, nll: float) -> dict[str, float]:
+    return {"kl_weight": kl, "temperature": t, "accuracy": acc, "log_loss": nll}
+
+
+def test_rule_prefers_no_distillation_unless_it_raises_held_out_accuracy() -> None:
+    # kl_weight 0 as accurate as the best: it wins though a softer student has a lower log-loss.
+    assert choose([score(0, 1, 0.8, 0.9), score(1, 1, 0.8, 0.3), score(3, 2, 0.7, 0.2)])[0] == 0
+    # Without per-row results: the more accurate wins; among the best, the lower log-loss, then smaller knobs.
+    assert choose([score(0, 1, 0.7, 0.5), score(1, 1, 0.8, 0.4), score(3, 1, 0.8, 0.3)])[0] == 2
+    assert choose([score(0, 1, 0.7, 0.5), score(3, 1, 0.8, 0.3), score(1, 2, 0.8, 0.3), score(1, 1, 0.8, 0.3)])[0] == 3
+    # Non-finite scores lose.
+    assert choose([score(0, 1, 0.5, float("nan")), score(1, 1, float("nan"), 0.1)])[0] == 0
+    # A fixed kl_weight (no 0 in the grid): the best temperature.
+    assert choose([score(2, 1, 0.6, 0.5), score(2, 4, 0.7, 0.6)])[0] == 1
+
+
+def test_one_standard_error_rule_against_a_hand_computed_case() -> None:
+    zero = np.array([1, 0, 1, 0, 1, 1, 0, 1], dtype=float)
+    one_row = np.array([1, 1, 1, 0, 1, 1, 0, 1], dtype=float)   # d = one +1 in 8: mean 1/8, se 1/8
+    two_rows = np.array([1, 1, 1, 1, 1, 1, 0, 1], dtype=float)  # d = two +1 in 8: mean 1/4
+    scores = [score(0, 1, zero.mean(), 0.5), score(1, 1, one_row.mean(), 0.5)]
+    index, gain, se = choose(scores, [zero, one_row])
+    d = one_row - zero
+    assert (index, gain) == (0, 0.125) and se == pytest.approx(np.std(d, ddof=1) / np.sqrt(8)) and se == pytest.approx(0.125)
+    scores[1] = score(1, 1, two_rows.mean(), 0.5)
+    index, gain, se = choose(scores, [zero, two_rows])
+    assert index == 1 and gain == 0.25 and se == pytest.approx(np.sqrt(0.25 * 0.75 * 8 / 7 / 8))
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_held_out_scores_match_scikit_learn(outputs: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, outputs, generator=gen) * 3
+    classes = max(outputs, 2)
+    y = torch.randint(0, classes, (40,), generator=gen)
+    z = logits.double().numpy()
+    if outputs == 1:
+        p1 = 1 / (1 + np.exp(-z[:, 0]))
+        probs = np.stack([1 - p1, p1], axis=1)
+    else:
+        probs = np.exp(z - z.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+    correct, nll = heldout_scores(logits, y)
+    assert correct.shape == nll.shape == (40,)
+    assert correct.mean() == pytest.approx(accuracy_score(y.numpy(), probs.argmax(1)))
+    assert nll.mean() == pytest.approx(log_loss(y.numpy(), probs, labels=list(range(classes))), rel=1e-9)
+
+
+def test_fold_rows_drop_the_held_out_labels_from_the_hard_term_only() -> None:
+    x = torch.arange(12.0).reshape(6, 2)
+    labelled = torch.tensor([True, True, True, True, False, False])
+    train = TrainingRows(x=x, targets=torch.tensor([0, 1, 0, 1, -1, -1]), labelled=labelled,
+                         teacher_logits=torch.zeros(6, 2))
+    fold = torch.full((6, 2), -0.5)
+    rows = fold_training_rows(train, fold, np.array([1, 2]))
+    assert rows.hard_labelled.tolist() == [True, False, False, True, False, False]
+    assert rows.labelled.tolist() == labelled.tolist()  # train_* metrics still see every labelled row
+    assert torch.equal(rows.teacher_logits, fold) and torch.equal(rows.x, x)
+
+
+def test_summary_counts_zero_fallbacks_and_settings() -> None:
+    picks = [{"kl_weight": 0.0, "temperature": 1.0, "reason": "cross-validation"},
+             {"kl_weight": 1.0, "temperature": 2.0, "reason": "cross-validation"},
+             {"kl_weight": 0.0, "temperature": 1.0, "reason": "no cross-validation: ..."}, None]
+    summary = summarise_selections(picks)
+    assert summary == {"episodes": 3, "kl_weight_zero": 2, "fallback": 1, "kl_weight_mean": pytest.approx(1 / 3),
+                       "chosen": [{"kl_weight": 0.0, "temperature": 1.0, "episodes": 2},
+                                  {"kl_weight": 1.0, "temperature": 2.0, "episodes": 1}]}
+    assert "2 of 3" in selection_text(summary) and "1 of them without cross-validation" in selection_text(summary)
+    assert summarise_selections([None]) is None
+
+
+# --------------------------------------------------------------------------- the stacked CV against a loop
+
+
+def with_folds(taught: Any, folds: list[np.ndarray], logits: np.ndarray | None = None) -> Any:
+    """The teacher's outputs with the given folds; fold f's soft targets: the teacher's, shifted per fold
+    (so that a member reading the wrong fold's targets would show)."""
+    base = taught.train.teacher_logits if logits is None else torch.as_tensor(logits, dtype=torch.float32)
+    fold_logits = torch.stack([torch.log_softmax(base + 0.3 * f * torch.arange(base.shape[1]), dim=1)
+                               for f in range(len(folds))])
+    train = dataclasses.replace(taught.train, teacher_logits=torch.log_softmax(base, dim=1))
+    return dataclasses.replace(taught, train=train, folds=folds, fold_logits=fold_logits)
+
+
+def test_stacked_selection_equals_a_loop_of_plain_fits() -> None:
+    cfg = config()
+    prepared = prepare(cfg)
+    folds = [np.array([0, 4, 8]), np.array([1, 5, 6]), np.array([2, 3, 7])]
+    taught = with_folds(teach(prepared, score_test=False), folds)
+    job = StudentJob(prepared, taught, kl_weight=None, system="student")
+    _choose_auto([job], batched=True, checkpoints=None, stop=None, key="t")
+    assert job.selection is not None and job.selection["reason"] == "cross-validation"
+    stacked = {(s["kl_weight"], s["temperature"]): s for s in job.selection["scores"]}
+    assert set(stacked) == {(0.0, 1.0), (1.0, 1.0), (1.0, 3.0)}
+
+    # The reference: one plain fit per fold and candidate, the held-out rows scored by scikit-learn.
+    y = taught.train.targets.numpy()
+    for (kl, t), got in stacked.items():
+        probs, truth = [], []
+        for f, held in enumerate(folds):
+            hard = taught.train.labelled.clone()
+            hard[torch.as_tensor(held)] = False
+            rows = TrainingRows(x=taught.train.x, targets=taught.train.targets, labelled=taught.train.labelled,
+                                teacher_logits=taught.fold_logits[f], hard_targets=taught.train.targets,
+                                hard_labelled=hard)
+            model = build_student(prepared)
+            fit(model, rows, _student_settings(prepared, kl, False, t), num_classes=3)
+            out = predict_logits(model, taught.train.x[torch.as_tensor(held)]).double()
+            probs.append(torch.softmax(out, dim=1).numpy())
+            truth.append(y[held])
+        p, yy = np.concatenate(probs), np.concatenate(truth)
+        assert got["accuracy"] == pytest.approx(accuracy_score(yy, p.argmax(1)), abs=1e-9)
+        assert got["log_loss"] == pytest.approx(log_loss(yy, p, labels=[0, 1, 2]), rel=1e-4)
+    best = max(stacked.values(), key=lambda s: s["accuracy"])["accuracy"]
+    assert stacked[(job.selection["kl_weight"], job.selection["temperature"])]["accuracy"] == best
+
+    # One at a time gives the same choice and scores.
+    alone = StudentJob(prepared, taught, kl_weight=None, system="student")
+    _choose_auto([alone], batched=False, checkpoints=None, stop=None, key="t")
+    assert alone.selection["kl_weight"] == job.selection["kl_weight"]
+    for a, b in zip(alone.selection["scores"], job.selection["scores"], strict=True):
+        assert a["accuracy"] == b["accuracy"] and a["log_loss"] == pytest.approx(b["log_loss"], rel=1e-5)
+
+
+def test_without_folds_auto_falls_back_to_no_distillation_and_says_so() -> None:
+    prepared = prepare(config(few_shot={"per_class": 1}))
+    taught = teach(prepared, score_test=False)
+    taught = dataclasses.replace(taught, folds=None, fold_logits=None)
+    jobs = [StudentJob(prepared, taught, kl_weight=None, system="student"),
+            StudentJob(prepared, taught, kl_weight=None, system="teacher_probs_only")]
+    _choose_auto(jobs, batched=True, checkpoints=None, stop=None, key="t")
+    assert (jobs[0].kl_weight, jobs[0].temperature) == (0.0, 1.0)
+    assert jobs[0].selection["reason"].startswith("no cross-validation")
+    assert jobs[1].kl_weight == 1.0  # the KL term alone still needs a weight
+
+
+# --------------------------------------------------------------------------- the choice itself
+
+
+def checkerboard(seed: int, rows: int = 600) -> Dataset:
+    """y = [x0 * x1 > 0] in 6 dimensions: a handful of labels cannot teach it, a teacher that knows it can."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 6))
+    y = (x[:, 0] * x[:, 1] > 0).astype(np.int64)
+    return Dataset("checkerboard", x, y, ["a", "b"], [f"x{i}" for i in range(6)])
+
+
+def choice_with_teacher(kind: str, seed: int) -> dict[str, Any]:
+    data = checkerboard(seed)
+    cfg = config(seed=seed, few_shot={"per_class": 4, "transfer": "pool"}, data={"source": "sklearn:iris",
+                 "test_size": 100, "scale": "standard"}, student={"hidden": [32], "activation": "relu"},
+                 objective={"kl_weight": "auto", "temperature": 1.0, "auto": {"kl_weights": [0, 1, 3]}},
+                 train={"epochs": 60, "device": "cpu", "batch_size": 64, "lr": 0.01})
+    prepared = prepare(cfg, data)
+    taught = teach(prepared, score_test=False)
+    split = prepared.split
+    order = np.concatenate([split.labelled, split.pool])
+    if kind == "oracle":  # the true label function, a little soft
+        truth = data.y[order]
+        probs = np.where(truth[:, None] == np.arange(2), 0.95, 0.05)
+    else:  # pure noise: random probabilities per row
+        probs = np.random.default_rng(100 + seed).dirichlet([1.0, 1.0], size=order.size)
+    labelled_y = data.y[split.labelled]
+    folds = [np.flatnonzero(np.arange(labelled_y.size) % 4 == f) for f in range(4)]
+    folds = [np.sort(np.concatenate([np.flatnonzero(labelled_y == c)[f::4] for c in (0, 1)])) for f in range(4)]
+    taught = with_folds(taught, folds, np.log(probs))
+    job = StudentJob(prepared, taught, kl_weight=None, system="student")
+    _choose_auto([job], batched=True, checkpoints=None, stop=None, key="t")
+    assert job.selection is not None
+    return job.selection
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auto_declines_a_teacher_of_noise_and_takes_one_that_knows_the_labels(seed: int) -> None:
+    noise = choice_with_teacher("noise", seed)
+    assert noise["kl_weight"] == 0.0, noise["scores"]
+    oracle = choice_with_teacher("oracle", seed)
+    assert oracle["kl_weight"] > 0, oracle["scores"]
+    zero = next(s for s in oracle["scores"] if s["kl_weight"] == 0)
+    assert max(s["accuracy"] for s in oracle["scores"]) > zero["accuracy"]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_summary_log_and_plan_say_what_auto_chose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = copy.deepcopy(BASE)
+    raw["protocol"] = {"episodes": 2, "controls": ["null_teacher"]}
+    (tmp_path / "e.toml").write_text(_toml(raw))
+    assert main(["run", str(tmp_path / "e.toml"), "-o", str(tmp_path / "run"), "--no-track"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    picks = [row["kd_selection"] for row in summary["episodes"]]
+    assert summary["kd_selection"] == summarise_selections(picks)
+    for row in summary["episodes"]:
+        pick = row["kd_selection"]
+        assert pick["reason"] == "cross-validation" and pick["folds"] == 3 and len(pick["scores"]) == 3
+        # The chosen setting is what the student trained with: its fit equals the baseline's at 0.
+        if pick["kl_weight"] == 0:
+            assert row["student"] == row["baseline"]
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "objective auto: kl_weight 0 (no distillation) chosen in" in log
+    assert "per episode by cross-validation on its labelled rows" in log
+
+
+def _toml(raw: dict[str, Any]) -> str:
+    from distill.config import to_toml
+
+    return to_toml(raw)
+
+
+def test_a_run_with_auto_is_deterministic() -> None:
+    cfg = config(protocol={"episodes": 2})
+    _, first = run_protocol(cfg)
+    _, again = run_protocol(cfg)
+    assert [r.kd_selection for r in first] == [r.kd_selection for r in again]
+    assert [r.metrics for r in first] == [r.metrics for r in again]
