@@ -48,7 +48,7 @@ from distill.interrupts import Interrupted, StopRequest
 from distill.metrics import classification_metrics, probabilities
 from distill.seeding import configure_threads, resolve_device, seed_everything, threads_for_stacked_work
 from distill.tracking import resolve_tracking_uri
-from distill.teacher_cv import cross_fit
+from distill.teacher_cv import TeacherProblem, cross_fit
 from distill.weight_init import apply_init
 from teachers.base import Teacher, create_teacher
 
@@ -601,7 +601,7 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
             crossed = cross_fit(factories, fit_x, fit_y, teacher_rows, cv_rows, mode=mode,  # type: ignore[arg-type]
                                 calibration=config.teacher.calibration, learns=learns, seed=config.seed,
                                 num_classes=k, max_folds=TEACHER_FOLDS)
-        except ValueError as exc:
+        except TeacherProblem as exc:
             raise UserError(str(exc)) from None
         logits, fold_logits, diagnostics = crossed.logits, crossed.fold_logits, crossed.diagnostics
         timings.update(crossed.timings)

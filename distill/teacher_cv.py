@@ -28,12 +28,16 @@ from distill.calibration import (
 )
 from teachers.base import PROBABILITY_FLOOR, Teacher
 
-__all__ = ["CrossFitted", "cross_fit", "CandidateFactory"]
+__all__ = ["CrossFitted", "cross_fit", "CandidateFactory", "TeacherProblem"]
 
 log = logging.getLogger("distill")
 
 #: A named candidate teacher: a factory gives a fresh, unfitted teacher at every call.
 CandidateFactory = tuple[str, Callable[[], Teacher]]
+
+
+class TeacherProblem(ValueError):
+    """A candidate teacher that cannot be fit on the labelled rows, or whose logits are malformed."""
 
 
 @dataclass
@@ -87,7 +91,7 @@ def _scores(log_probs: np.ndarray | None, y: np.ndarray) -> dict[str, float | No
 def _checked_logits(teacher: Teacher, x: np.ndarray, num_classes: int, name: str) -> np.ndarray:
     logits = np.asarray(teacher.logits(x), dtype=np.float64)
     if logits.shape != (x.shape[0], num_classes) or not np.isfinite(logits).all():
-        raise ValueError(
+        raise TeacherProblem(
             f"teacher '{name}' returned logits of shape {logits.shape} "
             f"(finite: {bool(np.isfinite(logits).all())}); expected ({x.shape[0]}, {num_classes}) and finite"
         )
@@ -98,7 +102,7 @@ def _fit(factory: Callable[[], Teacher], x: np.ndarray, y: np.ndarray, name: str
     try:
         return factory().fit(x, y)
     except ValueError as exc:
-        raise ValueError(f"teacher '{name}' cannot be fit on the labelled rows: {exc}") from None
+        raise TeacherProblem(f"teacher '{name}' cannot be fit on the labelled rows: {exc}") from None
 
 
 def _honest_groups(folds: list[np.ndarray] | None, n: int, learns: bool) -> list[np.ndarray] | None:
