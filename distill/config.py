@@ -41,6 +41,7 @@ __all__ = [
     "FewShotConfig",
     "ProtocolConfig",
     "TeacherConfig",
+    "CandidateConfig",
     "StudentConfig",
     "InitConfig",
     "LayerInitConfig",
@@ -184,13 +185,86 @@ class ProtocolConfig(_Section):
         return value
 
 
-class TeacherConfig(_Section):
-    """The teacher: a Gaussian process, any scikit-learn estimator with ``predict_proba``, or a trained network.
+def _check_kernel(value: str) -> str:
+    """A GP kernel expression that parses (without eval), or ``"auto"``."""
+    if value.strip() != "auto":
+        from teachers.kernels import KernelSyntaxError, parse_kernel
 
-    ``params`` are the estimator's kwargs (``sklearn``) or the architecture's kwargs (``network`` with ``arch``).
+        try:
+            parse_kernel(value)
+        except KernelSyntaxError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+#: ``teacher.candidates`` string shorthands and the tables they stand for.
+CANDIDATE_SHORTHANDS: dict[str, dict[str, Any]] = {
+    "gaussian_process": {"kind": "gaussian_process"},
+    "logistic_regression": {"kind": "sklearn", "estimator": "sklearn.linear_model:LogisticRegression",
+                            "params": {"max_iter": 10_000}},
+    "random_forest": {"kind": "sklearn", "estimator": "sklearn.ensemble:RandomForestClassifier",
+                      "params": {"n_estimators": 200}},
+}
+
+
+class CandidateConfig(_Section):
+    """One candidate teacher of ``teacher.kind = "auto"`` / ``"ensemble"``: a GP or a scikit-learn estimator.
+
+    A bare string is a shorthand: ``"gaussian_process"``, ``"logistic_regression"``, ``"random_forest"``
+    (200 trees; ``random_state`` is the experiment seed wherever the estimator takes one).
     """
 
-    kind: Literal["gaussian_process", "sklearn", "network"] = "gaussian_process"
+    kind: Literal["gaussian_process", "sklearn"] = "gaussian_process"
+    kernel: str = "auto"
+    restarts: StrictInt = Field(default=2, ge=0, le=MAX_RESTARTS)
+    multi_class: Literal["one_vs_rest", "one_vs_one"] = "one_vs_rest"
+    estimator: Optional[str] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    _kernel = field_validator("kernel")(_check_kernel)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in CANDIDATE_SHORTHANDS:
+                raise ValueError(f"must be one of {', '.join(CANDIDATE_SHORTHANDS)} or a table with key kind, "
+                                 f"got {value!r}")
+            return copy.deepcopy(CANDIDATE_SHORTHANDS[value])
+        if not isinstance(value, (dict, BaseModel)):
+            raise ValueError(f"must be a candidate name ({', '.join(CANDIDATE_SHORTHANDS)}) or a table with key "
+                             f"kind, got {value!r}")
+        return value
+
+    @property
+    def name(self) -> str:
+        """What reports call this candidate: the shorthand it equals, else its kind or estimator class."""
+        dumped = self.model_dump(mode="json", exclude_defaults=True)
+        for short, table in CANDIDATE_SHORTHANDS.items():
+            if CandidateConfig.model_validate(table).model_dump(mode="json", exclude_defaults=True) == dumped:
+                return short
+        if self.kind == "sklearn" and self.estimator:
+            return self.estimator.rpartition(":")[2] or self.estimator
+        return self.kind
+
+
+def _default_candidates() -> list[CandidateConfig]:
+    return [CandidateConfig.model_validate(name) for name in ("gaussian_process", "logistic_regression",
+                                                              "random_forest")]
+
+
+class TeacherConfig(_Section):
+    """The teacher: a Gaussian process, any scikit-learn estimator with ``predict_proba``, or a trained network;
+    or (``auto`` / ``ensemble``) the best of, or the average of, ``candidates`` by cross-fitting.
+
+    ``params`` are the estimator's kwargs (``sklearn``) or the architecture's kwargs (``network`` with ``arch``).
+    ``calibration``: ``temperature`` scales the teacher's log-probabilities by a T fitted on its
+    out-of-fold outputs on the labelled rows (``distill.teacher_cv``); ``none`` leaves them as they are.
+    """
+
+    kind: Literal["gaussian_process", "sklearn", "network", "auto", "ensemble"] = "gaussian_process"
+    calibration: Literal["temperature", "none"] = "temperature"
+    candidates: list[CandidateConfig] = Field(default_factory=_default_candidates)
     kernel: str = "auto"
     restarts: StrictInt = Field(default=2, ge=0, le=MAX_RESTARTS)
     multi_class: Literal["one_vs_rest", "one_vs_one"] = "one_vs_rest"
@@ -204,20 +278,19 @@ class TeacherConfig(_Section):
     cache: StrictBool = True
     cache_dir: str = ".distill-cache"
 
-    @field_validator("kernel")
-    @classmethod
-    def _kernel(cls, value: str) -> str:
-        if value.strip() != "auto":
-            from teachers.kernels import KernelSyntaxError, parse_kernel
-
-            try:
-                parse_kernel(value)
-            except KernelSyntaxError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+    _kernel = field_validator("kernel")(_check_kernel)
 
     @model_validator(mode="after")
     def _estimator(self) -> "TeacherConfig":
+        if self.kind in ("auto", "ensemble"):
+            if not self.candidates:
+                raise ValueError(f"teacher.candidates must list at least one teacher for teacher.kind = {self.kind!r}")
+            for i, c in enumerate(self.candidates):
+                if c.kind == "sklearn" and not c.estimator:
+                    raise ValueError(
+                        f"teacher.candidates[{i}].estimator is required for kind 'sklearn': an import path such as "
+                        "'sklearn.ensemble:RandomForestClassifier'"
+                    )
         if self.kind == "network" and (self.checkpoint is None) == (self.uri is None):
             raise ValueError(
                 "teacher.kind = 'network' needs exactly one of teacher.checkpoint (a distill student.pt) "
@@ -706,6 +779,7 @@ def _format_error(error: dict[str, Any]) -> str:
     loc = [p for p in loc if p not in {"int", "float", "str", "bool", "constrained-int", "constrained-float"}]
     loc = [p for p in loc if not re.match(r"^(list|literal|union|dict|tuple|function-)\[", p)]
     key = ".".join(loc) or "(top level)"
+    key = re.sub(r"\.candidates\.(\d+)", r".candidates[\1]", key)  # teacher.candidates[1].estimator
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
@@ -828,6 +902,7 @@ def _monitored(config: "Config") -> bool:
 #: Keys that change the numbers only in some configs: (key or section, the condition, said in words).
 _TAKES_EFFECT: list[tuple[str, Any, str]] = [
     ("few_shot.augment.", lambda c: c.few_shot.transfer == "augmented", 'few_shot.transfer = "augmented"'),
+    ("teacher.candidates", lambda c: c.teacher.kind in ("auto", "ensemble"), 'teacher.kind = "auto" or "ensemble"'),
     ("teacher.kernel", lambda c: c.teacher.kind == "gaussian_process", 'teacher.kind = "gaussian_process"'),
     ("teacher.restarts", lambda c: c.teacher.kind == "gaussian_process", 'teacher.kind = "gaussian_process"'),
     ("teacher.estimator", lambda c: c.teacher.kind == "sklearn", 'teacher.kind = "sklearn"'),
@@ -1043,7 +1118,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 

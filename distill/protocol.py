@@ -10,6 +10,7 @@ on the same rows and batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from torch import nn
 import students
 from distill.config import AUTO, Config, config_dict, expand_sweep
 from distill.cache import SoftTargetCache, array_digest
+from distill.calibration import labelled_folds
 from distill.checkpoints import Checkpoints
 from distill.data import (
     FLOAT32_MAX, Dataset, Scaler, Split, augment_rows, check_scaled, fit_scaler, load_dataset, split_dataset,
@@ -47,6 +49,7 @@ from distill.interrupts import Interrupted, StopRequest
 from distill.metrics import classification_metrics, probabilities
 from distill.seeding import configure_threads, resolve_device, seed_everything, threads_for_stacked_work
 from distill.tracking import resolve_tracking_uri
+from distill.teacher_cv import TeacherProblem, cross_fit
 from distill.weight_init import apply_init
 from teachers.base import Teacher, create_teacher
 
@@ -134,6 +137,38 @@ def _teacher_kwargs(config: Config, dataset: Dataset, device: str = "cpu") -> di
         "tracking_uri": resolve_tracking_uri(config),
         "random_state": config.seed,
     }
+
+
+def _teacher_candidates(config: Config, dataset: Dataset, device: str = "cpu") -> list[tuple[str, str, dict[str, Any]]]:
+    """``(name, kind, kwargs)`` of every teacher ``teach`` fits: the one teacher, or (``teacher.kind`` auto /
+    ensemble) each of ``teacher.candidates``, named uniquely (``random_forest``, ``random_forest#2``, ...)."""
+    base = _teacher_kwargs(config, dataset, device)
+    t = config.teacher
+    if t.kind not in ("auto", "ensemble"):
+        return [(t.kind, t.kind, base)]
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for c in t.candidates:
+        seen[c.name] = seen.get(c.name, 0) + 1
+        name = c.name if seen[c.name] == 1 else f"{c.name}#{seen[c.name]}"
+        kwargs = {**base, "kernel": c.kernel, "restarts": c.restarts, "multi_class": c.multi_class,
+                  "estimator": c.estimator, "params": dict(c.params)}
+        out.append((name, c.kind, kwargs))
+    return out
+
+
+def _candidate_problem(config: Config, index: int | None, message: str) -> str:
+    """A teacher problem named by its key: ``teacher.params: ...``, or ``teacher.candidates[1].params: ...``."""
+    if index is None:
+        return message if message.startswith("teacher.") else f"teacher: {message}"
+    prefix = f"teacher.candidates[{index}]"
+    if message.startswith("teacher."):
+        return prefix + message[len("teacher"):]
+    return f"{prefix} ({config.teacher.candidates[index].name}): {message}"
+
+
+#: Folds of the labelled rows for the teacher's cross-fitting (``distill.calibration.labelled_folds``).
+TEACHER_FOLDS = 5
 
 
 def _teacher_heldout_rows(config: Config, dataset: Dataset) -> np.ndarray | None:
@@ -271,15 +306,18 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
         problems.append(f"objective.hard = 'bce' needs two classes, but {config.data.source} has {k}; use 'ce'")
     num_outputs = students.num_outputs_for(k, hard)
     problems.extend(_objective_problems(config, hard, k))
-    try:
-        teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, dataset))
-        if hasattr(teacher, "check"):  # e.g. a network teacher: classes and input shape, before training
-            teacher.check(dataset.in_shape)
-    except UserError as exc:
-        problems.extend(f"teacher: {p}" for p in exc.problems)
-    except (ValueError, KeyError) as exc:
-        message = exc.args[0] if exc.args else str(exc)
-        problems.append(message if message.startswith("teacher.") else f"teacher: {message}")
+    several = config.teacher.kind in ("auto", "ensemble")
+    for i, (_, kind, kwargs) in enumerate(_teacher_candidates(config, dataset)):
+        index = i if several else None
+        try:  # every candidate teacher is checked before anything is fit
+            teacher = create_teacher(kind, **kwargs)
+            if hasattr(teacher, "check"):  # e.g. a network teacher: classes and input shape, before training
+                teacher.check(dataset.in_shape)
+        except UserError as exc:
+            problems.extend(_candidate_problem(config, index, p) for p in exc.problems)
+        except (ValueError, KeyError) as exc:
+            message = exc.args[0] if exc.args else str(exc)
+            problems.append(_candidate_problem(config, index, str(message)))
     student_parameters = 0
     too_big = _student_size_problem(config, dataset, num_outputs)
     try:
@@ -462,10 +500,11 @@ class TeacherOutputs:
     test_logits: np.ndarray
     augmented: int
     timings: dict[str, float]
-    #: ``[F, n_train, K]``: fold f's teacher (fit without the labelled rows of ``folds[f]``) on the
-    #: transfer rows, calibrated like the teacher; None when no cross-validation is possible
+    #: ``[F, n_train, K]`` float32 on the device: for fold ``f`` the teacher fit without the labelled rows in
+    #: ``folds[f]`` (calibrated like ``train.teacher_logits``) on the transfer rows; None without folds
     fold_logits: torch.Tensor | None = None
-    #: positions into the labelled rows (the first transfer rows) held out by each fold
+    #: ``distill.calibration.labelled_folds`` of the labelled rows: positions into ``split.labelled`` (and into
+    #: the transfer rows, which start with the labelled rows) held out by each fold; None without folds
     folds: list[np.ndarray] | None = None
 
 
@@ -505,7 +544,8 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
     timings: dict[str, float] = {}
     x = prepared.scaler.transform(data.x)
 
-    teacher: Teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, data, str(device)))
+    _, first_kind, first_kwargs = _teacher_candidates(config, data, str(device))[0]
+    teacher: Teacher = create_teacher(first_kind, **first_kwargs)  # auto / ensemble: the first candidate
     # x is the student's (scaled) space; a network teacher may read raw features, as it was trained.
     try:
         raw = getattr(teacher, "input_space", "scaled") == "raw"
@@ -542,34 +582,45 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
         identity = _teacher_identity(config, teacher)
     except ValueError as exc:
         raise UserError(f"teacher: {exc}") from None
-    key = cache.key(identity, array_digest(fit_x, fit_y) if learns else "", array_digest(teacher_rows))
+    n_train, n_val = x_train.shape[0], split.validation.size
+    cv_rows = n_train + n_val  # the only rows a fold teacher is asked about: never a test row
+    folds = labelled_folds(fit_y, config.seed, TEACHER_FOLDS)
+    # The calibration and the folds depend on the labelled rows' labels even for a teacher that does not learn.
+    cross = json.dumps(["teacher_cv/1", config.teacher.kind, config.teacher.calibration, TEACHER_FOLDS, cv_rows,
+                        config.seed, array_digest(fit_y)])
+    key = cache.key(identity, array_digest(fit_x, fit_y) if learns else "", array_digest(teacher_rows), cross)
+    n_folds = len(folds) if folds is not None else 0
     started = time.perf_counter()
-    cached = cache.get(key, shape=(everything.shape[0], k))
+    cached = cache.get(key, shape=(everything.shape[0] + n_folds * cv_rows, k))
     if cached is not None:
-        logits, diagnostics = cached
+        stacked, diagnostics = cached
+        logits = stacked[: everything.shape[0]]
+        fold_logits = stacked[everything.shape[0]:].reshape(n_folds, cv_rows, k) if folds is not None else None
         diagnostics = {**diagnostics, "cache": "hit"}
         timings["teacher_fit_s"] = 0.0
+        timings["soft_targets_s"] = time.perf_counter() - started
         log.debug("soft targets: cache hit %s", key[:12])
     else:
+        mode = {"auto": "auto", "ensemble": "ensemble"}.get(config.teacher.kind, "single")
+        factories = [(name, functools.partial(create_teacher, kind, **kwargs))
+                     for name, kind, kwargs in _teacher_candidates(config, data, str(device))]
+        if mode == "single":  # the teacher built above first (a network is loaded once), then fresh ones
+            built: list[Teacher] = [teacher]
+            make = factories[0][1]
+            factories = [(factories[0][0], lambda: built.pop() if built else make())]
         try:
-            teacher.fit(fit_x, fit_y)
-        except ValueError as exc:
-            raise UserError(f"teacher '{config.teacher.kind}' cannot be fit on the labelled rows: {exc}") from None
-        timings["teacher_fit_s"] = time.perf_counter() - started
-        diagnostics = dict(teacher.diagnostics()) if hasattr(teacher, "diagnostics") else {}
-        started = time.perf_counter()
-        logits = np.asarray(teacher.logits(teacher_rows), dtype=np.float64)
-        if logits.shape != (everything.shape[0], k) or not np.isfinite(logits).all():
-            raise UserError(
-                f"teacher '{config.teacher.kind}' returned logits of shape {logits.shape} "
-                f"(finite: {bool(np.isfinite(logits).all())}); expected ({everything.shape[0]}, {k}) and finite"
-            )
+            crossed = cross_fit(factories, fit_x, fit_y, teacher_rows, cv_rows, mode=mode,  # type: ignore[arg-type]
+                                calibration=config.teacher.calibration, learns=learns, seed=config.seed,
+                                num_classes=k, max_folds=TEACHER_FOLDS)
+        except TeacherProblem as exc:
+            raise UserError(str(exc)) from None
+        logits, fold_logits, diagnostics = crossed.logits, crossed.fold_logits, crossed.diagnostics
+        timings.update(crossed.timings)
         if cache.folder is not None:
-            cache.put(key, logits, diagnostics)
+            stacked = logits if fold_logits is None else np.concatenate([logits, fold_logits.reshape(-1, k)])
+            cache.put(key, stacked, diagnostics)
             diagnostics = {**diagnostics, "cache": "miss"}
             log.debug("soft targets: cache miss %s, stored", key[:12])
-    n_train, n_val = x_train.shape[0], split.validation.size
-    timings["soft_targets_s"] = time.perf_counter() - started
     if n_val:
         val_logits = logits[n_train : n_train + n_val]
         diagnostics["validation_accuracy"] = float(np.mean(val_logits.argmax(1) == data.y[split.validation]))
@@ -601,6 +652,8 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
         test_logits=logits[n_train + n_val :],
         augmented=int(augmented.shape[0]),
         timings=timings,
+        fold_logits=_to_device(fold_logits[:, :n_train], device) if fold_logits is not None else None,
+        folds=folds,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,10 @@ def describe_plan(prepared: Prepared) -> str:
     teacher = (
         f"gaussian_process (kernel {c.teacher.kernel!r}, {c.teacher.restarts} restarts, {c.teacher.multi_class})"
         if c.teacher.kind == "gaussian_process"
+        else f"{c.teacher.kind} of {', '.join(x.name for x in c.teacher.candidates)}"
+        if c.teacher.kind in ("auto", "ensemble")
         else f"sklearn {c.teacher.estimator} {dict(c.teacher.params)}"
-    )
+    ) + f", calibration {c.teacher.calibration}"
     kwargs = ", ".join(f"{k}={v!r}" for k, v in c.student.kwargs.items())
     lines = [
         f"experiment  {c.name} (seed {c.seed})",
@@ -261,6 +264,26 @@ def _test_metrics(result: EpisodeResult) -> dict[str, float]:
             for metric, value in result.metrics[system].items()}
 
 
+def _teacher_cv_metrics(result: EpisodeResult) -> dict[str, float | None]:
+    """The teacher's cross-validated figures on the labelled rows (``distill.teacher_cv``), before and after
+    calibration, and its temperature (a single teacher's; an ensemble logs one per candidate)."""
+    calibration = result.teacher_diagnostics.get("calibration")
+    if not isinstance(calibration, dict):
+        return {}
+    out: dict[str, float | None] = {}
+    for stage in ("before", "after"):
+        for metric, value in (calibration.get(stage) or {}).items():
+            out[f"teacher/cv_{metric}_{stage}"] = value
+    temperature = calibration.get("temperature")
+    if isinstance(temperature, (int, float)):
+        out["teacher/temperature"] = float(temperature)
+    for row in (result.teacher_diagnostics.get("selection") or {}).get("candidates", []):
+        name = re.sub(r"[^\w\-. ]", "_", str(row["name"]))  # MLflow's metric-name characters
+        out[f"teacher/{name}/cv_log_loss"] = row["cv_log_loss"]
+        out[f"teacher/{name}/temperature"] = row["temperature"]
+    return out
+
+
 def _log_episode(tracker: Tracker, result: EpisodeResult, sweep_key: str | None, nested: bool) -> None:
     """An episode's params, per-epoch histories and test metrics: in a child run when there are several."""
     name = f"episode {result.episode}" + (f" {sweep_key}={result.value}" if sweep_key is not None else "")
@@ -278,6 +301,7 @@ def _log_episode(tracker: Tracker, result: EpisodeResult, sweep_key: str | None,
             metrics["student/kl_weight"] = result.kd_selection["kl_weight"]
             metrics["student/temperature"] = result.kd_selection["temperature"]
         target.log_metrics(metrics)
+        target.log_metrics(_teacher_cv_metrics(result))
     except BaseException:
         if nested:
             target.finish("FAILED")

@@ -178,6 +178,7 @@ SWEEPS: dict[str, tuple[dict[str, Any], Any, Any]] = {
     "few_shot.augment.mixup_alpha": ({"few_shot": {"transfer": "augmented"}}, 0.5, 4.0),
     "teacher.kind": ({"teacher": {"estimator": _SKLEARN}}, "gaussian_process", "sklearn"),
     "teacher.kernel": ({}, "auto", "1.0 * RBF(0.2)"),
+    "teacher.calibration": ({}, "temperature", "none"),
     "teacher.restarts": ({"teacher": {"kernel": "1.0 * RBF(1.0) + WhiteKernel(0.5)"}}, 0, 3),
     "teacher.estimator": ({"teacher": {"kind": "sklearn"}}, _SKLEARN, "sklearn.naive_bayes:GaussianNB"),
     "teacher.checkpoint": (_NET, "{net_a}", "{net_b}"),

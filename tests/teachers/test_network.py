@@ -40,7 +40,8 @@ def iris_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_network_teacher_gives_the_checkpoints_probabilities_on_raw_features(iris_checkpoint: Path) -> None:
-    config = validate_config({**SMALL_RUN, "teacher": {"kind": "network", "checkpoint": str(iris_checkpoint)}})
+    config = validate_config({**SMALL_RUN, "teacher": {"kind": "network", "checkpoint": str(iris_checkpoint),
+                                                       "calibration": "none"}})
     prepared = prepare(config)
     taught = teach(prepared)
     # Reference: the checkpoint's own servable module on the raw test rows (it carries its own scaler,
@@ -57,6 +58,17 @@ def test_network_teacher_gives_the_checkpoints_probabilities_on_raw_features(iri
     assert_allclose(np.exp(taught.train.teacher_logits.double().numpy()), soft, rtol=1e-5, atol=1e-7)
     assert taught.diagnostics["estimator"] == "network"
     assert taught.diagnostics["arch"] == "mlp"
+    # Calibrated (the default): the same network, its log-probabilities divided by one temperature fitted
+    # on its outputs on the labelled rows, then renormalised (a network is never refit per fold).
+    calibrated = teach(prepare(validate_config({**SMALL_RUN, "teacher": {"kind": "network",
+                                                                          "checkpoint": str(iris_checkpoint)}})))
+    t = calibrated.diagnostics["calibration"]["temperature"]
+    log_expected = np.log(np.clip(expected, 1e-12, 1.0)) / t
+    log_expected -= np.log(np.exp(log_expected).sum(axis=1, keepdims=True))
+    assert_allclose(calibrated.test_logits, log_expected, rtol=1e-5, atol=1e-6)
+    assert calibrated.fold_logits is not None
+    for fold in calibrated.fold_logits:  # every fold "teacher" is the one network
+        assert torch.equal(fold, calibrated.train.teacher_logits)
 
 
 def test_distilling_from_a_network_teacher_end_to_end(iris_checkpoint: Path, tmp_path: Path) -> None:

@@ -245,7 +245,8 @@ def test_a_four_input_network_on_wine_is_exit_2_naming_the_shapes(iris_net, fmt:
 
 
 def _iris_config(path: Path, fmt: str, input: str, scale: str = "standard"):
-    teacher = {"kind": "network", "checkpoint": str(path), "input": input}
+    # calibration "none": these tests compare the network's own outputs (calibration: tests/test_teacher_cv.py)
+    teacher = {"kind": "network", "checkpoint": str(path), "input": input, "calibration": "none"}
     if fmt == "state_dict":
         teacher.update(ARCH)
     return validate_config({
@@ -331,7 +332,7 @@ def test_a_binary_network_teaches_a_run(cancer, outputs: int, tmp_path: Path) ->
     config = validate_config({
         "data": {"source": "sklearn:breast_cancer", "test_size": 100, "scale": "standard"},
         "few_shot": {"per_class": 5},
-        "teacher": {"kind": "network", "checkpoint": str(path), "input": "scaled"},
+        "teacher": {"kind": "network", "checkpoint": str(path), "input": "scaled", "calibration": "none"},
         "train": {"epochs": 1, "device": "cpu"},
         "tracking": {"enabled": False},
     })
