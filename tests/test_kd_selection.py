@@ -179,6 +179,7 @@ def test_stacked_selection_equals_a_loop_of_plain_fits() -> None:
 
     # The reference: one plain fit per fold and candidate, the held-out rows scored by scikit-learn.
     y = taught.train.targets.numpy()
+    rows_right = {}
     for (kl, t), got in stacked.items():
         probs, truth = [], []
         for f, held in enumerate(folds):
@@ -195,8 +196,16 @@ def test_stacked_selection_equals_a_loop_of_plain_fits() -> None:
         p, yy = np.concatenate(probs), np.concatenate(truth)
         assert got["accuracy"] == pytest.approx(accuracy_score(yy, p.argmax(1)), abs=1e-9)
         assert got["log_loss"] == pytest.approx(log_loss(yy, p, labels=[0, 1, 2]), rel=1e-4)
-    best = max(stacked.values(), key=lambda s: s["accuracy"])["accuracy"]
-    assert stacked[(job.selection["kl_weight"], job.selection["temperature"])]["accuracy"] == best
+        rows_right[(kl, t)] = (p.argmax(1) == yy).astype(float)
+    # The rule, by hand: the most accurate distilled candidate (ties: lower log-loss), taken only when its
+    # paired per-row gain over kl_weight 0 exceeds one standard error.
+    distilled = sorted((k for k in stacked if k[0] > 0),
+                       key=lambda k: (-stacked[k]["accuracy"], stacked[k]["log_loss"], k))
+    d = rows_right[distilled[0]] - rows_right[(0.0, 1.0)]
+    gain, se = d.mean(), d.std(ddof=1) / np.sqrt(d.size)
+    assert job.selection["gain"] == pytest.approx(gain) and job.selection["gain_se"] == pytest.approx(se)
+    expected = distilled[0] if gain > 0 and gain > se else (0.0, 1.0)
+    assert (job.selection["kl_weight"], job.selection["temperature"]) == expected
 
     # One at a time gives the same choice and scores.
     alone = StudentJob(prepared, taught, kl_weight=None, system="student")
