@@ -535,6 +535,11 @@ def _teacher_identity(config: Config, teacher: Teacher) -> str:
 def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache | None = None) -> TeacherOutputs:
     """Fit the teacher on the labelled rows and compute its soft targets once for every row the student sees.
 
+    The teacher is cross-fitted (``distill.teacher_cv.cross_fit``): one fit per fold of the labelled rows
+    gives out-of-fold outputs that calibrate it (``teacher.calibration``), choose among or average
+    ``teacher.candidates`` (``teacher.kind`` auto / ensemble), and give ``fold_logits`` on the transfer rows.
+    No test row is ever shown to a fold teacher or used for calibration.
+
     With ``score_test=False`` (tuning) the test rows are never read: ``test_logits`` is empty. With
     a ``cache``, outputs computed before for the same teacher, fit rows and input rows are reused
     (and a fitted teacher is not even fitted again).
@@ -1128,7 +1133,7 @@ _STACK_BYTES = 256 * 2**20
 
 def _episode_bytes(taught: TeacherOutputs, config: Config) -> int:
     """The rows an episode's fits hold: its students', and its cross-validation members' for "auto"."""
-    tensors = [taught.train.x, taught.train.teacher_logits]
+    tensors = [taught.train.x, taught.train.teacher_logits, taught.fold_logits]
     if taught.validation is not None:
         tensors.append(taught.validation.x)
     size = sum(t.numel() * t.element_size() for t in tensors if t is not None)

@@ -177,6 +177,19 @@ def test_run_is_finished_with_params_and_tags(tracked_run) -> None:
         assert len(tags.get("git.commit", "")) >= 7
 
 
+def test_the_teachers_cross_validated_calibration_reaches_mlflow(tracked_run) -> None:
+    _, summary, client = tracked_run
+    metrics = client.get_run(summary["mlflow_run_id"]).data.metrics
+    calibration = summary["episodes"][0]["teacher_diagnostics"]["calibration"]
+    assert calibration["method"] == "temperature"
+    assert metrics["teacher/temperature"] == pytest.approx(calibration["temperature"], rel=1e-12)
+    for stage in ("before", "after"):
+        for name in ("accuracy", "log_loss", "ece"):
+            assert metrics[f"teacher/cv_{name}_{stage}"] == pytest.approx(calibration[stage][name], rel=1e-12)
+    (row,) = summary["episodes"][0]["teacher_diagnostics"]["selection"]["candidates"]
+    assert metrics["teacher/gaussian_process/cv_log_loss"] == pytest.approx(row["cv_log_loss"], rel=1e-12)
+
+
 def test_histories_match_history_csv(tracked_run) -> None:
     out, summary, client = tracked_run
     run_id = summary["mlflow_run_id"]
