@@ -420,8 +420,8 @@ class AutoObjectiveConfig(_Section):
     ``kl_weights`` always includes 0 (the baseline itself), so "auto" can decline to distil.
     """
 
-    kl_weights: list[Number] = Field(default_factory=lambda: [0.0, 0.3, 1.0, 3.0])
-    temperatures: list[Number] = Field(default_factory=lambda: [1.0, 2.0, 4.0])
+    kl_weights: list[Number] = Field(default_factory=lambda: [0.0, 0.5, 2.0])
+    temperatures: list[Number] = Field(default_factory=lambda: [1.0, 4.0])
 
     @field_validator("kl_weights")
     @classmethod

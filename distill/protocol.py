@@ -167,8 +167,11 @@ def _candidate_problem(config: Config, index: int | None, message: str) -> str:
     return f"{prefix} ({config.teacher.candidates[index].name}): {message}"
 
 
-#: Folds of the labelled rows for the teacher's cross-fitting (``distill.calibration.labelled_folds``).
-TEACHER_FOLDS = 5
+#: Folds of the labelled rows (``distill.calibration.labelled_folds``): the teacher's cross-fitting and the
+#: students' cross-validation of ``objective.* = "auto"`` use the same folds. Three, not five or ten: each
+#: labelled row is held out once whatever the count, and every fold costs a fit of each teacher candidate
+#: and of each student candidate.
+TEACHER_FOLDS = 3
 
 
 def _teacher_heldout_rows(config: Config, dataset: Dataset) -> np.ndarray | None:

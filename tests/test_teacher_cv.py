@@ -19,7 +19,7 @@ from distill.cache import SoftTargetCache
 from distill.calibration import TEMPERATURE_BOUNDS, labelled_folds
 from distill.cli import main
 from distill.config import ConfigError, validate_config
-from distill.protocol import prepare, teach
+from distill.protocol import TEACHER_FOLDS, prepare, teach
 from distill.teacher_cv import cross_fit
 from teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher
 
@@ -273,10 +273,11 @@ def test_teach_gives_the_transfer_rows_fold_logits_and_the_calibrated_teacher() 
     n_train = taught.train.x.shape[0]
     split = prepared.split
     assert n_train == split.labelled.size + split.pool.size
-    folds = labelled_folds(prepared.dataset.y[split.labelled], prepared.config.seed)
-    assert folds is not None and len(taught.folds) == len(folds) == 4
+    folds = labelled_folds(prepared.dataset.y[split.labelled], prepared.config.seed, TEACHER_FOLDS)
+    assert folds is not None and len(taught.folds) == len(folds) == TEACHER_FOLDS == 3
+    assert all(np.array_equal(a, b) for a, b in zip(folds, taught.folds, strict=True))
     assert taught.fold_logits is not None and taught.fold_logits.dtype == torch.float32
-    assert tuple(taught.fold_logits.shape) == (4, n_train, 3)
+    assert tuple(taught.fold_logits.shape) == (3, n_train, 3)
     assert taught.diagnostics["selection"]["mode"] == "ensemble"
     assert {r["name"] for r in taught.diagnostics["selection"]["candidates"]} == {"gaussian_process",
                                                                                 "logistic_regression"}
