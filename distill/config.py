@@ -442,8 +442,8 @@ class ObjectiveConfig(_Section):
     class_weight: Optional[Union[list[Number], Literal["balanced"]]] = None
     pos_weight: Optional[Union[Number, Literal["balanced"]]] = None
     #: a number, or "auto": chosen per episode by cross-validation on its labelled rows (``auto``)
-    kl_weight: Union[Number, Literal["auto"]] = 1.0
-    temperature: Union[Number, Literal["auto"]] = 1.0
+    kl_weight: Union[Number, Literal["auto"]] = AUTO
+    temperature: Union[Number, Literal["auto"]] = AUTO
     direction: Literal["forward", "reverse"] = "forward"
     #: the grids "auto" chooses from (``distill.kd_selection``)
     auto: AutoObjectiveConfig = Field(default_factory=AutoObjectiveConfig)

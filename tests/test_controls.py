@@ -152,7 +152,7 @@ def test_teacher_probs_only_is_the_kl_term_alone_against_a_float64_reference() -
 
 
 def test_teacher_probs_only_trains_on_the_kl_term_with_the_students_weight() -> None:
-    cfg = config(objective={"kl_weight": 0.5}, protocol={"controls": ["teacher_probs_only"]})
+    cfg = config(objective={"kl_weight": 0.5, "temperature": 1.0}, protocol={"controls": ["teacher_probs_only"]})
     prepared = prepare(cfg)
     taught = teach(prepared)
     job = _control_job(prepared, taught, "teacher_probs_only")

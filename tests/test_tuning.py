@@ -137,7 +137,8 @@ def test_best_is_the_best_completed_trial_and_run_directory_is_complete(first_st
         "failed": 0,
     }
     assert summary["study"] == STUDY and summary["direction"] == "maximize"
-    assert summary["untuned"]["params"] == {"objective.kl_weight": 1.0, "objective.temperature": 1.0}
+    # Untuned: the config's own values, here the defaults, chosen per episode by cross-validation.
+    assert summary["untuned"]["params"] == {"objective.kl_weight": "auto", "objective.temperature": "auto"}
 
     # best_config.toml is the experiment with the best params, loadable as is.
     best_cfg = tomllib.loads((out / "best_config.toml").read_text())
