@@ -21,6 +21,7 @@ from distill.config import AUTO, Config, config_dict, to_toml
 from distill.errors import UserError
 from distill.interrupts import Interrupted, StopRequest
 from distill.kd_selection import selection_text, summarise_selections
+from distill.teacher_cv import teacher_summary_text
 from distill.metrics import METRICS
 from distill.protocol import EpisodeResult, Prepared, prepare_protocol, run_protocol, soft_target_cache
 from distill.report import (
@@ -72,6 +73,8 @@ def describe_plan(prepared: Prepared) -> str:
         if c.teacher.kind == "gaussian_process"
         else f"{c.teacher.kind} of {', '.join(x.name for x in c.teacher.candidates)}"
         if c.teacher.kind in ("auto", "ensemble")
+        else f"network {c.teacher.checkpoint or c.teacher.uri}" + (f" ({c.teacher.arch})" if c.teacher.arch else "")
+        if c.teacher.kind == "network"
         else f"sklearn {c.teacher.estimator} {dict(c.teacher.params)}"
     ) + f", calibration {c.teacher.calibration}"
     kwargs = ", ".join(f"{k}={v!r}" for k, v in c.student.kwargs.items())
@@ -527,6 +530,9 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
                              "kd_selection/fallback_share": chosen["fallback"] / chosen["episodes"],
                              "kd_selection/kl_weight_mean": chosen["kl_weight_mean"]})
         log.info(selection_text(chosen))
+    teacher_line = teacher_summary_text([r.teacher_diagnostics for r in results])
+    if teacher_line is not None:
+        log.info(teacher_line)
     written("the aggregate metrics to MLflow")
     for line in result_text(summary).splitlines():
         log.debug(line)  # the file gets the table; the console gets it once, from the CLI

@@ -273,14 +273,34 @@ def cross_fit(
     if calibration == "temperature" and no_cv:
         diagnostics["calibration"]["note"] = "not calibrated: no cross-validation possible"
     after = diagnostics["calibration"]["after"]
-    log.info(
+    log.debug(
         "teacher: %s%s, %d folds, T = %s, CV log-loss %s -> %s",
         chosen_name, f" ({mode})" if mode != "single" else "", diagnostics["cv_folds"],
-        temperature if not isinstance(temperature, list) else "/".join(f"{t:.3g}" for t in temperature),
+        f"{temperature:.3g}" if not isinstance(temperature, list) else "/".join(f"{t:.3g}" for t in temperature),
         _fmt(diagnostics["calibration"]["before"]["log_loss"]), _fmt(after["log_loss"]),
     )
     return CrossFitted(logits=logits, fold_logits=fold_logits, folds=folds, diagnostics=diagnostics, timings=timings)
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if value is None else f"{abs(value) if abs(value) < 5e-5 else value:.4f}"
+
+
+def teacher_summary_text(diagnostics: list[dict[str, Any]]) -> str | None:
+    """One line over a run's episodes: which teacher was chosen how often, the calibration temperatures
+    and the mean cross-validated log-loss before and after calibration (None without cross-fitting)."""
+    rows = [d for d in diagnostics if isinstance(d.get("calibration"), dict) and "selection" in d]
+    if not rows:
+        return None
+    chosen: dict[str, int] = {}
+    for d in rows:
+        name = str(d["selection"].get("chosen"))
+        chosen[name] = chosen.get(name, 0) + 1
+    temps = [t for d in rows for t in np.atleast_1d(d["calibration"].get("temperature", 1.0)).tolist()]
+    before = [d["calibration"]["before"]["log_loss"] for d in rows if d["calibration"]["before"].get("log_loss") is not None]
+    after = [d["calibration"]["after"]["log_loss"] for d in rows if d["calibration"]["after"].get("log_loss") is not None]
+    text = "teacher: " + ", ".join(f"{n} ({c})" for n, c in sorted(chosen.items(), key=lambda kv: -kv[1]))
+    text += f" of {len(rows)} episode(s); calibration T {min(temps):.3g}..{max(temps):.3g} (median {np.median(temps):.3g})"
+    if before and after:
+        text += f"; cross-validated log-loss {np.mean(before):.3f} -> {np.mean(after):.3f} (mean)"
+    return text
