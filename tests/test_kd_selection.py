@@ -308,3 +308,22 @@ def test_a_run_with_auto_is_deterministic() -> None:
     _, again = run_protocol(cfg)
     assert [r.kd_selection for r in first] == [r.kd_selection for r in again]
     assert [r.metrics for r in first] == [r.metrics for r in again]
+
+
+def test_poisoned_test_rows_change_nothing_auto_chooses() -> None:
+    """The same prepared split, with the test rows' features and labels replaced by noise: the teacher's
+    fold outputs, every cross-validation score and the choice are the same; only the test metrics move."""
+    prepared = prepare(config(few_shot={"per_class": 4, "transfer": "pool"}))
+    data, test = prepared.dataset, prepared.split.test
+    rng = np.random.default_rng(11)
+    x, y = data.x.copy(), data.y.copy()
+    x[test] = rng.uniform(-50, 50, size=x[test].shape)
+    y[test] = rng.integers(0, data.num_classes, size=test.size)
+    poisoned = dataclasses.replace(prepared, dataset=dataclasses.replace(data, x=x, y=y))
+    picks = []
+    for p in (prepared, poisoned):
+        job = StudentJob(p, teach(p), kl_weight=None, system="student")
+        _choose_auto([job], batched=True, checkpoints=None, stop=None, key="t")
+        picks.append(job.selection)
+    assert picks[0]["reason"] == "cross-validation"
+    assert picks[0] == picks[1]

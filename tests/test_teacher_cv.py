@@ -364,3 +364,17 @@ def test_a_bad_candidate_is_exit_2_with_one_line(tmp_path: Path, capsys: pytest.
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "teacher.candidates[1].estimator" in errors[0], err
     assert "Traceback" not in err
+
+
+def test_the_run_line_counts_choices_and_summarises_calibration() -> None:
+    from distill.teacher_cv import teacher_summary_text
+
+    def diag(chosen: str, t: float, before: float, after: float) -> dict[str, Any]:
+        return {"selection": {"chosen": chosen}, "calibration": {"temperature": t, "before": {"log_loss": before},
+                                                                 "after": {"log_loss": after}}}
+
+    line = teacher_summary_text([diag("random_forest", 0.5, 0.6, 0.4), diag("logistic_regression", 2.0, 0.8, 0.7),
+                                 diag("random_forest", 1.0, 0.7, 0.5), {"warnings": []}])
+    assert line == ("teacher: random_forest (2), logistic_regression (1) of 3 episode(s); calibration T 0.5..2 "
+                    "(median 1); cross-validated log-loss 0.700 -> 0.533 (mean)")
+    assert teacher_summary_text([{"warnings": []}]) is None
