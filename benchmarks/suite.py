@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="writes OUT.md and OUT.json")
     parser.add_argument("--readme", type=Path, help="replace the overview between the suite markers in this file")
     parser.add_argument("--render", type=Path, help="no runs: put the overview of this suite JSON into --readme")
+    parser.add_argument("--block", default="suite",
+                        help="the README block to replace: between <!-- BLOCK:begin --> and <!-- BLOCK:end -->")
     args = parser.parse_args(argv)
     if args.render is not None:
         if args.readme is None:
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.shipped import replace_block
 
         results = json.loads(args.render.read_text(encoding="utf-8"))["results"]
-        replace_block(args.readme, "<!-- suite:begin -->", "<!-- suite:end -->", overview(results))
+        replace_block(args.readme, f"<!-- {args.block}:begin -->", f"<!-- {args.block}:end -->", overview(results))
         return 0
     if args.quick:
         args.datasets, args.per_class, args.episodes, args.epochs = ["sklearn:iris"], [1], 3, 20
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme is not None:
         from benchmarks.shipped import replace_block
 
-        replace_block(args.readme, "<!-- suite:begin -->", "<!-- suite:end -->", overview(results))
+        replace_block(args.readme, f"<!-- {args.block}:begin -->", f"<!-- {args.block}:end -->", overview(results))
     print(f"wrote {args.out}.md and {args.out}.json in {time.perf_counter() - started:.0f} s")
     return 0
 

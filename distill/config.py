@@ -76,6 +76,9 @@ MAX_THREADS = 1024  #: torch CPU threads
 MAX_RESTARTS = 1000  #: GP optimizer restarts
 MAX_AUGMENT = 1_000_000  #: few_shot.augment.count: generated transfer rows
 MAX_TRIALS = 1_000_000
+#: ``objective.auto.*`` lists and ``teacher.candidates`` hold at most this many entries: every
+#: point is a student per fold per episode, every candidate a teacher fit per fold.
+MAX_GRID = 32
 #: Tables and arrays nest at most this deep in an experiment file or ``--set`` value.
 MAX_NESTING = 32
 #: float32's largest finite value: numbers that become float32 tensors (loss weights, learning
@@ -265,6 +268,14 @@ class TeacherConfig(_Section):
     kind: Literal["gaussian_process", "sklearn", "network", "auto", "ensemble"] = "gaussian_process"
     calibration: Literal["temperature", "none"] = "temperature"
     candidates: list[CandidateConfig] = Field(default_factory=_default_candidates)
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _few_candidates(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > MAX_GRID:
+            raise ValueError(f"teacher.candidates must list at most {MAX_GRID} teachers (each is fit once per "
+                             f"fold and episode), got {len(value)}")
+        return value
     kernel: str = "auto"
     restarts: StrictInt = Field(default=2, ge=0, le=MAX_RESTARTS)
     multi_class: Literal["one_vs_rest", "one_vs_one"] = "one_vs_rest"
@@ -407,6 +418,9 @@ def _grid(value: list[Any], positive: bool) -> list[float]:
     """A sorted grid of distinct finite numbers (> 0 with ``positive``, else >= 0), float32-sized."""
     if not value:
         raise ValueError("must list at least one value")
+    if len(value) > MAX_GRID:
+        raise ValueError(f"must list at most {MAX_GRID} values (each is a student per fold and episode), "
+                         f"got {len(value)}")
     _within_float32(value)
     for v in value:
         if not math.isfinite(v) or (v <= 0 if positive else v < 0):

@@ -327,3 +327,22 @@ def test_poisoned_test_rows_change_nothing_auto_chooses() -> None:
         picks.append(job.selection)
     assert picks[0]["reason"] == "cross-validation"
     assert picks[0] == picks[1]
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"objective": {"auto": {"kl_weights": list(range(33))}}}, "objective.auto.kl_weights"),
+    ({"objective": {"auto": {"temperatures": [1.0 + i for i in range(33)]}}}, "objective.auto.temperatures"),
+    ({"teacher": {"kind": "auto", "candidates": ["logistic_regression"] * 33}}, "teacher.candidates"),
+])
+def test_grids_and_candidates_are_bounded(raw: dict[str, Any], key: str) -> None:
+    """Every grid point is a student per fold and episode, every candidate a fit per fold: both are capped."""
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and key in message and "at most 32" in message and "got 33" in message
+    section, _, field = key.partition(".")
+    at_limit = copy.deepcopy(raw)
+    node = at_limit[section] if section == "teacher" else at_limit["objective"]["auto"]
+    name = field if section == "teacher" else field.split(".")[-1]
+    node[name] = node[name][:32]
+    validate_config(at_limit)  # 32 is allowed
