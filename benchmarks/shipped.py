@@ -54,20 +54,28 @@ def rows_of(name: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
             "student_minus_baseline": paired["student_minus_baseline"]["accuracy"],
             "student_minus_null_teacher": paired.get("student_minus_null_teacher", {}).get("accuracy"),
             "verdict": point["verdict"],
+            "kl_weight_zero": _zero_share(episodes),
         })
     return out
 
 
+def _zero_share(episodes: list[dict[str, Any]]) -> str:
+    """``"7/10"``: episodes where ``kl_weight = "auto"`` chose not to distil; ``"–"`` for a fixed weight."""
+    picks = [r["kd_selection"] for r in episodes if r.get("kd_selection")]
+    return f"{sum(p['kl_weight'] == 0 for p in picks)}/{len(picks)}" if picks else "–"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| experiment | episodes | teacher | student | baseline (distinct values) | null teacher | logistic regression "
-             "| student − baseline | student − null teacher |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| student − baseline | student − null teacher | kl_weight 0 chosen |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         null = _delta(r["student_minus_null_teacher"]) if r["student_minus_null_teacher"] else "–"
         lines.append(
             f"| `{r['experiment']}` | {r['episodes']} | {r['teacher']:.3f} | {r['student']:.3f} | "
             f"{r['baseline']:.3f} ({r['baseline_distinct']}) | {r.get('null_teacher', float('nan')):.3f} | "
-            f"{r.get('logistic_regression', float('nan')):.3f} | {_delta(r['student_minus_baseline'])} | {null} |"
+            f"{r.get('logistic_regression', float('nan')):.3f} | {_delta(r['student_minus_baseline'])} | {null} | "
+            f"{r.get('kl_weight_zero', '–')} |"
         )
     return "\n".join(lines)
 

@@ -755,6 +755,8 @@ def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bo
     """Fit every job's student: as stacked models where the fits agree in everything but the KL
     weight, temperature and seed (``distill.engine.stack_problem_for``), one at a time otherwise.
 
+    Jobs whose KL weight or temperature is "auto" get them first from ``_choose_auto``: one stacked fit
+    of every fold x grid point of every episode among the jobs (``distill.kd_selection``).
     Each member gets exactly the initial weights, batches and result of its own ``train_student``.
     With ``checkpoints`` every fit (``<key>g<group>``) saves its state as it goes and a fit finished
     before is loaded instead of trained; ``stop`` turns a signal into ``Interrupted`` after a step.
