@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
 
 
@@ -14,3 +21,60 @@ def _isolated_mlflow_store(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     yield
     mp.undo()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real ``mlflow server`` on a free loopback port, with SQLite backend and proxied artifacts.
+
+    One per session (it takes seconds to start): tests/test_tracking.py and tests/test_concurrency.py
+    share it, each in experiments of its own names.
+    """
+    tmp = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{tmp}/backend.db",
+        "--serve-artifacts", "--artifacts-destination", str(tmp / "artifacts"),
+        "--workers", "1",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # nothing from conftest or other runs
+    stdout, stderr = open(tmp / "server.out", "wb"), open(tmp / "server.err", "wb")
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+
+    def stop() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)  # the server's own session: it and its uvicorn/job-runner children
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=15)
+        stdout.close()
+        stderr.close()
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop()
+            pytest.fail(f"mlflow server did not answer on {uri}/health:\n{(tmp / 'server.err').read_text()[-4000:]}")
+        time.sleep(0.3)
+    try:
+        yield uri
+    finally:
+        stop()

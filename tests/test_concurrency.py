@@ -5,8 +5,9 @@ moment, and two ``distill tune`` workers adding trials to one journal study (tra
 server): every run, episode and trial is present once, finished, and records what its own
 ``summary.json`` / ``tuning.json`` says.
 
-The server is the real ``mlflow server`` fixture of tests/test_tracking.py (SQLite backend,
-proxied artifacts, a free loopback port), imported here so that both modules start it the same way.
+The server is the real ``mlflow server`` fixture of tests/conftest.py (SQLite backend, proxied
+artifacts, a free loopback port), one per session, shared with tests/test_tracking.py; the "Default"
+experiment checked below receives nothing from either module (every tracked run names its experiment).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_tracking import mlflow_server  # noqa: F401  (the module-scoped server fixture)
 from tests.test_tuning import BASE as TUNE_BASE
 from tests.test_tuning import load_study, write_config
 
@@ -30,8 +30,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "breast_cancer_gp.toml"
 KL_WEIGHT = 0.1  # breast_cancer_gp.toml's objective.kl_weight
-EPISODES = 3
-EPOCHS = 50
+EPISODES = 2  # nesting and per-episode numbers need two; more only adds time
+EPOCHS = 5
 SEEDS = (11, 22)
 SYSTEMS = ("teacher", "student", "baseline")
 
@@ -75,7 +75,7 @@ def _runs_in(client, *experiment_names: str) -> list:
 # --------------------------------------------------------------------------- two runs, one experiment
 
 
-def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, tmp_path: Path) -> None:  # noqa: F811
+def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     experiment_name = "concurrent-runs"
@@ -129,7 +129,7 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
         assert model_uri and model_uri.startswith("models:/")
         assert client.get_logged_model(model_uri.removeprefix("models:/")).source_run_id == run_id
 
-        # Exactly its three episodes, each FINISHED, nested under it, with that episode's numbers.
+        # Exactly its episodes, each FINISHED, nested under it, with that episode's numbers.
         children = _children(client, parent.info.experiment_id, run_id)
         assert sorted(c.info.run_name for c in children) == [f"episode {e}" for e in range(EPISODES)]
         by_name = {c.info.run_name: c for c in children}
@@ -219,7 +219,7 @@ def test_runs_started_together_in_a_fresh_folder_share_the_default_local_store(t
     seeds = range(3)
     env = {k: v for k, v in _env("unused").items() if k != "MLFLOW_TRACKING_URI"}
     _run_together(  # no --output either: each claims its own runs/<timestamp>-<name>[-N] folder
-        [["run", str(EXPERIMENT), "-q", "--seed", str(i), "--set", "train.epochs=20", "--episodes", "1"] for i in seeds],
+        [["run", str(EXPERIMENT), "-q", "--seed", str(i), "--set", "train.epochs=5", "--episodes", "1"] for i in seeds],
         cwd=tmp_path, env=env,
     )
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -245,7 +245,7 @@ def test_runs_started_together_in_a_fresh_folder_share_the_default_local_store(t
 
 
 def test_two_tune_workers_on_one_study_lose_no_trial_and_track_each_once(
-    mlflow_server: str, tmp_path: Path  # noqa: F811
+    mlflow_server: str, tmp_path: Path
 ) -> None:
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
@@ -440,7 +440,7 @@ def test_a_run_that_loses_the_dataset_insert_race_still_records_its_input(
     assert rows == [("first", digest), ("second", digest)]
 
 
-def test_many_runs_logging_one_dataset_at_once_each_record_it(mlflow_server: str) -> None:  # noqa: F811
+def test_many_runs_logging_one_dataset_at_once_each_record_it(mlflow_server: str) -> None:
     """Real concurrency: 8 runs, released together by a barrier, log the same data through the server."""
     import threading
 

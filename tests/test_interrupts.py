@@ -16,8 +16,9 @@ from distill.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = str(ROOT / "experiments/breast_cancer_gp.toml")
-# Long enough to be caught in training; a checkpoint at every epoch end.
-SETTINGS = ["--set", "train.epochs=1500", "--set", "protocol.episodes=3", "--set", "train.checkpoint_interval=0",
+# Long enough to be caught in training (about 2 s of epochs after the first checkpoint, in a process that
+# writes a checkpoint at every epoch end), short enough for CI's budget.
+SETTINGS = ["--set", "train.epochs=400", "--set", "protocol.episodes=3", "--set", "train.checkpoint_interval=0",
             "--set", "teacher.cache=false", "--set", 'protocol.controls=["null_teacher"]']
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -200,8 +201,8 @@ def test_a_signal_stops_tune_after_a_step_records_every_trial_and_the_printed_co
 
     from tests.test_tuning import STUDY, load_study, write_config
 
-    # Trials of about half a second (two 400-epoch episodes), far more than will run.
-    toml = write_config(tmp_path, train={"epochs": 400}, tune={"trials": 500})
+    # Trials of a fraction of a second (two 150-epoch episodes), far more than will run.
+    toml = write_config(tmp_path, train={"epochs": 150}, tune={"trials": 500})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     journal_path = tmp_path / "journal.log"

@@ -315,19 +315,56 @@ def test_a_network_teacher_from_a_stalling_server_is_refused_in_seconds(stalling
 
 @pytest.mark.integration
 def test_predict_from_a_stalling_server_is_bounded(stalling: _StallingServer, tmp_path: Path) -> None:
-    """No config here: distill's default bound (10 s a request) replaces MLflow's 120 s x 7 retries."""
+    """A stalled server ends ``predict`` in one bounded request with one line (not MLflow's 120 s x 7 retries).
+
+    The bound is MLflow's own variable, which ``predict`` leaves to the user when set: 2 s here keeps the
+    test short; the 10 s default it applies otherwise is pinned by the next test.
+    """
     data = tmp_path / "rows.csv"
     data.write_text("a,b\n1,2\n")
     started = time.monotonic()
-    env_retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # one request: the test waits one timeout
+    bound = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # one request of 2 s
     done = subprocess.run([sys.executable, "-m", "distill", "predict", "models:/student/1", str(data),
                            "--tracking-uri", stalling.uri], cwd=tmp_path, capture_output=True, text=True, timeout=90,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **env_retries})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **bound})
     elapsed = time.monotonic() - started
     assert done.returncode == 2, done.stderr
     assert _errors(done.stderr) == [line for line in done.stderr.splitlines() if line.strip()], done.stderr
     assert "cannot fetch MLflow model 'models:/student/1'" in done.stderr
-    assert 9 < elapsed < 45  # the 10 s default bound, not MLflow's 120 s
+    assert 1.5 < elapsed < 30  # the user's 2 s bound, not MLflow's 120 s
+    assert sum(path.startswith("/api/") for path in stalling.requests) == 1  # no retry after the bound
+
+
+def test_predict_bounds_mlflow_requests_at_10_s_unless_the_user_set_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``predict`` with no config: 10 s a request, 2 retries (MLflow's own default is 120 s x 7); a value the
+    user exported wins. The server here refuses at once, so only the bound that was applied is checked."""
+    from distill.errors import UserError
+    from distill.predict import resolve_checkpoint
+
+    names = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    for name in names:
+        monkeypatch.setenv(name, "0")  # recorded, so the test's values are undone afterwards
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a user's value: kept, and no retries to wait for
+    with pytest.raises(UserError, match="cannot fetch MLflow model 'models:/student/1'"):
+        resolve_checkpoint("models:/student/1", tracking_uri=closed)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with pytest.raises(UserError, match="cannot fetch MLflow model"):
+        resolve_checkpoint("models:/student/1", tracking_uri=closed)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released): a connection to it is refused at once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- Optuna storages
