@@ -436,6 +436,9 @@ class AutoObjectiveConfig(_Section):
 
     kl_weights: list[Number] = Field(default_factory=lambda: [0.0, 0.5, 2.0])
     temperatures: list[Number] = Field(default_factory=lambda: [1.0, 4.0])
+    #: distil only when the best distilled candidate's held-out accuracy gain over kl_weight 0 exceeds
+    #: this many standard errors of the paired per-row difference (``distill.kd_selection.choose``)
+    margin: Number = Field(default=2.0, ge=0, le=100)
 
     @field_validator("kl_weights")
     @classmethod

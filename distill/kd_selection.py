@@ -14,7 +14,7 @@ question about this teacher, these rows and this student, so it is answered on t
   f's rows. Every fold x candidate is one member of a single stacked fit;
 * the grid always holds ``kl_weight = 0``, the baseline itself, so "auto" can decline to distil.
   The rule (``choose``): the most accurate candidate on the held-out rows, but ``kl_weight = 0`` unless
-  that candidate's gain over it exceeds one standard error (the one-standard-error rule). With one
+  that candidate's gain over it exceeds ``objective.auto.margin`` (default 2) standard errors. With one
   labelled row in some class no fold can be held out: ``kl_weight = 0`` (and ``T = 1``), said so.
 
 This is model selection on the labelled rows in the spirit of Oliver et al. 2018, "Realistic
@@ -93,17 +93,22 @@ class Selection:
         return dataclasses.asdict(self)
 
 
-def choose(scores: Sequence[dict[str, float]], correct: Sequence[np.ndarray] | None = None) -> tuple[int, float, float]:
+def choose(scores: Sequence[dict[str, float]], correct: Sequence[np.ndarray] | None = None,
+           margin: float = 2.0) -> tuple[int, float, float]:
     """Index of the chosen candidate, and the accuracy gain of the best ``kl_weight > 0`` candidate over
     ``kl_weight = 0`` with its standard error (NaN where not measured).
 
     Among the candidates with ``kl_weight > 0``, the best is the one with the highest pooled held-out
     accuracy (ties: the lower log-loss, then the smaller KL weight and temperature). It is chosen over
-    ``kl_weight = 0`` only when its gain in accuracy exceeds one standard error of the paired per-row
-    difference (``correct[i]``: 1 where candidate i got a held-out row right): the one-standard-error
-    rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman 2009, section 7.10), here leaning to the
-    simpler model, the baseline, because with a few held-out rows the best of several candidates wins
-    by chance. A teacher of noise that merely softens the student (and lowers its log-loss) is declined.
+    ``kl_weight = 0`` only when its gain in accuracy exceeds ``margin`` standard errors of the paired
+    per-row difference (``correct[i]``: 1 where candidate i got a held-out row right). This is the
+    one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman 2009, section 7.10),
+    leaning to the simpler model, the baseline, with a wider margin because the best of several
+    candidates on a few held-out rows wins by chance: 2 standard errors is about a one-sided 2.5% test,
+    or Bonferroni over four distilled candidates at 10%. Measured on the results suite, a margin of 1
+    distilled in about 40% of the episodes of datasets where the teacher adds nothing, and those
+    episodes lost accuracy on average. A teacher of noise that merely softens the student (and lowers
+    its log-loss) is declined.
     Without a ``kl_weight = 0`` candidate (a fixed KL weight), simply the best. Non-finite scores lose.
     """
     def key(i: int) -> tuple[float, ...]:
@@ -123,7 +128,7 @@ def choose(scores: Sequence[dict[str, float]], correct: Sequence[np.ndarray] | N
     if correct is None:
         return (zero, nan, nan) if key(best)[0] >= key(zero)[0] else (best, nan, nan)
     gain, se = paired_gain(correct[best], correct[zero])
-    return (best if gain > 0 and gain > se else zero), gain, se
+    return (best if gain > 0 and gain > margin * se else zero), gain, se
 
 
 def paired_gain(candidate: np.ndarray, baseline: np.ndarray) -> tuple[float, float]:

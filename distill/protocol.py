@@ -909,7 +909,7 @@ def _choose_auto(jobs: list[StudentJob], *, batched: bool, checkpoints: Checkpoi
             losses = [np.concatenate([r[2] for r in sorted(per_row[c], key=lambda r: r[0])]) for c in grid]
             scores = [{"kl_weight": c.kl_weight, "temperature": c.temperature, "accuracy": float(ok.mean()),
                        "log_loss": float(nll.mean())} for c, ok, nll in zip(grid, correct, losses, strict=True)]
-            index, gain, se = choose(scores, correct)
+            index, gain, se = choose(scores, correct, float(first.prepared.config.objective.auto.margin))
             best = scores[index]
             selection = Selection(kl_weight=best["kl_weight"], temperature=best["temperature"],
                                   reason="cross-validation", folds=len(first.taught.folds), scores=scores,

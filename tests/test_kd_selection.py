@@ -97,17 +97,24 @@ def test_rule_prefers_no_distillation_unless_it_raises_held_out_accuracy() -> No
     assert choose([score(2, 1, 0.6, 0.5), score(2, 4, 0.7, 0.6)])[0] == 1
 
 
-def test_one_standard_error_rule_against_a_hand_computed_case() -> None:
+def test_standard_error_margin_against_a_hand_computed_case() -> None:
     zero = np.array([1, 0, 1, 0, 1, 1, 0, 1], dtype=float)
     one_row = np.array([1, 1, 1, 0, 1, 1, 0, 1], dtype=float)   # d = one +1 in 8: mean 1/8, se 1/8
-    two_rows = np.array([1, 1, 1, 1, 1, 1, 0, 1], dtype=float)  # d = two +1 in 8: mean 1/4
+    two_rows = np.array([1, 1, 1, 1, 1, 1, 0, 1], dtype=float)  # d = two +1 in 8: mean 1/4, se 0.164
     scores = [score(0, 1, zero.mean(), 0.5), score(1, 1, one_row.mean(), 0.5)]
-    index, gain, se = choose(scores, [zero, one_row])
+    index, gain, se = choose(scores, [zero, one_row], margin=1.0)
     d = one_row - zero
     assert (index, gain) == (0, 0.125) and se == pytest.approx(np.std(d, ddof=1) / np.sqrt(8)) and se == pytest.approx(0.125)
     scores[1] = score(1, 1, two_rows.mean(), 0.5)
-    index, gain, se = choose(scores, [zero, two_rows])
-    assert index == 1 and gain == 0.25 and se == pytest.approx(np.sqrt(0.25 * 0.75 * 8 / 7 / 8))
+    se_two = np.sqrt(0.25 * 0.75 * 8 / 7 / 8)
+    assert choose(scores, [zero, two_rows], margin=1.0) == (1, 0.25, pytest.approx(se_two))
+    # The default margin, 2 standard errors: a gain of 0.25 +- 0.164 is not enough; 0.375 +- 0.183 is.
+    assert choose(scores, [zero, two_rows])[0] == 0
+    four_rows = np.array([1, 1, 1, 1, 1, 1, 1, 1], dtype=float)
+    scores[1] = score(1, 1, 1.0, 0.5)
+    index, gain, se = choose(scores, [zero, four_rows])
+    assert index == 1 and gain == 0.375 and gain > 2 * se
+    assert choose(scores, [zero, four_rows], margin=0.0)[0] == 1
 
 
 @pytest.mark.parametrize("outputs", [1, 3])
@@ -198,13 +205,13 @@ def test_stacked_selection_equals_a_loop_of_plain_fits() -> None:
         assert got["log_loss"] == pytest.approx(log_loss(yy, p, labels=[0, 1, 2]), rel=1e-4)
         rows_right[(kl, t)] = (p.argmax(1) == yy).astype(float)
     # The rule, by hand: the most accurate distilled candidate (ties: lower log-loss), taken only when its
-    # paired per-row gain over kl_weight 0 exceeds one standard error.
+    # paired per-row gain over kl_weight 0 exceeds two standard errors.
     distilled = sorted((k for k in stacked if k[0] > 0),
                        key=lambda k: (-stacked[k]["accuracy"], stacked[k]["log_loss"], k))
     d = rows_right[distilled[0]] - rows_right[(0.0, 1.0)]
     gain, se = d.mean(), d.std(ddof=1) / np.sqrt(d.size)
     assert job.selection["gain"] == pytest.approx(gain) and job.selection["gain_se"] == pytest.approx(se)
-    expected = distilled[0] if gain > 0 and gain > se else (0.0, 1.0)
+    expected = distilled[0] if gain > 0 and gain > 2 * se else (0.0, 1.0)  # objective.auto.margin = 2
     assert (job.selection["kl_weight"], job.selection["temperature"]) == expected
 
     # One at a time gives the same choice and scores.
