@@ -257,9 +257,10 @@ def result_text(summary: dict[str, Any]) -> str:
         lines = [sweep_table(sweep["key"], sweep["points"], metric), ""]
         lines += [f"{sweep['key']} = {p['value']}: {p['verdict']}" for p in sweep["points"]]
         return "\n".join(lines)
+    chosen = f"\n{selection_text(summary['kd_selection'])}." if "kd_selection" in summary else ""
     if episodes == 1:
-        return metrics_table({s: summary[s] for s in summary["aggregate"]})
-    return protocol_table(summary["aggregate"], summary["paired"], episodes) + "\n\n" + summary["verdict"]
+        return metrics_table({s: summary[s] for s in summary["aggregate"]}) + ("\n" + chosen if chosen else "")
+    return protocol_table(summary["aggregate"], summary["paired"], episodes) + "\n\n" + summary["verdict"] + chosen
 
 
 def _test_metrics(result: EpisodeResult) -> dict[str, float]:
