@@ -1,6 +1,6 @@
 """The shipped experiments, each as its file says (10 or 20 episodes), in one table for the README.
 
-Run by hand (about two minutes on a 2-core CPU; ``digits_cnn_to_mlp`` first trains its CNN teacher
+Run by hand (about seven minutes on a busy 2-core CPU; ``digits_cnn_to_mlp`` first trains its CNN teacher
 into a temporary folder)::
 
     python benchmarks/shipped.py                      # -> benchmarks/results/shipped.{md,json}
