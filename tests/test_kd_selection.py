@@ -353,3 +353,39 @@ def test_grids_and_candidates_are_bounded(raw: dict[str, Any], key: str) -> None
     name = field if section == "teacher" else field.split(".")[-1]
     node[name] = node[name][:32]
     validate_config(at_limit)  # 32 is allowed
+
+
+@pytest.mark.slow
+def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_numbers(tmp_path: Path) -> None:
+    """SIGTERM as the cross-validation fit is recorded: the resumed run loads that fit, chooses the same
+    settings from it and ends with the numbers of a run that was never stopped."""
+    import os
+    import signal
+
+    import distill.checkpoints
+
+    raw = copy.deepcopy(BASE)
+    raw["protocol"] = {"episodes": 2, "controls": ["null_teacher"]}
+    raw["train"] = {**raw["train"], "checkpoint_interval": 0}
+    (tmp_path / "e.toml").write_text(_toml(raw))
+    real = distill.checkpoints.Checkpoints.finish
+    keys: list[str] = []
+
+    def finish_then_signal(self: Any, key: str, *args: Any, **kwargs: Any) -> None:
+        real(self, key, *args, **kwargs)
+        keys.append(key)
+        if len(keys) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(distill.checkpoints.Checkpoints, "finish", finish_then_signal)
+        assert main(["run", str(tmp_path / "e.toml"), "-o", str(tmp_path / "stopped"), "--no-track", "-q"]) == 143
+    assert keys == ["c0cvg0"]  # the cross-validation members are one stacked fit, recorded first
+    assert main(["run", "--resume", str(tmp_path / "stopped"), "--no-track", "-q"]) == 0
+    assert main(["run", str(tmp_path / "e.toml"), "-o", str(tmp_path / "whole"), "--no-track", "-q"]) == 0
+    resumed, whole = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("stopped", "whole"))
+    assert resumed["kd_selection"] == whole["kd_selection"]
+    for a, b in zip(resumed["episodes"], whole["episodes"], strict=True):
+        assert a["kd_selection"] == b["kd_selection"]
+        for system in ("student", "baseline", "null_teacher"):
+            assert a[system] == b[system]

@@ -24,9 +24,11 @@ from distill.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")
-#: Two episodes, one fit at a time (four fits: student and baseline of each), a state at every epoch end.
+#: Two episodes, one fit at a time (four fits: student and baseline of each), a state at every epoch end;
+#: a fixed KL weight, so that no cross-validation fit comes first (tests/test_kd_selection.py resumes those).
 SETTINGS = ["--set", "train.epochs=6", "--set", "protocol.episodes=2", "--set", "train.batched=false",
-            "--set", "train.checkpoint_interval=0", "--set", "teacher.cache=false", "--no-track", "-q"]
+            "--set", "train.checkpoint_interval=0", "--set", "teacher.cache=false",
+            "--set", "objective.kl_weight=0.1", "--set", "objective.temperature=1.0", "--no-track", "-q"]
 
 
 def _interrupted_run(out: Path) -> None:
