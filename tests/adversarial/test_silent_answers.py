@@ -156,6 +156,9 @@ SWEEP_BASE: dict[str, Any] = {
     "data": {"source": "sklearn:iris", "test_size": 30},
     "teacher": {"restarts": 0, "cache": False},
     "student": {"hidden": [8]},
+    # A fixed KL term, so that every sweep reaches the student ("auto" may choose kl_weight 0 for both
+    # values; tests/test_kd_selection.py covers the choice, objective.auto.margin below a sweep of it).
+    "objective": {"kl_weight": 1.0, "temperature": 1.0},
     "train": {"epochs": 3, "device": "cpu"},
     "tracking": {"enabled": False},
 }
@@ -198,6 +201,8 @@ SWEEPS: dict[str, tuple[dict[str, Any], Any, Any]] = {
     "objective.kl_weight": ({}, 0.0, 1.0),
     "objective.temperature": ({}, 1.0, 4.0),
     "objective.direction": ({}, "forward", "reverse"),
+    "objective.auto.margin": ({"objective": {"kl_weight": "auto", "auto": {"kl_weights": [0, 3]}},
+                               "few_shot": {"per_class": 6}, "train": {"epochs": 30}}, 0.0, 100.0),
     "objective.l1": ({}, 0.0, 0.05),
     "objective.l2": ({}, 0.0, 0.05),
     "objective.metric_loss": ({}, "triplet", "margin_ranking"),
