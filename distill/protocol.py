@@ -704,13 +704,16 @@ def train_student(
     progress: bool = False,
     epoch_metrics: bool = True,
 ) -> tuple[nn.Module, FitResult]:
-    """Build the student from the experiment seed (same initial weights every time) and fit it."""
+    """Build the student from the experiment seed (same initial weights every time) and fit it; a KL
+    weight or temperature that is "auto" is chosen first (``_choose_auto``)."""
+    job = StudentJob(prepared, taught, kl_weight=kl_weight, system=system)
+    _choose_auto([job], batched=True, checkpoints=None, stop=None, key="")
     model = build_student(prepared)
     seed_everything(prepared.config.seed + 1)  # the same dropout stream for student and baseline
     result = fit(
         model,
         taught.train,
-        _student_settings(prepared, kl_weight, epoch_metrics),
+        _student_settings(prepared, job.kl_weight, epoch_metrics, job.temperature),
         num_classes=prepared.dataset.num_classes,
         validation=taught.validation,
         progress=progress,
@@ -1043,11 +1046,13 @@ def _control_job(prepared: Prepared, taught: TeacherOutputs, name: str) -> Stude
     rows = control_rows(name, taught.train, null_teacher=config.protocol.null_teacher,
                         labelled_y=prepared.dataset.y[prepared.split.labelled])
     kl_weight: float | None = None
+    temperature: float | None = None
     if name == "hard_labels":
         kl_weight = 0.0
     elif name == "teacher_probs_only" and config.objective.kl_weight == 0:
-        kl_weight = 1.0
-    return StudentJob(prepared, taught, kl_weight=kl_weight, system=name, train=rows)
+        kl_weight = 1.0  # with T = 1 when it is "auto", as when "auto" chooses kl_weight 0 for the student
+        temperature = 1.0 if config.objective.temperature == AUTO else None
+    return StudentJob(prepared, taught, kl_weight=kl_weight, system=name, train=rows, temperature=temperature)
 
 
 def reference_metrics(name: str, x_labelled: np.ndarray, y_labelled: np.ndarray, x_test: np.ndarray,

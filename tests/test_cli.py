@@ -58,8 +58,6 @@ def test_every_shipped_experiment_is_covered() -> None:
     assert len(RUN_EXPERIMENTS) + len(TEACHER_EXPERIMENTS) + len(NEEDS_TRAINED_TEACHER) == len(names)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("experiment", RUN_EXPERIMENTS, ids=lambda p: p.stem)
 #: digits_gp as shipped cross-validates 150 students per run ("auto": 10 episodes x 3 folds x 5 grid
 #: points on ~1,450 transfer rows), minutes of CI for what the baseline and the run directory do not
 #: depend on; here it runs on a fixed KL term. benchmarks/shipped.py runs it as shipped, and
@@ -67,6 +65,8 @@ def test_every_shipped_experiment_is_covered() -> None:
 FIXED_KL = {"digits_gp": ["objective.kl_weight=1.0", "objective.temperature=1.0"]}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", RUN_EXPERIMENTS, ids=lambda p: p.stem)
 def test_shipped_experiment_writes_a_valid_run_directory(experiment: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     overrides = FIXED_KL.get(experiment.stem, [])

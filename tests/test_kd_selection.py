@@ -389,3 +389,20 @@ def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_number
         assert a["kd_selection"] == b["kd_selection"]
         for system in ("student", "baseline", "null_teacher"):
             assert a[system] == b[system]
+
+
+def test_train_student_chooses_auto_first_and_controls_never_choose_alone() -> None:
+    """``train_student`` with the defaults ("auto") chooses before it fits, as ``train_students`` does;
+    a kl_weight-0 config's teacher_probs_only control trains at 1 and T = 1 without a choice of its own."""
+    from distill.protocol import _control_job, train_student, train_students
+
+    prepared = prepare(config())
+    taught = teach(prepared, score_test=False)
+    model, result = train_student(prepared, taught, kl_weight=None, system="student")
+    job = StudentJob(prepared, taught, kl_weight=None, system="student")
+    train_students([job], batched=False)
+    assert torch.equal(torch.cat([p.reshape(-1) for p in model.parameters()]),
+                       torch.cat([p.reshape(-1) for p in job.model.parameters()]))
+    zero = prepare(config(objective={"kl_weight": 0, "temperature": "auto"}))
+    control = _control_job(zero, teach(zero, score_test=False), "teacher_probs_only")
+    assert (control.kl_weight, control.temperature) == (1.0, 1.0) and control.knobs() == (1.0, 1.0)
