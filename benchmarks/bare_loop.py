@@ -367,7 +367,7 @@ def child_peak_rss(experiment: str, tracked: bool) -> dict[str, Any]:
 def source_digest() -> str:
     """SHA-256 of distill's and the students' sources: which code the numbers belong to."""
     digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("distill/*.py"), *ROOT.glob("students/*.py")]):
+    for path in sorted([*ROOT.glob("distill/*.py"), *ROOT.glob("distill/students/*.py")]):
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 

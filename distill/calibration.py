@@ -21,7 +21,7 @@ __all__ = [
 
 #: ``fit_temperature`` searches T within these bounds (in log T).
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-#: Probabilities are clamped to at least this before a log (as ``teachers.base.PROBABILITY_FLOOR``).
+#: Probabilities are clamped to at least this before a log (as ``distill.teachers.base.PROBABILITY_FLOOR``).
 _FLOOR = 1e-12
 
 

@@ -232,8 +232,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from distill.data import list_datasets
     from distill.losses import list_losses
-    from students import list_students
-    from teachers.base import list_teachers
+    from distill.students import list_students
+    from distill.teachers.base import list_teachers
 
     print("datasets: " + ", ".join(list_datasets()))
     print("teachers: " + ", ".join(list_teachers()))

@@ -191,7 +191,7 @@ class ProtocolConfig(_Section):
 def _check_kernel(value: str) -> str:
     """A GP kernel expression that parses (without eval), or ``"auto"``."""
     if value.strip() != "auto":
-        from teachers.kernels import KernelSyntaxError, parse_kernel
+        from distill.teachers.kernels import KernelSyntaxError, parse_kernel
 
         try:
             parse_kernel(value)

@@ -53,7 +53,7 @@ def mode_free(model: nn.Module) -> bool:
     and torch.nn layers, none of them dropout or normalisation (a custom layer may read ``self.training``)."""
     for module in model.modules():
         origin = type(module).__module__
-        if not origin.startswith(("torch.nn.modules.", "students.")):
+        if not origin.startswith(("torch.nn.modules.", "distill.students.")):
             return False
         if isinstance(module, (_DropoutNd, _NormBase)):
             return False

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import students
+from distill import students
 from distill.config import AUTO, Config, config_dict, expand_sweep
 from distill.cache import SoftTargetCache, array_digest
 from distill.calibration import labelled_folds
@@ -51,7 +51,7 @@ from distill.seeding import configure_threads, resolve_device, seed_everything, 
 from distill.tracking import resolve_tracking_uri
 from distill.teacher_cv import TeacherProblem, cross_fit
 from distill.weight_init import apply_init
-from teachers.base import Teacher, create_teacher
+from distill.teachers.base import Teacher, create_teacher
 
 __all__ = [
     "Prepared",

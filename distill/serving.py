@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import students
+from distill import students
 from distill.errors import UserError
 from distill.metrics import probabilities
 from distill.registry import is_import_path

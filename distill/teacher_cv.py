@@ -26,7 +26,7 @@ from distill.calibration import (
     labelled_folds,
     log_loss,
 )
-from teachers.base import PROBABILITY_FLOOR, Teacher
+from distill.teachers.base import PROBABILITY_FLOOR, Teacher
 
 __all__ = ["CrossFitted", "cross_fit", "CandidateFactory", "TeacherProblem"]
 

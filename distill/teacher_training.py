@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import distill
-import students
+from distill import students
 from distill.cache import array_digest
 from distill.config import Config, config_dict, flatten
 from distill.data import draw_stratified, fit_scaler, load_dataset

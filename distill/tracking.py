@@ -458,7 +458,7 @@ class MlflowTracker(Tracker):
                     signature=signature,
                     input_example=example,
                     serialization_format="pickle",
-                    code_paths=[str(package_root / "distill"), str(package_root / "students")],
+                    code_paths=[str(package_root / "distill")],
                     extra_files=[str(checkpoint)],
                     pip_requirements=_requirements(),
                     metadata={"classes": list(classes), "output": "class probabilities, column c = classes[c]"},

@@ -33,7 +33,7 @@ import pandas as pd
 import pytest
 import torch
 
-import students
+from distill import students
 from distill.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

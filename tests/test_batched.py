@@ -21,7 +21,7 @@ from distill.member_objective import MemberObjective
 from distill.members import StackedMembers, stack_problem
 from distill.objective import distillation_loss, hard_loss
 from distill.protocol import run_protocol
-from students import build
+from distill.students import build
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5

@@ -12,7 +12,7 @@ import pytest
 import torch
 from numpy.testing import assert_array_equal
 
-import students
+from distill import students
 from distill.cache import SoftTargetCache
 from distill.cli import main
 from distill.data import load_dataset

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-import students
+from distill import students
 from distill.cli import main
 from distill.config import load_config
 from distill.data import Scaler

@@ -24,7 +24,7 @@ from distill.engine import (
 )
 from distill.metrics import METRICS
 from distill.objective import hard_loss
-from students import build
+from distill.students import build
 
 pytestmark = pytest.mark.filterwarnings("ignore:No (positive|negative) samples in targets:UserWarning")
 

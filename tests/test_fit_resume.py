@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distill.engine import FitInterrupted, FitSettings, fit_many
-from students import build
+from distill.students import build
 from tests.test_batched import _data
 
 pytestmark = pytest.mark.filterwarnings("ignore:No (positive|negative) samples in targets:UserWarning")

@@ -143,7 +143,7 @@ STRING_HINTS: dict[str, st.SearchStrategy[str]] = {
     "teacher.checkpoint": _hint(["missing/student.pt"], ["", "mi\nssing.pt"]),
     "teacher.uri": _hint(["runs:/0123/model", "models:/x/1"], [""]),
     "teacher.arch": _hint(["mlp", "cnn"], ["nope"]),
-    "student.arch": _hint(["mlp", "students.mlp:MLP"], ["cnn", "nope", "os:getcwd", "a:b:c", "a\nb", ""]),
+    "student.arch": _hint(["mlp", "distill.students.mlp:MLP"], ["cnn", "nope", "os:getcwd", "a:b:c", "a\nb", ""]),
     "train.device": _hint(["auto", "cpu"], ["cuda", "cuda:0", "cuda:7", "mps", "tpu", "CPU", "cuda:", ""]),
     "train.early_stopping.monitor": _hint(["val_loss", "val_accuracy", "train_loss"], ["loss", "val\nloss", ""]),
 }

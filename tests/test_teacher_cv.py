@@ -21,7 +21,7 @@ from distill.cli import main
 from distill.config import ConfigError, validate_config
 from distill.protocol import TEACHER_FOLDS, prepare, teach
 from distill.teacher_cv import cross_fit
-from teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher
+from distill.teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher
 
 
 def _linear_problem(seed: int = 0, n_fit: int = 24, n_other: int = 30, k: int = 3) -> dict[str, np.ndarray]:

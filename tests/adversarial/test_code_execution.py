@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import students
+from distill import students
 from distill.cli import main
 from distill.registry import UnsafeImportError, has_methods, import_class
 from tests.adversarial.evil_files import pt2_with_pickled_sample_inputs, pt2_with_pickled_weight

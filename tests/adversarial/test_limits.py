@@ -473,7 +473,7 @@ def test_every_int_key_has_an_upper_bound_that_is_inclusive(key: str) -> None:
 ])
 def test_the_meta_device_count_equals_the_real_parameter_count(arch: str, in_shape, kwargs) -> None:
     """The size limit counts on the meta device; the count is the real model's, with nothing allocated."""
-    import students
+    from distill import students
     from distill.config import validate_config
     from distill.data import Dataset
     from distill.protocol import _student_size

@@ -32,7 +32,7 @@ from distill.errors import ConfigError, DataError, UserError
 from distill.member_objective import MemberObjective
 from distill.objective import distillation_loss
 from distill.protocol import _teacher_kwargs, run_protocol
-from students import build
+from distill.students import build
 
 ROOT = Path(__file__).resolve().parents[2]
 

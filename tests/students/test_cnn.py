@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from students import StudentArgumentError, build
-from students.cnn import CNN
-from students.mlp import ACTIVATIONS
+from distill.students import StudentArgumentError, build
+from distill.students.cnn import CNN
+from distill.students.mlp import ACTIVATIONS
 
 DIGITS = (1, 8, 8)
 MNIST = (1, 28, 28)

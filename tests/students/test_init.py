@@ -17,7 +17,7 @@ import scipy.stats
 import torch
 from torch import nn
 
-import students
+from distill import students
 from distill.config import InitConfig, validate_config
 from distill.errors import ConfigError
 from distill.protocol import build_student, prepare, run_protocol

@@ -12,9 +12,9 @@ from distill.registry import UnsafeImportError
 import torch
 from torch import nn
 
-import students
-from students import STUDENTS, StudentArgumentError, build, list_students, num_outputs_for, register_student
-from students.mlp import ACTIVATIONS, MLP
+from distill import students
+from distill.students import STUDENTS, StudentArgumentError, build, list_students, num_outputs_for, register_student
+from distill.students.mlp import ACTIVATIONS, MLP
 
 IN_FEATURES = 6
 # Students that need images get an image shape; every other student is built on a table (IN_FEATURES,).

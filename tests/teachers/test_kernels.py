@@ -17,7 +17,7 @@ from sklearn.gaussian_process.kernels import (
     WhiteKernel,
 )
 
-from teachers.kernels import KERNELS, KernelSyntaxError, parse_kernel
+from distill.teachers.kernels import KERNELS, KernelSyntaxError, parse_kernel
 
 X = np.array([[0.0, 1.0], [0.5, -0.3], [2.0, 0.7], [-1.2, 1.5]])
 Y = np.array([[1.0, 0.0], [0.1, 0.2]])

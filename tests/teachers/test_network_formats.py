@@ -15,12 +15,12 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-import students
+from distill import students
 from distill.cli import main
 from distill.config import validate_config
 from distill.data import load_dataset
 from distill.protocol import prepare, teach
-from teachers.base import create_teacher
+from distill.teachers.base import create_teacher
 
 # TorchScript is deprecated in torch but still a format users have; its warnings are not this file's subject.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")

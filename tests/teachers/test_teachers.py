@@ -18,7 +18,7 @@ from sklearn.datasets import load_breast_cancer, load_iris
 from sklearn.gaussian_process import GaussianProcessClassifier
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel
 
-from teachers.base import (
+from distill.teachers.base import (
     PROBABILITY_FLOOR,
     TEACHERS,
     NotFittedError,
@@ -28,8 +28,8 @@ from teachers.base import (
     probabilities_to_logits,
     register_teacher,
 )
-from teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher, auto_kernel
-from teachers.kernels import parse_kernel
+from distill.teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher, auto_kernel
+from distill.teachers.kernels import parse_kernel
 
 # --------------------------------------------------------------------------- tiny data
 
@@ -69,7 +69,7 @@ def _network_teacher(num_classes: int) -> Teacher:
 
     import torch
 
-    import students
+    from distill import students
     from distill.serving import CHECKPOINT_FORMAT
 
     x, y, _ = DATASETS["iris" if num_classes == 3 else "breast_cancer"]()

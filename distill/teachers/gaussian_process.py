@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from distill.registry import has_methods, import_class
-from teachers.base import NotFittedError, probabilities_to_logits, register_teacher
-from teachers.kernels import parse_kernel
+from distill.teachers.base import NotFittedError, probabilities_to_logits, register_teacher
+from distill.teachers.kernels import parse_kernel
 
 __all__ = ["EstimatorTeacher", "GaussianProcessTeacher", "auto_kernel"]
 

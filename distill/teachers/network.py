@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from distill.safeload import load_export_program, load_weights_only
-from teachers.base import NotFittedError, probabilities_to_logits, register_teacher
+from distill.teachers.base import NotFittedError, probabilities_to_logits, register_teacher
 
 __all__ = ["NetworkTeacher", "file_digest"]
 
@@ -239,7 +239,7 @@ class NetworkTeacher:
         return module.to(self.device).eval(), info
 
     def _from_state_dict(self, path: Path) -> nn.Module:
-        import students
+        from distill import students
 
         if not self.arch:
             raise ValueError(

@@ -20,7 +20,7 @@ Grammar (``*`` binds tighter than ``+``; parentheses group)::
     number   := ["+" | "-"] INT | FLOAT      (scientific notation allowed: 1e-3)
 
 Example:
-    >>> from teachers.kernels import parse_kernel
+    >>> from distill.teachers.kernels import parse_kernel
     >>> parse_kernel("1.0 * RBF(length_scale=2.0) + WhiteKernel(0.1)")
     1**2 * RBF(length_scale=2) + WhiteKernel(noise_level=0.1)
 """

@@ -64,8 +64,8 @@ def create_teacher(kind: str, **kwargs: Any) -> Teacher:
 
 
 def _load_builtin() -> None:
-    import teachers.gaussian_process  # noqa: F401  (registers gaussian_process and sklearn)
-    import teachers.network  # noqa: F401  (registers network)
+    import distill.teachers.gaussian_process  # noqa: F401  (registers gaussian_process and sklearn)
+    import distill.teachers.network  # noqa: F401  (registers network)
 
 
 def probabilities_to_logits(proba: np.ndarray) -> np.ndarray:

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from students import StudentArgumentError, register_student
-from students.mlp import ACTIVATIONS
+from distill.students import StudentArgumentError, register_student
+from distill.students.mlp import ACTIVATIONS
 
 __all__ = ["CNN", "PADDINGS"]
 

@@ -40,8 +40,8 @@ def list_students() -> list[str]:
 
 
 def _load_builtin() -> None:
-    import students.cnn  # noqa: F401
-    import students.mlp  # noqa: F401
+    import distill.students.cnn  # noqa: F401
+    import distill.students.mlp  # noqa: F401
 
 
 def num_outputs_for(num_classes: int, hard: str = "auto") -> int:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from students import StudentArgumentError, register_student
+from distill.students import StudentArgumentError, register_student
 
 __all__ = ["MLP", "ACTIVATIONS"]
 
