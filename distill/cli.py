@@ -130,98 +130,68 @@ def _setup_logging(quiet: bool) -> None:
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False) and sys.stdout.isatty()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from distill.config import load_config
-    from distill.runner import result_text, run_experiment
+    import distill
 
-    progress = not args.quiet and sys.stdout.isatty()
     if args.resume is not None:
-        from distill.runner import resumable_config
-
         if args.experiment is not None or _overrides(args) or args.output is not None:
             raise UserError("--resume RUN_DIR takes no experiment file, --set, --seed, --episodes, --device or "
                             "--output: the run continues with its own config.toml")
-        config = resumable_config(args.resume)
-        run_dir, summary = run_experiment(config, output=args.resume, progress=progress, track=not args.no_track,
-                                          resume=True)
+        result = distill.resume(args.resume, progress=_progress(args), track=not args.no_track)
     else:
         if args.experiment is None:
             raise UserError("run needs an experiment file (or --resume RUN_DIR)")
-        config = load_config(args.experiment, _overrides(args))
-        run_dir, summary = run_experiment(config, output=args.output, progress=progress, track=not args.no_track)
-    print(result_text(summary))
-    print(f"run directory: {run_dir}")
-    if summary.get("mlflow_run_id"):
-        print(f"MLflow run: {summary['mlflow_run_id']} (model {summary.get('mlflow_model_uri')})")
+        config = distill.load_config(args.experiment, _overrides(args))
+        result = distill.run(config, output=args.output, progress=_progress(args), track=not args.no_track)
+    print(result.table())
+    print(f"run directory: {result.run_dir}")
+    if result.mlflow_run_id:
+        print(f"MLflow run: {result.mlflow_run_id} (model {result.summary.get('mlflow_model_uri')})")
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from distill.config import load_config
-    from distill.protocol import prepare_protocol
-    from distill.runner import describe_plan
+    import distill
 
-    from distill.tracking import preflight
-
-    config = load_config(args.experiment, _overrides(args))
-    first = prepare_protocol(config)
-    if not args.no_track and config.tracking.enabled:
-        preflight(config)  # what run checks before writing anything: a dead server, a corrupt store
-    print(describe_plan(first[0]))
+    config = distill.load_config(args.experiment, _overrides(args))
+    print(distill.check(config, track=not args.no_track))
     print("ok: config and data are valid")
     return 0
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from distill.config import load_config
-    from distill.errors import ConfigError
-    from distill.tuning import run_tuning, tuning_table
+    import distill
 
-    from distill.config import MAX_SECONDS, MAX_THREADS, MAX_TRIALS
-
-    config = load_config(args.experiment, _overrides(args))
-    for flag, value, limit in (("--trials", args.trials, MAX_TRIALS), ("--jobs", args.jobs, MAX_THREADS)):
-        if value is not None and not 1 <= value <= limit:
-            raise ConfigError(f"{flag} must be between 1 and {limit}, got {value}")
-    if args.timeout is not None and not 0 < args.timeout <= MAX_SECONDS:  # also refuses nan and inf
-        raise ConfigError(f"--timeout must be > 0 and <= {MAX_SECONDS:g} seconds, got {args.timeout}")
-    result = run_tuning(
-        config,
-        trials=args.trials,
-        timeout=args.timeout,
-        study_name=args.study,
-        storage=args.storage,
-        jobs=args.jobs,
-        seed=args.seed,
-        output=args.output,
-        track=not args.no_track,
-        progress=not args.quiet and sys.stdout.isatty(),
-    )
-    print(tuning_table(result.summary))
+    config = distill.load_config(args.experiment, _overrides(args))
+    result = distill.tune(config, trials=args.trials, timeout=args.timeout, study=args.study, storage=args.storage,
+                          jobs=args.jobs, seed=args.seed, output=args.output, track=not args.no_track,
+                          progress=_progress(args))
+    print(result.table())
     print(f"run directory: {result.run_dir}")
     return 0
 
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
-    from distill.config import load_config
-    from distill.teacher_training import train_teacher
+    import distill
 
-    config = load_config(args.experiment, _overrides(args))
-    path, summary = train_teacher(
-        config, output=args.output, progress=not args.quiet and sys.stdout.isatty(), track=not args.no_track
-    )
-    test = summary["test"]
+    config = distill.load_config(args.experiment, _overrides(args))
+    result = distill.train_teacher(config, output=args.output, progress=_progress(args), track=not args.no_track)
+    summary, test = result.summary, result.test
     print(f"teacher {summary['arch']}: test accuracy {test['accuracy']:.4f}, macro-F1 {test['f1_macro']:.4f}, "
           f"ECE {test['ece']:.4f} on {summary['rows']['heldout_test']} held-out rows")
-    print(f"checkpoint: {path}")
+    print(f"checkpoint: {result.checkpoint}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from distill.predict import predict_csv
+    import distill
 
-    result = predict_csv(args.source, args.data, args.output, args.tracking_uri, trusted_archs=args.arch,
-                         force=args.force)
+    result = distill.predict(args.source, args.data, trusted_archs=args.arch, tracking_uri=args.tracking_uri,
+                             output=args.output, force=args.force)
     if args.output is None:
         result.to_csv(sys.stdout, index=False, float_format="%.6g")
     else:
@@ -230,15 +200,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from distill.data import list_datasets
-    from distill.losses import list_losses
-    from distill.students import list_students
-    from distill.teachers.base import list_teachers
+    import distill
 
-    print("datasets: " + ", ".join(list_datasets()))
-    print("teachers: " + ", ".join(list_teachers()))
-    print("students: " + ", ".join(list_students()) + ", or module:Class")
-    print("losses:   " + ", ".join(list_losses()) + " (objective.hard; auto = bce for two classes, else ce)")
+    names = distill.registered()
+    print("datasets: " + ", ".join(names["datasets"]))
+    print("teachers: " + ", ".join(names["teachers"]))
+    print("students: " + ", ".join(names["students"]) + ", or module:Class")
+    print("losses:   " + ", ".join(names["losses"]) + " (objective.hard; auto = bce for two classes, else ce)")
     return 0
 
 

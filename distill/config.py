@@ -127,7 +127,7 @@ class DataConfig(_Section):
             raise ValueError(
                 f"must look like 'sklearn:NAME', 'csv:PATH', 'npz:PATH' or 'idx:DIR', got {value!r}"
             )
-        if scheme not in {"sklearn", "csv", "npz", "idx"}:
+        if scheme not in {"sklearn", "csv", "npz", "idx", "memory"}:  # memory: distill.run(config, data=...)
             raise ValueError(f"scheme must be one of 'sklearn', 'csv', 'npz', 'idx', got {scheme!r} in {value!r}")
         return value
 

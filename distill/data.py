@@ -31,6 +31,8 @@ __all__ = [
     "check_scaled",
     "check_float32",
     "label_classes",
+    "dataset_from_frame",
+    "dataset_from_arrays",
     "augment_rows",
 ]
 
@@ -101,6 +103,9 @@ def load_dataset(source: str, label: str = "label") -> Dataset:
     The check: finite features, at least two classes, some rows.
     """
     scheme, _, rest = source.partition(":")
+    if scheme == "memory":
+        raise DataError(f"data.source '{source}' names data that was in memory when the run was made; pass the data "
+                        "again: distill.run(config, data=(X, y)) or data=DataFrame")
     if scheme == "csv":
         dataset = load_csv(Path(rest), label)
     elif scheme == "npz":
@@ -141,35 +146,76 @@ def read_csv_frame(path: Path, text_columns: tuple[str, ...] = ()) -> Any:
 
 def load_csv(path: Path, label: str) -> Dataset:
     """A CSV with a header row: the ``label`` column holds classes, every other column a number."""
+    frame = read_csv_frame(path, (label,))
+    return dataset_from_frame(frame, label, name=f"csv:{path}", where=f"data file '{path}'", line_offset=2)
+
+
+def dataset_from_frame(frame: Any, label: str, *, name: str, where: str, line_offset: int = 0) -> Dataset:
+    """A table (a DataFrame) with a ``label`` column of classes and numeric feature columns as a Dataset.
+
+    A CSV file and a DataFrame go through this one function, so the same table gives the same numbers
+    either way. Labels are read as text (``label_classes``): ``1`` and ``1.0`` are one class.
+    ``line_offset`` turns a row index into the file's line number in messages (2 for a CSV with a header).
+    """
     import pandas as pd
 
-    frame = read_csv_frame(path, (label,))
     if frame.shape[0] == 0:
-        raise DataError(f"data file '{path}' has a header but no rows")
+        raise DataError(f"{where} has a header but no rows" if line_offset else f"{where} has no rows")
     if label not in frame.columns:
         shown = ", ".join(map(str, frame.columns[:10])) + (", ..." if frame.shape[1] > 10 else "")
-        raise DataError(
-            f"data file '{path}' has no label column '{label}' (data.label); columns: {shown}"
-        )
+        raise DataError(f"{where} has no label column '{label}' (data.label); columns: {shown}")
+    frame = frame.copy(deep=False)
     labels = frame.pop(label)
     if labels.isna().any():
-        row = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 2
-        raise DataError(f"data file '{path}': label column '{label}' is empty at line {row}")
+        row = int(np.flatnonzero(labels.isna().to_numpy())[0]) + line_offset
+        at = f"line {row}" if line_offset else f"row {row}"
+        raise DataError(f"{where}: label column '{label}' is empty at {at}")
     if frame.shape[1] == 0:
-        raise DataError(f"data file '{path}' has no feature columns besides '{label}'")
+        raise DataError(f"{where} has no feature columns besides '{label}'")
     bad = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if bad:
-        raise DataError(
-            f"data file '{path}': feature column(s) {', '.join(repr(b) for b in bad[:5])} are not numeric"
-        )
-    y, classes = label_classes(labels.astype(str).to_numpy(), f"data file '{path}': label column '{label}'")
+        raise DataError(f"{where}: feature column(s) {', '.join(repr(b) for b in bad[:5])} are not numeric")
+    y, classes = label_classes(labels.astype(str).to_numpy(), f"{where}: label column '{label}'")
     return Dataset(
-        name=f"csv:{path}",
+        name=name,
         x=frame.to_numpy(dtype=np.float64),
         y=y,
         classes=classes,
         feature_names=[str(c) for c in frame.columns],
     )
+
+
+def dataset_from_arrays(x: Any, y: Any, *, name: str = "memory:arrays") -> Dataset:
+    """``(X, y)`` in memory as a Dataset: ``X`` ``[N, D]`` (or ``[N, H, W]`` / ``[N, C, H, W]`` images,
+    kept flat) numbers or a DataFrame of numeric columns; ``y`` ``[N]`` class labels of any type, read
+    as text like a CSV's label column (so arrays and the same table in a CSV give the same classes)."""
+    where = "data (X, y)"
+    names: list[str] = []
+    if hasattr(x, "columns") and hasattr(x, "to_numpy"):  # a DataFrame of features
+        names = [str(c) for c in x.columns]
+    try:
+        features = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: X must be numbers: {str(exc).splitlines()[0]}") from None
+    labels = np.asarray(y)
+    if features.ndim < 2:
+        raise DataError(f"{where}: X must have one row per example ([N, D]), got shape {features.shape}")
+    if labels.ndim != 1:
+        labels = labels.reshape(-1) if labels.ndim == 2 and 1 in labels.shape else labels
+    if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+        raise DataError(f"{where}: y must be one label per row of X ({features.shape[0]}), got shape {labels.shape}")
+    if labels.dtype.kind == "O" and any(v is None or (isinstance(v, float) and np.isnan(v)) for v in labels):
+        raise DataError(f"{where}: y holds a missing label (None or NaN)")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        raise DataError(f"{where}: y holds NaN or infinity; a label must be a finite number or a name")
+    image = _image_shape(features.shape)
+    if features.ndim > 4:
+        raise DataError(f"{where}: X has {features.ndim} dimensions; tables are [N, D], images [N, H, W] or [N, C, H, W]")
+    flat = features.reshape(features.shape[0], -1)
+    text = np.array([str(v) for v in labels.tolist()], dtype=str) if labels.dtype.kind != "U" else labels
+    codes, classes = label_classes(text, f"{where}: y")
+    return Dataset(name=name, x=flat, y=codes, classes=classes,
+                   feature_names=names or [f"x{i}" for i in range(flat.shape[1])], image_shape=image)
 
 
 def _exact_number(text: str) -> Decimal | None:

@@ -92,6 +92,18 @@ class Prepared:
     hard: str
     student_parameters: int
     load_seconds: float
+    #: a teacher given as a Python object (``distill.run(config, teacher=...)``): makes a fresh Teacher
+    #: per call, used instead of ``teacher.kind``; None: the config's teacher
+    teacher: "TeacherFactory | None" = None
+
+
+#: Builds a fresh Teacher for a teacher given in Python (see ``distill.teachers.given``).
+TeacherFactory = Callable[[], Teacher]
+
+
+def _new_teacher(kind: str, kwargs: dict[str, Any], given: TeacherFactory | None) -> Teacher:
+    """A teacher of ``kind`` built from ``kwargs``, or the one given in Python."""
+    return given() if given is not None else create_teacher(kind, **kwargs)
 
 
 @dataclass
@@ -139,11 +151,15 @@ def _teacher_kwargs(config: Config, dataset: Dataset, device: str = "cpu") -> di
     }
 
 
-def _teacher_candidates(config: Config, dataset: Dataset, device: str = "cpu") -> list[tuple[str, str, dict[str, Any]]]:
+def _teacher_candidates(config: Config, dataset: Dataset, device: str = "cpu",
+                        given: TeacherFactory | None = None) -> list[tuple[str, str, dict[str, Any]]]:
     """``(name, kind, kwargs)`` of every teacher ``teach`` fits: the one teacher, or (``teacher.kind`` auto /
-    ensemble) each of ``teacher.candidates``, named uniquely (``random_forest``, ``random_forest#2``, ...)."""
+    ensemble) each of ``teacher.candidates``, named uniquely (``random_forest``, ``random_forest#2``, ...).
+    A teacher ``given`` in Python is the one teacher."""
     base = _teacher_kwargs(config, dataset, device)
     t = config.teacher
+    if given is not None:
+        return [("given", "given", base)]
     if t.kind not in ("auto", "ensemble"):
         return [(t.kind, t.kind, base)]
     out: list[tuple[str, str, dict[str, Any]]] = []
@@ -174,9 +190,9 @@ def _candidate_problem(config: Config, index: int | None, message: str) -> str:
 TEACHER_FOLDS = 3
 
 
-def _teacher_heldout_rows(config: Config, dataset: Dataset) -> np.ndarray | None:
+def _teacher_heldout_rows(config: Config, dataset: Dataset, given: TeacherFactory | None = None) -> np.ndarray | None:
     """Rows a distill-trained network teacher never saw, so that test rows stay unseen by it too."""
-    if config.teacher.kind != "network":
+    if config.teacher.kind != "network" or given is not None:
         return None
     from distill.teacher_training import data_hash
 
@@ -284,13 +300,16 @@ def _scaling_problems(config: Config, dataset: Dataset, split: Split, scaler: Sc
             f"{scaled[at, col]}, outside the float32 range the student computes in; check the data's extreme values"]
 
 
-def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
-    """Load and check the data, draw the split, and check teacher, student and objective against it."""
+def prepare(config: Config, dataset: Dataset | None = None, teacher: TeacherFactory | None = None) -> Prepared:
+    """Load and check the data, draw the split, and check teacher, student and objective against it.
+
+    ``dataset``: data already loaded (else ``data.source``); ``teacher``: a teacher given in Python
+    (else ``teacher.kind``)."""
     started = time.perf_counter()
     if dataset is None:
         dataset = load_dataset(config.data.source, config.data.label)
     fs = config.few_shot
-    heldout = _teacher_heldout_rows(config, dataset)
+    heldout = _teacher_heldout_rows(config, dataset, teacher)
     split = split_dataset(
         dataset,
         test_size=config.data.test_size,
@@ -309,13 +328,13 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
         problems.append(f"objective.hard = 'bce' needs two classes, but {config.data.source} has {k}; use 'ce'")
     num_outputs = students.num_outputs_for(k, hard)
     problems.extend(_objective_problems(config, hard, k))
-    several = config.teacher.kind in ("auto", "ensemble")
-    for i, (_, kind, kwargs) in enumerate(_teacher_candidates(config, dataset)):
+    several = config.teacher.kind in ("auto", "ensemble") and teacher is None
+    for i, (_, kind, kwargs) in enumerate(_teacher_candidates(config, dataset, given=teacher)):
         index = i if several else None
         try:  # every candidate teacher is checked before anything is fit
-            teacher = create_teacher(kind, **kwargs)
-            if hasattr(teacher, "check"):  # e.g. a network teacher: classes and input shape, before training
-                teacher.check(dataset.in_shape)
+            candidate = _new_teacher(kind, kwargs, teacher)
+            if hasattr(candidate, "check"):  # e.g. a network teacher: classes and input shape, before training
+                candidate.check(dataset.in_shape)
         except UserError as exc:
             problems.extend(_candidate_problem(config, index, p) for p in exc.problems)
         except (ValueError, KeyError) as exc:
@@ -379,6 +398,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Prepared:
         hard=hard,
         student_parameters=student_parameters,
         load_seconds=time.perf_counter() - started,
+        teacher=teacher,
     )
 
 
@@ -552,8 +572,9 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
     timings: dict[str, float] = {}
     x = prepared.scaler.transform(data.x)
 
-    _, first_kind, first_kwargs = _teacher_candidates(config, data, str(device))[0]
-    teacher: Teacher = create_teacher(first_kind, **first_kwargs)  # auto / ensemble: the first candidate
+    given = prepared.teacher
+    _, first_kind, first_kwargs = _teacher_candidates(config, data, str(device), given)[0]
+    teacher: Teacher = _new_teacher(first_kind, first_kwargs, given)  # auto / ensemble: the first candidate
     # x is the student's (scaled) space; a network teacher may read raw features, as it was trained.
     try:
         raw = getattr(teacher, "input_space", "scaled") == "raw"
@@ -609,9 +630,9 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
         timings["soft_targets_s"] = time.perf_counter() - started
         log.debug("soft targets: cache hit %s", key[:12])
     else:
-        mode = {"auto": "auto", "ensemble": "ensemble"}.get(config.teacher.kind, "single")
-        factories = [(name, functools.partial(create_teacher, kind, **kwargs))
-                     for name, kind, kwargs in _teacher_candidates(config, data, str(device))]
+        mode = "single" if given is not None else {"auto": "auto", "ensemble": "ensemble"}.get(config.teacher.kind, "single")
+        factories = [(name, functools.partial(_new_teacher, kind, kwargs, given))
+                     for name, kind, kwargs in _teacher_candidates(config, data, str(device), given)]
         if mode == "single":  # the teacher built above first (a network is loaded once), then fresh ones
             built: list[Teacher] = [teacher]
             make = factories[0][1]
@@ -1167,11 +1188,13 @@ def soft_target_cache(config: Config) -> SoftTargetCache:
     return SoftTargetCache(config.teacher.cache_dir if config.teacher.cache else None)
 
 
-def prepare_protocol(config: Config) -> list[Prepared]:
-    """Load the data once and prepare episode 0 of every sweep value: every check, before any training."""
+def prepare_protocol(config: Config, dataset: Dataset | None = None,
+                     teacher: TeacherFactory | None = None) -> list[Prepared]:
+    """Load the data once (unless given) and prepare episode 0 of every sweep value: every check, before
+    any training. ``teacher``: a teacher given in Python, used instead of ``teacher.kind``."""
     started = time.perf_counter()
-    dataset = load_dataset(config.data.source, config.data.label)
-    first = [prepare(variant, dataset) for _, variant in expand_sweep(config)]
+    dataset = load_dataset(config.data.source, config.data.label) if dataset is None else dataset
+    first = [prepare(variant, dataset, teacher) for _, variant in expand_sweep(config)]
     for p in first:
         p.load_seconds = time.perf_counter() - started
     configure_threads(first[0].device, config.train.threads, int(dataset.x.size))
@@ -1229,7 +1252,7 @@ def run_protocol(
             if stop is not None:
                 stop.check(f"before episode {e}")
             prepared = first[i] if e == 0 else prepare(
-                variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset
+                variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset, first[i].teacher
             )
             pending.append(_plan_episode(prepared, cache, e, value, soft_cache))
             pending_bytes += _episode_bytes(pending[-1].taught, prepared.config)

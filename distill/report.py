@@ -16,6 +16,7 @@ __all__ = [
     "protocol_table",
     "sweep_table",
     "write_history",
+    "history_frame",
     "plot_learning_curves",
     "plot_confusion_matrix",
     "plot_sweep",
@@ -47,22 +48,38 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
 
 def write_history(path: Path, runs: list[tuple[dict[str, Any], list[dict[str, float]]]]) -> Path:
     """One CSV row per fit and epoch: the fit's labels (episode, seed, value, system) then its metrics."""
+    frame = history_frame(runs)
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+
+
+def history_frame(runs: list[tuple[dict[str, Any], list[dict[str, float]]]]) -> Any:
+    """``history.csv`` as a DataFrame (full precision): one row per fit and epoch, labels first."""
     import pandas as pd
 
     frames = [pd.DataFrame(rows).assign(**labels) for labels, rows in runs if rows]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["system", "epoch"])
     first = [c for c in ("episode", "seed", "value", "system", "epoch") if c in frame.columns]
-    frame = frame[first + [c for c in frame.columns if c not in first]]
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+    return frame[first + [c for c in frame.columns if c not in first]]
 
 
-def _figure():
-    import matplotlib
+class _Figures:
+    """``subplots`` / ``close`` like pyplot's, on bare ``matplotlib.figure.Figure`` objects: no pyplot, so no
+    global backend switch and no figure registry (a notebook's own plotting stays as it was)."""
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(*args: Any, figsize: tuple[float, float] | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig: Any) -> None:
+        fig.clear()
+
+
+def _figure() -> _Figures:
+    return _Figures()
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -22,7 +22,7 @@ from distill.errors import UserError
 
 __all__ = [
     "create_run_dir", "claim_run_dir", "RunDirClaim", "atomic_write", "write_text", "write_json", "attach_log_file",
-    "to_jsonable",
+    "to_jsonable", "json_text",
 ]
 
 
@@ -190,9 +190,14 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def json_text(data: dict[str, Any]) -> str:
+    """``data`` as the indented JSON that ``write_json`` writes; non-finite numbers become null."""
+    return json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as indented JSON atomically; non-finite numbers become null."""
-    return write_text(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
+    return write_text(path, json_text(data))
 
 
 def attach_log_file(path: Path, logger: logging.Logger) -> logging.Handler:

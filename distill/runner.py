@@ -10,6 +10,7 @@ import logging
 import platform
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,15 @@ from distill.interrupts import Interrupted, StopRequest
 from distill.kd_selection import selection_text, summarise_selections
 from distill.teacher_cv import teacher_summary_text
 from distill.metrics import METRICS
-from distill.protocol import EpisodeResult, Prepared, prepare_protocol, run_protocol, soft_target_cache
+from distill.data import Dataset
+from distill.protocol import (
+    EpisodeResult,
+    Prepared,
+    TeacherFactory,
+    prepare_protocol,
+    run_protocol,
+    soft_target_cache,
+)
 from distill.report import (
     SYSTEMS,
     metrics_table,
@@ -33,6 +42,7 @@ from distill.report import (
     plot_sweep,
     protocol_table,
     sweep_table,
+    history_frame,
     write_history,
 )
 from distill.serving import CHECKPOINT_FORMAT, load_checkpoint, servable_from_checkpoint
@@ -41,7 +51,7 @@ from distill.rundir import atomic_write, attach_log_file, claim_run_dir, write_j
 from distill.stats import CI_METHODS, describe, paired_difference, verdict
 from distill.weight_init import describe_init
 
-__all__ = ["run_experiment", "summarise", "save_student", "describe_plan", "result_text", "systems_of"]
+__all__ = ["run_experiment", "execute", "RunOutcome", "summarise", "save_student", "describe_plan", "result_text", "systems_of"]
 
 log = logging.getLogger("distill")
 
@@ -368,20 +378,41 @@ def resumable_config(run_dir: str | Path) -> Config:
     return load_config(run_dir / "config.toml")
 
 
+@dataclass
+class RunOutcome:
+    """What ``execute`` leaves in memory besides the run directory."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    #: ``history.csv`` at full precision
+    history: Any
+
+
 def run_experiment(
     config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True,
-    resume: bool = False,
+    resume: bool = False, dataset: Dataset | None = None, teacher: TeacherFactory | None = None,
 ) -> tuple[Path, dict[str, Any]]:
+    """``execute``, returning the run directory and the summary."""
+    outcome = execute(config, output=output, progress=progress, track=track, resume=resume, dataset=dataset,
+                      teacher=teacher)
+    return outcome.run_dir, outcome.summary
+
+
+def execute(
+    config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True,
+    resume: bool = False, dataset: Dataset | None = None, teacher: TeacherFactory | None = None,
+) -> RunOutcome:
     """Validate, then run every episode (and sweep value); write the run directory and record it to MLflow.
 
-    Returns the run directory and the summary. With tracking, the MLflow run ends FINISHED,
+    ``dataset`` replaces ``data.source`` (data from memory); ``teacher`` replaces ``teacher.kind`` (a
+    teacher given in Python). With tracking, the MLflow run ends FINISHED,
     FAILED (an exception) or KILLED (a signal), never RUNNING. SIGINT / SIGTERM stop after the
     current training step: the fit's state goes to ``checkpoints/``, ``summary.json`` says
     ``"status": "interrupted"``, and ``Interrupted`` is raised. ``resume=True`` (``output`` the run
     directory) continues such a run, or one killed outright, from its checkpoints.
     """
     started = time.perf_counter()
-    first = prepare_protocol(config)  # every config and data problem surfaces here, before anything is written
+    first = prepare_protocol(config, dataset, teacher)  # every config and data problem surfaces here, before anything is written
     tracking = track and config.tracking.enabled
     uri = preflight(config) if tracking else None  # a dead tracking server is exit 2 before anything is written
     claim = claim_run_dir(config.name, output, resume=resume,
@@ -452,7 +483,7 @@ def _to_file(handler: logging.Handler, message: str) -> None:
 
 def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: Checkpoints, meta: dict[str, Any],
             stop: StopRequest, logged: dict[str, int], tracking: bool, uri: str | None, resume: bool, progress: bool,
-            started: float, tracker_box: list[Tracker]) -> tuple[Path, dict[str, Any]]:
+            started: float, tracker_box: list[Tracker]) -> RunOutcome:
     """The body of ``run_experiment`` once the run directory is claimed (signals routed to ``stop``).
 
     After training, ``stop.check`` runs between the artifacts: a signal that came in while one was
@@ -498,6 +529,7 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
             if sweep_key is not None:
                 labels["value"] = r.value
             runs.append((labels, fit_result.history))
+    history = history_frame(runs)
     write_history(run_dir / "history.csv", runs)
     written("history.csv")
     head = results[0]  # episode 0 (first sweep value): the run repeated by --episodes 1
@@ -555,4 +587,4 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
         log.warning("%s came after the run completed; nothing is lost", stop.signal_name)
     log_files(tracker, [run_dir / "summary.json", run_dir / "log.txt"])
     tracker.finish("FINISHED")
-    return run_dir, summary
+    return RunOutcome(run_dir, summary, history)

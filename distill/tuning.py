@@ -169,7 +169,8 @@ class _TeacherCache:
 
 
 def validation_score(
-    config: Config, dataset: Any, cache: _TeacherCache, *, report: Any = None, stop: StopRequest | None = None
+    config: Config, dataset: Any, cache: _TeacherCache, *, report: Any = None, stop: StopRequest | None = None,
+    teacher: Any = None,
 ) -> tuple[float, list[float]]:
     """Mean validation ``tune.metric`` of the distilled student over the episodes (test rows never read).
 
@@ -179,7 +180,7 @@ def validation_score(
     metric = config.tune.metric
     jobs = []
     for e in range(config.protocol.episodes):
-        prepared = prepare(config.model_copy(update={"seed": episode_seed(config.seed, e)}), dataset)
+        prepared = prepare(config.model_copy(update={"seed": episode_seed(config.seed, e)}), dataset, teacher)
         jobs.append(StudentJob(prepared, cache.get(prepared), kl_weight=None, system="student"))
     # Stacked, the trial's episodes train as one model; one at a time, a pruned trial stops early.
     chunks = [jobs] if config.train.batched else [[job] for job in jobs]
@@ -206,7 +207,27 @@ class TuneResult:
     best_params: dict[str, Any]
     best_value: float
     untuned_value: float
+    #: ``tuning.json``: the study, both test comparisons, the trials
     summary: dict[str, Any]
+    #: the Optuna study (``optuna.Study``), loaded from its storage: every trial, this process's and others'
+    study: Any = None
+
+    @property
+    def best_config(self) -> Config:
+        """The experiment with the best trial's parameters (``best_config.toml``)."""
+        from distill.config import load_config
+
+        return load_config(self.run_dir / "best_config.toml")
+
+    def table(self) -> str:
+        """What the console shows after a search: best vs untuned, validation and test."""
+        return tuning_table(self.summary)
+
+    def to_json(self) -> str:
+        """``tuning.json``, exactly as written in the run directory."""
+        from distill.rundir import json_text
+
+        return json_text(self.summary)
 
 
 def _sampler(config: Config, seed: int) -> Any:
@@ -231,10 +252,7 @@ def _save_plots(study: Any, run_dir: Path) -> list[str]:
     """Optimisation history, parameter importances and slice plots as PNG (skipped when undefined)."""
     import warnings
 
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optuna draws with pyplot; each figure is closed once saved
     import optuna.visualization.matplotlib as vis
 
     from distill.rundir import atomic_write
@@ -272,8 +290,13 @@ def run_tuning(
     output: str | Path | None = None,
     track: bool = True,
     progress: bool = False,
+    dataset: Any = None,
+    teacher: Any = None,
 ) -> TuneResult:
-    """Search ``tune.space`` on validation rows, then compare best and untuned configs on the test rows."""
+    """Search ``tune.space`` on validation rows, then compare best and untuned configs on the test rows.
+
+    ``dataset`` (a ``distill.data.Dataset``) replaces ``data.source``; ``teacher`` (a factory of a
+    teacher given in Python, ``distill.protocol.TeacherFactory``) replaces ``teacher.kind``."""
     import optuna
 
     from distill.report import SYSTEMS
@@ -282,7 +305,7 @@ def run_tuning(
 
     started = time.perf_counter()
     check_tunable(config)
-    first = prepare_protocol(config)  # data and config problems surface before anything is written
+    first = prepare_protocol(config, dataset, teacher)  # data and config problems surface before anything is written
     dataset = first[0].dataset
     trials = trials if trials is not None else config.tune.trials
     timeout = timeout if timeout is not None else config.tune.timeout
@@ -342,7 +365,7 @@ def run_tuning(
                         raise optuna.TrialPruned(f"pruned after episode {episode} at mean {mean:.4f}")
 
             try:
-                value, _ = validation_score(trial_cfg, dataset, cache, report=report, stop=stop)
+                value, _ = validation_score(trial_cfg, dataset, cache, report=report, stop=stop, teacher=teacher)
             except Interrupted as exc:
                 raise Interrupted(exc.signal_name, f"in trial {trial.number} {exc.where}") from None
             return value
@@ -366,16 +389,16 @@ def run_tuning(
         with stop.installed():
             best = study.best_trial
             best_params = dict(best.params)
-            untuned_value, _ = validation_score(config, dataset, cache, stop=stop)
+            untuned_value, _ = validation_score(config, dataset, cache, stop=stop, teacher=teacher)
             log.info("best trial #%d: %s = %.4f with %s", best.number, config.tune.metric, best.value, best_params)
 
             # Honest test numbers: the best params and the untuned config, each through the whole protocol.
             best_cfg = trial_config(config, best_params)
             write_text(run_dir / "best_config.toml", to_toml(config_dict(best_cfg)))
             stop.check("after the search, before the test comparison")
-            tuned_summary = _comparison_run(run_experiment, best_cfg, run_dir / "tuned")
+            tuned_summary = _comparison_run(run_experiment, best_cfg, run_dir / "tuned", dataset, teacher)
             stop.check("after the search, during the test comparison")
-            untuned_summary = _comparison_run(run_experiment, config, run_dir / "untuned")
+            untuned_summary = _comparison_run(run_experiment, config, run_dir / "untuned", dataset, teacher)
             stop.check("after the search and the test comparison, while writing the results")
             frame = study.trials_dataframe()
             atomic_write(run_dir / "trials.csv", lambda tmp: frame.to_csv(tmp, index=False))
@@ -417,7 +440,7 @@ def run_tuning(
                     if path.is_file() and path.suffix in (".json", ".toml", ".csv", ".png", ".txt"):
                         tracker.log_artifact(path)
                 tracker.finish("FINISHED")
-            return TuneResult(run_dir, study_name, best_params, float(best.value), untuned_value, summary)
+            return TuneResult(run_dir, study_name, best_params, float(best.value), untuned_value, summary, study)
     except Interrupted as exc:
         resume = _resume_command(run_dir, study_name, storage_text, trials, len(finished_here), jobs, timeout)
         log.error("tune interrupted by %s %s; continue the study with: %s", exc.signal_name, exc.where, resume)
@@ -458,10 +481,12 @@ def run_tuning(
             claim.discard()
 
 
-def _comparison_run(run_experiment: Any, config: Config, folder: Path) -> dict[str, Any]:
+def _comparison_run(run_experiment: Any, config: Config, folder: Path, dataset: Any = None,
+                    teacher: Any = None) -> dict[str, Any]:
     """One side of the test comparison; a signal inside it is reported as the tune's own stop."""
     try:
-        summary: dict[str, Any] = run_experiment(config, output=folder, track=False)[1]
+        summary: dict[str, Any] = run_experiment(config, output=folder, track=False, dataset=dataset,
+                                                 teacher=teacher)[1]
         return summary
     except Interrupted as exc:
         raise Interrupted(exc.signal_name, f"after the search, in the test comparison run {folder.name}/ "

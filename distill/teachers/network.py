@@ -38,7 +38,7 @@ __all__ = ["NetworkTeacher", "file_digest"]
 
 @lru_cache(maxsize=8)
 def _resolve(source: str, is_uri: bool, tracking_uri: str | None) -> str:
-    from distill.predict import resolve_checkpoint
+    from distill.prediction import resolve_checkpoint
 
     return str(resolve_checkpoint(source, tracking_uri)) if is_uri else source
 

@@ -1,0 +1,453 @@
+"""The Python API: ``distill.run``, ``distill.tune`` and friends, and the results they return.
+
+Every CLI verb is a thin layer over one of these functions. They take a ``Config`` (or a dict, or a TOML
+path), data from memory or a source string, a teacher object or the config's teacher; they write the
+same run directory as the CLI and return typed results. Process-wide settings a run changes (torch and
+BLAS threads, the global random generators, MLflow's tracking URI and experiment, loggers) are put back
+when the call returns (``distill.process_state``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from distill.config import Config, load_config, validate_config
+from distill.data import Dataset, dataset_from_arrays, dataset_from_frame
+from distill.errors import ConfigError, DataError
+from distill.process_state import preserved
+from distill.tuning import TuneResult
+
+__all__ = [
+    "run", "resume", "tune", "check", "train_teacher", "predict", "registered", "as_config",
+    "RunResult", "TuneResult", "TeacherResult", "Episode", "Estimate", "Difference", "SweepPoint",
+]
+
+#: What ``config`` may be: a Config, a dict of the TOML's tables, or the path of a TOML file.
+ConfigLike = Union[Config, Mapping[str, Any], str, Path]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric over episodes: mean, standard deviation (ddof 1), 95% interval, episodes counted."""
+
+    mean: float | None
+    std: float | None
+    ci95: tuple[float, float] | None
+    n: int
+
+    @classmethod
+    def _from(cls, d: Mapping[str, Any]) -> "Estimate":
+        ci = d.get("ci95")
+        return cls(d.get("mean"), d.get("std"), tuple(ci) if ci is not None else None, int(d.get("n", 0)))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A paired per-episode difference (e.g. student minus baseline): mean, 95% interval, Wilcoxon p."""
+
+    mean: float | None
+    ci95: tuple[float, float] | None
+    p_value: float | None
+    n: int
+
+    @classmethod
+    def _from(cls, d: Mapping[str, Any]) -> "Difference":
+        ci = d.get("ci95")
+        return cls(d.get("mean"), tuple(ci) if ci is not None else None, d.get("p_value"), int(d.get("n", 0)))
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode (a few-shot draw, and a sweep value): test metrics per system and how it went."""
+
+    episode: int
+    seed: int
+    #: test metrics: ``metrics["student"]["accuracy"]``, for teacher, student, baseline and the controls
+    metrics: dict[str, dict[str, float]]
+    value: Any = None
+    kd_selection: dict[str, Any] | None = None
+    teacher: dict[str, Any] = field(default_factory=dict)
+    fits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    split: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """The results at one value of a swept key."""
+
+    value: Any
+    metrics: dict[str, dict[str, float]]
+    aggregate: dict[str, dict[str, Estimate]]
+    paired: dict[str, dict[str, Difference]]
+    verdict: str | None
+
+
+def _aggregates(block: Mapping[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Estimate]],
+                                                   dict[str, dict[str, Difference]]]:
+    aggregate = {s: {m: Estimate._from(v) for m, v in ms.items()} for s, ms in block.get("aggregate", {}).items()}
+    paired = {k: {m: Difference._from(v) for m, v in ms.items()} for k, ms in block.get("paired", {}).items()}
+    means = {s: dict(block[s]) for s in block.get("aggregate", {})}
+    return means, aggregate, paired
+
+
+@dataclass
+class RunResult:
+    """What ``distill.run`` returns: the run's numbers as attributes, the trained student, the history.
+
+    ``to_json()`` is ``summary.json`` exactly; ``table()`` the console table. Without a sweep,
+    ``metrics`` / ``aggregate`` / ``paired`` / ``verdict`` are over all episodes; with one, ``sweep`` holds
+    them per value.
+    """
+
+    run_dir: Path
+    status: str
+    #: mean test metric per system over the episodes: ``metrics["student"]["accuracy"]``
+    metrics: dict[str, dict[str, float]]
+    #: mean, std and 95% interval per system and metric
+    aggregate: dict[str, dict[str, Estimate]]
+    #: paired differences: ``paired["student_minus_baseline"]["accuracy"]``
+    paired: dict[str, dict[str, Difference]]
+    verdict: str | None
+    episodes: list[Episode] = field(repr=False)
+    sweep: list[SweepPoint] | None
+    #: what ``objective.kl_weight / temperature = "auto"`` chose, over the episodes (None: fixed numbers)
+    kd_selection: dict[str, Any] | None
+    mlflow_run_id: str | None
+    #: episode 0's student with its input scaling and softmax, in eval mode: raw features in, class
+    #: probabilities out (column ``c`` is ``student.classes[c]``); the model ``student.pt`` holds
+    student: Any = field(repr=False)
+    #: ``history.csv`` at full precision: one row per fit (episode, system) and epoch
+    history: Any = field(repr=False)
+    #: the ``summary.json`` document
+    summary: dict[str, Any] = field(repr=False)
+
+    def table(self) -> str:
+        """The console's table (and, with episodes, the verdict)."""
+        from distill.runner import result_text
+
+        return result_text(self.summary)
+
+    def to_json(self) -> str:
+        """``summary.json``, exactly as written in the run directory."""
+        from distill.rundir import json_text
+
+        return json_text(self.summary)
+
+    def predict_proba(self, x: Any) -> Any:
+        """Class probabilities ``[N, K]`` (numpy) from the student for raw feature rows."""
+        import numpy as np
+        import torch
+
+        with torch.inference_mode():
+            return self.student(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
+
+    def predict(self, x: Any) -> Any:
+        """Predicted class names for raw feature rows."""
+        import numpy as np
+
+        return np.asarray(self.student.classes, dtype=object)[self.predict_proba(x).argmax(axis=1)]
+
+    @classmethod
+    def _build(cls, run_dir: Path, summary: dict[str, Any], history: Any, arch: str) -> "RunResult":
+        from distill.serving import load_checkpoint, servable_from_checkpoint
+
+        student = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"), trusted=(arch,)).eval()
+        sweep = None
+        if "sweep" in summary:
+            sweep = []
+            for point in summary["sweep"]["points"]:
+                means, aggregate, paired = _aggregates(point)
+                sweep.append(SweepPoint(point["value"], means, aggregate, paired, point.get("verdict")))
+            means, aggregate, paired, verdict = {}, {}, {}, None
+        else:
+            means, aggregate, paired = _aggregates(summary)
+            verdict = summary.get("verdict")
+        systems = [s for s in summary["episodes"][0] if isinstance(summary["episodes"][0][s], dict)
+                   and s not in ("teacher_diagnostics", "kd_selection", "fits", "split", "timings")]
+        episodes = [Episode(episode=e["episode"], seed=e["seed"], metrics={s: dict(e[s]) for s in systems},
+                            value=e.get("value"), kd_selection=e.get("kd_selection"),
+                            teacher=e.get("teacher_diagnostics", {}), fits=e.get("fits", {}),
+                            split=e.get("split", {}), timings=e.get("timings", {}))
+                    for e in summary["episodes"]]
+        return cls(run_dir=run_dir, status=summary["status"], metrics=means, aggregate=aggregate, paired=paired,
+                   verdict=verdict, episodes=episodes, sweep=sweep, kd_selection=summary.get("kd_selection"),
+                   mlflow_run_id=summary.get("mlflow_run_id"), student=student, history=history, summary=summary)
+
+
+@dataclass
+class TeacherResult:
+    """What ``distill.train_teacher`` returns: the checkpoint it wrote and its summary."""
+
+    checkpoint: Path
+    summary: dict[str, Any]
+
+    @property
+    def test(self) -> dict[str, float]:
+        """The teacher's metrics on its held-out test rows."""
+        return dict(self.summary["test"])
+
+    def to_json(self) -> str:
+        """The summary written beside the checkpoint (``<checkpoint>.json``)."""
+        from distill.rundir import json_text
+
+        return json_text(self.summary)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def as_config(config: ConfigLike, overrides: Sequence[str] = ()) -> Config:
+    """A validated Config from a Config, a dict of the TOML's tables, or a TOML file path.
+
+    ``overrides`` are ``--set`` items (``"objective.kl_weight=0.5"``), applied to the file or dict.
+    """
+    if isinstance(config, Config):
+        if not overrides:
+            return config
+        from distill.config import config_dict
+
+        return as_config(config_dict(config), overrides)
+    if isinstance(config, (str, Path)):
+        return load_config(config, list(overrides))
+    if isinstance(config, Mapping):
+        from distill.config import _merge, parse_overrides
+
+        raw = _plain(config)
+        raw.setdefault("name", "experiment")
+        if overrides:
+            raw = _merge(raw, parse_overrides(list(overrides)))
+        return validate_config(raw)
+    raise ConfigError(f"config must be a distill Config, a dict or a TOML file path; got {type(config).__name__}")
+
+
+def _plain(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a config dict (nested mappings become dicts): the caller's dict is never changed."""
+    return {k: _plain(v) if isinstance(v, Mapping) else (list(v) if isinstance(v, (list, tuple)) else v)
+            for k, v in tree.items()}
+
+
+def _dataset(config: Config, data: Any) -> tuple[Config, Dataset | None]:
+    """The config (``data.source`` naming in-memory data) and the Dataset for ``data``; None: the source."""
+    from distill.data import check_dataset
+
+    if data is None:
+        return config, None
+    if isinstance(data, (str, Path)):
+        source = str(data)
+        if source.partition(":")[0] not in ("sklearn", "csv", "npz", "idx"):  # a bare file path: a CSV
+            source = f"csv:{source}"
+        return config.model_copy(update={"data": config.data.model_copy(update={"source": source})}), None
+    if isinstance(data, Dataset):
+        dataset, where = data, f"the Dataset {data.name!r}"
+    elif hasattr(data, "columns") and hasattr(data, "to_numpy"):  # a DataFrame with the label column
+        dataset = dataset_from_frame(data, config.data.label, name="memory:dataframe",
+                                     where="the DataFrame given as data")
+        where = f"the DataFrame given as data (label column '{config.data.label}')"
+    elif isinstance(data, tuple) and len(data) == 2:
+        dataset = dataset_from_arrays(*data)
+        where = "data (X, y)"
+    else:
+        raise DataError(f"data must be (X, y), a pandas DataFrame with the label column '{config.data.label}', or a "
+                        f"source string such as 'sklearn:iris' or 'csv:PATH'; got {type(data).__name__}")
+    check_dataset(dataset, where=where)
+    update = {"data": config.data.model_copy(update={"source": dataset.name})}
+    return config.model_copy(update=update), dataset
+
+
+def _teacher(config: Config, dataset: Dataset | None, teacher: Any) -> tuple[Config, Any]:
+    """The factory of a teacher given in Python (None: the config's), and the config without the disk
+    cache for it (an object has no identity a later process could match)."""
+    if teacher is None:
+        return config, None
+    from distill.data import load_dataset
+    from distill.teachers.given import teacher_factory
+
+    data = dataset if dataset is not None else load_dataset(config.data.source, config.data.label)
+    try:
+        factory = teacher_factory(teacher, num_classes=data.num_classes, classes=list(data.classes),
+                                  in_shape=data.in_shape, input=config.teacher.input, device="cpu")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return config.model_copy(update={"teacher": config.teacher.model_copy(update={"cache": False})}), factory
+
+
+def _progress(progress: bool | None) -> bool:
+    """``None``: a bar in a notebook or on a terminal, none in a pipe or a log file."""
+    if progress is not None:
+        return bool(progress)
+    if "ipykernel" in sys.modules:
+        return True
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _track(config: Config, track: bool | None) -> bool:
+    return config.tracking.enabled if track is None else bool(track)
+
+
+# --------------------------------------------------------------------------- verbs
+
+
+def run(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: bool | None = None,
+        output: str | Path | None = None, progress: bool | None = None) -> RunResult:
+    """Fit the teacher, the distilled student and the no-distillation baseline over the episodes.
+
+    Args:
+        config: a ``Config``, a dict of the experiment's tables (``{"objective": {"kl_weight": 1.0}}``),
+            or the path of an experiment TOML file.
+        data: ``(X, y)`` arrays, a pandas DataFrame with the label column (``data.label``, default
+            ``"label"``), or a source string (``"sklearn:iris"``, ``"csv:PATH"``); None: ``data.source``.
+        teacher: an unfitted scikit-learn classifier (refit per episode), a fitted one (used as is, on raw
+            features), or a trained ``nn.Module`` emitting logits; None: ``teacher.kind``.
+        track: record to MLflow (None: ``tracking.enabled``).
+        output: the run directory, a new or empty folder (None: ``runs/<timestamp>-<name>/``).
+        progress: progress bars (None: in a notebook or on a terminal).
+
+    Returns:
+        A ``RunResult``; the run directory holds the same as ``python -m distill run`` writes.
+
+    Raises:
+        distill.UserError: bad config, data or teacher (``.problems`` lists each, one line naming the key).
+    """
+    from distill.runner import execute
+
+    cfg, dataset = _dataset(as_config(config), data)
+    cfg, factory = _teacher(cfg, dataset, teacher)
+    with preserved():
+        outcome = execute(cfg, output=output, progress=_progress(progress), track=_track(cfg, track),
+                          dataset=dataset, teacher=factory)
+        return RunResult._build(outcome.run_dir, outcome.summary, outcome.history, cfg.student.arch)
+
+
+def resume(run_dir: str | Path, *, track: bool = True, progress: bool | None = None) -> RunResult:
+    """Continue an interrupted or killed run from its checkpoints (``python -m distill run --resume``).
+
+    A run made from in-memory data or a teacher object cannot be resumed from its folder alone.
+    """
+    from distill.runner import execute, resumable_config
+
+    cfg = resumable_config(run_dir)
+    with preserved():
+        outcome = execute(cfg, output=run_dir, progress=_progress(progress), track=track, resume=True)
+        return RunResult._build(outcome.run_dir, outcome.summary, outcome.history, cfg.student.arch)
+
+
+def tune(config: ConfigLike, *, data: Any = None, teacher: Any = None, trials: int | None = None,
+         timeout: float | None = None, study: str | None = None, storage: str | None = None, jobs: int = 1,
+         seed: int | None = None, track: bool | None = None, output: str | Path | None = None,
+         progress: bool | None = None) -> TuneResult:
+    """Search ``tune.space`` with Optuna on validation rows, then compare best and untuned on test rows.
+
+    ``data``, ``teacher``, ``track``, ``output`` and ``progress`` as for ``run``. ``trials`` (default
+    ``tune.trials``), ``timeout`` (seconds), ``study`` / ``storage`` (a journal file or an RDB URL; default
+    ``tune.study`` / ``tune.storage``), ``jobs`` (parallel trials, threads) and ``seed`` (the sampler's)
+    as ``python -m distill tune``'s flags. Returns a ``TuneResult`` with the Optuna ``study``.
+    """
+    from distill.config import MAX_SECONDS, MAX_THREADS, MAX_TRIALS
+    from distill.tuning import run_tuning
+
+    for name, value, limit in (("trials", trials, MAX_TRIALS), ("jobs", jobs, MAX_THREADS)):
+        if value is not None and not 1 <= value <= limit:
+            raise ConfigError(f"{name} (--{name}) must be between 1 and {limit}, got {value}")
+    if timeout is not None and not 0 < timeout <= MAX_SECONDS:  # also refuses nan and inf
+        raise ConfigError(f"timeout (--timeout) must be > 0 and <= {MAX_SECONDS:g} seconds, got {timeout}")
+    cfg, dataset = _dataset(as_config(config), data)
+    cfg, factory = _teacher(cfg, dataset, teacher)
+    with preserved():
+        return run_tuning(cfg, trials=trials, timeout=timeout, study_name=study, storage=storage, jobs=jobs,
+                          seed=seed, output=output, track=_track(cfg, track), progress=_progress(progress),
+                          dataset=dataset, teacher=factory)
+
+
+def check(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: bool | None = None) -> str:
+    """Validate config, data and teacher as ``run`` would, without training; returns the plan it would run.
+
+    With tracking, the MLflow store is checked too (a dead server is an error here, not after training).
+    """
+    from distill.protocol import prepare_protocol
+    from distill.runner import describe_plan
+    from distill.tracking import preflight
+
+    cfg, dataset = _dataset(as_config(config), data)
+    cfg, factory = _teacher(cfg, dataset, teacher)
+    with preserved():
+        first = prepare_protocol(cfg, dataset, factory)
+        if _track(cfg, track):
+            preflight(cfg)
+    return describe_plan(first[0])
+
+
+def train_teacher(config: ConfigLike, *, output: str | Path | None = None, track: bool | None = None,
+                  progress: bool | None = None) -> TeacherResult:
+    """Train ``teacher.arch`` (a network teacher) on all labelled rows but a held-out test split; write its
+    checkpoint (``output``, a new file; default ``teacher.checkpoint``)."""
+    from distill.teacher_training import train_teacher as _train
+
+    cfg = as_config(config)
+    with preserved():
+        path, summary = _train(cfg, output=output, progress=_progress(progress), track=_track(cfg, track))
+    return TeacherResult(Path(path), summary)
+
+
+def predict(source: Any, data: Any, *, trusted_archs: Sequence[str] = (), tracking_uri: str | None = None,
+            output: str | Path | None = None, force: bool = False) -> Any:
+    """Predicted class and per-class probabilities (a DataFrame: ``prediction``, ``p_<class>``) for each row.
+
+    ``source``: a ``RunResult``, a run directory, a ``student.pt`` file, or an MLflow model URI
+    (``models:/NAME/1``, ``runs:/ID/student``). ``data``: a DataFrame or a CSV path with the feature
+    columns the student was trained on, or an ``[N, D]`` array in training column order.
+    ``trusted_archs``: import paths of student classes you trust (a registered name needs nothing).
+    ``output``: also write the predictions to this CSV, a new file unless ``force``.
+    """
+    import numpy as np
+
+    from distill.data import read_csv_frame
+    from distill.prediction import check_output, predict_frame, resolve_checkpoint
+    from distill.rundir import atomic_write
+    from distill.serving import load_checkpoint
+
+    if output is not None:
+        check_output(output, force)  # before the model or data are read: a refused output costs nothing
+    with preserved():
+        path = source.run_dir / "student.pt" if isinstance(source, RunResult) else resolve_checkpoint(
+            str(source), tracking_uri)
+        payload = load_checkpoint(path)
+    if isinstance(data, (str, Path)):
+        frame, where = read_csv_frame(Path(data)), f"data file '{data}'"
+    elif hasattr(data, "columns"):
+        frame, where = data, "the DataFrame given as data"
+    else:
+        import pandas as pd
+
+        x = np.asarray(data, dtype=np.float64)
+        if x.ndim != 2:
+            raise DataError(f"data must be [N, D] rows of features, got shape {x.shape}")
+        names = list(payload.get("feature_names") or [f"x{i}" for i in range(x.shape[1])])
+        if len(names) != x.shape[1]:
+            raise DataError(f"data has {x.shape[1]} feature columns; the student takes {len(names)}")
+        frame, where = pd.DataFrame(x, columns=names), "the array given as data"
+    with preserved():  # building the student draws initial weights from torch's generator: put it back
+        result = predict_frame(payload, frame, where, trusted_archs)
+    if output is not None:
+        out = check_output(output, force)
+        atomic_write(out, lambda tmp: result.to_csv(tmp, index=False, float_format="%.6g"))
+    return result
+
+
+def registered() -> dict[str, list[str]]:
+    """Registered names per extension point: datasets, teachers, students, losses."""
+    from distill.data import list_datasets
+    from distill.losses import list_losses
+    from distill.students import list_students
+    from distill.teachers.base import list_teachers
+
+    return {"datasets": list_datasets(), "teachers": list_teachers(), "students": list_students(),
+            "losses": list_losses()}
+

@@ -1,0 +1,232 @@
+"""The Python API: ``distill.run`` / ``tune`` / ``check`` / ``predict`` on in-memory data and teacher objects.
+
+References are independent: the CLI on the same data written to CSV, scikit-learn's own estimators on
+the same test rows, and the process settings read before the call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.datasets import load_breast_cancer, load_iris
+from sklearn.linear_model import LogisticRegression
+
+import distill
+from distill.cli import main
+from distill.protocol import prepare
+
+#: small and fixed: a few seconds a run; the KL term fixed (the "auto" choice is tested elsewhere)
+SETTINGS: dict[str, Any] = {
+    "name": "api",
+    "seed": 3,
+    "data": {"scale": "standard", "test_size": 60},
+    "few_shot": {"labelled": 12, "validation": 0},
+    "protocol": {"episodes": 2},
+    "teacher": {"kind": "sklearn", "estimator": "sklearn.linear_model:LogisticRegression", "cache": False},
+    "student": {"hidden": [8]},
+    "objective": {"kl_weight": 1.0, "temperature": 2.0},
+    "train": {"epochs": 15, "batch_size": 4, "threads": 1},
+    "tracking": {"enabled": False},
+}
+
+
+def _toml(tree: dict[str, Any]) -> str:
+    from distill.config import to_toml
+
+    return to_toml(tree)
+
+
+@pytest.fixture(scope="module")
+def cancer() -> tuple[np.ndarray, np.ndarray]:
+    x, y = load_breast_cancer(return_X_y=True)
+    return x, y
+
+
+def _episode_numbers(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    systems = ("teacher", "student", "baseline")
+    return [{s: e[s] for s in systems} for e in summary["episodes"]]
+
+
+def test_arrays_give_the_numbers_the_cli_gives_on_the_same_data_as_csv(tmp_path: Path, cancer, capsys) -> None:
+    x, y = cancer
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
+    frame["label"] = y
+    csv = tmp_path / "cancer.csv"
+    frame.to_csv(csv, index=False)  # pandas writes each float's shortest exact repr
+    experiment = tmp_path / "api.toml"
+    experiment.write_text(_toml({**SETTINGS, "data": {**SETTINGS["data"], "source": f"csv:{csv}"}}))
+    assert main(["run", str(experiment), "-o", str(tmp_path / "cli"), "--no-track", "-q"]) == 0
+    cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
+
+    result = distill.run(SETTINGS, data=(x, y), output=tmp_path / "api", progress=False)
+    assert _episode_numbers(result.summary) == _episode_numbers(cli)
+    assert result.metrics["student"] == {m: cli["student"][m] for m in result.metrics["student"]}
+    cli_student = torch.load(tmp_path / "cli" / "student.pt", weights_only=True)["state_dict"]
+    for name, tensor in result.student.student.state_dict().items():
+        assert torch.equal(tensor, cli_student[name]), name
+    # the DataFrame path: the same table, the same numbers
+    framed = distill.run(SETTINGS, data=frame, output=tmp_path / "frame", progress=False)
+    assert _episode_numbers(framed.summary) == _episode_numbers(cli)
+    assert "run directory" in capsys.readouterr().out
+
+
+def test_run_result_is_typed_and_to_json_is_summary_json(tmp_path: Path, cancer) -> None:
+    x, y = cancer
+    result = distill.run(SETTINGS, data=(x, y), output=tmp_path / "r", progress=False)
+    assert isinstance(result, distill.RunResult)
+    assert result.to_json() == (tmp_path / "r" / "summary.json").read_text()
+    assert result.status == "completed" and len(result.episodes) == 2
+    student = [e.metrics["student"]["accuracy"] for e in result.episodes]
+    assert result.aggregate["student"]["accuracy"].mean == pytest.approx(np.mean(student), abs=1e-12)
+    assert result.aggregate["student"]["accuracy"].n == 2
+    differences = [e.metrics["student"]["accuracy"] - e.metrics["baseline"]["accuracy"] for e in result.episodes]
+    assert result.paired["student_minus_baseline"]["accuracy"].mean == pytest.approx(np.mean(differences), abs=1e-12)
+    table = result.table().splitlines()
+    student_row = next(line for line in table if line.startswith("student "))
+    assert f"{result.metrics['student']['accuracy']:.3f}" in student_row and table[-1] == result.verdict
+    history = pd.read_csv(tmp_path / "r" / "history.csv")
+    assert list(result.history.columns) == list(history.columns) and len(result.history) == len(history)
+    np.testing.assert_allclose(result.history["train_loss"], history["train_loss"], rtol=1e-5)
+    # .student: raw features in, probabilities out; the same as predict on the run directory
+    probs = result.predict_proba(x[:20])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    frame = distill.predict(tmp_path / "r", pd.DataFrame(x[:20], columns=[f"x{i}" for i in range(30)]))
+    np.testing.assert_allclose(frame[["p_0", "p_1"]].to_numpy(), probs, rtol=1e-6)
+    assert list(frame["prediction"]) == list(result.predict(x[:20]))
+
+
+def test_config_as_dict_path_or_config_is_one_experiment(tmp_path: Path, cancer) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text(_toml(SETTINGS))
+    from_dict, from_path = distill.api.as_config(SETTINGS), distill.load_config(path)
+    assert from_dict == from_path == distill.api.as_config(from_path)
+    assert distill.api.as_config(SETTINGS, ["objective.kl_weight=0.5"]).objective.kl_weight == 0.5
+    assert SETTINGS["objective"]["kl_weight"] == 1.0  # the caller's dict is not changed
+
+
+def _test_rows(config: dict[str, Any], x: np.ndarray, y: np.ndarray, episode: int) -> np.ndarray:
+    """The test rows of an episode, drawn as the run draws them (seed + episode)."""
+    cfg = distill.api.as_config({**config, "seed": config["seed"] + episode})
+    from distill.data import dataset_from_arrays
+
+    return prepare(cfg, dataset_from_arrays(x, y)).split.test
+
+
+def test_a_fitted_sklearn_teacher_is_used_as_given(tmp_path: Path, cancer) -> None:
+    x, y = cancer
+    fitted = LogisticRegression(max_iter=5000).fit(x[::3], y[::3])  # on raw features, by the user
+    result = distill.run(SETTINGS, data=(x, y), teacher=fitted, output=tmp_path / "r", progress=False)
+    for e in result.episodes:  # calibration rescales probabilities, never their argmax
+        test = _test_rows(SETTINGS, x, y, e.episode)
+        assert e.metrics["teacher"]["accuracy"] == pytest.approx(fitted.score(x[test], y[test]), abs=1e-6)
+    assert "LogisticRegression" in str(result.episodes[0].teacher)
+
+
+def test_an_unfitted_sklearn_teacher_matches_the_config_teacher(tmp_path: Path, cancer) -> None:
+    x, y = cancer
+    by_config = distill.run(SETTINGS, data=(x, y), output=tmp_path / "c", progress=False)
+    given = LogisticRegression(random_state=SETTINGS["seed"])  # the config's estimator gets random_state = seed
+    by_object = distill.run(SETTINGS, data=(x, y), teacher=given, output=tmp_path / "o", progress=False)
+    assert _episode_numbers(by_object.summary) == _episode_numbers(by_config.summary)
+    assert not hasattr(given, "coef_")  # cloned, never fit in place
+
+
+def test_an_nn_module_teacher_gives_its_own_predictions(tmp_path: Path) -> None:
+    x, y = load_iris(return_X_y=True)
+    reference = LogisticRegression(max_iter=5000).fit(x, y)
+    net = torch.nn.Linear(4, 3).double()
+    with torch.no_grad():  # the same linear model as a network emitting logits on raw features
+        net.weight.copy_(torch.as_tensor(reference.coef_))
+        net.bias.copy_(torch.as_tensor(reference.intercept_))
+    net = net.float()
+    config = {**SETTINGS, "data": {"scale": "standard", "test_size": 45}, "few_shot": {"labelled": 9, "validation": 0},
+              "protocol": {"episodes": 1}}
+    result = distill.run(config, data=(x, y), teacher=net, output=tmp_path / "r", progress=False)
+    test = _test_rows(config, x, y, 0)
+    assert result.metrics["teacher"]["accuracy"] == pytest.approx(reference.score(x[test], y[test]), abs=1e-6)
+    assert net.training  # the user's module is left in the mode it came in
+
+
+def test_run_leaves_process_settings_as_it_found_them(tmp_path: Path, cancer) -> None:
+    import mlflow
+
+    from distill.process_state import snapshot
+
+    x, y = cancer
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mine.db'}")
+    torch.set_num_threads(2)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    before, uri = snapshot(), mlflow.get_tracking_uri()
+    expected_np, expected_torch = np.random.rand(), torch.rand(1)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    config = {**SETTINGS, "protocol": {"episodes": 1},
+              "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'runs.db'}", "timeout": 30}}
+    try:
+        result = distill.run(config, data=(x, y), output=tmp_path / "r", progress=False)
+        assert result.mlflow_run_id is not None
+        assert snapshot() == before
+        assert mlflow.get_tracking_uri() == uri and os.environ.get("MLFLOW_TRACKING_URI") == uri
+        assert np.random.rand() == expected_np and torch.equal(torch.rand(1), expected_torch)
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def test_tune_returns_the_study(tmp_path: Path, cancer) -> None:
+    x, y = cancer
+    config = {**SETTINGS, "protocol": {"episodes": 1}, "few_shot": {"labelled": 12, "validation": 12},
+              "tune": {"trials": 2, "space": {"objective.kl_weight": {"low": 0.1, "high": 2.0}}}}
+    result = distill.tune(config, data=(x, y), output=tmp_path / "t", storage=str(tmp_path / "journal.log"),
+                          progress=False)
+    assert isinstance(result, distill.TuneResult)
+    assert len(result.study.trials) == 2 and result.best_value == pytest.approx(result.study.best_value)
+    assert result.to_json() == (tmp_path / "t" / "tuning.json").read_text()
+    assert result.best_config.objective.kl_weight == pytest.approx(result.best_params["objective.kl_weight"])
+
+
+@pytest.mark.parametrize("data, message", [
+    ((np.zeros((5, 2)), np.zeros(4)), "y must be one label per row of X (5)"),
+    ((np.zeros(5), np.zeros(5)), "X must have one row per example"),
+    ((np.array([[1.0], [np.nan]]), np.array([0, 1])), "NaN or infinite feature value"),
+    ((np.ones((4, 2)), np.zeros(4)), "single class"),
+    ([1, 2, 3], "data must be (X, y), a pandas DataFrame"),
+    (pd.DataFrame({"a": [1.0, 2.0]}), "no label column 'label'"),
+])
+def test_bad_data_is_one_clear_error(tmp_path: Path, data: Any, message: str) -> None:
+    with pytest.raises(distill.UserError) as caught:
+        distill.run(SETTINGS, data=data, output=tmp_path / "r", progress=False)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_teacher_that_is_not_one_is_refused(tmp_path: Path, cancer) -> None:
+    with pytest.raises(distill.UserError, match="teacher must be a scikit-learn classifier"):
+        distill.run(SETTINGS, data=cancer, teacher="RandomForest", output=tmp_path / "r")
+    with pytest.raises(distill.UserError, match="pass an instance, not the class LogisticRegression"):
+        distill.run(SETTINGS, data=cancer, teacher=LogisticRegression, output=tmp_path / "r")
+
+
+def test_check_describes_without_training(tmp_path: Path, cancer) -> None:
+    plan = distill.check(SETTINGS, data=cancer)
+    assert "2 episode(s), seeds 3..4" in plan and "memory:arrays: 569 rows, 30 features" in plan
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_public_names_resolve_and_are_documented() -> None:
+    for name in distill.__all__:
+        if name == "__version__":
+            continue
+        value = getattr(distill, name)
+        assert (value.__doc__ or "").strip(), f"distill.{name} has no docstring"
+    assert distill.predict is distill.api.predict  # no submodule shadows a public function
+    with pytest.raises(AttributeError):
+        distill.not_a_name  # noqa: B018
