@@ -154,13 +154,15 @@ def test_an_nn_module_teacher_gives_its_own_predictions(tmp_path: Path) -> None:
     assert net.training  # the user's module is left in the mode it came in
 
 
-def test_run_leaves_process_settings_as_it_found_them(tmp_path: Path, cancer) -> None:
+def test_run_leaves_process_settings_as_it_found_them(tmp_path: Path, cancer, monkeypatch) -> None:
     import mlflow
 
     from distill.process_state import snapshot
 
     x, y = cancer
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mine.db'}")
+    store = os.environ["MLFLOW_TRACKING_URI"]  # the session's store (tests/conftest.py): created once
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # put back at teardown, whatever happens below
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mine.db'}")  # the user's own choice, never opened here
     torch.set_num_threads(2)
     np.random.seed(123)
     torch.manual_seed(123)
@@ -168,8 +170,7 @@ def test_run_leaves_process_settings_as_it_found_them(tmp_path: Path, cancer) ->
     expected_np, expected_torch = np.random.rand(), torch.rand(1)
     np.random.seed(123)
     torch.manual_seed(123)
-    config = {**SETTINGS, "protocol": {"episodes": 1},
-              "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'runs.db'}", "timeout": 30}}
+    config = {**SETTINGS, "protocol": {"episodes": 1}, "tracking": {"enabled": True, "uri": store, "timeout": 30}}
     try:
         result = distill.run(config, data=(x, y), output=tmp_path / "r", progress=False)
         assert result.mlflow_run_id is not None
@@ -178,7 +179,6 @@ def test_run_leaves_process_settings_as_it_found_them(tmp_path: Path, cancer) ->
         assert np.random.rand() == expected_np and torch.equal(torch.rand(1), expected_torch)
     finally:
         mlflow.set_tracking_uri(None)
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def test_tune_returns_the_study(tmp_path: Path, cancer) -> None:
