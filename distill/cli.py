@@ -231,14 +231,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from distill.data import list_datasets
-    from distill.losses import list_losses
-    from distill.students import list_students
-    from distill.teachers.base import list_teachers
+    from distill.losses import HARD_LOSSES, list_losses
+    from distill.students import STUDENTS, list_students
+    from distill.teachers.base import TEACHERS, list_teachers
 
+    registries = {"teachers": TEACHERS, "students": STUDENTS, "losses": HARD_LOSSES}
+    for registry in registries.values():  # import every installed plugin now, so that broken ones show
+        registry.load_plugins()
     print("datasets: " + ", ".join(list_datasets()))
-    print("teachers: " + ", ".join(list_teachers()))
+    print("teachers: " + ", ".join(list_teachers()) + ", auto, ensemble, or module:Class (a Teacher subclass)")
     print("students: " + ", ".join(list_students()) + ", or module:Class")
     print("losses:   " + ", ".join(list_losses()) + " (objective.hard; auto = bce for two classes, else ce)")
+    broken = [(what, name, problem) for what, registry in registries.items()
+              for name, problem in registry.broken().items()]
+    if broken:
+        print("broken plugins (not usable until fixed):")
+        for what, name, problem in broken:
+            print(f"  {what[:-1]} '{name}': {problem}")
     return 0
 
 
