@@ -442,12 +442,17 @@ def predict(source: Any, data: Any, *, trusted_archs: Sequence[str] = (), tracki
 
 
 def registered() -> dict[str, list[str]]:
-    """Registered names per extension point: datasets, teachers, students, losses."""
+    """Registered names per extension point (``datasets``, ``teachers``, ``students``, ``losses``), with
+    every installed plugin imported, and ``broken``: one line per plugin that cannot be used, and why."""
     from distill.data import list_datasets
-    from distill.losses import list_losses
-    from distill.students import list_students
-    from distill.teachers.base import list_teachers
+    from distill.losses import HARD_LOSSES, list_losses
+    from distill.students import STUDENTS, list_students
+    from distill.teachers.base import TEACHERS, list_teachers
 
+    registries = {"teacher": TEACHERS, "student": STUDENTS, "loss": HARD_LOSSES}
+    for registry in registries.values():  # import every installed plugin now, so that broken ones show
+        registry.load_plugins()
+    broken = [f"{what} '{name}': {problem}" for what, registry in registries.items()
+              for name, problem in registry.broken().items()]
     return {"datasets": list_datasets(), "teachers": list_teachers(), "students": list_students(),
-            "losses": list_losses()}
-
+            "losses": list_losses(), "broken": broken}

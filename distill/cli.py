@@ -204,9 +204,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     names = distill.registered()
     print("datasets: " + ", ".join(names["datasets"]))
-    print("teachers: " + ", ".join(names["teachers"]))
+    print("teachers: " + ", ".join(names["teachers"]) + ", auto, ensemble, or module:Class (a Teacher subclass)")
     print("students: " + ", ".join(names["students"]) + ", or module:Class")
     print("losses:   " + ", ".join(names["losses"]) + " (objective.hard; auto = bce for two classes, else ce)")
+    if names["broken"]:
+        print("broken plugins (not usable until fixed):")
+        for line in names["broken"]:
+            print(f"  {line}")
     return 0
 
 

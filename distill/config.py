@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from distill.errors import ConfigError
 
@@ -200,6 +201,45 @@ def _check_kernel(value: str) -> str:
     return value
 
 
+def _named(message: str) -> PydanticCustomError:
+    """A validation error whose text is complete as it stands: printed as ``key: message``."""
+    return PydanticCustomError("distill_registry", "{message}", {"message": message})
+
+
+#: The key given to ``distill.registry.import_class`` here; dropped from its messages, whose location
+#: (``teacher.candidates[1].kind``) pydantic knows better.
+_KEY = "_"
+
+
+def _path_problem(exc: ValueError) -> str:
+    """An import-path problem from ``import_class`` (called with ``_KEY``) without that key."""
+    text = str(exc)
+    return text.removeprefix(f"{_KEY}: ").removeprefix(f"{_KEY} ")
+
+
+def _teacher_kind(value: str, special: bool) -> str:
+    """``teacher.kind`` / a candidate's ``kind``: a registered teacher, ``auto`` / ``ensemble`` (``special``),
+    or ``module:Class`` naming a distill Teacher subclass (imported and checked; nothing is called)."""
+    if special and value in ("auto", "ensemble"):
+        return value
+    from distill.registry import PluginError
+    from distill.teachers.base import list_teachers, resolve_teacher
+
+    try:
+        entry = resolve_teacher(value, _KEY)
+    except KeyError:
+        raise _named(f"unknown teacher {value!r}; registered: {', '.join(list_teachers())}; or "
+                     + ("'auto', 'ensemble', or " if special else "")
+                     + "an import path 'module:Class' naming a distill Teacher subclass") from None
+    except PluginError as exc:
+        raise _named(str(exc)) from None
+    except ValueError as exc:  # an import path that fails or names something else
+        raise _named(_path_problem(exc)) from None
+    if not special and getattr(entry, "learns", True) is False:  # a Teacher class, or a factory that says so
+        raise _named(f"{value!r} arrives trained (learns = False); candidates are cross-fitted and must learn")
+    return value
+
+
 #: ``teacher.candidates`` string shorthands and the tables they stand for.
 CANDIDATE_SHORTHANDS: dict[str, dict[str, Any]] = {
     "gaussian_process": {"kind": "gaussian_process"},
@@ -217,7 +257,8 @@ class CandidateConfig(_Section):
     (200 trees; ``random_state`` is the experiment seed wherever the estimator takes one).
     """
 
-    kind: Literal["gaussian_process", "sklearn"] = "gaussian_process"
+    #: a registered teacher that learns (``gaussian_process``, ``sklearn``, a plugin's) or ``module:Class``
+    kind: str = "gaussian_process"
     kernel: str = "auto"
     restarts: StrictInt = Field(default=2, ge=0, le=MAX_RESTARTS)
     multi_class: Literal["one_vs_rest", "one_vs_one"] = "one_vs_rest"
@@ -225,6 +266,11 @@ class CandidateConfig(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
     _kernel = field_validator("kernel")(_check_kernel)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        return _teacher_kind(value, special=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -265,7 +311,8 @@ class TeacherConfig(_Section):
     out-of-fold outputs on the labelled rows (``distill.teacher_cv``); ``none`` leaves them as they are.
     """
 
-    kind: Literal["gaussian_process", "sklearn", "network", "auto", "ensemble"] = "gaussian_process"
+    #: a registered teacher (``distill list``), ``auto``, ``ensemble``, or ``module:Class`` (a Teacher subclass)
+    kind: str = "gaussian_process"
     calibration: Literal["temperature", "none"] = "temperature"
     candidates: list[CandidateConfig] = Field(default_factory=_default_candidates)
 
@@ -290,6 +337,11 @@ class TeacherConfig(_Section):
     cache_dir: str = ".distill-cache"
 
     _kernel = field_validator("kernel")(_check_kernel)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        return _teacher_kind(value, special=True)
 
     @model_validator(mode="after")
     def _estimator(self) -> "TeacherConfig":
@@ -404,6 +456,24 @@ class StudentConfig(BaseModel):
     #: the weight initialisation, applied after the constructor (``distill.weight_init``)
     init: InitConfig = Field(default_factory=InitConfig)
 
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, value: str) -> str:
+        """A registered student (``distill list``) or ``module:Class`` naming an nn.Module subclass."""
+        from distill.registry import PluginError
+        from distill.students import list_students, resolve
+
+        try:
+            resolve(value, _KEY)
+        except PluginError as exc:
+            raise _named(str(exc)) from None
+        except ValueError as exc:
+            if str(exc).startswith("unknown student"):
+                raise _named(f"unknown student {value!r}; registered: {', '.join(list_students())}; or an import "
+                             "path 'module:Class' naming an nn.Module subclass") from None
+            raise _named(_path_problem(exc)) from None
+        return value
+
     @property
     def kwargs(self) -> dict[str, Any]:
         """Everything but ``arch`` and ``init``: passed to the architecture's constructor."""
@@ -454,7 +524,8 @@ class AutoObjectiveConfig(_Section):
 class ObjectiveConfig(_Section):
     """``hard + kl_weight * T^2 * KL (+ l1, l2, metric loss)``; ``hard = "auto"``: BCE (binary) or CE."""
 
-    hard: Literal["auto", "bce", "ce", "focal", "sce", "label_smoothing"] = "auto"
+    #: "auto" or a registered hard loss (``distill list``: bce, ce, focal, sce, label_smoothing, plugins')
+    hard: str = "auto"
     hard_params: dict[str, Any] = Field(default_factory=dict)
     class_weight: Optional[Union[list[Number], Literal["balanced"]]] = None
     pos_weight: Optional[Union[Number, Literal["balanced"]]] = None
@@ -469,6 +540,22 @@ class ObjectiveConfig(_Section):
     metric_loss: Optional[Literal["triplet", "margin_ranking"]] = None
     metric_weight: Number = Field(default=0.1, ge=0)
     metric_margin: Number = Field(default=1.0, ge=0)
+
+    @field_validator("hard")
+    @classmethod
+    def _hard(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        from distill.losses import HARD_LOSSES, list_losses
+        from distill.registry import PluginError
+
+        try:
+            HARD_LOSSES.get(value)
+        except KeyError:
+            raise _named(f"unknown hard loss {value!r}; registered: {', '.join(list_losses())}; or 'auto'") from None
+        except PluginError as exc:
+            raise _named(str(exc)) from None
+        return value
 
     @field_validator("class_weight")
     @classmethod
@@ -804,6 +891,8 @@ def _format_error(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"missing required key '{key}'"
     msg = str(error["msg"])
+    if kind == "distill_registry":  # complete as it stands (names the value): only the key is added
+        return f"{key}: {msg}"
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
         if msg.startswith(("set one of", "teacher.kind", "unknown key '", "seed + ", key)):

@@ -14,11 +14,13 @@ probability that can underflow, so values and gradients are finite for logits of
 magnitude (tested at :math:`\\pm 1000`). Nothing calls ``.item()`` inside ``forward``.
 
 The hard losses selectable in a config (``objective.hard``) are in :data:`HARD_LOSSES`;
-:func:`create_loss` builds one and checks its ``objective.hard_params``.
+:func:`create_loss` builds one and checks its ``objective.hard_params``. More come from
+:func:`register_loss` in code and from installed packages' entry points in group ``distill.losses``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -47,6 +49,7 @@ __all__ = [
     "ONE_LOGIT_LOSSES",
     "list_losses",
     "create_loss",
+    "register_loss",
 ]
 
 #: The reductions every loss accepts (KLDivLoss adds ``"batchmean"``).
@@ -691,9 +694,50 @@ def l2_penalty(model: nn.Module) -> Tensor:
 
 LossFactory = Callable[..., nn.Module]
 
+
+
+def _factory_problem(obj: Any) -> str | None:
+    """Why ``obj`` cannot be a hard-loss factory (None: it takes the built-in factories' arguments).
+
+    A factory is called as ``factory(num_classes, weight=..., pos_weight=..., reduction=..., **hard_params)``
+    and returns an ``nn.Module`` whose ``forward(logits [N, K], targets [N])`` gives ``[N]`` with
+    ``reduction="none"``. Checked from the signature alone: nothing is called.
+    """
+    if inspect.isclass(obj) and not issubclass(obj, nn.Module):
+        return f"names the class {obj.__qualname__}, which is neither an nn.Module subclass nor a loss factory"
+    if not callable(obj):
+        return f"names a {type(obj).__name__} value, not a loss factory"
+    try:
+        inspect.signature(obj).bind(2, weight=None, pos_weight=None, reduction="none")
+    except TypeError as exc:
+        return (f"does not take the hard-loss factory arguments (num_classes, *, weight=None, pos_weight=None, "
+                f"reduction='mean', **params): {exc}")
+    except ValueError:  # no signature to read (a builtin): it will be called and its result checked
+        return None
+    return None
+
+
 #: Hard-loss factories for ``objective.hard``:
 #: ``(num_classes, *, weight=None, pos_weight=None, reduction="mean", **params) -> nn.Module``.
-HARD_LOSSES: Registry[LossFactory] = Registry("hard loss")
+HARD_LOSSES: Registry[LossFactory] = Registry("hard loss", group="distill.losses", accepts=_factory_problem,
+                                              reserved=("auto",))
+
+
+def register_loss(name: str, factory: LossFactory | None = None) -> Any:
+    """Register a hard-loss factory under ``name`` for ``objective.hard`` (twice is an error).
+
+    The factory takes ``(num_classes, *, weight=None, pos_weight=None, reduction="mean", **params)``
+    (``params``: ``objective.hard_params``) and returns an ``nn.Module`` called as
+    ``loss(logits [N, K], targets [N])``. A decorator when ``factory`` is omitted.
+    """
+    def add(obj: LossFactory) -> LossFactory:
+        if name not in HARD_LOSSES._entries:  # a duplicate name is reported by the registry, first
+            problem = _factory_problem(obj)
+            if problem is not None:
+                raise ValueError(f"register_loss('{name}'): {problem}")
+        return HARD_LOSSES.register(name, obj)
+
+    return add(factory) if factory is not None else add
 
 _PARAM_PREFIX = "objective.hard_params."
 
@@ -813,7 +857,7 @@ def _make_sce(num_classes: int, *, weight: Tensor | None = None, pos_weight: Ten
 
 
 def list_losses() -> list[str]:
-    """The registered hard-loss names, sorted."""
+    """The registered hard-loss names (built-in, registered in code, installed entry points), sorted."""
     return HARD_LOSSES.names()
 
 
@@ -827,6 +871,11 @@ def create_loss(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         ValueError: for an unknown name (listing the registered ones), unknown parameters
             (naming them and listing the accepted ones) or invalid values.
     """
-    if name not in HARD_LOSSES:
-        raise ValueError(f"unknown hard loss {name!r}; registered: {', '.join(list_losses())}")
-    return HARD_LOSSES.get(name)(num_classes, **kwargs)
+    try:
+        factory = HARD_LOSSES.get(name)
+    except KeyError:
+        raise ValueError(f"unknown hard loss {name!r}; registered: {', '.join(list_losses())}") from None
+    loss = factory(num_classes, **kwargs)
+    if not isinstance(loss, nn.Module):
+        raise ValueError(f"hard loss '{name}' built a {type(loss).__name__}, not an nn.Module")
+    return loss

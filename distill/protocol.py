@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +53,7 @@ from distill.seeding import configure_threads, resolve_device, seed_everything, 
 from distill.tracking import resolve_tracking_uri
 from distill.teacher_cv import TeacherProblem, cross_fit
 from distill.weight_init import apply_init
-from distill.teachers.base import Teacher, create_teacher
+from distill.teachers.base import Teacher, create_teacher, resolve_teacher
 
 __all__ = [
     "Prepared",
@@ -92,6 +94,8 @@ class Prepared:
     hard: str
     student_parameters: int
     load_seconds: float
+    #: ``(name, describe())`` of every teacher ``teach`` will fit: the one teacher, or each candidate
+    teachers: list[tuple[str, str]] = field(default_factory=list)
     #: a teacher given as a Python object (``distill.run(config, teacher=...)``): makes a fresh Teacher
     #: per call, used instead of ``teacher.kind``; None: the config's teacher
     teacher: "TeacherFactory | None" = None
@@ -191,19 +195,23 @@ TEACHER_FOLDS = 3
 
 
 def _teacher_heldout_rows(config: Config, dataset: Dataset, given: TeacherFactory | None = None) -> np.ndarray | None:
-    """Rows a distill-trained network teacher never saw, so that test rows stay unseen by it too."""
-    if config.teacher.kind != "network" or given is not None:
+    """Rows a teacher that arrives trained (a distill-trained network) never saw, so that test rows stay
+    unseen by it too. A teacher that learns sees only the labelled rows: nothing to hold out."""
+    if config.teacher.kind in ("auto", "ensemble") and given is None:  # candidates learn (checked in prepare)
         return None
     from distill.teacher_training import data_hash
 
     try:
-        teacher = create_teacher(config.teacher.kind, **_teacher_kwargs(config, dataset))
-        rows = teacher.heldout_rows(data_hash(dataset.x, dataset.y)) if hasattr(teacher, "heldout_rows") else None
-    except (ValueError, UserError):
+        teacher = _new_teacher(config.teacher.kind, _teacher_kwargs(config, dataset), given)
+        if teacher.learns:
+            return None
+        rows = teacher.heldout_rows(data_hash(dataset.x, dataset.y))
+    except (ValueError, KeyError, UserError):
         return None  # reported with the other teacher problems below
     if rows is None:
         _warn_once(
-            "the network teacher records no held-out rows for this data: test rows may include rows it was trained on"
+            f"the {'given' if given is not None else config.teacher.kind} teacher records no held-out rows for this data: test rows may include rows "
+            "it was trained on"
         )
     return rows
 
@@ -329,12 +337,16 @@ def prepare(config: Config, dataset: Dataset | None = None, teacher: TeacherFact
     num_outputs = students.num_outputs_for(k, hard)
     problems.extend(_objective_problems(config, hard, k))
     several = config.teacher.kind in ("auto", "ensemble") and teacher is None
-    for i, (_, kind, kwargs) in enumerate(_teacher_candidates(config, dataset, given=teacher)):
+    described: list[tuple[str, str]] = []
+    for i, (name, kind, kwargs) in enumerate(_teacher_candidates(config, dataset, given=teacher)):
         index = i if several else None
         try:  # every candidate teacher is checked before anything is fit
             candidate = _new_teacher(kind, kwargs, teacher)
-            if hasattr(candidate, "check"):  # e.g. a network teacher: classes and input shape, before training
-                candidate.check(dataset.in_shape)
+            candidate.check(dataset.in_shape)  # e.g. a network teacher: classes and input shape, before training
+            if several and not candidate.learns:
+                raise ValueError(f"teacher.kind '{kind}' arrives trained (learns = False); candidates of "
+                                 f"teacher.kind = {config.teacher.kind!r} are cross-fitted and must learn")
+            described.append((name, candidate.describe()))
         except UserError as exc:
             problems.extend(_candidate_problem(config, index, p) for p in exc.problems)
         except (ValueError, KeyError) as exc:
@@ -399,6 +411,7 @@ def prepare(config: Config, dataset: Dataset | None = None, teacher: TeacherFact
         student_parameters=student_parameters,
         load_seconds=time.perf_counter() - started,
         teacher=teacher,
+        teachers=described,
     )
 
 
@@ -546,13 +559,39 @@ def _baseline_key(config: Config) -> str:
 
 
 def _teacher_identity(config: Config, teacher: Teacher) -> str:
-    """What a teacher's outputs depend on besides its input rows (and, if it learns, its fit rows)."""
-    if hasattr(teacher, "fingerprint"):
-        return str(teacher.fingerprint())
+    """What a teacher's outputs depend on besides its input rows (and, if it learns, its fit rows): its
+    ``fingerprint()``, else its config settings; for a teacher defined outside distill (a plugin's, a
+    user's class), also its code, so that editing it does not reuse stale soft targets."""
+    fingerprint = teacher.fingerprint()
+    if fingerprint is not None:
+        return str(fingerprint)
     import sklearn
 
     settings = config.teacher.model_dump(mode="json", exclude={"cache", "cache_dir", "validation"})
-    return json.dumps([settings, config.seed, sklearn.__version__], sort_keys=True)
+    several = config.teacher.kind in ("auto", "ensemble")
+    kinds = [c.kind for c in config.teacher.candidates] if several else [config.teacher.kind]
+    code = [c for c in (_code_identity(resolve_teacher(kind)) for kind in kinds) if c is not None]
+    return json.dumps([settings, config.seed, sklearn.__version__] + ([code] if code else []), sort_keys=True)
+
+
+def _code_identity(entry: Any) -> str | None:
+    """For a teacher class or factory defined outside distill: its name and the sha256 of its module's
+    source (of its own source where the module has no file, e.g. a notebook; failing both, of this
+    process and object, so nothing is reused across processes). None for distill's own."""
+    module = getattr(entry, "__module__", None) or ""
+    if module == "distill" or module.startswith("distill."):
+        return None
+    name = f"{module}.{getattr(entry, '__qualname__', type(entry).__qualname__)}"
+    path = getattr(sys.modules.get(module), "__file__", None)
+    try:
+        if path:
+            with open(path, "rb") as handle:
+                return f"{name}:{hashlib.sha256(handle.read()).hexdigest()}"
+        import inspect
+
+        return f"{name}:{hashlib.sha256(inspect.getsource(entry).encode()).hexdigest()}"
+    except (OSError, TypeError):
+        return f"{name}:process {os.getpid()} object {id(entry)}"
 
 
 def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache | None = None) -> TeacherOutputs:
@@ -577,7 +616,7 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
     teacher: Teacher = _new_teacher(first_kind, first_kwargs, given)  # auto / ensemble: the first candidate
     # x is the student's (scaled) space; a network teacher may read raw features, as it was trained.
     try:
-        raw = getattr(teacher, "input_space", "scaled") == "raw"
+        raw = teacher.input_space == "raw"
     except ValueError as exc:
         raise UserError(f"teacher: {exc}") from None
     to_teacher = prepared.scaler.inverse_transform if raw else (lambda rows: rows)
@@ -606,7 +645,7 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
     fit_x, fit_y = to_teacher(x[split.labelled]), data.y[split.labelled]
 
     cache = cache if cache is not None else SoftTargetCache(None)
-    learns = not hasattr(teacher, "fingerprint")  # a network arrives trained: its fit rows do not matter
+    learns = teacher.learns  # a network arrives trained: its fit rows do not matter
     try:
         identity = _teacher_identity(config, teacher)
     except ValueError as exc:

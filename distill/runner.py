@@ -78,15 +78,14 @@ def describe_plan(prepared: Prepared) -> str:
         "augmented": f"augmented: the KL term sees the {s.labelled.size} labelled rows + {fs.augment.count} generated "
         f"points (jitter {fs.augment.jitter}, mixup share {fs.augment.mixup})",
     }[fs.transfer]
+    several = c.teacher.kind in ("auto", "ensemble")
+    described = prepared.teachers or [(c.teacher.kind, c.teacher.kind)]
     teacher = (
-        f"gaussian_process (kernel {c.teacher.kernel!r}, {c.teacher.restarts} restarts, {c.teacher.multi_class})"
-        if c.teacher.kind == "gaussian_process"
-        else f"{c.teacher.kind} of {', '.join(x.name for x in c.teacher.candidates)}"
-        if c.teacher.kind in ("auto", "ensemble")
-        else f"network {c.teacher.checkpoint or c.teacher.uri}" + (f" ({c.teacher.arch})" if c.teacher.arch else "")
-        if c.teacher.kind == "network"
-        else f"sklearn {c.teacher.estimator} {dict(c.teacher.params)}"
-    ) + f", calibration {c.teacher.calibration}"
+        f"{c.teacher.kind} of {len(described)} candidate(s), calibration {c.teacher.calibration}"
+        + "".join(f"\n              {name}: {text}" for name, text in described)
+        if several
+        else f"{c.teacher.kind}: {described[0][1]}, calibration {c.teacher.calibration}"
+    )
     kwargs = ", ".join(f"{k}={v!r}" for k, v in c.student.kwargs.items())
     lines = [
         f"experiment  {c.name} (seed {c.seed})",

@@ -191,7 +191,7 @@ def cross_fit(
         started = time.perf_counter()
         full = _checked_logits(teacher, rows, num_classes, name)
         timings["soft_targets_s"] += time.perf_counter() - started
-        own = dict(teacher.diagnostics()) if hasattr(teacher, "diagnostics") else {}
+        own = dict(teacher.diagnostics())
         fold_out: np.ndarray | None = None
         oof: np.ndarray | None = None
         started = time.perf_counter()

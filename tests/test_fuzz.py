@@ -143,6 +143,12 @@ STRING_HINTS: dict[str, st.SearchStrategy[str]] = {
     "teacher.checkpoint": _hint(["missing/student.pt"], ["", "mi\nssing.pt"]),
     "teacher.uri": _hint(["runs:/0123/model", "models:/x/1"], [""]),
     "teacher.arch": _hint(["mlp", "cnn"], ["nope"]),
+    "teacher.kind": _hint(
+        ["gaussian_process", "sklearn", "network", "auto", "ensemble",
+         "distill.teachers.gaussian_process:GaussianProcessTeacher"],
+        ["svm", "", "os:system", "collections:OrderedDict", ".x:Y", "a\nb"],
+    ),
+    "objective.hard": _hint(["auto", "bce", "ce", "focal", "sce", "label_smoothing"], ["nope", "CE", "", "auto:x"]),
     "student.arch": _hint(["mlp", "distill.students.mlp:MLP"], ["cnn", "nope", "os:getcwd", "a:b:c", "a\nb", ""]),
     "train.device": _hint(["auto", "cpu"], ["cuda", "cuda:0", "cuda:7", "mps", "tpu", "CPU", "cuda:", ""]),
     "train.early_stopping.monitor": _hint(["val_loss", "val_accuracy", "train_loss"], ["loss", "val\nloss", ""]),

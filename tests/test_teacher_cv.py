@@ -21,6 +21,7 @@ from distill.cli import main
 from distill.config import ConfigError, validate_config
 from distill.protocol import TEACHER_FOLDS, prepare, teach
 from distill.teacher_cv import cross_fit
+from distill.teachers.base import Teacher
 from distill.teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher
 
 
@@ -174,8 +175,10 @@ def test_without_folds_nothing_is_calibrated_or_selected_and_the_reason_is_given
     np.testing.assert_array_equal(out.logits, raw)
 
 
-class _FixedLinearTeacher:
+class _FixedLinearTeacher(Teacher):
     """A teacher that arrives trained (like a network): softmax of a fixed linear map; fit learns nothing."""
+
+    learns = False
 
     def __init__(self, w: np.ndarray) -> None:
         self.w = w

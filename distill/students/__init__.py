@@ -2,6 +2,8 @@
 
 A student class takes ``in_features`` (or ``in_shape``) and ``num_outputs`` plus its own
 keyword arguments. Binary problems use one output logit, multiclass problems C logits.
+Names come from the built-ins, :func:`register_student` in code, and installed packages' entry
+points in group ``distill.students`` (``name = "pkg.module:Class"``, an ``nn.Module`` subclass).
 """
 
 from __future__ import annotations
@@ -17,7 +19,22 @@ from distill.registry import Registry, import_class, is_import_path
 __all__ = ["STUDENTS", "register_student", "list_students", "build", "StudentArgumentError", "num_outputs_for",
            "is_module_class", "resolve"]
 
-STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student")
+
+
+def _entry_problem(obj: Any) -> str | None:
+    """Why an entry point's object cannot be a student (None: an ``nn.Module`` subclass)."""
+    if inspect.isclass(obj):
+        return None if issubclass(obj, nn.Module) else f"names the class {obj.__qualname__}, which is not an nn.Module subclass"
+    return f"names a {'function' if callable(obj) else type(obj).__name__ + ' value'}, not an nn.Module subclass"
+
+
+def _load_builtin() -> None:
+    import distill.students.cnn  # noqa: F401
+    import distill.students.mlp  # noqa: F401
+
+
+STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student", group="distill.students", accepts=_entry_problem,
+                                                         builtin=_load_builtin, paths=True)
 
 
 class StudentArgumentError(ValueError):
@@ -28,20 +45,15 @@ class StudentArgumentError(ValueError):
         self.key = key
 
 
-def register_student(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a student class under ``name`` (twice is an error)."""
-    return STUDENTS.register(name)
+def register_student(name: str, entry: Callable[..., nn.Module] | None = None) -> Any:
+    """Register a student class (or a factory building an ``nn.Module``) under ``name`` (twice is an
+    error). A decorator when ``entry`` is omitted."""
+    return STUDENTS.register(name, entry) if entry is not None else STUDENTS.register(name)
 
 
 def list_students() -> list[str]:
-    """Registered student architectures."""
-    _load_builtin()
+    """Registered student architectures (built-in, registered in code, and installed entry points)."""
     return STUDENTS.names()
-
-
-def _load_builtin() -> None:
-    import distill.students.cnn  # noqa: F401
-    import distill.students.mlp  # noqa: F401
 
 
 def num_outputs_for(num_classes: int, hard: str = "auto") -> int:
@@ -57,7 +69,6 @@ def is_module_class(cls: type) -> bool:
 def resolve(name: str, key: str = "student.arch") -> Callable[..., nn.Module]:
     """The class for a registry name or ``module:Class`` import path (an ``nn.Module`` subclass, checked
     before it is called; anything else is refused naming ``key``)."""
-    _load_builtin()
     if is_import_path(name):
         return import_class(name, key, "an nn.Module subclass", is_module_class)
     try:

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 
 from distill.registry import has_methods, import_class
-from distill.teachers.base import NotFittedError, probabilities_to_logits, register_teacher
+from distill.teachers.base import NotFittedError, Teacher, probabilities_to_logits, register_teacher
 from distill.teachers.kernels import parse_kernel
 
 __all__ = ["EstimatorTeacher", "GaussianProcessTeacher", "auto_kernel"]
 
 
-class EstimatorTeacher:
-    """Wraps any scikit-learn classifier with ``predict_proba`` to the Teacher protocol.
+class EstimatorTeacher(Teacher):
+    """Wraps any scikit-learn classifier with ``predict_proba`` as a Teacher.
 
     Args:
         estimator: an unfitted scikit-learn classifier (cloned at ``fit``).
@@ -76,6 +76,13 @@ class EstimatorTeacher:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(x, y) first")
         return {"estimator": type(self.estimator_).__name__, "warnings": []}
 
+    def describe(self) -> str:
+        """The estimator's class and the parameters set away from its defaults, e.g.
+        ``RandomForestClassifier (n_estimators=200)`` (``random_state``, the experiment seed, left out)."""
+        changed = _changed_params(self.estimator)
+        return type(self.estimator).__name__ + (f" ({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+                                                if changed else "")
+
 
 def auto_kernel(x: np.ndarray) -> Any:
     """``1.0 * RBF(median pairwise distance)``: a length-scale on the scale of the data."""
@@ -120,6 +127,10 @@ class GaussianProcessTeacher(EstimatorTeacher):
         self.multi_class = multi_class
         self.random_state = random_state
         super().__init__(self._make_estimator(None), num_classes)
+
+    def describe(self) -> str:
+        """``GaussianProcessClassifier, kernel auto, 2 restarts, one_vs_rest``."""
+        return f"GaussianProcessClassifier, kernel {self.kernel}, {self.restarts} restarts, {self.multi_class}"
 
     def check(self, in_shape: tuple[int, ...]) -> None:
         """The kernel against the data, before any fit: every hyperparameter finite and > 0, and an
@@ -269,6 +280,25 @@ def _create_estimator(
 def is_classifier_class(cls: type) -> bool:
     """A scikit-learn-style classifier class: ``fit`` and ``predict_proba`` (what ``teacher.estimator`` may name)."""
     return has_methods(cls, "fit", "predict_proba")
+
+
+def _changed_params(estimator: Any) -> dict[str, Any]:
+    """The estimator's constructor parameters that differ from their defaults (not ``random_state``)."""
+    try:
+        params = estimator.get_params(deep=False)
+        defaults = {n: p.default for n, p in inspect.signature(type(estimator)).parameters.items()}
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    changed = {}
+    for name, value in params.items():
+        default = defaults.get(name, inspect.Parameter.empty)
+        try:
+            same = default is not inspect.Parameter.empty and bool(value == default) and type(value) is type(default)
+        except (TypeError, ValueError):  # arrays and other values without a plain ==
+            same = False
+        if name != "random_state" and not same:
+            changed[name] = value
+    return changed
 
 
 def _init_params(cls: Any) -> set[str] | None:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from distill.safeload import load_export_program, load_weights_only
-from distill.teachers.base import NotFittedError, probabilities_to_logits, register_teacher
+from distill.teachers.base import NotFittedError, Teacher, probabilities_to_logits, register_teacher
 
 __all__ = ["NetworkTeacher", "file_digest"]
 
@@ -119,8 +119,10 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-class NetworkTeacher:
+class NetworkTeacher(Teacher):
     """Soft targets from a trained torch network (see the module docstring for the sources).
+
+    It arrives trained (``learns = False``): its outputs do not depend on the rows ``fit`` gets.
 
     Args:
         num_classes: classes of the dataset; must equal the network's.
@@ -132,6 +134,8 @@ class NetworkTeacher:
         device: where the network runs; batch_size: rows per forward pass.
         tracking_uri: the MLflow tracking server that resolves ``uri``.
     """
+
+    learns = False
 
     def __init__(
         self,
@@ -164,9 +168,25 @@ class NetworkTeacher:
     # ------------------------------------------------------------------ loading
 
     @property
-    def input_space(self) -> str:
+    def input_space(self) -> str:  # type: ignore[override]
         """``raw`` or ``scaled``: which features ``fit``/``logits`` expect."""
         return "raw" if self._path_kind()[1] == "distill" else self.input
+
+    def describe(self) -> str:
+        """``network checkpoint runs/teachers/x.pt (cnn, raw inputs)``: the source, the architecture
+        (or the file's format) and which features it reads."""
+        source = f"checkpoint {self.checkpoint}" if self.checkpoint is not None else f"model {self.uri}"
+        payload = getattr(self, "payload_", None)
+        try:
+            kind: str | None = self._path_kind()[1]
+            space = self.input_space
+            if payload is None and kind == "distill":
+                payload = self._payload(self._path_kind()[0])
+        except (ValueError, OSError):  # not readable (yet): say what the config asks for
+            kind, space = None, self.input
+        arch = self.arch or (payload or {}).get("arch") or {"export": "torch.export program",
+                                                            "torchscript": "TorchScript"}.get(str(kind))
+        return f"network {source} (" + (f"{arch}, " if arch else "") + f"{space} inputs)"
 
     def _path_kind(self) -> tuple[Path, str]:
         source = self.uri if self.uri is not None else str(self.checkpoint)
@@ -367,3 +387,7 @@ def _create_network(
         num_classes, in_shape, checkpoint=checkpoint, uri=uri, arch=arch, arch_kwargs=params, input=input,
         device=device, tracking_uri=tracking_uri,
     )
+
+
+#: what the config reads before building one: its teachers arrive trained (not a cross-fitted candidate)
+_create_network.learns = False  # type: ignore[attr-defined]

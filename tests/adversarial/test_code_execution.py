@@ -85,6 +85,21 @@ def test_student_arch_names_only_a_module_class(target: str, workdir: Path, caps
     _nothing_ran(workdir)
 
 
+@pytest.mark.parametrize("target", NOT_A_CLASSIFIER)
+def test_teacher_kind_names_only_a_teacher_class(target: str, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``teacher.kind`` and a candidate's ``kind`` as import paths: a distill Teacher subclass or nothing."""
+    pwned = f'{{command = "touch {workdir / "PWNED"}"}}'
+    for key in ("teacher.kind", "teacher.candidates"):
+        value = f'"{target}"' if key == "teacher.kind" else f'[{{kind = "{target}", params = {pwned}}}]'
+        extra = [] if key == "teacher.kind" else ["--set", 'teacher.kind="auto"']
+        argv = ["check", EXPERIMENT, *FAST, *extra, "--set", f"{key}={value}", "--set", f"teacher.params={pwned}"]
+        assert main(argv) == 2
+        line = _one_error(capsys, "teacher.kind" if key == "teacher.kind" else "teacher.candidates[0].kind", target)
+        assert "refused (nothing was called)" in line
+    _nothing_ran(workdir)
+    assert not Path(str(workdir / "IMPORTED") + ".getattr").exists()  # no metaclass hook was consulted
+
+
 @pytest.mark.parametrize("target", ["os:system", "subprocess:Popen", "builtins:eval"])
 def test_teacher_arch_names_only_a_module_class(target: str, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     weights = workdir / "weights.pt"

@@ -120,3 +120,22 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path: Path, capsys) -> None:
 def test_network_teacher_needs_exactly_one_source(teacher: dict) -> None:
     with pytest.raises(ConfigError, match="exactly one of teacher.checkpoint"):
         validate_config({"teacher": teacher})
+
+
+def test_check_describes_the_network_teacher(iris_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """``check`` prints the network teacher's describe(): its source, architecture and input space (a
+    distill checkpoint reads raw features; a plain state_dict the configured ones)."""
+    toml = tmp_path / "exp.toml"
+    toml.write_text(f'[data]\nsource = "sklearn:iris"\n[teacher]\nkind = "network"\ncheckpoint = "{iris_checkpoint}"\n'
+                    'input = "scaled"\n')
+    assert main(["check", str(toml), "--no-track"]) == 0
+    assert (f"teacher     network: network checkpoint {iris_checkpoint} (mlp, raw inputs), calibration temperature\n"
+            in capsys.readouterr().out)
+    from distill import students
+
+    weights = tmp_path / "weights.pt"
+    torch.save(students.build("mlp", (4,), 3, hidden=[8]).state_dict(), weights)
+    toml.write_text(f'[data]\nsource = "sklearn:iris"\n[teacher]\nkind = "network"\ncheckpoint = "{weights}"\n'
+                    'arch = "mlp"\ninput = "scaled"\nparams = { hidden = [8] }\n')
+    assert main(["check", str(toml), "--no-track"]) == 0
+    assert f"teacher     network: network checkpoint {weights} (mlp, scaled inputs)" in capsys.readouterr().out

@@ -305,3 +305,14 @@ def test_registering_a_name_twice_raises() -> None:
             register_teacher(kind)(lambda **kwargs: None)
     assert TEACHERS._entries == before
     assert {"gaussian_process", "sklearn"} <= set(list_teachers())
+
+
+def test_describe_is_one_line_with_the_teachers_settings() -> None:
+    gp = create_teacher("gaussian_process", num_classes=3, kernel="auto", restarts=2, multi_class="one_vs_rest")
+    assert gp.describe() == "GaussianProcessClassifier, kernel auto, 2 restarts, one_vs_rest"
+    forest = create_teacher("sklearn", num_classes=2, estimator="sklearn.ensemble:RandomForestClassifier",
+                            params={"n_estimators": 200}, random_state=5)
+    assert forest.describe() == "RandomForestClassifier (n_estimators=200)"  # the seed is not a setting
+    plain = create_teacher("sklearn", num_classes=2, estimator="sklearn.linear_model:LogisticRegression")
+    assert plain.describe() == "LogisticRegression"
+    assert gp.learns and forest.learns and gp.input_space == "scaled" and gp.fingerprint() is None
