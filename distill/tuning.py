@@ -305,6 +305,7 @@ def run_tuning(
 
     started = time.perf_counter()
     check_tunable(config)
+    given_dataset = dataset  # the comparison runs load data.source again unless the caller gave the rows
     first = prepare_protocol(config, dataset, teacher)  # data and config problems surface before anything is written
     dataset = first[0].dataset
     trials = trials if trials is not None else config.tune.trials
@@ -396,9 +397,9 @@ def run_tuning(
             best_cfg = trial_config(config, best_params)
             write_text(run_dir / "best_config.toml", to_toml(config_dict(best_cfg)))
             stop.check("after the search, before the test comparison")
-            tuned_summary = _comparison_run(run_experiment, best_cfg, run_dir / "tuned", dataset, teacher)
+            tuned_summary = _comparison_run(run_experiment, best_cfg, run_dir / "tuned", given_dataset, teacher)
             stop.check("after the search, during the test comparison")
-            untuned_summary = _comparison_run(run_experiment, config, run_dir / "untuned", dataset, teacher)
+            untuned_summary = _comparison_run(run_experiment, config, run_dir / "untuned", given_dataset, teacher)
             stop.check("after the search and the test comparison, while writing the results")
             frame = study.trials_dataframe()
             atomic_write(run_dir / "trials.csv", lambda tmp: frame.to_csv(tmp, index=False))
