@@ -130,7 +130,7 @@ def main_job_output() -> str:
                                "-q", "--no-track", "-o", str(Path(tmp) / "run")], cwd=tmp, capture_output=True,
                               text=True, check=True)
     lines = [line for line in done.stdout.splitlines() if not line.startswith("run directory:")]
-    return "```\n$ python -m distill run experiments/breast_cancer_gp.toml\n" + "\n".join(lines).rstrip() + "\n```"
+    return "```console\n$ python -m distill run experiments/breast_cancer_gp.toml\n" + "\n".join(lines).rstrip() + "\n```"
 
 
 def replace_block(path: Path, begin: str, end: str, text: str) -> None:

@@ -72,7 +72,7 @@ def predict_frame(payload: dict[str, Any], frame: Any, where: str, trusted_archs
     bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:
         raise DataError(f"{where}: feature column(s) {', '.join(repr(b) for b in bad[:5])} are not numeric")
-    x = features.to_numpy(dtype=np.float64)
+    x = features.to_numpy(dtype=np.float64, copy=True)  # writable: pandas 3 hands out read-only views
     expected = int(np.prod(payload["in_shape"]))
     if x.shape[1] != expected:
         raise DataError(f"{where} has {x.shape[1]} feature columns; the student takes {expected}")

@@ -230,3 +230,16 @@ def test_the_public_names_resolve_and_are_documented() -> None:
     assert distill.predict is distill.api.predict  # no submodule shadows a public function
     with pytest.raises(AttributeError):
         distill.not_a_name  # noqa: B018
+
+
+def test_predict_on_a_dataframe_warns_nothing(tmp_path: Path, cancer) -> None:
+    """pandas 3 hands out read-only arrays; torch warns on those, so predict must copy (seen in docs/api.md)."""
+    import warnings
+
+    x, y = cancer
+    result = distill.run({**SETTINGS, "protocol": {"episodes": 1}}, data=(x, y), output=tmp_path / "r", progress=False)
+    frame = pd.DataFrame(x[:7], columns=[f"x{i}" for i in range(30)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predicted = distill.predict(result, frame.iloc[2:])
+    np.testing.assert_allclose(predicted[["p_0", "p_1"]].to_numpy(), result.predict_proba(x[2:7]), rtol=1e-6)
