@@ -162,6 +162,12 @@ def test_toml_blocks_are_valid_experiments() -> None:
     assert toml_blocks, "no ```toml block to check"
     for block in toml_blocks:
         document = tomllib.loads(block.code)
+        if "project" in document:  # a plugin package's pyproject.toml: its entry points name our groups
+            groups = document["project"].get("entry-points", {})
+            assert groups and set(groups) <= {"distill.teachers", "distill.students", "distill.losses"}, block
+            for entries in groups.values():
+                assert all(re.fullmatch(r"[\w.]+:[\w.]+", value) for value in entries.values()), block
+            continue
         if not any(isinstance(v, dict) for v in document.values()):  # a fragment: top-level keys only
             document = {"name": "docs_fragment", **document}
         config = validate_config(document)
