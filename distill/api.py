@@ -9,8 +9,10 @@ when the call returns (``distill.process_state``).
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -141,25 +143,30 @@ class RunResult:
 
         return json_text(self.summary)
 
-    def predict_proba(self, x: Any) -> Any:
-        """Class probabilities ``[N, K]`` (numpy) from the student for raw feature rows."""
-        import numpy as np
-        import torch
+    #: the class labels in the student's output order: your own label values for data from memory
+    #: (``y``'s ints or strings), else the data's class names
+    classes: list[Any] = field(default_factory=list)
+    _payload: dict[str, Any] = field(default_factory=dict, repr=False)
 
-        with torch.inference_mode():
-            return self.student(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
+    def predict_proba(self, x: Any) -> Any:
+        """Class probabilities ``[N, K]`` (numpy) from the student for raw feature rows (``[N, D]`` numbers in
+        training column order, or a DataFrame with the training feature columns); checked as ``distill.predict``."""
+        frame = _predictions(self._payload, x, "the rows given", self._payload.get("arch", ""))
+        return frame[[c for c in frame.columns if c != "prediction"]].to_numpy()
 
     def predict(self, x: Any) -> Any:
-        """Predicted class names for raw feature rows."""
+        """The predicted class label of each row (a numpy array of ``classes``' values)."""
         import numpy as np
 
-        return np.asarray(self.student.classes, dtype=object)[self.predict_proba(x).argmax(axis=1)]
+        return np.asarray(self.classes)[self.predict_proba(x).argmax(axis=1)]
 
     @classmethod
-    def _build(cls, run_dir: Path, summary: dict[str, Any], history: Any, arch: str) -> "RunResult":
+    def _build(cls, run_dir: Path, summary: dict[str, Any], history: Any, arch: str,
+               labels: list[Any] | None = None) -> "RunResult":
         from distill.serving import load_checkpoint, servable_from_checkpoint
 
-        student = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"), trusted=(arch,)).eval()
+        payload = load_checkpoint(run_dir / "student.pt")
+        student = servable_from_checkpoint(payload, trusted=(arch,)).eval()
         sweep = None
         if "sweep" in summary:
             sweep = []
@@ -179,7 +186,8 @@ class RunResult:
                     for e in summary["episodes"]]
         return cls(run_dir=run_dir, status=summary["status"], metrics=means, aggregate=aggregate, paired=paired,
                    verdict=verdict, episodes=episodes, sweep=sweep, kd_selection=summary.get("kd_selection"),
-                   mlflow_run_id=summary.get("mlflow_run_id"), student=student, history=history, summary=summary)
+                   mlflow_run_id=summary.get("mlflow_run_id"), student=student, history=history, summary=summary,
+                   classes=list(labels) if labels is not None else list(payload["classes"]), _payload=payload)
 
 
 @dataclass
@@ -199,6 +207,49 @@ class TeacherResult:
         from distill.rundir import json_text
 
         return json_text(self.summary)
+
+
+def _predictions(payload: dict[str, Any], data: Any, where: str, arch: str = "",
+                 trusted_archs: Sequence[str] = ()) -> Any:
+    """``distill.prediction.predict_frame`` for a DataFrame, a CSV path or ``[N, D]`` rows (training column
+    order); every problem a one-line DataError; torch's generator left as it was."""
+    import numpy as np
+
+    from distill.data import read_csv_frame
+    from distill.prediction import predict_frame
+
+    if isinstance(data, (str, Path)):
+        frame, where = read_csv_frame(Path(data)), f"data file '{data}'"
+    elif hasattr(data, "columns"):
+        frame = data
+    else:
+        import pandas as pd
+
+        try:
+            x = np.asarray(data, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{where}: rows must be numbers: {str(exc).splitlines()[0]}") from None
+        if x.ndim != 2:
+            hint = " (one row: x.reshape(1, -1))" if x.ndim == 1 else ""
+            raise DataError(f"{where} must be [N, D] rows of features, got shape {x.shape}{hint}")
+        names = list(payload.get("feature_names") or [f"x{i}" for i in range(x.shape[1])])
+        if len(names) != x.shape[1]:
+            raise DataError(f"{where} has {x.shape[1]} feature columns; the student takes {len(names)}")
+        frame = pd.DataFrame(x, columns=names)
+    if len(frame) == 0:
+        raise DataError(f"{where} has no rows")
+    trusted = tuple(trusted_archs) + ((arch,) if arch else ())
+    with preserved():  # building the student draws initial weights from torch's generator: put it back
+        return predict_frame(payload, frame, where, trusted)
+
+
+def _labels(y: Any, codes: Any, k: int) -> list[Any]:
+    """Your own label value for each class index: the first ``y`` of each code, as a Python value."""
+    import numpy as np
+
+    values = np.asarray(y).reshape(-1)
+    first = [int(np.flatnonzero(np.asarray(codes) == c)[0]) for c in range(k)]
+    return [values[i].item() if hasattr(values[i], "item") else values[i] for i in first]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -234,32 +285,36 @@ def _plain(tree: Mapping[str, Any]) -> dict[str, Any]:
             for k, v in tree.items()}
 
 
-def _dataset(config: Config, data: Any) -> tuple[Config, Dataset | None]:
-    """The config (``data.source`` naming in-memory data) and the Dataset for ``data``; None: the source."""
+def _dataset(config: Config, data: Any) -> tuple[Config, Dataset | None, list[Any] | None]:
+    """The config (``data.source`` naming in-memory data), the Dataset for ``data`` (None: the source) and
+    your own label value of each class (None: the source's class names)."""
     from distill.data import check_dataset
 
+    labels = None
     if data is None:
-        return config, None
+        return config, None, None
     if isinstance(data, (str, Path)):
         source = str(data)
         if source.partition(":")[0] not in ("sklearn", "csv", "npz", "idx"):  # a bare file path: a CSV
             source = f"csv:{source}"
-        return config.model_copy(update={"data": config.data.model_copy(update={"source": source})}), None
+        return config.model_copy(update={"data": config.data.model_copy(update={"source": source})}), None, None
     if isinstance(data, Dataset):
         dataset, where = data, f"the Dataset {data.name!r}"
     elif hasattr(data, "columns") and hasattr(data, "to_numpy"):  # a DataFrame with the label column
         dataset = dataset_from_frame(data, config.data.label, name="memory:dataframe",
                                      where="the DataFrame given as data")
         where = f"the DataFrame given as data (label column '{config.data.label}')"
+        labels = _labels(data[config.data.label], dataset.y, dataset.num_classes)
     elif isinstance(data, tuple) and len(data) == 2:
         dataset = dataset_from_arrays(*data)
         where = "data (X, y)"
+        labels = _labels(data[1], dataset.y, dataset.num_classes)
     else:
         raise DataError(f"data must be (X, y), a pandas DataFrame with the label column '{config.data.label}', or a "
                         f"source string such as 'sklearn:iris' or 'csv:PATH'; got {type(data).__name__}")
     check_dataset(dataset, where=where)
     update = {"data": config.data.model_copy(update={"source": dataset.name})}
-    return config.model_copy(update=update), dataset
+    return config.model_copy(update=update), dataset, labels
 
 
 def _teacher(config: Config, dataset: Dataset | None, teacher: Any) -> tuple[Config, Any]:
@@ -273,10 +328,13 @@ def _teacher(config: Config, dataset: Dataset | None, teacher: Any) -> tuple[Con
     data = dataset if dataset is not None else load_dataset(config.data.source, config.data.label)
     try:
         factory = teacher_factory(teacher, num_classes=data.num_classes, classes=list(data.classes),
-                                  in_shape=data.in_shape, input=config.teacher.input, device="cpu")
+                                  in_shape=data.in_shape, input=config.teacher.input,
+                                  feature_names=list(data.feature_names))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return config.model_copy(update={"teacher": config.teacher.model_copy(update={"cache": False})}), factory
+    described = f"{type(teacher).__name__} ({'nn.Module' if hasattr(teacher, 'parameters') else 'scikit-learn'})"
+    update = {"cache": False, "given": described}  # the marker: a config alone cannot rerun or resume this
+    return config.model_copy(update={"teacher": config.teacher.model_copy(update=update)}), factory
 
 
 def _progress(progress: bool | None) -> bool:
@@ -286,6 +344,30 @@ def _progress(progress: bool | None) -> bool:
     if "ipykernel" in sys.modules:
         return True
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+@contextmanager
+def _library_call() -> Iterator[None]:
+    """``preserved()`` process settings, and the ``distill`` logger as the CLI sets it: every record to the
+    run's ``log.txt``, warnings to stderr (unless you gave the ``distill`` logger handlers of your own)."""
+    log = logging.getLogger("distill")
+    level, propagate = log.level, log.propagate
+    console: logging.Handler | None = None
+    if not log.handlers:
+        console = logging.StreamHandler()
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(console)
+        log.propagate = False
+    log.setLevel(logging.DEBUG)
+    try:
+        with preserved():
+            yield
+    finally:
+        if console is not None:
+            log.removeHandler(console)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def _track(config: Config, track: bool | None) -> bool:
@@ -318,25 +400,42 @@ def run(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: boo
     """
     from distill.runner import execute
 
-    cfg, dataset = _dataset(as_config(config), data)
+    cfg, dataset, labels = _dataset(as_config(config), data)
     cfg, factory = _teacher(cfg, dataset, teacher)
-    with preserved():
+    with _library_call():
         outcome = execute(cfg, output=output, progress=_progress(progress), track=_track(cfg, track),
                           dataset=dataset, teacher=factory)
-        return RunResult._build(outcome.run_dir, outcome.summary, outcome.history, cfg.student.arch)
+        return RunResult._build(outcome.run_dir, outcome.summary, outcome.history, cfg.student.arch, labels)
 
 
-def resume(run_dir: str | Path, *, track: bool = True, progress: bool | None = None) -> RunResult:
+def resume(run_dir: str | Path, *, data: Any = None, teacher: Any = None, track: bool = True,
+           progress: bool | None = None) -> RunResult:
     """Continue an interrupted or killed run from its checkpoints (``python -m distill run --resume``).
 
-    A run made from in-memory data or a teacher object cannot be resumed from its folder alone.
+    A run made from data in memory or with a teacher object needs them passed again (``data=``,
+    ``teacher=``): its folder records only what they were, and without them the run is refused.
     """
     from distill.runner import execute, resumable_config
 
     cfg = resumable_config(run_dir)
-    with preserved():
-        outcome = execute(cfg, output=run_dir, progress=_progress(progress), track=track, resume=True)
-        return RunResult._build(outcome.run_dir, outcome.summary, outcome.history, cfg.student.arch)
+    given = cfg.teacher.given
+    dataset, labels = None, None
+    if data is not None:
+        memory = cfg.data.source.startswith("memory:")
+        _, dataset, labels = _dataset(cfg, data)
+        if not memory:
+            raise ConfigError(f"resume: the run in '{run_dir}' read data.source '{cfg.data.source}'; pass no data")
+        if dataset is not None and dataset.name != cfg.data.source:
+            raise ConfigError(f"resume: the run in '{run_dir}' was made from {cfg.data.source}, not {dataset.name}")
+    cfg, factory = _teacher(cfg, dataset, teacher) if teacher is not None else (cfg, None)
+    if teacher is not None and given is None:
+        raise ConfigError(f"resume: the run in '{run_dir}' used teacher.kind '{cfg.teacher.kind}'; pass no teacher")
+    if factory is not None:
+        cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"given": given})})
+    with _library_call():
+        outcome = execute(cfg, output=run_dir, progress=_progress(progress), track=track, resume=True,
+                          dataset=dataset, teacher=factory)
+        return RunResult._build(outcome.run_dir, outcome.summary, outcome.history, cfg.student.arch, labels)
 
 
 def tune(config: ConfigLike, *, data: Any = None, teacher: Any = None, trials: int | None = None,
@@ -358,9 +457,9 @@ def tune(config: ConfigLike, *, data: Any = None, teacher: Any = None, trials: i
             raise ConfigError(f"{name} (--{name}) must be between 1 and {limit}, got {value}")
     if timeout is not None and not 0 < timeout <= MAX_SECONDS:  # also refuses nan and inf
         raise ConfigError(f"timeout (--timeout) must be > 0 and <= {MAX_SECONDS:g} seconds, got {timeout}")
-    cfg, dataset = _dataset(as_config(config), data)
+    cfg, dataset, _ = _dataset(as_config(config), data)
     cfg, factory = _teacher(cfg, dataset, teacher)
-    with preserved():
+    with _library_call():
         return run_tuning(cfg, trials=trials, timeout=timeout, study_name=study, storage=storage, jobs=jobs,
                           seed=seed, output=output, track=_track(cfg, track), progress=_progress(progress),
                           dataset=dataset, teacher=factory)
@@ -375,9 +474,9 @@ def check(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: b
     from distill.runner import describe_plan
     from distill.tracking import preflight
 
-    cfg, dataset = _dataset(as_config(config), data)
+    cfg, dataset, _ = _dataset(as_config(config), data)
     cfg, factory = _teacher(cfg, dataset, teacher)
-    with preserved():
+    with _library_call():
         first = prepare_protocol(cfg, dataset, factory)
         if _track(cfg, track):
             preflight(cfg)
@@ -391,7 +490,7 @@ def train_teacher(config: ConfigLike, *, output: str | Path | None = None, track
     from distill.teacher_training import train_teacher as _train
 
     cfg = as_config(config)
-    with preserved():
+    with _library_call():
         path, summary = _train(cfg, output=output, progress=_progress(progress), track=_track(cfg, track))
     return TeacherResult(Path(path), summary)
 
@@ -406,10 +505,7 @@ def predict(source: Any, data: Any, *, trusted_archs: Sequence[str] = (), tracki
     ``trusted_archs``: import paths of student classes you trust (a registered name needs nothing).
     ``output``: also write the predictions to this CSV, a new file unless ``force``.
     """
-    import numpy as np
-
-    from distill.data import read_csv_frame
-    from distill.prediction import check_output, predict_frame, resolve_checkpoint
+    from distill.prediction import check_output, resolve_checkpoint
     from distill.rundir import atomic_write
     from distill.serving import load_checkpoint
 
@@ -419,22 +515,7 @@ def predict(source: Any, data: Any, *, trusted_archs: Sequence[str] = (), tracki
         path = source.run_dir / "student.pt" if isinstance(source, RunResult) else resolve_checkpoint(
             str(source), tracking_uri)
         payload = load_checkpoint(path)
-    if isinstance(data, (str, Path)):
-        frame, where = read_csv_frame(Path(data)), f"data file '{data}'"
-    elif hasattr(data, "columns"):
-        frame, where = data, "the DataFrame given as data"
-    else:
-        import pandas as pd
-
-        x = np.asarray(data, dtype=np.float64)
-        if x.ndim != 2:
-            raise DataError(f"data must be [N, D] rows of features, got shape {x.shape}")
-        names = list(payload.get("feature_names") or [f"x{i}" for i in range(x.shape[1])])
-        if len(names) != x.shape[1]:
-            raise DataError(f"data has {x.shape[1]} feature columns; the student takes {len(names)}")
-        frame, where = pd.DataFrame(x, columns=names), "the array given as data"
-    with preserved():  # building the student draws initial weights from torch's generator: put it back
-        result = predict_frame(payload, frame, where, trusted_archs)
+    result = _predictions(payload, data, "the rows given as data", trusted_archs=trusted_archs)
     if output is not None:
         out = check_output(output, force)
         atomic_write(out, lambda tmp: result.to_csv(tmp, index=False, float_format="%.6g"))

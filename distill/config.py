@@ -335,6 +335,9 @@ class TeacherConfig(_Section):
     validation: Number = Field(default=0.1, gt=0, lt=1)
     cache: StrictBool = True
     cache_dir: str = ".distill-cache"
+    #: set by ``distill.run(config, teacher=obj)``: what the Python object was. A config file cannot
+    #: rebuild an object, so a run with this key needs the teacher passed again (``teacher=``)
+    given: Optional[str] = None
 
     _kernel = field_validator("kernel")(_check_kernel)
 

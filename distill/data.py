@@ -208,6 +208,8 @@ def dataset_from_arrays(x: Any, y: Any, *, name: str = "memory:arrays") -> Datas
         raise DataError(f"{where}: y holds a missing label (None or NaN)")
     if labels.dtype.kind == "f" and not np.isfinite(labels).all():
         raise DataError(f"{where}: y holds NaN or infinity; a label must be a finite number or a name")
+    if features.shape[0] == 0:
+        raise DataError(f"{where} has no rows")
     image = _image_shape(features.shape)
     if features.ndim > 4:
         raise DataError(f"{where}: X has {features.ndim} dimensions; tables are [N, D], images [N, H, W] or [N, C, H, W]")

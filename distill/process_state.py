@@ -32,7 +32,9 @@ def _mlflow_globals() -> dict[str, Any]:
     from mlflow.tracking import fluent
     from mlflow.tracking._tracking_service import utils
 
-    return {"uri": getattr(utils, "_tracking_uri", None), "experiment": getattr(fluent, "_active_experiment_id", None)}
+    stack = getattr(fluent, "_active_run_stack", None)
+    return {"uri": getattr(utils, "_tracking_uri", None), "experiment": getattr(fluent, "_active_experiment_id", None),
+            "active_runs": [run.info.run_id for run in stack.get()] if stack is not None else []}
 
 
 def _restore_mlflow(saved: dict[str, Any]) -> None:
@@ -49,6 +51,30 @@ def _restore_mlflow(saved: dict[str, Any]) -> None:
     fluent._active_experiment_id = saved.get("experiment")
 
 
+def _set_aside_active_runs() -> list[Any] | None:
+    """MLflow's stack of active runs in this thread, emptied for the call (None: MLflow not imported)."""
+    if "mlflow" not in sys.modules:
+        return None
+    from mlflow.tracking import fluent
+
+    variable = getattr(fluent, "_active_run_stack", None)
+    if variable is None:
+        return None
+    stack = list(variable.get())
+    variable.set([])
+    return stack
+
+
+def _restore_active_runs(stack: list[Any] | None) -> None:
+    if "mlflow" not in sys.modules:
+        return
+    from mlflow.tracking import fluent
+
+    variable = getattr(fluent, "_active_run_stack", None)
+    if variable is not None:
+        variable.set(list(stack or []))
+
+
 def snapshot() -> dict[str, Any]:
     """The settings ``preserved`` restores, as comparable values (for tests and for ``preserved``)."""
     from threadpoolctl import threadpool_info
@@ -59,6 +85,8 @@ def snapshot() -> dict[str, Any]:
         "environ": {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "OPTUNA_"))},
         "mlflow": _mlflow_globals(),
         "loggers": {name: logging.getLogger(name).level for name in _LOGGERS},
+        # importing mlflow.pytorch runs logging.basicConfig(level=ERROR) (MLflow's lightning autolog module)
+        "root_logger": (logging.getLogger().level, list(logging.getLogger().handlers)),
         "optuna_verbosity": _optuna_verbosity(),
         "grad_enabled": torch.is_grad_enabled(),
         "default_dtype": torch.get_default_dtype(),
@@ -85,9 +113,14 @@ def preserved() -> Iterator[None]:
     torch_state = torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     blas = threadpool_limits(limits=None)  # records every BLAS/OpenMP pool's limit as it is now
+    root = logging.getLogger()
+    stack = _set_aside_active_runs()  # a user's `with mlflow.start_run():` stays theirs; our runs are our own
     try:
         yield
     finally:
+        _restore_active_runs(stack)
+        root.setLevel(saved["root_logger"][0])
+        root.handlers[:] = saved["root_logger"][1]
         blas.restore_original_limits()
         if torch.get_num_threads() != saved["torch_threads"]:
             torch.set_num_threads(saved["torch_threads"])

@@ -101,13 +101,14 @@ class Prepared:
     teacher: "TeacherFactory | None" = None
 
 
-#: Builds a fresh Teacher for a teacher given in Python (see ``distill.teachers.given``).
-TeacherFactory = Callable[[], Teacher]
+#: Builds a fresh Teacher for a teacher given in Python (see ``distill.teachers.given``), from the
+#: episode's seed (an unfitted estimator without a ``random_state`` of its own gets it, as the config's do).
+TeacherFactory = Callable[[int], Teacher]
 
 
 def _new_teacher(kind: str, kwargs: dict[str, Any], given: TeacherFactory | None) -> Teacher:
     """A teacher of ``kind`` built from ``kwargs``, or the one given in Python."""
-    return given() if given is not None else create_teacher(kind, **kwargs)
+    return given(int(kwargs["random_state"])) if given is not None else create_teacher(kind, **kwargs)
 
 
 @dataclass
@@ -328,6 +329,10 @@ def prepare(config: Config, dataset: Dataset | None = None, teacher: TeacherFact
         test_from=heldout,
     )
     problems: list[str] = []
+    if config.teacher.given is not None and teacher is None:
+        problems.append(f"teacher.given: this experiment's teacher was a Python object ({config.teacher.given}); "
+                        "a config file cannot rebuild it: pass it again, distill.run(config, teacher=...) or "
+                        "distill.resume(run_dir, teacher=...)")
     k = dataset.num_classes
     hard = config.objective.hard
     if hard == "auto":

@@ -78,13 +78,14 @@ def describe_plan(prepared: Prepared) -> str:
         "augmented": f"augmented: the KL term sees the {s.labelled.size} labelled rows + {fs.augment.count} generated "
         f"points (jitter {fs.augment.jitter}, mixup share {fs.augment.mixup})",
     }[fs.transfer]
-    several = c.teacher.kind in ("auto", "ensemble")
-    described = prepared.teachers or [(c.teacher.kind, c.teacher.kind)]
+    kind = "given" if prepared.teacher is not None else c.teacher.kind  # given: distill.run(teacher=obj)
+    several = kind in ("auto", "ensemble")
+    described = prepared.teachers or [(kind, kind)]
     teacher = (
-        f"{c.teacher.kind} of {len(described)} candidate(s), calibration {c.teacher.calibration}"
+        f"{kind} of {len(described)} candidate(s), calibration {c.teacher.calibration}"
         + "".join(f"\n              {name}: {text}" for name, text in described)
         if several
-        else f"{c.teacher.kind}: {described[0][1]}, calibration {c.teacher.calibration}"
+        else f"{kind}: {described[0][1]}, calibration {c.teacher.calibration}"
     )
     kwargs = ", ".join(f"{k}={v!r}" for k, v in c.student.kwargs.items())
     lines = [

@@ -99,7 +99,10 @@ def test_run_result_is_typed_and_to_json_is_summary_json(tmp_path: Path, cancer)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
     frame = distill.predict(tmp_path / "r", pd.DataFrame(x[:20], columns=[f"x{i}" for i in range(30)]))
     np.testing.assert_allclose(frame[["p_0", "p_1"]].to_numpy(), probs, rtol=1e-6)
-    assert list(frame["prediction"]) == list(result.predict(x[:20]))
+    predicted = result.predict(x[:20])
+    assert list(frame["prediction"]) == [str(v) for v in predicted]  # the checkpoint names classes as text
+    assert predicted.dtype.kind == "i" and result.classes == [0, 1]  # your own labels back, as you gave them
+    assert (predicted == probs.argmax(axis=1)).all()
 
 
 def test_config_as_dict_path_or_config_is_one_experiment(tmp_path: Path, cancer) -> None:
@@ -243,3 +246,101 @@ def test_predict_on_a_dataframe_warns_nothing(tmp_path: Path, cancer) -> None:
         warnings.simplefilter("error")
         predicted = distill.predict(result, frame.iloc[2:])
     np.testing.assert_allclose(predicted[["p_0", "p_1"]].to_numpy(), result.predict_proba(x[2:7]), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- what a practitioner runs into
+
+
+def test_predicting_with_a_result_checks_its_rows(tmp_path: Path, cancer) -> None:
+    x, y = cancer
+    result = distill.run({**SETTINGS, "protocol": {"episodes": 1}}, data=(x, y), output=tmp_path / "r",
+                         progress=False)
+    for rows, message in ((x[:3, :5], "has 5 feature columns; the student takes 30"),
+                          (x[0], "must be [N, D] rows of features, got shape (30,) (one row: x.reshape(1, -1))"),
+                          (np.full((2, 30), np.nan), "NaN or infinite"), (x[:0], "has no rows"),
+                          ([["a"] * 30], "rows must be numbers")):
+        with pytest.raises(distill.UserError) as caught:
+            result.predict(rows)
+        assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_float_labels_and_a_fitted_teacher_on_them(tmp_path: Path, cancer) -> None:
+    x, y = cancer
+    fitted = LogisticRegression(max_iter=5000).fit(x[::3], y[::3].astype(float))  # classes_ [0.0, 1.0]
+    result = distill.run({**SETTINGS, "protocol": {"episodes": 1}}, data=(x, y.astype(float)), teacher=fitted,
+                         output=tmp_path / "r", progress=False)
+    test = _test_rows(SETTINGS, x, y, 0)
+    assert result.metrics["teacher"]["accuracy"] == pytest.approx(fitted.score(x[test], y[test]), abs=1e-6)
+    assert result.classes == [0.0, 1.0]
+
+
+def test_a_fitted_teacher_gets_its_own_column_order(tmp_path: Path, cancer) -> None:
+    x, y = cancer
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(30)])
+    reversed_ = frame[frame.columns[::-1]]
+    fitted = LogisticRegression(max_iter=5000).fit(reversed_.iloc[::3], y[::3])  # fit on the columns reversed
+    data = frame.assign(label=y)
+    result = distill.run({**SETTINGS, "protocol": {"episodes": 1}}, data=data, teacher=fitted,
+                         output=tmp_path / "r", progress=False)
+    test = _test_rows(SETTINGS, x, y, 0)
+    assert result.metrics["teacher"]["accuracy"] == pytest.approx(fitted.score(reversed_.iloc[test], y[test]),
+                                                                  abs=1e-6)
+    other = LogisticRegression().fit(pd.DataFrame(x[:, :2], columns=["a", "b"]), y)
+    with pytest.raises(distill.UserError, match="fit on feature\\(s\\) 'a', 'b' that the data lacks"):
+        distill.run(SETTINGS, data=data, teacher=other, output=tmp_path / "o")
+
+
+def test_a_float64_module_teacher_runs_in_its_own_dtype(tmp_path: Path) -> None:
+    x, y = load_iris(return_X_y=True)
+    reference = LogisticRegression(max_iter=5000).fit(x, y)
+    net = torch.nn.Linear(4, 3).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.as_tensor(reference.coef_))
+        net.bias.copy_(torch.as_tensor(reference.intercept_))
+    config = {**SETTINGS, "data": {"scale": "standard", "test_size": 45}, "few_shot": {"labelled": 9, "validation": 0},
+              "protocol": {"episodes": 1}}
+    result = distill.run(config, data=(x, y), teacher=net, output=tmp_path / "r", progress=False)
+    test = _test_rows(config, x, y, 0)
+    assert result.metrics["teacher"]["accuracy"] == pytest.approx(reference.score(x[test], y[test]), abs=1e-6)
+    assert net.weight.dtype == torch.float64
+    plan = distill.check(config, data=(x, y), teacher=net)
+    assert "teacher     given: Linear network given in Python" in plan
+
+
+def test_a_run_with_a_teacher_object_resumes_only_with_it_again(tmp_path: Path, cancer, capsys) -> None:
+    x, y = cancer
+    teacher = LogisticRegression(max_iter=5000)
+    first = distill.run(SETTINGS, data=(x, y), teacher=teacher, output=tmp_path / "r", progress=False)
+    (tmp_path / "r" / "summary.json").unlink()  # as a killed run leaves it
+    assert main(["run", "--resume", str(tmp_path / "r"), "--no-track", "-q"]) == 2
+    error = capsys.readouterr().err
+    assert "data.source 'memory:arrays' names data that was in memory" in error
+    again = distill.resume(tmp_path / "r", data=(x, y), teacher=teacher, track=False, progress=False)
+    assert _episode_numbers(again.summary) == _episode_numbers(first.summary)
+    config = tmp_path / "r" / "config.toml"
+    on_disk = distill.load_config(config)
+    assert on_disk.teacher.given == "LogisticRegression (scikit-learn)"
+    with pytest.raises(distill.UserError, match="teacher.given: this experiment's teacher was a Python object"):
+        distill.run(on_disk, data=(x, y), output=tmp_path / "again")
+
+
+def test_run_inside_a_users_mlflow_run_and_logging(tmp_path: Path, cancer, monkeypatch) -> None:
+    """A notebook's own ``with mlflow.start_run():`` and ``logging`` set-up survive a tracked run."""
+    import logging
+
+    import mlflow
+
+    x, y = cancer
+    store = os.environ["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    config = {**SETTINGS, "protocol": {"episodes": 1}, "tracking": {"enabled": True, "uri": store, "timeout": 30}}
+    with mlflow.start_run() as mine:
+        result = distill.run(config, data=(x, y), output=tmp_path / "r", progress=False)
+        assert mlflow.active_run().info.run_id == mine.info.run_id  # still the user's run
+    assert result.mlflow_run_id not in (None, mine.info.run_id)
+    assert mlflow.get_run(result.mlflow_run_id).info.status == "FINISHED"
+    assert list(root.handlers) == handlers and root.level == level
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert "teacher     sklearn: LogisticRegression" in log and "done in" in log  # the run log, as the CLI's

@@ -38,10 +38,19 @@ def is_fitted(estimator: Any) -> bool:
     return True
 
 
+def _canonical(name: str) -> str:
+    """A label as ``distill.data.label_classes`` names it: ``1``, ``1.0`` and ``1e0`` are ``"1"``."""
+    from distill.data import _exact_number, _number_name
+
+    value = _exact_number(name)
+    return _number_name(value) if value is not None and value.is_finite() else name
+
+
 def _class_columns(estimator_classes: Any, classes: list[str]) -> np.ndarray:
     """Column ``j`` of the estimator's ``predict_proba`` is data class ``index[j]`` (matched by name)."""
     names = [str(c) for c in np.asarray(estimator_classes).tolist()]
-    position = {name: i for i, name in enumerate(classes)}
+    position = {_canonical(name): i for i, name in enumerate(classes)}
+    names = [_canonical(n) for n in names]
     unknown = [n for n in names if n not in position]
     if unknown:
         raise ValueError(f"the fitted teacher's classes_ {names} are not the data's classes {classes} "
@@ -52,12 +61,15 @@ def _class_columns(estimator_classes: Any, classes: list[str]) -> np.ndarray:
 class GivenEstimatorTeacher(Teacher):
     """A scikit-learn classifier instance as a teacher (see the module docstring)."""
 
-    def __init__(self, estimator: Any, num_classes: int, classes: list[str], identity: str) -> None:
+    def __init__(self, estimator: Any, num_classes: int, classes: list[str], identity: str,
+                 feature_names: list[str] | None = None, random_state: int = 0) -> None:
         self.estimator = estimator
         self.num_classes = int(num_classes)
         self.classes = list(classes)
         self.prefit = is_fitted(estimator)
         self._identity = identity
+        self.feature_names = list(feature_names or [])
+        self.random_state = int(random_state)
 
     @property
     def learns(self) -> bool:  # type: ignore[override]
@@ -72,9 +84,33 @@ class GivenEstimatorTeacher(Teacher):
         # soft targets are never shared through the disk cache (the run turns that cache off).
         return f"given:{self._identity}"
 
+    def _columns(self) -> np.ndarray | None:
+        """For a fitted estimator that knows its feature names: the data's column for each of them, in its
+        order (None: it takes the data's columns as they are)."""
+        names = getattr(self.estimator, "feature_names_in_", None)
+        if names is None or not self.feature_names:
+            return None
+        names = [str(n) for n in names]
+        missing = [n for n in names if n not in self.feature_names]
+        if missing:
+            raise ValueError(f"the fitted teacher was fit on feature(s) {', '.join(map(repr, missing[:3]))} that the data "
+                             f"lacks (the data's: {', '.join(map(repr, self.feature_names[:5]))}...)")
+        return np.asarray([self.feature_names.index(n) for n in names], dtype=np.int64)
+
+    def _rows(self, x: np.ndarray) -> Any:
+        """Rows as the estimator expects them: a DataFrame in its own column order when it knows names."""
+        x = np.asarray(x, dtype=np.float64)
+        columns = self._columns() if self.prefit else None
+        if columns is None:
+            return x
+        import pandas as pd
+
+        return pd.DataFrame(x[:, columns], columns=[self.feature_names[i] for i in columns])
+
     def check(self, in_shape: tuple[int, ...]) -> None:
         if self.prefit:
             _class_columns(self.estimator.classes_, self.classes)
+            self._columns()
             width = getattr(self.estimator, "n_features_in_", None)
             if width is not None and int(width) != int(np.prod(in_shape)):
                 raise ValueError(f"the fitted teacher takes {width} features but the data has {int(np.prod(in_shape))}")
@@ -89,14 +125,20 @@ class GivenEstimatorTeacher(Teacher):
         y = np.asarray(y)
         if np.unique(y).size < 2:
             raise ValueError("a teacher needs at least two classes among its training rows")
-        self.estimator_ = clone(self.estimator).fit(np.asarray(x, dtype=np.float64), y)
+        estimator = clone(self.estimator)
+        if "random_state" in estimator.get_params(deep=False) and estimator.get_params(deep=False)["random_state"] is None:
+            estimator.set_params(random_state=self.random_state)  # as teacher.kind = "sklearn" does: reproducible
+        self.estimator_ = estimator.fit(np.asarray(x, dtype=np.float64), y)
         self.columns_ = np.asarray(self.estimator_.classes_, dtype=np.int64)
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if not hasattr(self, "estimator_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(x, y) first")
-        proba = np.asarray(self.estimator_.predict_proba(np.asarray(x, dtype=np.float64)), dtype=np.float64)
+        proba = np.asarray(self.estimator_.predict_proba(self._rows(x)), dtype=np.float64)
+        if proba.ndim != 2 or proba.shape != (len(x), self.columns_.size):
+            raise ValueError(f"{type(self.estimator_).__name__}.predict_proba gave shape {proba.shape}, expected "
+                             f"({len(x)}, {self.columns_.size}): one column per class in classes_")
         full = np.zeros((proba.shape[0], self.num_classes), dtype=np.float64)
         full[:, self.columns_] = proba
         return full
@@ -118,15 +160,17 @@ class GivenModuleTeacher(Teacher):
 
     learns = False
 
-    def __init__(self, module: nn.Module, num_classes: int, in_shape: tuple[int, ...], input: str, device: str,
+    def __init__(self, module: nn.Module, num_classes: int, in_shape: tuple[int, ...], input: str,
                  identity: str, batch_size: int = 4096) -> None:
         self.module = module
         self.num_classes = int(num_classes)
         self.in_shape = tuple(in_shape)
         self.input = input
-        self.device = device
         self.batch_size = batch_size
         self._identity = identity
+        first = next(iter(module.parameters()), None)  # the module runs where it is, in its own dtype
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
 
     @property
     def input_space(self) -> str:  # type: ignore[override]
@@ -136,7 +180,7 @@ class GivenModuleTeacher(Teacher):
         return f"given:{self._identity}"
 
     def _forward(self, x: np.ndarray) -> torch.Tensor:
-        rows = torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(x), *self.in_shape))
+        rows = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(len(x), *self.in_shape), dtype=self.dtype)
         outs = []
         was_training = self.module.training
         self.module.eval()
@@ -184,16 +228,15 @@ class GivenModuleTeacher(Teacher):
 
 
 def teacher_factory(obj: Any, *, num_classes: int, classes: list[str], in_shape: tuple[int, ...],
-                    input: str = "raw", device: str = "cpu") -> Callable[[], Teacher]:
-    """A factory of fresh teachers wrapping ``obj`` (an ``nn.Module`` or a scikit-learn classifier);
-    anything else is a ValueError naming what a teacher must be."""
+                    input: str = "raw", feature_names: list[str] | None = None) -> Callable[[int], Teacher]:
+    """A factory of fresh teachers (from an episode's seed) wrapping ``obj``, an ``nn.Module`` or a
+    scikit-learn classifier; anything else is a ValueError naming what a teacher must be."""
     identity = uuid.uuid4().hex
+    if isinstance(obj, type):
+        raise ValueError(f"teacher: pass an instance, not the class {obj.__name__} (e.g. {obj.__name__}(...))")
     if isinstance(obj, nn.Module):
-        module = obj.to(device)
-        return lambda: GivenModuleTeacher(module, num_classes, in_shape, input, device, identity)
+        return lambda seed: GivenModuleTeacher(obj, num_classes, in_shape, input, identity)
     if callable(getattr(obj, "predict_proba", None)) and callable(getattr(obj, "fit", None)):
-        if isinstance(obj, type):
-            raise ValueError(f"teacher: pass an instance, not the class {obj.__name__} (e.g. {obj.__name__}())")
-        return lambda: GivenEstimatorTeacher(obj, num_classes, classes, identity)
+        return lambda seed: GivenEstimatorTeacher(obj, num_classes, classes, identity, feature_names, seed)
     raise ValueError(f"teacher must be a scikit-learn classifier with fit and predict_proba, or a torch nn.Module; "
                      f"got {type(obj).__name__}")
