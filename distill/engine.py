@@ -383,7 +383,7 @@ def fit_many(
             raise ValueError(f"these fits cannot be stacked: {problem}")
         if on_epoch_end is not None:
             raise ValueError("on_epoch_end is for a single fit")
-    from tqdm.auto import tqdm
+    from distill.progress import progress_bar as tqdm
 
     started = time.perf_counter()
     train0 = trains[0]

@@ -1262,7 +1262,7 @@ def run_protocol(
     results in the order episode-major, sweep value-minor. ``checkpoints`` and ``stop``: see
     ``train_students``; a resumed run passes ``reported``, the results ``on_result`` already saw.
     """
-    from tqdm.auto import tqdm
+    from distill.progress import progress_bar as tqdm
 
     first = prepare_protocol(config) if first is None else first
     dataset = first[0].dataset

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from sklearn.datasets import load_breast_cancer, load_iris
 from sklearn.linear_model import LogisticRegression
 
 import distill
+import distill.api
 from distill.cli import main
 from distill.protocol import prepare
 
@@ -344,3 +346,18 @@ def test_run_inside_a_users_mlflow_run_and_logging(tmp_path: Path, cancer, monke
     assert list(root.handlers) == handlers and root.level == level
     log = (tmp_path / "r" / "log.txt").read_text()
     assert "teacher     sklearn: LogisticRegression" in log and "done in" in log  # the run log, as the CLI's
+
+
+def test_progress_bars_in_a_notebook_without_ipywidgets_are_text_bars(monkeypatch) -> None:
+    import importlib.util
+    import types
+
+    from tqdm.std import tqdm as text
+
+    from distill.progress import _bar_class
+
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # as inside Jupyter
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipywidgets" else real(name, *a))
+    assert _bar_class() is text  # tqdm.auto would pick the widget and warn "IProgress not found"
+    assert distill.api._progress(None) is True  # bars on by default in a notebook
