@@ -33,6 +33,7 @@ from distill.cli import main
 from distill.config import load_config, to_toml
 from distill.data import Dataset, fit_scaler, load_dataset, split_dataset
 from distill.engine import predict_logits
+from distill.errors import UserError
 from distill.protocol import episode_seed, prepare, teach, train_student
 from distill.report import SYSTEMS
 from distill.tuning import _TeacherCache, run_tuning, trial_config, validation_score
@@ -235,8 +236,9 @@ def test_search_never_reads_the_test_rows(tmp_path: Path) -> None:
     taught = teach(prepared, score_test=False)
     assert taught.test_logits.shape == (0, 3)
     assert np.isfinite(taught.train.teacher_logits.numpy()).all()
-    # The poison bites whenever the test rows are read.
-    with pytest.raises(ValueError, match="NaN"):
+    # The poison bites whenever the test rows are read: the teacher's error, in one line naming it.
+    with pytest.raises(UserError, match=r"^teacher 'gaussian_process' failed computing its logits on 45 rows: "
+                                        r"ValueError: Input X contains NaN\. \[GaussianProcessClassifier"):
         teach(prepared, score_test=True)
 
 
