@@ -36,6 +36,7 @@ from distill.engine import FitSettings, TrainingRows, fit, predict_logits
 from distill.errors import ConfigError
 from distill.seeding import SMALL_WORKLOAD, resolve_device, seed_everything
 from distill.teacher_cv import cross_fit
+from distill.teachers.base import Teacher
 from distill.teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher
 from distill.weight_init import apply_init
 
@@ -87,8 +88,15 @@ def _module_teacher_logits(module: nn.Module, x: np.ndarray, num_classes: int,
     return torch.log_softmax(z, dim=1).numpy()
 
 
-class _ModuleTeacher:
-    """A pretrained ``nn.Module`` as a distill ``Teacher``: ``fit`` learns nothing, ``logits`` runs it."""
+class _ModuleTeacher(Teacher):
+    """A pretrained ``nn.Module`` as a distill ``Teacher``: ``fit`` learns nothing, ``logits`` runs it.
+
+    A ``Teacher`` subclass so that ``cross_fit`` finds every hook (``diagnostics``, ...); ``learns = False``:
+    it is fit once and its outputs on the labelled rows are its "out-of-fold" outputs for calibration.
+    """
+
+    learns = False
+    input_space = "raw"  # the module reads the unscaled rows, as it was trained
 
     def __init__(self, module: nn.Module, num_classes: int) -> None:
         self.module = module
@@ -99,6 +107,12 @@ class _ModuleTeacher:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return _module_teacher_logits(self.module, x, self.num_classes)
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {"estimator": type(self.module).__name__, "given": "module", "warnings": []}
+
+    def describe(self) -> str:
+        return f"{type(self.module).__name__} network (pretrained, unscaled inputs)"
 
 
 @contextmanager

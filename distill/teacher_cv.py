@@ -12,8 +12,10 @@ cross-validation of the distillation knobs can use teachers that never saw the h
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +28,8 @@ from distill.calibration import (
     labelled_folds,
     log_loss,
 )
+from distill.errors import UserError
+from distill.interrupts import Interrupted
 from distill.teachers.base import PROBABILITY_FLOOR, Teacher
 
 __all__ = ["CrossFitted", "cross_fit", "CandidateFactory", "TeacherProblem"]
@@ -37,7 +41,8 @@ CandidateFactory = tuple[str, Callable[[], Teacher]]
 
 
 class TeacherProblem(ValueError):
-    """A candidate teacher that cannot be fit on the labelled rows, or whose logits are malformed."""
+    """A candidate teacher that cannot be built or fit on the labelled rows, fails computing its logits or
+    returns malformed ones: one line naming the teacher and the first line of its error."""
 
 
 @dataclass
@@ -88,8 +93,53 @@ def _scores(log_probs: np.ndarray | None, y: np.ndarray) -> dict[str, float | No
     }
 
 
+def _passes_through(exc: Exception) -> bool:
+    """Whether an exception from teacher code is left as it is: distill's own errors (already a message for
+    the user), a stop request, and running out of memory (the machine's limit, not the teacher's fault)."""
+    if isinstance(exc, (TeacherProblem, UserError, Interrupted, MemoryError)):
+        return True
+    torch = sys.modules.get("torch")  # CUDA out of memory, without importing torch for a scikit-learn teacher
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(exc, oom)
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (cut to ``limit`` characters), for a one-line problem."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    if len(line) > limit:
+        line = line[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _described(teacher: Teacher | None, name: str) -> str:
+    """`` [what the teacher is]`` from its ``describe`` (empty when there is nothing more to say than its
+    name, or ``describe`` fails itself)."""
+    if teacher is None:
+        return ""
+    try:
+        what = str(teacher.describe()).strip()
+    except Exception:  # noqa: BLE001 - the description is only a courtesy in an error message
+        return ""
+    return f" [{what}]" if what and what != name else ""
+
+
+@contextmanager
+def _teacher_code(name: str, teacher: Teacher | None, doing: str) -> Iterator[None]:
+    """Run teacher code (a plugin's or the user's): whatever it raises that is not distill's own becomes a
+    one-line ``TeacherProblem`` naming the teacher, what it was doing, the first line of the error and, in
+    brackets, the teacher's ``describe()``."""
+    try:
+        yield
+    except Exception as exc:
+        if _passes_through(exc):
+            raise
+        raise TeacherProblem(f"teacher '{name}' {doing}: {_first_line(exc)}{_described(teacher, name)}") from exc
+
+
 def _checked_logits(teacher: Teacher, x: np.ndarray, num_classes: int, name: str) -> np.ndarray:
-    logits = np.asarray(teacher.logits(x), dtype=np.float64)
+    with _teacher_code(name, teacher, f"failed computing its logits on {x.shape[0]} rows"):
+        logits = np.asarray(teacher.logits(x), dtype=np.float64)
     if logits.shape != (x.shape[0], num_classes) or not np.isfinite(logits).all():
         raise TeacherProblem(
             f"teacher '{name}' returned logits of shape {logits.shape} "
@@ -99,10 +149,21 @@ def _checked_logits(teacher: Teacher, x: np.ndarray, num_classes: int, name: str
 
 
 def _fit(factory: Callable[[], Teacher], x: np.ndarray, y: np.ndarray, name: str) -> Teacher:
-    try:
-        return factory().fit(x, y)
-    except ValueError as exc:
-        raise TeacherProblem(f"teacher '{name}' cannot be fit on the labelled rows: {exc}") from None
+    """A fresh teacher from ``factory``, fit on ``(x, y)``; its constructor and ``fit`` are teacher code."""
+    with _teacher_code(name, None, "cannot be built"):
+        teacher = factory()
+    with _teacher_code(name, teacher, f"cannot be fit on {x.shape[0]} labelled rows"):
+        fitted = teacher.fit(x, y)
+    if not isinstance(fitted, Teacher):
+        raise TeacherProblem(f"teacher '{name}': fit(x, y) returned a {type(fitted).__name__}, not the teacher "
+                             "(a distill Teacher's fit returns self)")
+    return fitted
+
+
+def _diagnostics(teacher: Teacher, name: str) -> dict[str, Any]:
+    """The fitted teacher's own diagnostics (teacher code as well)."""
+    with _teacher_code(name, teacher, "failed in diagnostics()"):
+        return dict(teacher.diagnostics())
 
 
 def _honest_groups(folds: list[np.ndarray] | None, n: int, learns: bool) -> list[np.ndarray] | None:
@@ -191,7 +252,7 @@ def cross_fit(
         started = time.perf_counter()
         full = _checked_logits(teacher, rows, num_classes, name)
         timings["soft_targets_s"] += time.perf_counter() - started
-        own = dict(teacher.diagnostics())
+        own = _diagnostics(teacher, name)
         fold_out: np.ndarray | None = None
         oof: np.ndarray | None = None
         started = time.perf_counter()

@@ -14,6 +14,7 @@ as given, for many workers on many machines.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import math
@@ -248,32 +249,62 @@ def _pruner(config: Config) -> Any:
     }[config.tune.pruner]()
 
 
+#: Plot errors that mean "this plot is undefined for this study" (too few trials, one distinct value, ...):
+#: logged at INFO. Any other exception from a plot is logged as a warning; neither fails the tune.
+_NO_SUCH_PLOT = (ValueError, RuntimeError, ZeroDivisionError)
+
+
+def _agg_canvas(figure: Any) -> None:
+    """A ``figure.hooks`` entry (set only while ``_save_plots`` draws): give each new pyplot figure an Agg
+    canvas, whatever the process's backend, so that optuna's plots can measure text and be saved as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(figure.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(figure)
+
+
 def _save_plots(study: Any, run_dir: Path) -> list[str]:
-    """Optimisation history, parameter importances and slice plots as PNG (skipped when undefined)."""
+    """Optimisation history, parameter importances and slice plots as PNG (skipped when undefined).
+
+    Optuna draws with pyplot and sets its "ggplot" style globally: everything is drawn inside
+    ``matplotlib.rc_context`` (the caller's rcParams come back), on Agg canvases (the process's backend,
+    e.g. ``MPLBACKEND=svg``, is left alone, not switched), and a plot that fails is logged and skipped.
+    """
     import warnings
 
+    import matplotlib
     import matplotlib.pyplot as plt  # optuna draws with pyplot; each figure is closed once saved
     import optuna.visualization.matplotlib as vis
-
-    from distill.rundir import atomic_write
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     written = []
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     plots = {"optimization_history": vis.plot_optimization_history, "slice": vis.plot_slice}
     if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
         plots["param_importances"] = vis.plot_param_importances
+    hooks = [*matplotlib.rcParams["figure.hooks"], f"{__name__}:{_agg_canvas.__name__}"]
     for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-                ax = plot(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            log.info("no %s plot: %s", name, exc)
+        before = set(plt.get_fignums())
+        png = io.BytesIO()
+        try:  # drawn and rendered in memory: whatever fails here costs this plot only
+            with matplotlib.rc_context({"figure.hooks": hooks, "interactive": False}):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+                    ax = plot(study)
+                figure = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
+                if not isinstance(figure.canvas, FigureCanvasAgg):
+                    FigureCanvasAgg(figure)
+                figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
+        except Exception as exc:  # noqa: BLE001 - a plot is an extra: whatever breaks it, the tune goes on
+            level = logging.INFO if isinstance(exc, _NO_SUCH_PLOT) else logging.WARNING
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            log.log(level, "no %s plot: %s%s", name, type(exc).__name__, f": {line}" if line else "")
             continue
-        figure = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
-        path = run_dir / f"tune_{name}.png"
-        atomic_write(path, lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(figure)
+        finally:
+            for number in set(plt.get_fignums()) - before:  # the figures this plot opened, even half-drawn
+                plt.close(number)
+        path = run_dir / f"tune_{name}.png"  # a failed write is the run directory's error, not the plot's
+        atomic_write(path, lambda tmp, data=png.getvalue(): tmp.write_bytes(data))
         written.append(path.name)
     return written
 

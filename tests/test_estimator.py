@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.special import expit, log_softmax, softmax
 from sklearn.base import clone
-from sklearn.datasets import load_breast_cancer, load_wine
+from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import (
@@ -105,6 +105,35 @@ def test_a_pretrained_module_teacher_reads_unscaled_rows_and_is_left_as_it_was()
     np.testing.assert_allclose(est.soft_targets_, np.column_stack([1 - p, p]), rtol=1e-12, atol=1e-15)
     assert est.teacher_ is module and module.training
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_module_teacher_is_calibrated_by_default_on_its_own_outputs() -> None:
+    # issue 16: calibrate_teacher=True (the default) with an nn.Module teacher crashed in cross_fit
+    X, y = load_iris(return_X_y=True)
+    reference = LogisticRegression(max_iter=5000).fit(X, y)
+    W, b = reference.coef_, reference.intercept_  # L2-regularised: underconfident, so T < 1 is expected
+    module = nn.Linear(4, 3).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.as_tensor(W))
+        module.bias.copy_(torch.as_tensor(b))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    est = DistilledClassifier(teacher=module, random_state=0, **FAST).fit(X, y)
+    z = X @ W.T + b  # the module's logits on the unscaled rows, in float64 by hand
+
+    def nll(t: float) -> float:
+        return float(-np.mean(log_softmax(z / t, axis=1)[np.arange(y.size), y]))
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 4001))
+    best = grid[np.argmin([nll(t) for t in grid])]
+    t = est.teacher_temperature_
+    assert best < 0.5 and abs(np.log(t) - np.log(best)) < 2e-3
+    assert nll(t) <= min(nll(best), nll(1.0)) + 1e-9
+    np.testing.assert_allclose(est.soft_targets_, softmax(z / t, axis=1), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(est.soft_targets_.argmax(axis=1), z.argmax(axis=1))
+    diagnostics = est.teacher_diagnostics_
+    assert diagnostics["cv_folds"] == 5 and diagnostics["calibration"]["method"] == "temperature"
+    assert diagnostics["calibration"]["after"]["log_loss"] < diagnostics["calibration"]["before"]["log_loss"]
+    assert est.teacher_ is module and all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
 
 
 # ---------------------------------------------------------------------------------- the student

@@ -427,6 +427,48 @@ def test_register_refuses_the_wrong_kind_and_reserved_names(code_registered) -> 
         TEACHERS.unregister("gaussian_process")
 
 
+@pytest.mark.parametrize("entry, what", [
+    (dict, "got the class dict, which is not an nn.Module subclass"),
+    (np.ndarray, "got the class ndarray, which is not an nn.Module subclass"),
+    (3, "got a value of type int"),
+    ("mlp", "got a value of type str"),
+])
+def test_register_student_refuses_what_is_not_a_module_class_or_factory(code_registered, entry, what) -> None:
+    """issue 16: ``register_student("y", dict)`` was accepted and failed only at ``check``; now one line at once."""
+    with pytest.raises(ValueError) as info:
+        register_student("tiny_code", entry)
+    message = str(info.value)
+    assert message == (f"register_student('tiny_code'): {what}; expected an nn.Module subclass or a factory "
+                       "function returning an nn.Module")
+    assert "\n" not in message and "tiny_code" not in STUDENTS._entries
+    with pytest.raises(ValueError, match=r"^register_student\('tiny_code'\): got the class dict"):
+        register_student("tiny_code")(dict)  # the decorator form checks too
+    assert "tiny_code" not in STUDENTS._entries
+
+
+def test_register_student_refuses_a_built_module_instance(code_registered) -> None:
+    """An instance is callable (its forward), but it is not a factory: refused, naming its class."""
+    with pytest.raises(ValueError) as info:
+        register_student("tiny_code", _TinyStudent(2, 2))
+    assert str(info.value) == ("register_student('tiny_code'): got an instance of _TinyStudent; register its class "
+                               "(or a factory function returning an nn.Module), not a built model")
+    assert "tiny_code" not in STUDENTS._entries
+
+
+def test_register_student_accepts_a_module_class_and_a_factory_function(code_registered) -> None:
+    def factory(in_features: int, num_outputs: int) -> torch.nn.Module:
+        return _TinyStudent(in_features, num_outputs)
+
+    register_student("tiny_code", factory)
+    torch.manual_seed(0)
+    model = build("tiny_code", (5,), 3)
+    x = torch.arange(10, dtype=torch.float32).reshape(2, 5) / 10
+    w, b = model.linear.weight.detach().double().numpy(), model.linear.bias.detach().double().numpy()
+    np.testing.assert_allclose(model(x).detach().double().numpy(), x.double().numpy() @ w.T + b, rtol=0, atol=1e-6)
+    STUDENTS.unregister("tiny_code")
+    assert register_student("tiny_code")(_TinyStudent) is _TinyStudent and STUDENTS.get("tiny_code") is _TinyStudent
+
+
 def test_a_loss_and_a_student_registered_in_code(code_registered) -> None:
     """``register_loss`` (as a decorator) gives objective.hard a name; the loss equals a float64 formula."""
 

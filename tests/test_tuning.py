@@ -33,6 +33,7 @@ from distill.cli import main
 from distill.config import load_config, to_toml
 from distill.data import Dataset, fit_scaler, load_dataset, split_dataset
 from distill.engine import predict_logits
+from distill.errors import UserError
 from distill.protocol import episode_seed, prepare, teach, train_student
 from distill.report import SYSTEMS
 from distill.tuning import _TeacherCache, run_tuning, trial_config, validation_score
@@ -235,8 +236,9 @@ def test_search_never_reads_the_test_rows(tmp_path: Path) -> None:
     taught = teach(prepared, score_test=False)
     assert taught.test_logits.shape == (0, 3)
     assert np.isfinite(taught.train.teacher_logits.numpy()).all()
-    # The poison bites whenever the test rows are read.
-    with pytest.raises(ValueError, match="NaN"):
+    # The poison bites whenever the test rows are read: the teacher's error, in one line naming it.
+    with pytest.raises(UserError, match=r"^teacher 'gaussian_process' failed computing its logits on 45 rows: "
+                                        r"ValueError: Input X contains NaN\. \[GaussianProcessClassifier"):
         teach(prepared, score_test=True)
 
 
@@ -489,3 +491,80 @@ def test_an_rdb_url_is_used_as_given(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "out" / "tuning.json").read_text())
     assert summary["storage"] == url
     assert summary["best"]["validation"] == max(t.value for t in study.trials if t.value is not None)
+
+
+# --------------------------------------------------------------------------- 9. plots leave matplotlib alone
+
+#: the smallest tune that draws all three plots: 2 trials (distinct learning rates), 1 episode, a fixed KL
+#: term (no cross-validated "auto" choice) and a logistic-regression teacher
+PLOT_TUNE: dict[str, Any] = {
+    "protocol": {"episodes": 1},
+    "teacher": {"kind": "sklearn", "estimator": "sklearn.linear_model:LogisticRegression"},
+    "objective": {"kl_weight": 1.0, "temperature": 1.0},
+    "train": {"epochs": 2, "threads": 1},
+    "tune": {"trials": 2, "space": {"train.lr": {"low": 0.001, "high": 0.1}}},
+    "tracking": {"enabled": False},
+}
+PLOTS = ["tune_optimization_history.png", "tune_param_importances.png", "tune_slice.png"]
+
+
+def test_tune_leaves_matplotlibs_rcparams_and_figures_as_they_were(tmp_path: Path) -> None:
+    """issue 16: optuna's plots call ``plt.style.use("ggplot")``, which stayed in force after distill.tune."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    import distill
+
+    assert matplotlib.style.library["ggplot"]["axes.facecolor"] != matplotlib.rcParams["axes.facecolor"]
+    before = dict(matplotlib.rcParams)
+    figures = plt.get_fignums()
+    result = distill.tune(_merge(BASE, PLOT_TUNE), storage=str(tmp_path / "journal.log"), output=tmp_path / "out",
+                          track=False, progress=False)
+    assert dict(matplotlib.rcParams) == before
+    assert plt.get_fignums() == figures  # every figure the plots opened is closed
+    assert sorted(result.summary["plots"]) == PLOTS  # the style was in force while they were drawn
+
+
+@pytest.mark.integration
+def test_tune_under_a_non_agg_backend_writes_its_plots(tmp_path: Path) -> None:
+    """issue 16: with ``MPLBACKEND=svg`` the importance plot failed (no renderer): exit 1, no tuning.json."""
+    toml = write_config(tmp_path, **PLOT_TUNE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="svg", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    code = ("import sys, matplotlib; from distill.cli import main; code = main(sys.argv[1:]); "
+            "print('backend', matplotlib.get_backend()); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, "tune", str(toml), "--storage", "journal.log", "-o", "out",
+                           "--no-track", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "backend svg" in proc.stdout  # the process's backend was left as the user chose it
+    summary = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    assert summary["status"] == "completed" and sorted(summary["plots"]) == PLOTS
+    for name in PLOTS:
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_plot_that_breaks_is_logged_and_skipped_never_a_failed_tune(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Any exception from optuna's plotting (here an AssertionError after a half-drawn figure) costs that plot
+    only: the others are written, the figure is closed and the rcParams come back."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+
+    from distill.tuning import _save_plots
+
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("x", -2.0, 2.0) - 0.5) ** 2, n_trials=3)
+
+    def broken_slice(study: Any) -> Any:
+        plt.style.use("ggplot")
+        plt.subplots()  # a figure opened, then the plot fails
+        raise AssertionError("no renderer")
+
+    monkeypatch.setattr(vis, "plot_slice", broken_slice)
+    before, figures = dict(matplotlib.rcParams), plt.get_fignums()
+    with caplog.at_level("INFO", logger="distill"):
+        written = _save_plots(study, tmp_path)
+    assert written == ["tune_optimization_history.png", "tune_param_importances.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == written  # no PNG and no temporary file for the slice
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if "plot" in r.getMessage()] == [
+        ("WARNING", "no slice plot: AssertionError: no renderer")]
+    assert dict(matplotlib.rcParams) == before and plt.get_fignums() == figures

@@ -45,10 +45,34 @@ class StudentArgumentError(ValueError):
         self.key = key
 
 
+def _registration_problem(obj: Any) -> str | None:
+    """Why ``obj`` cannot be registered as a student (None: an ``nn.Module`` subclass, or a callable that is
+    not a class, taken as a factory: what it returns is checked when ``build`` calls it)."""
+    if inspect.isclass(obj):
+        return None if issubclass(obj, nn.Module) else (
+            f"got the class {obj.__qualname__}, which is not an nn.Module subclass; expected an nn.Module "
+            "subclass or a factory function returning an nn.Module")
+    if isinstance(obj, nn.Module):  # callable, but calling it runs forward: it is a built student, not a factory
+        return (f"got an instance of {type(obj).__qualname__}; register its class (or a factory function "
+                "returning an nn.Module), not a built model")
+    if callable(obj):
+        return None
+    return (f"got a value of type {type(obj).__name__}; expected an nn.Module subclass or a factory function "
+            "returning an nn.Module")
+
+
 def register_student(name: str, entry: Callable[..., nn.Module] | None = None) -> Any:
-    """Register a student class (or a factory building an ``nn.Module``) under ``name`` (twice is an
-    error). A decorator when ``entry`` is omitted."""
-    return STUDENTS.register(name, entry) if entry is not None else STUDENTS.register(name)
+    """Register a student class (an ``nn.Module`` subclass) or a factory building an ``nn.Module`` under
+    ``name`` (twice is an error); anything else is refused here, not at its first use. A decorator when
+    ``entry`` is omitted."""
+    def add(obj: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name not in STUDENTS._entries:  # a duplicate name is reported by the registry, first
+            problem = _registration_problem(obj)
+            if problem is not None:
+                raise ValueError(f"register_student('{name}'): {problem}")
+        return STUDENTS.register(name, obj)
+
+    return add(entry) if entry is not None else add
 
 
 def list_students() -> list[str]:
