@@ -90,8 +90,8 @@ REFIT = "given in Python (refit on each episode's labelled rows)"
      "failed computing its logits on 72 rows: ValueError: Expected n_neighbors <= n_samples_fit, but "
      f"n_neighbors = 50, n_samples_fit = 12, n_samples = 72 [KNeighborsClassifier {REFIT}]"),
     (_FitRaises, f"cannot be fit on 12 labelled rows: RuntimeError: solver exploded [_FitRaises {REFIT}]"),
-    (_ThreeColumns, "failed computing its logits on 72 rows: ValueError: shape mismatch: value array of shape "
-                    f"(72,3) could not be broadcast to indexing result of shape (72,2) [_ThreeColumns {REFIT}]"),
+    (_ThreeColumns, "failed computing its logits on 72 rows: ValueError: _ThreeColumns.predict_proba gave shape "
+                    f"(72, 3), expected (72, 2): one column per class in classes_ [_ThreeColumns {REFIT}]"),
 ], ids=["module", "knn", "fit-raises", "three-columns"])
 def test_a_teacher_object_that_fails_is_one_line_and_leaves_no_run_directory(tmp_path: Path, cancer, make,
                                                                            expected: str) -> None:
