@@ -357,6 +357,11 @@ def prepare(config: Config, dataset: Dataset | None = None, teacher: TeacherFact
         except (ValueError, KeyError) as exc:
             message = exc.args[0] if exc.args else str(exc)
             problems.append(_candidate_problem(config, index, str(message)))
+        except (MemoryError, Interrupted):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's or a given teacher's own code failed its check
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            problems.append(_candidate_problem(config, index, f"{type(exc).__name__}: {first}".rstrip(": ")))
     student_parameters = 0
     too_big = _student_size_problem(config, dataset, num_outputs)
     try:
@@ -618,12 +623,16 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
 
     given = prepared.teacher
     _, first_kind, first_kwargs = _teacher_candidates(config, data, str(device), given)[0]
-    teacher: Teacher = _new_teacher(first_kind, first_kwargs, given)  # auto / ensemble: the first candidate
     # x is the student's (scaled) space; a network teacher may read raw features, as it was trained.
     try:
+        teacher: Teacher = _new_teacher(first_kind, first_kwargs, given)  # auto / ensemble: the first candidate
         raw = teacher.input_space == "raw"
-    except ValueError as exc:
-        raise UserError(f"teacher: {exc}") from None
+    except (UserError, MemoryError, Interrupted):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's or a given teacher's own code
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"teacher: {first}" if isinstance(exc, ValueError) else
+                        f"teacher: {type(exc).__name__}: {first}") from None
     to_teacher = prepared.scaler.inverse_transform if raw else (lambda rows: rows)
 
     transfer = config.few_shot.transfer

@@ -294,3 +294,40 @@ def test_distills_own_errors_stop_requests_and_memory_errors_pass_through(error:
     with pytest.raises(type(error)) as info:
         _cross(lambda: _Configurable("fit", error))
     assert info.value is error
+
+
+class _CheckRaises(Teacher):
+    """A registered teacher whose own check fails with an error of its own kind."""
+
+    def __init__(self, num_classes: int, **_: Any) -> None:
+        self.num_classes = num_classes
+
+    def check(self, in_shape: tuple[int, ...]) -> None:
+        raise RuntimeError("needs a GPU that is not here")
+
+
+class _InputSpaceRaises(Teacher):
+    def __init__(self, num_classes: int, **_: Any) -> None:
+        self.num_classes = num_classes
+
+    @property
+    def input_space(self) -> str:  # type: ignore[override]
+        raise OSError("the teacher's weights file vanished")
+
+
+@pytest.mark.parametrize("cls, expected", [
+    (_CheckRaises, "teacher: RuntimeError: needs a GPU that is not here"),
+    (_InputSpaceRaises, "teacher: OSError: the teacher's weights file vanished"),
+])
+def test_a_registered_teacher_failing_its_own_hooks_is_one_line(tmp_path: Path, cancer, cls: type,
+                                                                 expected: str) -> None:
+    name = f"hooks_fail_{cls.__name__.lower()}"
+    register_teacher(name, cls)
+    try:
+        with pytest.raises(distill.UserError) as caught:
+            distill.run({**SETTINGS, "teacher": {"kind": name, "cache": False}}, data=cancer,
+                        output=tmp_path / "r", progress=False)
+    finally:
+        TEACHERS.unregister(name)
+    assert str(caught.value) == expected
+    assert not (tmp_path / "r").exists()
