@@ -990,13 +990,13 @@ def _substitute(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 
 #: Keys a run reads once, whatever the sweep value: the data set (loaded once), threads, batching,
 #: checkpointing and the soft-target cache, and what names or drives the run rather than a value
-#: (``teacher.validation`` only matters to ``teacher train``); and keys that change no number:
+#: (``teacher.validation`` only matters to ``teacher train``; ``teacher.given`` records a Python object); and keys that change no number:
 #: anomaly detection, compiling, and ``teacher.multi_class`` (one_vs_one gives probabilities for two
 #: classes only, where it equals one_vs_rest). An entry ending in "." is a section.
 _READ_ONCE = (
     "name", "data.source", "data.label", "protocol.", "tune.", "tracking.", "train.device", "train.threads",
     "train.batched", "train.checkpoint_every", "train.checkpoint_interval", "teacher.cache", "teacher.cache_dir",
-    "teacher.validation", "train.detect_anomaly", "train.compile", "teacher.multi_class",
+    "teacher.validation", "train.detect_anomaly", "train.compile", "teacher.multi_class", "teacher.given",
 )
 
 _MONITORED = "train.early_stopping.monitor is logged (val_* metrics need few_shot.validation > 0)"
