@@ -111,10 +111,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_numbers(tmp_path: Path, cle
     assert _numbers(json.loads((out / "summary.json").read_text())) == _numbers(clean)
 
 
-def test_mlflow_run_is_killed_then_reopened_and_finished_with_each_episode_once(tmp_path: Path) -> None:
+def test_mlflow_run_is_killed_then_reopened_and_finished_with_each_episode_once(tmp_path: Path,
+                                                                                fresh_mlflow_store) -> None:
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_mlflow_store(tmp_path / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     out = tmp_path / "run"
     # 100 epochs, not 400: MLflow records every epoch of every system (most of a tracked run's time), and
@@ -208,7 +209,7 @@ def _wait_for_finished_trials(journal_path: Path, process: subprocess.Popen, cou
 # search with 130 and its handler put back is test_a_signal_between_two_trials_..._short[SIGINT-130] below.
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143)])
 def test_a_signal_stops_tune_after_a_step_records_every_trial_and_the_printed_command_continues_the_study(
-        tmp_path: Path, sig: signal.Signals, code: int) -> None:
+        tmp_path: Path, fresh_mlflow_store, sig: signal.Signals, code: int) -> None:
     import mlflow
     from optuna.trial import TrialState
 
@@ -219,7 +220,7 @@ def test_a_signal_stops_tune_after_a_step_records_every_trial_and_the_printed_co
     # cross-validation to the resumed study's untuned validation score and test run.
     toml = write_config(tmp_path, train={"epochs": 150}, tune={"trials": 500},
                         objective={"kl_weight": 1.0, "temperature": 1.0})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_mlflow_store(tmp_path / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     journal_path = tmp_path / "journal.log"
     command = ["tune", str(toml), "-q", "--storage", journal_path.name, "-o", "first"]
