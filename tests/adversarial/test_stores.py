@@ -265,7 +265,11 @@ def _finished_runs(store: Path) -> list[str]:
 
 
 @pytest.mark.integration
-def test_a_stalling_server_with_local_fallback_records_locally(stalling: _StallingServer, tmp_path: Path) -> None:
+def test_a_stalling_server_with_local_fallback_records_locally(stalling: _StallingServer, tmp_path: Path,
+                                                               fresh_mlflow_store) -> None:
+    # The fallback store's tables made beforehand (a copy; seconds of migrations in the process otherwise):
+    # falling back into a store it must create is test_tracking's test_unreachable_server_with_local_fallback.
+    fresh_mlflow_store(tmp_path / "mlflow.db")
     started = time.monotonic()
     done = _distill(["run", EXPERIMENT, *FAST, "--set", f'tracking.uri="{stalling.uri}"', "--set",
                      'tracking.fallback="local"', *[a for o in _SERVER for a in ("--set", o)], "-q",
@@ -296,8 +300,9 @@ def test_a_server_that_stalls_after_the_preflight_fails_in_seconds(
 
 @pytest.mark.integration
 def test_a_server_that_stalls_after_the_preflight_falls_back_when_asked(
-    stalling_after_search: _StallingServer, tmp_path: Path
+    stalling_after_search: _StallingServer, tmp_path: Path, fresh_mlflow_store
 ) -> None:
+    fresh_mlflow_store(tmp_path / "mlflow.db")  # the fallback store's tables, as in the test above
     done = _distill(["run", EXPERIMENT, *FAST, "--set", f'tracking.uri="{stalling_after_search.uri}"', "--set",
                      'tracking.fallback="local"', *[a for o in _SERVER for a in ("--set", o)], "-q",
                      "-o", str(tmp_path / "out")], cwd=tmp_path)
