@@ -119,8 +119,8 @@ def test_mlflow_run_is_killed_then_reopened_and_finished_with_each_episode_once(
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     out = tmp_path / "run"
     # 100 epochs, not 400: MLflow records every epoch of every system (most of a tracked run's time), and
-    # a signal after the first checkpoint still lands with episodes left to run; the signal in mid-step
-    # is the tests above.
+    # a signal after the first checkpoint still lands with episodes left to run (the checkpoint a signal
+    # mid-epoch writes is checked by the tests above).
     process = _start(out, "--set", "tracking.experiment='resume-test'", "--set", "train.epochs=100", env=env)
     _wait_for_checkpoint(out, process)
     process.send_signal(signal.SIGTERM)
@@ -205,8 +205,8 @@ def _wait_for_finished_trials(journal_path: Path, process: subprocess.Popen, cou
 
 
 # SIGTERM only: a SIGINT takes the same handler (only the exit code differs). SIGINT in a real process
-# mid-fit is test_a_signal_stops_writes_a_checkpoint_..._the_same[SIGINT-130] above; SIGINT ending a tune
-# search with 130 and its handler put back is test_a_signal_between_two_trials_..._short[SIGINT-130] below.
+# mid-fit is the SIGINT case of test_a_signal_stops_writes_a_checkpoint_... above; SIGINT ending a tune
+# search with 130 and its handler put back is the SIGINT case of test_a_signal_between_two_trials_... below.
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143)])
 def test_a_signal_stops_tune_after_a_step_records_every_trial_and_the_printed_command_continues_the_study(
         tmp_path: Path, fresh_mlflow_store, sig: signal.Signals, code: int) -> None:
