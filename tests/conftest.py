@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,37 @@ def _isolated_mlflow_store(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def _mlflow_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file holding MLflow's tables (every migration applied) and no experiment; made once.
+
+    Making a new store's tables runs MLflow's Alembic migrations: seconds, in every test that records
+    to a store of its own. Such a test copies this file instead (``fresh_mlflow_store``); MLflow finds
+    the tables made and, as in a new store, creates the Default experiment where the opener's artifact
+    root is. Tests about making a store (the creation race, a full disk, the local fallback) do not.
+    """
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    path = tmp_path_factory.mktemp("mlflow_tables") / "tables.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+    return path
+
+
+@pytest.fixture
+def fresh_mlflow_store(_mlflow_tables: Path) -> Callable[[Path], str]:
+    """``make(path)``: an empty MLflow SQLite store at ``path`` (a copy of ``_mlflow_tables``); its URI."""
+    def make(path: Path) -> str:
+        shutil.copyfile(_mlflow_tables, path)
+        return f"sqlite:///{path}"
+
+    return make
 
 
 def free_port() -> int:
@@ -47,6 +81,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         "--workers", "1",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # nothing from conftest or other runs
+    # No job runner: by default the server starts it and seven Huey consumers (GenAI scoring and trace
+    # jobs, nothing distill calls), eight more processes importing MLflow (some 25 CPU-seconds on a 2-core
+    # machine, then polling for the rest of the session). Tracking, artifacts and models are unchanged.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     stdout, stderr = open(tmp / "server.out", "wb"), open(tmp / "server.err", "wb")
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"

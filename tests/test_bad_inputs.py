@@ -374,13 +374,16 @@ def test_a_refused_pickle_prints_one_line_in_a_real_process(tmp_path: Path) -> N
 
 
 def test_a_write_that_fails_midway_with_tracking_ends_failed(
-    tmp_path: Path, local_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, local_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    fresh_mlflow_store
 ) -> None:
     """tests/test_interrupts.py has this case without MLflow; here the MLflow run must end FAILED."""
     from mlflow.tracking import MlflowClient
 
     from tests.test_interrupts import simulate_full_disk_at
     from tests.test_tracking import mlflow_state
+
+    fresh_mlflow_store(local_store)  # its tables made once a session: the run records into a copy
 
     simulate_full_disk_at(monkeypatch, "history.csv")
     out = tmp_path / "out"

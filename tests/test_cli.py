@@ -60,9 +60,14 @@ def test_every_shipped_experiment_is_covered() -> None:
 
 #: digits_gp as shipped cross-validates 150 students per run ("auto": 10 episodes x 3 folds x 5 grid
 #: points on ~1,450 transfer rows), minutes of CI for what the baseline and the run directory do not
-#: depend on; here it runs on a fixed KL term. benchmarks/shipped.py runs it as shipped, and
-#: tests/test_kd_selection.py covers "auto" end to end.
-FIXED_KL = {"digits_gp": ["objective.kl_weight=1.0", "objective.temperature=1.0"]}
+#: depend on; here it runs on a fixed KL term, as does breast_cancer_gp_pool (its "auto" students train
+#: on ~470 transfer rows: most of this file's time). benchmarks/shipped.py runs them as shipped,
+#: breast_cancer_gp and breast_cancer_gp_tune run "auto" as shipped here, and tests/test_kd_selection.py
+#: covers "auto" end to end (on a pool transfer set too).
+PINNED = ["objective.kl_weight=1.0", "objective.temperature=1.0"]
+FIXED_KL = {"digits_gp": PINNED, "breast_cancer_gp_pool": PINNED}
+#: The same as ``--set`` arguments, for the runs below that are not about "auto" (test_kd_selection.py is).
+FIXED_KL_ARGS = [arg for item in PINNED for arg in ("--set", item)]
 
 
 @pytest.mark.slow
@@ -120,7 +125,7 @@ def check_the_baseline_trains(summary: dict, experiment: Path) -> None:
 def test_student_checkpoint_reproduces_the_reported_test_metrics(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run_cli("run", str(ROOT / "experiments/breast_cancer_gp.toml"), "-o", str(out), "-q",
-                   "--set", "train.epochs=20", "--episodes", "1") == 0
+                   "--set", "train.epochs=20", "--episodes", "1", *FIXED_KL_ARGS) == 0
     summary = json.loads((out / "summary.json").read_text())
     ckpt = torch.load(out / "student.pt", weights_only=True)  # loads without unpickling code
     model = students.build(ckpt["arch"], tuple(ckpt["in_shape"]), ckpt["num_classes"],
@@ -143,7 +148,7 @@ def test_student_checkpoint_reproduces_the_reported_test_metrics(tmp_path: Path)
 @pytest.mark.slow
 def test_two_identical_runs_give_identical_numbers(tmp_path: Path) -> None:
     experiment = str(ROOT / "experiments/breast_cancer_gp_pool.toml")
-    args = ["--set", "train.epochs=5", "-q"]
+    args = ["--set", "train.epochs=5", "-q", *FIXED_KL_ARGS]  # "auto" alike: test_a_run_with_auto_is_deterministic
     assert run_cli("run", experiment, "-o", str(tmp_path / "a"), *args) == 0
     assert run_cli("run", experiment, "-o", str(tmp_path / "b"), *args) == 0
     a = json.loads((tmp_path / "a/summary.json").read_text())
@@ -178,7 +183,7 @@ def test_set_overrides_reach_the_resolved_config(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run_cli("run", str(ROOT / "experiments/breast_cancer_gp.toml"), "-o", str(out), "-q",
                    "--set", "student.hidden=[8,4]", "--set", "train.epochs=2", "--seed", "7",
-                   "--device", "cpu") == 0
+                   "--device", "cpu", *FIXED_KL_ARGS) == 0
     resolved = tomllib.loads((out / "config.toml").read_text())
     assert resolved["student"]["hidden"] == [8, 4]
     assert resolved["train"]["epochs"] == 2
@@ -273,7 +278,7 @@ def test_bad_data_exits_2_with_one_clear_line(case: str, tmp_path: Path, capsys)
 
 
 def test_string_labels_are_mapped_in_sorted_order_and_recorded(tmp_path: Path) -> None:
-    path = csv_experiment(tmp_path, good_frame(60))
+    path = csv_experiment(tmp_path, good_frame(60), "[objective]\nkl_weight = 1.0\ntemperature = 1.0\n")
     out = tmp_path / "run"
     assert run_cli("run", str(path), "-o", str(out), "-q") == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -29,7 +29,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "breast_cancer_gp.toml"
-KL_WEIGHT = "auto"  # breast_cancer_gp.toml's objective.kl_weight
+#: A fixed KL term, not the experiment's "auto" (a cross-validation fit per episode, in every process at once,
+#: for what concurrent recording does not depend on); tests/test_tracking.py checks that "auto" is recorded.
+KL_WEIGHT = 1.0
+FIXED_KL = ["--set", f"objective.kl_weight={KL_WEIGHT}", "--set", "objective.temperature=1.0"]
 EPISODES = 2  # nesting and per-episode numbers need two; more only adds time
 EPOCHS = 5
 SEEDS = (11, 22)
@@ -82,7 +85,7 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
     outs = [tmp_path / f"run-seed{seed}" for seed in SEEDS]
     _run_together(
         [["run", str(EXPERIMENT), "-q", "--episodes", str(EPISODES), "--seed", str(seed), "--output", str(out),
-          "--set", f"train.epochs={EPOCHS}", "--set", f'tracking.experiment="{experiment_name}"']
+          "--set", f"train.epochs={EPOCHS}", "--set", f'tracking.experiment="{experiment_name}"', *FIXED_KL]
          for seed, out in zip(SEEDS, outs)],
         cwd=tmp_path, env=_env(mlflow_server),
     )
@@ -104,7 +107,7 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
         assert params["seed"] == str(seed)
         assert params["protocol.episodes"] == str(EPISODES)
         assert params["train.epochs"] == str(EPOCHS)
-        assert params["objective.kl_weight"] == KL_WEIGHT
+        assert float(params["objective.kl_weight"]) == KL_WEIGHT
 
         # Its aggregate test metrics are its summary's.
         metrics = parent.data.metrics
@@ -219,7 +222,8 @@ def test_runs_started_together_in_a_fresh_folder_share_the_default_local_store(t
     seeds = range(3)
     env = {k: v for k, v in _env("unused").items() if k != "MLFLOW_TRACKING_URI"}
     _run_together(  # no --output either: each claims its own runs/<timestamp>-<name>[-N] folder
-        [["run", str(EXPERIMENT), "-q", "--seed", str(i), "--set", "train.epochs=5", "--episodes", "1"] for i in seeds],
+        [["run", str(EXPERIMENT), "-q", "--seed", str(i), "--set", "train.epochs=5", "--episodes", "1", *FIXED_KL]
+         for i in seeds],
         cwd=tmp_path, env=env,
     )
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -257,7 +261,8 @@ def test_two_tune_workers_on_one_study_lose_no_trial_and_track_each_once(
     # The experiment does not exist yet: both workers may find it missing and race to create it
     # (the loser uses the winner's; see test_study_tracker_survives_losing_the_experiment_creation_race).
     assert client.get_experiment_by_name(experiment_name) is None
-    toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name})
+    toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name},
+                        objective={"kl_weight": KL_WEIGHT, "temperature": 1.0})  # untuned: no "auto" CV
     _run_together(
         [["tune", str(toml), "--trials", str(per_worker), "--study", study_name, "--storage", "journal.log",
           "-o", f"out{i}", "-q"] for i in range(2)],
@@ -313,7 +318,7 @@ def test_two_tune_workers_on_one_study_lose_no_trial_and_track_each_once(
 
 
 @pytest.fixture()
-def lost_race(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def lost_race(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_mlflow_store):
     """A local store where experiment ``name`` exists, but this process's first lookup misses it."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -321,7 +326,7 @@ def lost_race(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
     from tests.test_tracking import mlflow_state
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_mlflow_store(tmp_path / "mlflow.db")
     name = "raced"
     existing = MlflowClient(tracking_uri=uri).create_experiment(name)  # "the other process"
     real = TrackingServiceClient.get_experiment_by_name
@@ -385,7 +390,7 @@ def _dataset_inputs(client, run_id: str) -> list[tuple[str, str, dict[str, str]]
 
 
 def test_a_run_that_loses_the_dataset_insert_race_still_records_its_input(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_mlflow_store
 ) -> None:
     """Deterministic: the other run inserts the dataset between this run's lookup and its insert."""
     import mlflow
@@ -395,7 +400,7 @@ def test_a_run_that_loses_the_dataset_insert_race_still_records_its_input(
     from distill import tracking
     from tests.test_tracking import mlflow_state
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_mlflow_store(tmp_path / "mlflow.db")
     frame = _dataset_frame()
     with mlflow_state():
         mlflow.set_tracking_uri(uri)

@@ -16,10 +16,15 @@ from distill.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = str(ROOT / "experiments/breast_cancer_gp.toml")
+#: A fixed KL term: "auto" would first cross-validate 18 students of 400 epochs per episode, most of this
+#: file's time, for what a signal, a checkpoint and resume do not depend on. tests/test_kd_selection.py
+#: covers "auto" across a stop and resume (test_a_run_stopped_after_its_cross_validation_fit_resumes_...),
+#: tests/test_fit_resume.py a stacked fit (as the cross-validation one is) stopped mid-epoch.
+FIXED_KL = ["--set", "objective.kl_weight=1.0", "--set", "objective.temperature=1.0"]
 # Long enough to be caught in training (about 2 s of epochs after the first checkpoint, in a process that
 # writes a checkpoint at every epoch end), short enough for CI's budget.
 SETTINGS = ["--set", "train.epochs=400", "--set", "protocol.episodes=3", "--set", "train.checkpoint_interval=0",
-            "--set", "teacher.cache=false", "--set", 'protocol.controls=["null_teacher"]']
+            "--set", "teacher.cache=false", "--set", 'protocol.controls=["null_teacher"]', *FIXED_KL]
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -106,13 +111,17 @@ def test_sigkill_then_resume_gives_the_uninterrupted_numbers(tmp_path: Path, cle
     assert _numbers(json.loads((out / "summary.json").read_text())) == _numbers(clean)
 
 
-def test_mlflow_run_is_killed_then_reopened_and_finished_with_each_episode_once(tmp_path: Path) -> None:
+def test_mlflow_run_is_killed_then_reopened_and_finished_with_each_episode_once(tmp_path: Path,
+                                                                                fresh_mlflow_store) -> None:
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_mlflow_store(tmp_path / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     out = tmp_path / "run"
-    process = _start(out, "--set", "tracking.experiment='resume-test'", env=env)
+    # 100 epochs, not 400: MLflow records every epoch of every system (most of a tracked run's time), and
+    # a signal after the first checkpoint still lands with episodes left to run (the checkpoint a signal
+    # mid-epoch writes is checked by the tests above).
+    process = _start(out, "--set", "tracking.experiment='resume-test'", "--set", "train.epochs=100", env=env)
     _wait_for_checkpoint(out, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -136,7 +145,8 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path: Path, clean: dict, capsy
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
     done = tmp_path / "done"
-    assert main(["run", EXPERIMENT, "-q", "--no-track", "--output", str(done), "--set", "train.epochs=3"]) == 0
+    assert main(["run", EXPERIMENT, "-q", "--no-track", "--output", str(done), "--set", "train.epochs=3",
+                 *FIXED_KL]) == 0
     capsys.readouterr()
     assert main(["run", "--resume", str(done), "--no-track"]) == 2
     assert "already finished" in capsys.readouterr().err
@@ -165,7 +175,8 @@ def simulate_full_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 def test_a_write_that_fails_midway_leaves_nothing_that_looks_finished(tmp_path: Path, monkeypatch, capsys) -> None:
     simulate_full_disk_at(monkeypatch, "history.csv")
     out = tmp_path / "run"
-    assert main(["run", EXPERIMENT, "-q", "--no-track", "--output", str(out), "--set", "train.epochs=3"]) == 2
+    assert main(["run", EXPERIMENT, "-q", "--no-track", "--output", str(out), "--set", "train.epochs=3",
+                 *FIXED_KL]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "history.csv" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
@@ -193,17 +204,23 @@ def _wait_for_finished_trials(journal_path: Path, process: subprocess.Popen, cou
     raise AssertionError(f"fewer than {count} trials finished")
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+# SIGTERM only: a SIGINT takes the same handler (only the exit code differs). SIGINT in a real process
+# mid-fit is the SIGINT case of test_a_signal_stops_writes_a_checkpoint_... above; SIGINT ending a tune
+# search with 130 and its handler put back is the SIGINT case of test_a_signal_between_two_trials_... below.
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143)])
 def test_a_signal_stops_tune_after_a_step_records_every_trial_and_the_printed_command_continues_the_study(
-        tmp_path: Path, sig: signal.Signals, code: int) -> None:
+        tmp_path: Path, fresh_mlflow_store, sig: signal.Signals, code: int) -> None:
     import mlflow
     from optuna.trial import TrialState
 
     from tests.test_tuning import STUDY, load_study, write_config
 
-    # Trials of a fraction of a second (two 150-epoch episodes), far more than will run.
-    toml = write_config(tmp_path, train={"epochs": 150}, tune={"trials": 500})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Trials of a fraction of a second (two 150-epoch episodes), far more than will run. The untuned
+    # config on a fixed KL term (the trials take theirs from the search space): "auto" would add its
+    # cross-validation to the resumed study's untuned validation score and test run.
+    toml = write_config(tmp_path, train={"epochs": 150}, tune={"trials": 500},
+                        objective={"kl_weight": 1.0, "temperature": 1.0})
+    uri = fresh_mlflow_store(tmp_path / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     journal_path = tmp_path / "journal.log"
     command = ["tune", str(toml), "-q", "--storage", journal_path.name, "-o", "first"]
@@ -243,8 +260,6 @@ def test_a_signal_stops_tune_after_a_step_records_every_trial_and_the_printed_co
         expected = "KILLED" if t.number in cut_short else {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state.name]
         assert by_name[f"trial {t.number}"].info.status == expected
 
-    if sig != signal.SIGTERM:
-        return
     # The printed command continues the same study (two more trials here, not the hundreds left).
     printed = stderr.split("resume with: ", 1)[1].splitlines()[0]
     assert partial["resume"] == printed
@@ -265,9 +280,10 @@ def test_a_signal_stops_tune_after_a_step_records_every_trial_and_the_printed_co
     assert client.get_run(parent_id).info.status == "FINISHED"
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_between_two_trials_ends_the_search_without_cutting_one_short(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    """Deterministic: SIGTERM arrives as trial 1 returns its value, before Optuna asks for trial 2."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, sig: signal.Signals, code: int) -> None:
+    """Deterministic: the signal arrives as trial 1 returns its value, before Optuna asks for trial 2."""
     from optuna.trial import TrialState
 
     import distill.tuning
@@ -280,19 +296,22 @@ def test_a_signal_between_two_trials_ends_the_search_without_cutting_one_short(
         result = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == 2 and kwargs.get("report") is not None:  # trial 1 (a search trial, not the untuned score)
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
         return result
 
     monkeypatch.setattr(distill.tuning, "validation_score", score_then_signal)
     toml = write_config(tmp_path, tune={"trials": 10})
     journal_path = tmp_path / "journal.log"
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     assert main(["tune", str(toml), "-q", "--no-track", "--storage", str(journal_path),
-                 "-o", str(tmp_path / "out")]) == 143
+                 "-o", str(tmp_path / "out")]) == code
     err = capsys.readouterr().err
     assert "after 2 trial(s), before the test comparison" in err and "Traceback" not in err
     trials = load_study(journal_path).trials
     assert [(t.number, t.state) for t in trials] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]
     partial = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    assert partial["status"] == "interrupted" and partial["signal"] == sig.name
     assert partial["cut_short"] == [] and partial["trials"]["finished_here"] == 2
     assert partial["resume"].split("--trials ")[1].split()[0] == "8"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+    assert {s: signal.getsignal(s) for s in handlers} == handlers

@@ -284,12 +284,26 @@ def test_auto_declines_a_teacher_of_noise_and_takes_one_that_knows_the_labels(se
 # --------------------------------------------------------------------------- end to end
 
 
-def test_summary_log_and_plan_say_what_auto_chose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _two_episode_toml(folder: Path) -> Path:
+    """BASE over two episodes with a null-teacher control, a checkpoint at every epoch end (which
+    changes no number: the stop-and-resume test below compares against a run of this file)."""
     raw = copy.deepcopy(BASE)
     raw["protocol"] = {"episodes": 2, "controls": ["null_teacher"]}
-    (tmp_path / "e.toml").write_text(_toml(raw))
-    assert main(["run", str(tmp_path / "e.toml"), "-o", str(tmp_path / "run"), "--no-track"]) == 0
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    raw["train"] = {**raw["train"], "checkpoint_interval": 0}
+    (folder / "e.toml").write_text(_toml(raw))
+    return folder / "e.toml"
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of ``_two_episode_toml``, read by the two tests below."""
+    folder = tmp_path_factory.mktemp("whole")
+    assert main(["run", str(_two_episode_toml(folder)), "-o", str(folder / "run"), "--no-track"]) == 0
+    return folder / "run"
+
+
+def test_summary_log_and_plan_say_what_auto_chose(whole_run: Path) -> None:
+    summary = json.loads((whole_run / "summary.json").read_text())
     picks = [row["kd_selection"] for row in summary["episodes"]]
     assert summary["kd_selection"] == summarise_selections(picks)
     for row in summary["episodes"]:
@@ -298,7 +312,7 @@ def test_summary_log_and_plan_say_what_auto_chose(tmp_path: Path, capsys: pytest
         # The chosen setting is what the student trained with: its fit equals the baseline's at 0.
         if pick["kl_weight"] == 0:
             assert row["student"] == row["baseline"]
-    log = (tmp_path / "run" / "log.txt").read_text()
+    log = (whole_run / "log.txt").read_text()
     assert "objective auto: kl_weight 0 (no distillation) chosen in" in log
     assert "per episode by cross-validation on its labelled rows" in log
 
@@ -356,7 +370,8 @@ def test_grids_and_candidates_are_bounded(raw: dict[str, Any], key: str) -> None
 
 
 @pytest.mark.slow
-def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_numbers(tmp_path: Path) -> None:
+def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_numbers(tmp_path: Path,
+                                                                                   whole_run: Path) -> None:
     """SIGTERM as the cross-validation fit is recorded: the resumed run loads that fit, chooses the same
     settings from it and ends with the numbers of a run that was never stopped."""
     import os
@@ -364,10 +379,7 @@ def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_number
 
     import distill.checkpoints
 
-    raw = copy.deepcopy(BASE)
-    raw["protocol"] = {"episodes": 2, "controls": ["null_teacher"]}
-    raw["train"] = {**raw["train"], "checkpoint_interval": 0}
-    (tmp_path / "e.toml").write_text(_toml(raw))
+    _two_episode_toml(tmp_path)
     real = distill.checkpoints.Checkpoints.finish
     keys: list[str] = []
 
@@ -382,8 +394,7 @@ def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_number
         assert main(["run", str(tmp_path / "e.toml"), "-o", str(tmp_path / "stopped"), "--no-track", "-q"]) == 143
     assert keys == ["c0cvg0"]  # the cross-validation members are one stacked fit, recorded first
     assert main(["run", "--resume", str(tmp_path / "stopped"), "--no-track", "-q"]) == 0
-    assert main(["run", str(tmp_path / "e.toml"), "-o", str(tmp_path / "whole"), "--no-track", "-q"]) == 0
-    resumed, whole = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("stopped", "whole"))
+    resumed, whole = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "stopped", whole_run))
     assert resumed["kd_selection"] == whole["kd_selection"]
     for a, b in zip(resumed["episodes"], whole["episodes"], strict=True):
         assert a["kd_selection"] == b["kd_selection"]

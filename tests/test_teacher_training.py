@@ -202,11 +202,11 @@ def test_teacher_train_needs_teacher_arch(tmp_path: Path, monkeypatch, capsys) -
     assert not (tmp_path / "t.pt").exists()
 
 
-def test_teacher_train_records_to_mlflow(tmp_path: Path, monkeypatch) -> None:
+def test_teacher_train_records_to_mlflow(tmp_path: Path, monkeypatch, fresh_mlflow_store) -> None:
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/m.db"
+    uri = fresh_mlflow_store(tmp_path / "m.db")
     code = main(["teacher", "train", str(DIGITS_TEACHER), "-o", "t.pt", "-q", "--set", "train.epochs=3",
                  "--set", f'tracking.uri="{uri}"'])
     assert code == 0

@@ -70,6 +70,12 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The untuned config on a fixed KL term, for studies not about what "auto" does (first_study is): its
+#: cross-validation would run in every untuned validation score and comparison run, and in every trial
+#: whose search space leaves the KL term alone.
+FIXED_KL = {"kl_weight": 1.0, "temperature": 1.0}
+
+
 def write_config(folder: Path, name: str = "tune.toml", **sections: Any) -> Path:
     """BASE with ``sections`` merged in (a given ``tune.space`` replaces the default one), as TOML."""
     path = folder / name
@@ -306,6 +312,7 @@ def test_median_pruner_prunes_a_clearly_worse_trial(tmp_path: Path) -> None:
         tmp_path,
         protocol={"episodes": 3},
         tune={"pruner": "median", "space": {"train.lr": {"choices": [1e-6, 0.05]}}},
+        objective=FIXED_KL,  # the space leaves the KL term alone: "auto" would run in every trial
     )
     storage = tmp_path / "journal.log"
     # Five good trials first (the median pruner's startup), then two with a learning rate that learns nothing.
@@ -344,7 +351,7 @@ def test_median_pruner_prunes_a_clearly_worse_trial(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_two_workers_share_one_journal_study(tmp_path: Path) -> None:
-    toml = write_config(tmp_path, protocol={"episodes": 1})
+    toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs = [
         subprocess.Popen(
@@ -378,7 +385,7 @@ def test_two_workers_share_one_journal_study(tmp_path: Path) -> None:
 
 
 def test_same_seed_gives_the_same_study(tmp_path: Path) -> None:
-    toml = write_config(tmp_path, protocol={"episodes": 1})
+    toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL)  # "auto" alike: test_kd_selection
     studies, summaries = [], []
     for i in range(2):
         storage = tmp_path / f"journal{i}.log"
@@ -429,11 +436,11 @@ def test_bad_input_exits_2_with_one_line_naming_the_key(
 # --------------------------------------------------------------------------- 9. MLflow
 
 
-def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path) -> None:
+def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path, fresh_mlflow_store) -> None:
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    toml = write_config(tmp_path, protocol={"episodes": 1})
+    uri = fresh_mlflow_store(tmp_path / "mlflow.db")
+    toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL)
     storage = tmp_path / "journal.log"
     track = ["--set", f'tracking.uri="{uri}"', "-q"]
     assert tune(toml, storage, tmp_path / "out1", "--trials", "3", *track) == 0
@@ -481,7 +488,7 @@ def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path) ->
 
 def test_an_rdb_url_is_used_as_given(tmp_path: Path) -> None:
     # Any RDB URL goes straight to Optuna's RDBStorage (here SQLite; PostgreSQL/MySQL alike).
-    toml = write_config(tmp_path)
+    toml = write_config(tmp_path, objective=FIXED_KL)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     assert main(["tune", str(toml), "--storage", url, "-o", str(tmp_path / "out"), "--trials", "2",
                  "--no-track", "-q"]) == 0

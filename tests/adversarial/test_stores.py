@@ -32,7 +32,10 @@ from distill.config import to_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")
-FAST = ["--set", "train.epochs=2", "--set", "teacher.cache=false", "--set", 'train.device="cpu"', "--episodes", "1"]
+# A fixed KL term: "auto" would cross-validate students before every run that gets as far as training,
+# for what a broken store does not depend on.
+FAST = ["--set", "train.epochs=2", "--set", "teacher.cache=false", "--set", 'train.device="cpu"', "--episodes", "1",
+        "--set", "objective.kl_weight=1.0", "--set", "objective.temperature=1.0"]
 
 
 def _errors(err: str) -> list[str]:
@@ -81,9 +84,10 @@ def test_a_corrupt_sqlite_store_is_refused_before_anything_is_written(tmp_path: 
 
 
 @pytest.mark.slow
-def test_a_truncated_sqlite_store_is_refused(tmp_path: Path, capsys) -> None:
+def test_a_truncated_sqlite_store_is_refused(tmp_path: Path, capsys, fresh_mlflow_store) -> None:
     """A real store cut in half: the header is right, the pages are gone."""
     store = tmp_path / "real.db"
+    fresh_mlflow_store(store)  # MLflow's tables, made once a session; the run below records into them
     assert main(["run", EXPERIMENT, *FAST, "--set", f'tracking.uri="sqlite:///{store}"', "-q",
                  "-o", str(tmp_path / "first")]) == 0
     capsys.readouterr()
@@ -261,7 +265,11 @@ def _finished_runs(store: Path) -> list[str]:
 
 
 @pytest.mark.integration
-def test_a_stalling_server_with_local_fallback_records_locally(stalling: _StallingServer, tmp_path: Path) -> None:
+def test_a_stalling_server_with_local_fallback_records_locally(stalling: _StallingServer, tmp_path: Path,
+                                                               fresh_mlflow_store) -> None:
+    # The fallback store's tables made beforehand (a copy; seconds of migrations in the process otherwise):
+    # falling back into a store it must create is test_tracking's test_unreachable_server_with_local_fallback.
+    fresh_mlflow_store(tmp_path / "mlflow.db")
     started = time.monotonic()
     done = _distill(["run", EXPERIMENT, *FAST, "--set", f'tracking.uri="{stalling.uri}"', "--set",
                      'tracking.fallback="local"', *[a for o in _SERVER for a in ("--set", o)], "-q",
@@ -292,8 +300,9 @@ def test_a_server_that_stalls_after_the_preflight_fails_in_seconds(
 
 @pytest.mark.integration
 def test_a_server_that_stalls_after_the_preflight_falls_back_when_asked(
-    stalling_after_search: _StallingServer, tmp_path: Path
+    stalling_after_search: _StallingServer, tmp_path: Path, fresh_mlflow_store
 ) -> None:
+    fresh_mlflow_store(tmp_path / "mlflow.db")  # the fallback store's tables, as in the test above
     done = _distill(["run", EXPERIMENT, *FAST, "--set", f'tracking.uri="{stalling_after_search.uri}"', "--set",
                      'tracking.fallback="local"', *[a for o in _SERVER for a in ("--set", o)], "-q",
                      "-o", str(tmp_path / "out")], cwd=tmp_path)
@@ -375,6 +384,7 @@ TUNE = {
     "few_shot": {"per_class": 3, "validation": 2},
     "teacher": {"restarts": 0, "cache": False},
     "student": {"arch": "mlp", "hidden": [4]},
+    "objective": {"kl_weight": 1.0, "temperature": 1.0},  # the untuned config, and trials' temperature: no "auto"
     "train": {"epochs": 2, "device": "cpu"},
     "tune": {"trials": 1, "space": {"objective.kl_weight": {"low": 0.0, "high": 1.0}}},
 }
@@ -412,10 +422,10 @@ def test_a_broken_study_storage_is_exit_2_before_anything_is_written(
 
 
 @pytest.mark.slow
-def test_a_study_name_with_quotes_finds_its_own_parent_run(tmp_path: Path, capsys) -> None:
+def test_a_study_name_with_quotes_finds_its_own_parent_run(tmp_path: Path, capsys, fresh_mlflow_store) -> None:
     """Quotes and backslashes never reach an MLflow filter string: a second tune adds to the same parent."""
     study = "it's a \"study\" \\ with ' quotes"
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = fresh_mlflow_store(tmp_path / "mlflow.db")
     journal = str(tmp_path / "journal.log")
     for i in range(2):
         code = main(["tune", str(_tune_toml(tmp_path)), "--storage", journal, "--study", study, "-q",
