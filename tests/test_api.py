@@ -159,6 +159,7 @@ def test_an_nn_module_teacher_gives_its_own_predictions(tmp_path: Path) -> None:
     assert net.training  # the user's module is left in the mode it came in
 
 
+@pytest.mark.integration
 def test_run_leaves_process_settings_as_it_found_them(tmp_path: Path, cancer, monkeypatch) -> None:
     import mlflow
 
@@ -326,6 +327,7 @@ def test_a_run_with_a_teacher_object_resumes_only_with_it_again(tmp_path: Path, 
         distill.run(on_disk, data=(x, y), output=tmp_path / "again")
 
 
+@pytest.mark.integration
 def test_run_inside_a_users_mlflow_run_and_logging(tmp_path: Path, cancer, monkeypatch) -> None:
     """A notebook's own ``with mlflow.start_run():`` and ``logging`` set-up survive a tracked run."""
     import logging

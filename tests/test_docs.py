@@ -124,6 +124,7 @@ def test_blocks_left_out_say_why_and_are_few() -> None:
 PYTHON_DOCUMENTS = [p for p in DOCUMENTS if any(b.language == "python" for b in blocks(p))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PYTHON_DOCUMENTS, ids=_ids(PYTHON_DOCUMENTS))
 def test_python_blocks_run_in_order(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

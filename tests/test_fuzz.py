@@ -385,6 +385,7 @@ def _check_valid_config(config: Config, tmp_path_factory: pytest.TempPathFactory
             assert _same(node, value) or (type(value) is int and node == value), (key, value, node)
 
 
+@pytest.mark.slow
 @fuzz(400)
 @given(raw=raw_configs())
 @example(raw={"data": {"\n": 0}})  # found: the unknown key's newline split the problem in two lines
@@ -421,6 +422,7 @@ def _set_items() -> st.SearchStrategy[list[str]]:
     return st.lists(item, max_size=3)
 
 
+@pytest.mark.slow
 @fuzz(150)
 @given(raw=raw_configs(), items=_set_items(), drop_name=st.booleans())
 @example(raw={"student": {"note": "a\x00\r\x7f\u2028b"}, "tune": {"spa\nce": 1}}, items=["data.label=\"\\n\""],
@@ -519,6 +521,7 @@ def _assert_finite(value: torch.Tensor, grad: torch.Tensor | None, what: str) ->
     assert torch.isfinite(grad).all(), f"{what}: non-finite gradient {grad}"
 
 
+@pytest.mark.slow
 @fuzz(300)
 @given(p=problems(), mask_none=st.booleans())
 def test_distillation_loss_finite(p: dict[str, Any], mask_none: bool) -> None:
@@ -572,6 +575,7 @@ def member_problems(draw) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @fuzz(300)
 @given(p=member_problems())
 def test_member_objective_finite_and_matches_reference(p: dict[str, Any]) -> None:
@@ -634,6 +638,7 @@ def _hard_loss_cases() -> st.SearchStrategy[tuple[str, dict[str, Any], bool]]:
     case=_hard_loss_cases(), p=problems(), weighted=st.booleans(), reduction=st.sampled_from(["mean", "sum", "none"]),
     via_objective=st.booleans(), data=st.data(),
 )
+@pytest.mark.slow
 def test_hard_losses_finite(case, p, weighted, reduction, via_objective, data) -> None:
     """Every registered hard loss, alone and as the objective's configured hard term."""
     name, params, one_logit = case

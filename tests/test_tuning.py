@@ -384,6 +384,7 @@ def test_two_workers_share_one_journal_study(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- 7. reproducibility
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_study(tmp_path: Path) -> None:
     toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL)  # "auto" alike: test_kd_selection
     studies, summaries = [], []
@@ -436,6 +437,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_key(
 # --------------------------------------------------------------------------- 9. MLflow
 
 
+@pytest.mark.slow
 def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path, fresh_mlflow_store) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -486,6 +488,7 @@ def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path, fr
     assert check(tmp_path / "out2", 5) == first
 
 
+@pytest.mark.slow
 def test_an_rdb_url_is_used_as_given(tmp_path: Path) -> None:
     # Any RDB URL goes straight to Optuna's RDBStorage (here SQLite; PostgreSQL/MySQL alike).
     toml = write_config(tmp_path, objective=FIXED_KL)

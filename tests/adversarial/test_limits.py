@@ -138,6 +138,7 @@ def test_a_value_beyond_a_limit_is_refused_by_check_and_run_alike(
     _refused(_sets(*overrides), needles, tmp_path, capsys)
 
 
+@pytest.mark.slow
 def test_a_length_scale_per_feature_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The kernel check refuses only a mismatch: one value per feature fits and the run completes."""
     kernel = "1.0 * RBF([" + ", ".join(["1.0"] * 30) + "])"
