@@ -77,8 +77,20 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from distill.api import (  # noqa: F401
-        Difference, Episode, Estimate, RunResult, SweepPoint, TeacherResult, TuneResult, check, predict,
-        registered, resume, run, train_teacher, tune,
+        Difference,
+        Episode,
+        Estimate,
+        RunResult,
+        SweepPoint,
+        TeacherResult,
+        TuneResult,
+        check,
+        predict,
+        registered,
+        resume,
+        run,
+        train_teacher,
+        tune,
     )
     from distill.config import Config, load_config  # noqa: F401
     from distill.engine import EvaluationRows, FitResult, FitSettings, TrainingRows, fit  # noqa: F401

@@ -13,10 +13,10 @@ import hashlib
 import json
 import shutil
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 from torch import nn
 

@@ -264,7 +264,7 @@ def label_classes(text: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
     distinct, inverse = np.unique(np.asarray(text, dtype=str), return_inverse=True)
     numbers = [_exact_number(str(t)) for t in distinct]
     if all(n is not None for n in numbers):
-        bad = next((str(t) for t, n in zip(distinct, numbers) if not n.is_finite()), None)  # type: ignore[union-attr]
+        bad = next((str(t) for t, n in zip(distinct, numbers, strict=True) if not n.is_finite()), None)  # type: ignore[union-attr]
         if bad is not None:
             raise DataError(f"{where} holds {bad!r}: a label must be a finite number or a name")
         values = sorted(set(numbers))  # type: ignore[type-var]
@@ -345,6 +345,7 @@ def _check_npz_sizes(path: Path) -> None:
     ``MAX_DATA_BYTES``, and the shape its header claims exactly the bytes it holds, so that numpy,
     which allocates the claimed shape before reading, allocates no more than the file contains."""
     import zipfile
+
     from numpy.lib import format as npy
 
     where = f"data file '{path}'"

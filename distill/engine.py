@@ -24,8 +24,8 @@ from distill.batch_metrics import batch_classification_metrics
 from distill.member_objective import MemberObjective
 from distill.members import Members, SingleMember, StackedMembers, stack_problem
 from distill.metrics import METRICS
-from distill.optim import LeanOptimizer, learning_rate
 from distill.objective import metric_loss
+from distill.optim import LeanOptimizer, learning_rate
 
 __all__ = [
     "TrainingRows",

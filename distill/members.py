@@ -76,7 +76,7 @@ class Members(ABC):
         for p in self.parameters():
             p.grad = None
 
-    def finish(self) -> None:
+    def finish(self) -> None:  # noqa: B027 - a hook with a default: one module needs nothing handed back
         """Hand the modules back as ordinary modules after the fit."""
 
     @abstractmethod

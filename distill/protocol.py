@@ -27,12 +27,20 @@ import torch
 from torch import nn
 
 from distill import students
-from distill.config import AUTO, Config, config_dict, expand_sweep
 from distill.cache import SoftTargetCache, array_digest
 from distill.calibration import labelled_folds
 from distill.checkpoints import Checkpoints
+from distill.config import AUTO, Config, config_dict, expand_sweep
 from distill.data import (
-    FLOAT32_MAX, Dataset, Scaler, Split, augment_rows, check_scaled, fit_scaler, load_dataset, split_dataset,
+    FLOAT32_MAX,
+    Dataset,
+    Scaler,
+    Split,
+    augment_rows,
+    check_scaled,
+    fit_scaler,
+    load_dataset,
+    split_dataset,
 )
 from distill.engine import (
     EvaluationRows,
@@ -43,17 +51,22 @@ from distill.engine import (
     fit,
     fit_many,
     logged_metric_names,
-    stack_problem_for,
     predict_logits,
+    stack_problem_for,
 )
 from distill.errors import ConfigError, UserError
 from distill.interrupts import Interrupted, StopRequest
 from distill.metrics import classification_metrics, probabilities
-from distill.seeding import configure_threads, resolve_device, seed_everything, threads_for_stacked_work
-from distill.tracking import resolve_tracking_uri
+from distill.seeding import (
+    configure_threads,
+    resolve_device,
+    seed_everything,
+    threads_for_stacked_work,
+)
 from distill.teacher_cv import TeacherProblem, cross_fit
-from distill.weight_init import apply_init
 from distill.teachers.base import Teacher, create_teacher, resolve_teacher
+from distill.tracking import resolve_tracking_uri
+from distill.weight_init import apply_init
 
 __all__ = [
     "Prepared",
@@ -533,7 +546,7 @@ def _to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype = tor
 def _numpy_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
     values = classification_metrics(probabilities(logits), y, num_classes)
     numbers = torch.stack(list(values.values())).tolist()
-    return dict(zip(values.keys(), numbers))
+    return dict(zip(values.keys(), numbers, strict=True))
 
 
 @dataclass
@@ -938,7 +951,14 @@ def _choose_auto(jobs: list[StudentJob], *, batched: bool, checkpoints: Checkpoi
                  stop: StopRequest | None, key: str) -> None:
     """Fill in the KL weight and temperature of every job whose config says "auto"
     (``distill.kd_selection``): every fold x candidate of every episode is one member of one stacked fit."""
-    from distill.kd_selection import candidate_grid, choose, fallback, fold_training_rows, heldout_scores, Selection
+    from distill.kd_selection import (
+        Selection,
+        candidate_grid,
+        choose,
+        fallback,
+        fold_training_rows,
+        heldout_scores,
+    )
 
     groups: dict[tuple[int, str], list[StudentJob]] = {}
     for job in jobs:

@@ -19,12 +19,11 @@ import torch
 import distill
 from distill.checkpoints import CHECKPOINT_FOLDER, Checkpoints
 from distill.config import AUTO, Config, config_dict, to_toml
+from distill.data import Dataset
 from distill.errors import UserError
 from distill.interrupts import Interrupted, StopRequest
 from distill.kd_selection import selection_text, summarise_selections
-from distill.teacher_cv import teacher_summary_text
 from distill.metrics import METRICS
-from distill.data import Dataset
 from distill.protocol import (
     EpisodeResult,
     Prepared,
@@ -35,6 +34,7 @@ from distill.protocol import (
 )
 from distill.report import (
     SYSTEMS,
+    history_frame,
     metrics_table,
     plot_confusion_matrix,
     plot_learning_curves,
@@ -42,13 +42,19 @@ from distill.report import (
     plot_sweep,
     protocol_table,
     sweep_table,
-    history_frame,
     write_history,
 )
+from distill.rundir import (
+    atomic_write,
+    attach_log_file,
+    claim_run_dir,
+    write_json,
+    write_text,
+)
 from distill.serving import CHECKPOINT_FORMAT, load_checkpoint, servable_from_checkpoint
-from distill.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
-from distill.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
 from distill.stats import CI_METHODS, describe, paired_difference, verdict
+from distill.teacher_cv import teacher_summary_text
+from distill.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
 from distill.weight_init import describe_init
 
 __all__ = ["run_experiment", "execute", "RunOutcome", "summarise", "save_student", "describe_plan", "result_text", "systems_of"]

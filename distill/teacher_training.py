@@ -25,7 +25,13 @@ from distill import students
 from distill.cache import array_digest
 from distill.config import Config, config_dict, flatten
 from distill.data import draw_stratified, fit_scaler, load_dataset
-from distill.engine import EvaluationRows, FitInterrupted, TrainingRows, fit_many, predict_logits
+from distill.engine import (
+    EvaluationRows,
+    FitInterrupted,
+    TrainingRows,
+    fit_many,
+    predict_logits,
+)
 from distill.errors import ConfigError
 from distill.interrupts import Interrupted, StopRequest
 from distill.metrics import classification_metrics, probabilities

@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.config import Config, config_dict, set_dotted, to_toml, validate_config
-from distill.errors import ConfigError, UserError
-from distill.metrics import METRICS, classification_metrics, probabilities
 from distill.cache import SoftTargetCache
+from distill.config import Config, config_dict, set_dotted, to_toml, validate_config
 from distill.engine import predict_logits
+from distill.errors import ConfigError, UserError
 from distill.interrupts import Interrupted, StopRequest
+from distill.metrics import METRICS, classification_metrics, probabilities
+from distill.objective import hard_loss
 from distill.protocol import (
     Prepared,
     StudentJob,
@@ -46,8 +47,13 @@ from distill.protocol import (
     teach,
     train_students,
 )
-from distill.objective import hard_loss
-from distill.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
+from distill.rundir import (
+    atomic_write,
+    attach_log_file,
+    claim_run_dir,
+    write_json,
+    write_text,
+)
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -304,7 +310,8 @@ def _save_plots(study: Any, run_dir: Path) -> list[str]:
             for number in set(plt.get_fignums()) - before:  # the figures this plot opened, even half-drawn
                 plt.close(number)
         path = run_dir / f"tune_{name}.png"  # a failed write is the run directory's error, not the plot's
-        atomic_write(path, lambda tmp, data=png.getvalue(): tmp.write_bytes(data))
+        data = png.getvalue()
+        atomic_write(path, lambda tmp, data=data: tmp.write_bytes(data))
         written.append(path.name)
     return written
 
@@ -374,7 +381,12 @@ def run_tuning(
             study_name, storage_text, before, trials, direction, config.tune.metric, config.protocol.episodes,
         )
         if uri is not None:
-            from distill.tracking import DEFAULT_URI, StudyTracker, TrackingError, falls_back
+            from distill.tracking import (
+                DEFAULT_URI,
+                StudyTracker,
+                TrackingError,
+                falls_back,
+            )
 
             try:
                 tracker = StudyTracker.start(uri, config, study_name, storage_text, run_dir.name)

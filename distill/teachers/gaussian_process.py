@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from distill.registry import has_methods, import_class
-from distill.teachers.base import NotFittedError, Teacher, probabilities_to_logits, register_teacher
+from distill.teachers.base import (
+    NotFittedError,
+    Teacher,
+    probabilities_to_logits,
+    register_teacher,
+)
 from distill.teachers.kernels import parse_kernel
 
 __all__ = ["EstimatorTeacher", "GaussianProcessTeacher", "auto_kernel"]

@@ -31,7 +31,12 @@ import torch
 from torch import nn
 
 from distill.safeload import load_export_program, load_weights_only
-from distill.teachers.base import NotFittedError, Teacher, probabilities_to_logits, register_teacher
+from distill.teachers.base import (
+    NotFittedError,
+    Teacher,
+    probabilities_to_logits,
+    register_teacher,
+)
 
 __all__ = ["NetworkTeacher", "file_digest"]
 
