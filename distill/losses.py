@@ -730,14 +730,7 @@ def register_loss(name: str, factory: LossFactory | None = None) -> Any:
     (``params``: ``objective.hard_params``) and returns an ``nn.Module`` called as
     ``loss(logits [N, K], targets [N])``. A decorator when ``factory`` is omitted.
     """
-    def add(obj: LossFactory) -> LossFactory:
-        if name not in HARD_LOSSES._entries:  # a duplicate name is reported by the registry, first
-            problem = _factory_problem(obj)
-            if problem is not None:
-                raise ValueError(f"register_loss('{name}'): {problem}")
-        return HARD_LOSSES.register(name, obj)
-
-    return add(factory) if factory is not None else add
+    return HARD_LOSSES.register_checked(name, factory, _factory_problem, "register_loss")
 
 _PARAM_PREFIX = "objective.hard_params."
 

@@ -65,6 +65,18 @@ class Registry(Generic[T]):
         self._ready = False
         self._lock = threading.RLock()
 
+    def register_checked(self, name: str, entry: T | None, problem: Callable[[Any], str | None], caller: str):
+        """``register``, refusing an entry that ``problem`` describes (one line naming ``caller``) at
+        registration rather than at its first use; a duplicate name is reported first, as ``register`` does."""
+        def add(obj: T) -> T:
+            if name not in self._entries:
+                found = problem(obj)
+                if found is not None:
+                    raise ValueError(f"{caller}('{name}'): {found}")
+            return self.register(name, obj)
+
+        return add(entry) if entry is not None else add
+
     def register(self, name: str, entry: T | None = None):
         """Register ``entry`` under ``name``; usable as a decorator when ``entry`` is omitted."""
         def add(obj: T) -> T:

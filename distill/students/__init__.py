@@ -65,14 +65,7 @@ def register_student(name: str, entry: Callable[..., nn.Module] | None = None) -
     """Register a student class (an ``nn.Module`` subclass) or a factory building an ``nn.Module`` under
     ``name`` (twice is an error); anything else is refused here, not at its first use. A decorator when
     ``entry`` is omitted."""
-    def add(obj: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name not in STUDENTS._entries:  # a duplicate name is reported by the registry, first
-            problem = _registration_problem(obj)
-            if problem is not None:
-                raise ValueError(f"register_student('{name}'): {problem}")
-        return STUDENTS.register(name, obj)
-
-    return add(entry) if entry is not None else add
+    return STUDENTS.register_checked(name, entry, _registration_problem, "register_student")
 
 
 def list_students() -> list[str]:

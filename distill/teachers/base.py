@@ -123,14 +123,7 @@ def register_teacher(name: str, entry: TeacherEntry | None = None) -> Any:
     ``cls(num_classes=..., **teacher.params)`` (plus ``random_state`` / ``in_shape`` when it takes them),
     or a factory taking the teacher keyword arguments (a factory whose teachers arrive trained says so with
     an attribute ``learns = False``). A decorator when ``entry`` is omitted."""
-    def add(obj: TeacherEntry) -> TeacherEntry:
-        if name not in TEACHERS._entries:  # a duplicate name is reported by the registry, first
-            problem = _entry_problem(obj)
-            if problem is not None:
-                raise ValueError(f"register_teacher('{name}'): {problem}")
-        return TEACHERS.register(name, obj)
-
-    return add(entry) if entry is not None else add
+    return TEACHERS.register_checked(name, entry, _entry_problem, "register_teacher")
 
 
 def list_teachers() -> list[str]:
