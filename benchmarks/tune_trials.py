@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     from distill.config import load_config
-    from distill.tuning import resolve_storage, run_tuning
+    from distill.experiment.tune import resolve_storage, run_tuning
 
     import_s = time.perf_counter() - started
     config = load_config(

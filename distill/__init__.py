@@ -43,16 +43,16 @@ _EXPORTS = {
     "Estimate": "distill.api",
     "Difference": "distill.api",
     "SweepPoint": "distill.api",
-    "fit": "distill.engine",
-    "FitSettings": "distill.engine",
-    "FitResult": "distill.engine",
-    "TrainingRows": "distill.engine",
-    "EvaluationRows": "distill.engine",
-    "distillation_loss": "distill.objective",
+    "fit": "distill.engine.loop",
+    "FitSettings": "distill.engine.loop",
+    "FitResult": "distill.engine.loop",
+    "TrainingRows": "distill.engine.loop",
+    "EvaluationRows": "distill.engine.loop",
+    "distillation_loss": "distill.losses.objective",
     "register_teacher": "distill.teachers.base",
     "Teacher": "distill.teachers.base",
     "register_student": "distill.students",
-    "register_loss": "distill.losses",
+    "register_loss": "distill.losses.hard",
     "DistilledClassifier": "distill.estimator",
     "UserError": "distill.errors",
     "ConfigError": "distill.errors",
@@ -93,10 +93,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         tune,
     )
     from distill.config import Config, load_config  # noqa: F401
-    from distill.engine import EvaluationRows, FitResult, FitSettings, TrainingRows, fit  # noqa: F401
+    from distill.engine.loop import EvaluationRows, FitResult, FitSettings, TrainingRows, fit  # noqa: F401
     from distill.errors import ConfigError, DataError, UserError  # noqa: F401
     from distill.estimator import DistilledClassifier  # noqa: F401
-    from distill.losses import register_loss  # noqa: F401
-    from distill.objective import distillation_loss  # noqa: F401
+    from distill.losses.hard import register_loss  # noqa: F401
+    from distill.losses.objective import distillation_loss  # noqa: F401
     from distill.students import register_student  # noqa: F401
     from distill.teachers.base import Teacher, register_teacher  # noqa: F401

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Union
 
 from distill.config import Config, load_config, validate_config
-from distill.data import Dataset, dataset_from_arrays, dataset_from_frame
+from distill.data.sources import Dataset, dataset_from_arrays, dataset_from_frame
 from distill.errors import ConfigError, DataError
+from distill.experiment.tune import TuneResult
 from distill.process_state import preserved
-from distill.tuning import TuneResult
 
 __all__ = [
     "run", "resume", "tune", "check", "train_teacher", "predict", "registered", "as_config",
@@ -133,13 +133,13 @@ class RunResult:
 
     def table(self) -> str:
         """The console's table (and, with episodes, the verdict)."""
-        from distill.runner import result_text
+        from distill.experiment.run import result_text
 
         return result_text(self.summary)
 
     def to_json(self) -> str:
         """``summary.json``, exactly as written in the run directory."""
-        from distill.rundir import json_text
+        from distill.outputs.rundir import json_text
 
         return json_text(self.summary)
 
@@ -163,7 +163,7 @@ class RunResult:
     @classmethod
     def _build(cls, run_dir: Path, summary: dict[str, Any], history: Any, arch: str,
                labels: list[Any] | None = None) -> "RunResult":
-        from distill.serving import load_checkpoint, servable_from_checkpoint
+        from distill.outputs.serving import load_checkpoint, servable_from_checkpoint
 
         payload = load_checkpoint(run_dir / "student.pt")
         student = servable_from_checkpoint(payload, trusted=(arch,)).eval()
@@ -204,19 +204,19 @@ class TeacherResult:
 
     def to_json(self) -> str:
         """The summary written beside the checkpoint (``<checkpoint>.json``)."""
-        from distill.rundir import json_text
+        from distill.outputs.rundir import json_text
 
         return json_text(self.summary)
 
 
 def _predictions(payload: dict[str, Any], data: Any, where: str, arch: str = "",
                  trusted_archs: Sequence[str] = ()) -> Any:
-    """``distill.prediction.predict_frame`` for a DataFrame, a CSV path or ``[N, D]`` rows (training column
+    """``distill.outputs.prediction.predict_frame`` for a DataFrame, a CSV path or ``[N, D]`` rows (training column
     order); every problem a one-line DataError; torch's generator left as it was."""
     import numpy as np
 
-    from distill.data import read_csv_frame
-    from distill.prediction import predict_frame
+    from distill.data.sources import read_csv_frame
+    from distill.outputs.prediction import predict_frame
 
     if isinstance(data, (str, Path)):
         frame, where = read_csv_frame(Path(data)), f"data file '{data}'"
@@ -288,7 +288,7 @@ def _plain(tree: Mapping[str, Any]) -> dict[str, Any]:
 def _dataset(config: Config, data: Any) -> tuple[Config, Dataset | None, list[Any] | None]:
     """The config (``data.source`` naming in-memory data), the Dataset for ``data`` (None: the source) and
     your own label value of each class (None: the source's class names)."""
-    from distill.data import check_dataset
+    from distill.data.sources import check_dataset
 
     labels = None
     if data is None:
@@ -322,7 +322,7 @@ def _teacher(config: Config, dataset: Dataset | None, teacher: Any) -> tuple[Con
     cache for it (an object has no identity a later process could match)."""
     if teacher is None:
         return config, None
-    from distill.data import load_dataset
+    from distill.data.sources import load_dataset
     from distill.teachers.given import teacher_factory
 
     data = dataset if dataset is not None else load_dataset(config.data.source, config.data.label)
@@ -398,7 +398,7 @@ def run(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: boo
     Raises:
         distill.UserError: bad config, data or teacher (``.problems`` lists each, one line naming the key).
     """
-    from distill.runner import execute
+    from distill.experiment.run import execute
 
     cfg, dataset, labels = _dataset(as_config(config), data)
     cfg, factory = _teacher(cfg, dataset, teacher)
@@ -415,7 +415,7 @@ def resume(run_dir: str | Path, *, data: Any = None, teacher: Any = None, track:
     A run made from data in memory or with a teacher object needs them passed again (``data=``,
     ``teacher=``): its folder records only what they were, and without them the run is refused.
     """
-    from distill.runner import execute, resumable_config
+    from distill.experiment.run import execute, resumable_config
 
     cfg = resumable_config(run_dir)
     given = cfg.teacher.given
@@ -450,7 +450,7 @@ def tune(config: ConfigLike, *, data: Any = None, teacher: Any = None, trials: i
     as ``python -m distill tune``'s flags. Returns a ``TuneResult`` with the Optuna ``study``.
     """
     from distill.config import MAX_SECONDS, MAX_THREADS, MAX_TRIALS
-    from distill.tuning import run_tuning
+    from distill.experiment.tune import run_tuning
 
     for name, value, limit in (("trials", trials, MAX_TRIALS), ("jobs", jobs, MAX_THREADS)):
         if value is not None and not 1 <= value <= limit:
@@ -470,9 +470,9 @@ def check(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: b
 
     With tracking, the MLflow store is checked too (a dead server is an error here, not after training).
     """
-    from distill.protocol import prepare_protocol
-    from distill.runner import describe_plan
-    from distill.tracking import preflight
+    from distill.experiment.protocol import prepare_protocol
+    from distill.experiment.run import describe_plan
+    from distill.outputs.tracking import preflight
 
     cfg, dataset, _ = _dataset(as_config(config), data)
     cfg, factory = _teacher(cfg, dataset, teacher)
@@ -487,7 +487,7 @@ def train_teacher(config: ConfigLike, *, output: str | Path | None = None, track
                   progress: bool | None = None) -> TeacherResult:
     """Train ``teacher.arch`` (a network teacher) on all labelled rows but a held-out test split; write its
     checkpoint (``output``, a new file; default ``teacher.checkpoint``)."""
-    from distill.teacher_training import train_teacher as _train
+    from distill.experiment.teacher_training import train_teacher as _train
 
     cfg = as_config(config)
     with _library_call():
@@ -505,9 +505,9 @@ def predict(source: Any, data: Any, *, trusted_archs: Sequence[str] = (), tracki
     ``trusted_archs``: import paths of student classes you trust (a registered name needs nothing).
     ``output``: also write the predictions to this CSV, a new file unless ``force``.
     """
-    from distill.prediction import check_output, resolve_checkpoint
-    from distill.rundir import atomic_write
-    from distill.serving import load_checkpoint
+    from distill.outputs.prediction import check_output, resolve_checkpoint
+    from distill.outputs.rundir import atomic_write
+    from distill.outputs.serving import load_checkpoint
 
     if output is not None:
         check_output(output, force)  # before the model or data are read: a refused output costs nothing
@@ -525,8 +525,8 @@ def predict(source: Any, data: Any, *, trusted_archs: Sequence[str] = (), tracki
 def registered() -> dict[str, list[str]]:
     """Registered names per extension point (``datasets``, ``teachers``, ``students``, ``losses``), with
     every installed plugin imported, and ``broken``: one line per plugin that cannot be used, and why."""
-    from distill.data import list_datasets
-    from distill.losses import HARD_LOSSES, list_losses
+    from distill.data.sources import list_datasets
+    from distill.losses.hard import HARD_LOSSES, list_losses
     from distill.students import STUDENTS, list_students
     from distill.teachers.base import TEACHERS, list_teachers
 

@@ -171,7 +171,7 @@ class ProtocolConfig(_Section):
     episodes: StrictInt = Field(default=1, ge=1, le=MAX_EPISODES)
     metric: Literal["accuracy", "f1_macro", "auroc", "ece"] = "accuracy"
     ci: Literal["t", "bootstrap"] = "t"
-    #: systems trained beside the student to tell knowledge from regularisation (``distill.protocol``):
+    #: systems trained beside the student to tell knowledge from regularisation (``distill.experiment.protocol``):
     #: ``null_teacher`` (same objective, a teacher that knows nothing), ``hard_labels`` (the teacher's
     #: argmax as hard labels, no KL), ``teacher_probs_only`` (the KL term alone, no hard term)
     controls: list[Literal["null_teacher", "hard_labels", "teacher_probs_only"]] = Field(default_factory=list)
@@ -308,7 +308,7 @@ class TeacherConfig(_Section):
 
     ``params`` are the estimator's kwargs (``sklearn``) or the architecture's kwargs (``network`` with ``arch``).
     ``calibration``: ``temperature`` scales the teacher's log-probabilities by a T fitted on its
-    out-of-fold outputs on the labelled rows (``distill.teacher_cv``); ``none`` leaves them as they are.
+    out-of-fold outputs on the labelled rows (``distill.experiment.teacher_cv``); ``none`` leaves them as they are.
     """
 
     #: a registered teacher (``distill list``), ``auto``, ``ensemble``, or ``module:Class`` (a Teacher subclass)
@@ -370,7 +370,7 @@ class TeacherConfig(_Section):
         return self
 
 
-#: ``student.init`` schemes (``distill.weight_init`` has the formulas and papers).
+#: ``student.init`` schemes (``distill.students.weight_init`` has the formulas and papers).
 INIT_SCHEMES = ("torch", "glorot_uniform", "he_normal", "normal", "truncated_normal")
 #: ``student.init.std`` may name this instead of a number: the layer's own 1/sqrt(fan_in).
 STD_FAN_IN = "1/sqrt(fan_in)"
@@ -456,7 +456,7 @@ class StudentConfig(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     arch: str = "mlp"
-    #: the weight initialisation, applied after the constructor (``distill.weight_init``)
+    #: the weight initialisation, applied after the constructor (``distill.students.weight_init``)
     init: InitConfig = Field(default_factory=InitConfig)
 
     @field_validator("arch")
@@ -510,7 +510,7 @@ class AutoObjectiveConfig(_Section):
     kl_weights: list[Number] = Field(default_factory=lambda: [0.0, 0.5, 2.0])
     temperatures: list[Number] = Field(default_factory=lambda: [1.0, 4.0])
     #: distil only when the best distilled candidate's held-out accuracy gain over kl_weight 0 exceeds
-    #: this many standard errors of the paired per-row difference (``distill.kd_selection.choose``)
+    #: this many standard errors of the paired per-row difference (``distill.experiment.kd_selection.choose``)
     margin: Number = Field(default=2.0, ge=0, le=100)
 
     @field_validator("kl_weights")
@@ -536,7 +536,7 @@ class ObjectiveConfig(_Section):
     kl_weight: Union[Number, Literal["auto"]] = AUTO
     temperature: Union[Number, Literal["auto"]] = AUTO
     direction: Literal["forward", "reverse"] = "forward"
-    #: the grids "auto" chooses from (``distill.kd_selection``)
+    #: the grids "auto" chooses from (``distill.experiment.kd_selection``)
     auto: AutoObjectiveConfig = Field(default_factory=AutoObjectiveConfig)
     l1: Number = Field(default=0.0, ge=0)
     l2: Number = Field(default=0.0, ge=0)
@@ -549,7 +549,7 @@ class ObjectiveConfig(_Section):
     def _hard(cls, value: str) -> str:
         if value == "auto":
             return value
-        from distill.losses import HARD_LOSSES, list_losses
+        from distill.losses.hard import HARD_LOSSES, list_losses
         from distill.registry import PluginError
 
         try:
@@ -1049,7 +1049,7 @@ def _no_effect(key: str, configs: list["Config"]) -> str | None:
 
 
 def sweepable(key: str) -> bool:
-    """Whether a sweep over ``key`` changes what runs per value (``distill.protocol`` reads it per value)."""
+    """Whether a sweep over ``key`` changes what runs per value (``distill.experiment.protocol`` reads it per value)."""
     return not any(key == entry or (entry.endswith(".") and key.startswith(entry)) for entry in _READ_ONCE)
 
 

@@ -31,14 +31,14 @@ from torch import nn
 
 from distill import students
 from distill.config import FLOAT32_MAX, MAX_BATCH, MAX_EPOCHS, MAX_SEED, InitConfig
-from distill.data import Scaler, fit_scaler
-from distill.engine import FitSettings, TrainingRows, fit, predict_logits
+from distill.data.scaling import Scaler, fit_scaler
+from distill.engine.loop import FitSettings, TrainingRows, fit, predict_logits
 from distill.errors import ConfigError
+from distill.experiment.teacher_cv import cross_fit
 from distill.seeding import SMALL_WORKLOAD, resolve_device, seed_everything
-from distill.teacher_cv import cross_fit
+from distill.students.weight_init import apply_init
 from distill.teachers.base import Teacher
 from distill.teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher
-from distill.weight_init import apply_init
 
 __all__ = ["DistilledClassifier", "EXPECTED_FAILED_CHECKS"]
 
@@ -196,7 +196,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         naming an ``nn.Module`` subclass.
     student_params : dict or None, default=None
         Keyword arguments of the student's constructor (e.g. ``{"hidden": [16]}``), plus optionally
-        ``init``, a ``student.init`` table (``distill.weight_init``). None: the architecture's defaults.
+        ``init``, a ``student.init`` table (``distill.students.weight_init``). None: the architecture's defaults.
     kl_weight : float, default=1.0
         Weight of the KL term (>= 0). ``0`` trains on the hard labels alone, and the teacher is not fit.
     temperature : float, default=1.0
@@ -205,7 +205,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         ``forward``: KL(teacher || student); ``reverse``: KL(student || teacher).
     calibrate_teacher : bool, default=True
         Temperature-scale the teacher's log-probabilities (Guo et al. 2017) with a T fitted on its
-        out-of-fold outputs over stratified folds of the labelled rows (``distill.teacher_cv.cross_fit``,
+        out-of-fold outputs over stratified folds of the labelled rows (``distill.experiment.teacher_cv.cross_fit``,
         as distill's protocol does). Skipped, with a note in ``teacher_diagnostics_``, when a class
         has a single labelled row.
     epochs : int, default=100
@@ -234,7 +234,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Column names of ``X`` when it is a DataFrame with string column names.
-    scaler_ : distill.data.Scaler
+    scaler_ : distill.data.scaling.Scaler
         The feature scaling (``(x - shift) / scale``).
     teacher_ : object or None
         The fitted teacher: the fitted clone of a scikit-learn teacher, the fitted

@@ -4,7 +4,7 @@ Registering a name twice is an error, and an unknown name is an error that lists
 registered ones (torchdistill overwrites silently and lists nothing; we do better).
 
 A registry may also read an entry-point group (``distill.teachers``, ``distill.students``,
-``distill.losses``): installed packages add names there in their ``pyproject.toml``. The group is
+``distill.losses.hard``): installed packages add names there in their ``pyproject.toml``. The group is
 read on the first lookup or listing, and an entry point's module is imported only when its name
 is used (or ``load_plugins`` is called, as ``distill list`` does). A broken entry point (its import
 fails, it names the wrong kind of object, or its name is taken) never breaks an import: it is a

@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 import distill
 import distill.api
 from distill.cli import main
-from distill.protocol import prepare
+from distill.experiment.protocol import prepare
 
 #: small and fixed: a few seconds a run; the KL term fixed (the "auto" choice is tested elsewhere)
 SETTINGS: dict[str, Any] = {
@@ -119,7 +119,7 @@ def test_config_as_dict_path_or_config_is_one_experiment(tmp_path: Path, cancer)
 def _test_rows(config: dict[str, Any], x: np.ndarray, y: np.ndarray, episode: int) -> np.ndarray:
     """The test rows of an episode, drawn as the run draws them (seed + episode)."""
     cfg = distill.api.as_config({**config, "seed": config["seed"] + episode})
-    from distill.data import dataset_from_arrays
+    from distill.data.sources import dataset_from_arrays
 
     return prepare(cfg, dataset_from_arrays(x, y)).split.test
 

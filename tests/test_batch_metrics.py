@@ -1,4 +1,4 @@
-"""distill.batch_metrics against distill.metrics (torchmetrics), scikit-learn and hand-computed values.
+"""distill.metrics.batched against distill.metrics.classification (torchmetrics), scikit-learn and hand-computed values.
 
 Every leading index of the batched result must equal ``classification_metrics`` on that slice, including
 its conventions: argmax takes the first maximum, macro-F1 averages the classes with tp + fp + fn > 0,
@@ -15,8 +15,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from distill.batch_metrics import batch_classification_metrics
-from distill.metrics import ECE_BINS, METRICS, classification_metrics
+from distill.metrics.batched import batch_classification_metrics
+from distill.metrics.classification import ECE_BINS, METRICS, classification_metrics
 
 # torchmetrics warns when a one-vs-rest column has no positive / negative rows (expected here).
 pytestmark = pytest.mark.filterwarnings("ignore:No (positive|negative) samples in targets:UserWarning")
@@ -69,7 +69,7 @@ def np_ece(probs: np.ndarray, target: np.ndarray) -> float:
     )
 
 
-# --------------------------------------------------------------------------- against distill.metrics
+# --------------------------------------------------------------------------- against distill.metrics.classification
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from distill.config import load_config
-from distill.engine import EvaluationRows, FitResult, FitSettings, TrainingRows, fit, fit_many, stack_problem_for
-from distill.member_objective import MemberObjective
-from distill.members import StackedMembers, stack_problem
-from distill.objective import distillation_loss, hard_loss
-from distill.protocol import run_protocol
+from distill.engine.loop import EvaluationRows, FitResult, FitSettings, TrainingRows, fit, fit_many, stack_problem_for
+from distill.losses.fused import MemberObjective
+from distill.engine.members import StackedMembers, stack_problem
+from distill.losses.objective import distillation_loss, hard_loss
+from distill.experiment.protocol import run_protocol
 from distill.students import build
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import torch
 from numpy.testing import assert_array_equal
 
 from distill import students
-from distill.cache import SoftTargetCache
+from distill.experiment.cache import SoftTargetCache
 from distill.cli import main
-from distill.data import load_dataset
+from distill.data.sources import load_dataset
 
 SYSTEMS = ("teacher", "student", "baseline")
 

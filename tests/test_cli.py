@@ -17,9 +17,9 @@ import torch
 from distill import students
 from distill.cli import main
 from distill.config import load_config
-from distill.data import Scaler
-from distill.metrics import METRICS, classification_metrics, probabilities
-from distill.protocol import prepare
+from distill.data.scaling import Scaler
+from distill.metrics.classification import METRICS, classification_metrics, probabilities
+from distill.experiment.protocol import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))

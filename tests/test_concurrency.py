@@ -164,7 +164,7 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
 
 
 def test_one_lock_per_local_store_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from distill.tracking import _local_store_lock
+    from distill.outputs.tracking import _local_store_lock
 
     monkeypatch.chdir(tmp_path)
     relative = _local_store_lock("sqlite:///mlflow.db")
@@ -180,7 +180,7 @@ def test_runs_started_in_the_same_second_each_claim_their_own_folder(
     import threading
     from datetime import datetime
 
-    from distill import rundir
+    from distill.outputs import rundir
 
     class FrozenClock(datetime):
         @classmethod
@@ -345,7 +345,7 @@ def lost_race(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_mlflow_stor
 def test_run_tracker_survives_losing_the_experiment_creation_race(lost_race) -> None:
     from mlflow.tracking import MlflowClient
 
-    from distill.tracking import MlflowTracker
+    from distill.outputs.tracking import MlflowTracker
 
     uri, name, existing = lost_race
     tracker = MlflowTracker.start(uri, name, "raced-run", {})
@@ -357,7 +357,7 @@ def test_run_tracker_survives_losing_the_experiment_creation_race(lost_race) -> 
 
 def test_study_tracker_survives_losing_the_experiment_creation_race(lost_race) -> None:
     from distill.config import validate_config
-    from distill.tracking import StudyTracker
+    from distill.outputs.tracking import StudyTracker
 
     uri, name, existing = lost_race
     config = validate_config({"name": name})
@@ -397,7 +397,7 @@ def test_a_run_that_loses_the_dataset_insert_race_still_records_its_input(
     from mlflow.tracking import MlflowClient
     from sqlalchemy import event
 
-    from distill import tracking
+    from distill.outputs import tracking
     from tests.test_tracking import mlflow_state
 
     uri = fresh_mlflow_store(tmp_path / "mlflow.db")
@@ -452,7 +452,7 @@ def test_many_runs_logging_one_dataset_at_once_each_record_it(mlflow_server: str
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from distill.tracking import MlflowTracker
+    from distill.outputs.tracking import MlflowTracker
     from tests.test_tracking import mlflow_state
 
     writers, rounds = 8, 4

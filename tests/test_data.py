@@ -7,15 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from distill.data import (
-    Dataset,
-    Scaler,
-    draw_stratified,
-    fit_scaler,
-    list_datasets,
-    load_dataset,
-    split_dataset,
-)
+from distill.data.sources import Dataset, list_datasets, load_dataset
+from distill.data.scaling import Scaler, fit_scaler
+from distill.data.split import draw_stratified, split_dataset
 from distill.errors import DataError
 
 # --------------------------------------------------------------------------- helpers

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.data import list_datasets, load_dataset, load_idx, load_npz, read_idx
+from distill.data.sources import list_datasets, load_dataset, load_idx, load_npz, read_idx
 from distill.errors import DataError
 
 # --------------------------------------------------------------------------- IDX helpers

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from distill.cli import main
-from distill.engine import EvaluationRows, FitSettings, TrainingRows, fit
+from distill.engine.loop import EvaluationRows, FitSettings, TrainingRows, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

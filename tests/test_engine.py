@@ -11,19 +11,9 @@ import torch
 from scipy.special import log_softmax
 from torch import nn
 
-from distill.engine import (
-    BestState,
-    EarlyStopping,
-    EvaluationRows,
-    FitSettings,
-    TrainingRows,
-    fit,
-    logged_metric_names,
-    monitor_mode,
-    predict_logits,
-)
-from distill.metrics import METRICS
-from distill.objective import hard_loss
+from distill.engine.loop import BestState, EarlyStopping, EvaluationRows, FitSettings, TrainingRows, fit, logged_metric_names, monitor_mode, predict_logits
+from distill.metrics.classification import METRICS
+from distill.losses.objective import hard_loss
 from distill.students import build
 
 pytestmark = pytest.mark.filterwarnings("ignore:No (positive|negative) samples in targets:UserWarning")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distill.data import load_dataset
+from distill.data.sources import load_dataset
 from distill.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

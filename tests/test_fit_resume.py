@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 
-from distill.engine import FitInterrupted, FitSettings, fit_many
+from distill.engine.loop import FitInterrupted, FitSettings, fit_many
 from distill.students import build
 from tests.test_batched import _data
 

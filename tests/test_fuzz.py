@@ -39,9 +39,9 @@ from distill.config import (
     validate_config,
 )
 from distill.errors import ConfigError, UserError
-from distill.losses import HARD_LOSSES, ONE_LOGIT_LOSSES, create_loss
-from distill.member_objective import MemberObjective
-from distill.objective import HardCriterion, distillation_loss, metric_loss
+from distill.losses.hard import HARD_LOSSES, ONE_LOGIT_LOSSES, create_loss
+from distill.losses.fused import MemberObjective
+from distill.losses.objective import HardCriterion, distillation_loss, metric_loss
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=False)
 
@@ -453,7 +453,7 @@ def test_prepare_on_iris_raises_only_user_errors(raw: dict[str, Any]) -> None:
     Tame configs (no garbage, no unknown keys; about two in three validate): iris, student sizes
     small enough to build, and no MLflow-model teacher (the URI lookup would start a tracking store).
     """
-    from distill.protocol import prepare
+    from distill.experiment.protocol import prepare
 
     raw = dict(raw)
     data, teacher = raw.get("data"), raw.get("teacher")

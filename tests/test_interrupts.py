@@ -160,7 +160,7 @@ def simulate_full_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """The atomic rename of the run's file ``name`` fails as on a full disk (ENOSPC); other writes work."""
     import errno
 
-    import distill.rundir
+    import distill.outputs.rundir
 
     real_replace = os.replace
 
@@ -169,7 +169,7 @@ def simulate_full_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
             raise OSError(errno.ENOSPC, "No space left on device", str(dst))
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(distill.rundir.os, "replace", replace)
+    monkeypatch.setattr(distill.outputs.rundir.os, "replace", replace)
 
 
 def test_a_write_that_fails_midway_leaves_nothing_that_looks_finished(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -286,10 +286,10 @@ def test_a_signal_between_two_trials_ends_the_search_without_cutting_one_short(
     """Deterministic: the signal arrives as trial 1 returns its value, before Optuna asks for trial 2."""
     from optuna.trial import TrialState
 
-    import distill.tuning
+    import distill.experiment.tune
     from tests.test_tuning import load_study, write_config
 
-    real = distill.tuning.validation_score
+    real = distill.experiment.tune.validation_score
     calls: list[int] = []
 
     def score_then_signal(*args, **kwargs):
@@ -299,7 +299,7 @@ def test_a_signal_between_two_trials_ends_the_search_without_cutting_one_short(
             os.kill(os.getpid(), sig)
         return result
 
-    monkeypatch.setattr(distill.tuning, "validation_score", score_then_signal)
+    monkeypatch.setattr(distill.experiment.tune, "validation_score", score_then_signal)
     toml = write_config(tmp_path, tune={"trials": 10})
     journal_path = tmp_path / "journal.log"
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -1,4 +1,4 @@
-"""``objective.kl_weight = "auto"`` / ``objective.temperature = "auto"`` (distill.kd_selection): the grid,
+"""``objective.kl_weight = "auto"`` / ``objective.temperature = "auto"`` (distill.experiment.kd_selection): the grid,
 the rule, the held-out scores against scikit-learn, the stacked cross-validation against a loop of
 plain fits, and the choice itself on a teacher of noise and on a teacher that knows the labels."""
 
@@ -17,14 +17,10 @@ from sklearn.metrics import accuracy_score, log_loss
 
 from distill.cli import main
 from distill.config import ConfigError, validate_config
-from distill.data import Dataset
-from distill.engine import TrainingRows, fit, predict_logits
-from distill.kd_selection import (
-    Candidate, candidate_grid, choose, fold_training_rows, heldout_scores, selection_text, summarise_selections,
-)
-from distill.protocol import (
-    StudentJob, _choose_auto, _student_settings, build_student, prepare, run_protocol, teach,
-)
+from distill.data.sources import Dataset
+from distill.engine.loop import TrainingRows, fit, predict_logits
+from distill.experiment.kd_selection import Candidate, candidate_grid, choose, fold_training_rows, heldout_scores, selection_text, summarise_selections
+from distill.experiment.protocol import StudentJob, _choose_auto, _student_settings, build_student, prepare, run_protocol, teach
 
 BASE: dict[str, Any] = {
     "seed": 3,
@@ -377,10 +373,10 @@ def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_number
     import os
     import signal
 
-    import distill.checkpoints
+    import distill.outputs.checkpoints
 
     _two_episode_toml(tmp_path)
-    real = distill.checkpoints.Checkpoints.finish
+    real = distill.outputs.checkpoints.Checkpoints.finish
     keys: list[str] = []
 
     def finish_then_signal(self: Any, key: str, *args: Any, **kwargs: Any) -> None:
@@ -390,7 +386,7 @@ def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_number
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(distill.checkpoints.Checkpoints, "finish", finish_then_signal)
+        mp.setattr(distill.outputs.checkpoints.Checkpoints, "finish", finish_then_signal)
         assert main(["run", str(tmp_path / "e.toml"), "-o", str(tmp_path / "stopped"), "--no-track", "-q"]) == 143
     assert keys == ["c0cvg0"]  # the cross-validation members are one stacked fit, recorded first
     assert main(["run", "--resume", str(tmp_path / "stopped"), "--no-track", "-q"]) == 0
@@ -405,7 +401,7 @@ def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_number
 def test_train_student_chooses_auto_first_and_controls_never_choose_alone() -> None:
     """``train_student`` with the defaults ("auto") chooses before it fits, as ``train_students`` does;
     a kl_weight-0 config's teacher_probs_only control trains at 1 and T = 1 without a choice of its own."""
-    from distill.protocol import _control_job, train_student, train_students
+    from distill.experiment.protocol import _control_job, train_student, train_students
 
     prepared = prepare(config())
     taught = teach(prepared, score_test=False)

@@ -1,8 +1,8 @@
-"""Tests of distill.losses against an independent float64 NumPy reference and PyTorch's built-ins.
+"""Tests of distill.losses.hard against an independent float64 NumPy reference and PyTorch's built-ins.
 
 The ``np_*`` functions below are written from the papers' / PyTorch documentation's formulas
 in plain NumPy (scipy.special for log-sum-exp and log-sigmoid); they share no code with
-``distill.losses``. ``tests/fixtures/loss_golden.json`` pins each loss's value on fixed small
+``distill.losses.hard``. ``tests/fixtures/loss_golden.json`` pins each loss's value on fixed small
 inputs; regenerate it from the NumPy reference with ``PYTHONPATH=. python tests/test_losses.py``.
 """
 
@@ -19,23 +19,8 @@ import torch
 from scipy.special import expit, log_expit, logsumexp
 from torch import nn
 
-from distill import losses as L
-from distill.losses import (
-    HARD_LOSSES,
-    ONE_LOGIT_LOSSES,
-    BCEWithLogitsLoss,
-    CrossEntropyLoss,
-    FocalLoss,
-    KLDivLoss,
-    MarginRankingLoss,
-    NumpyCrossEntropyLoss,
-    SymmetricCrossEntropyLoss,
-    TripletMarginLoss,
-    create_loss,
-    l1_penalty,
-    l2_penalty,
-    list_losses,
-)
+from distill.losses import hard as L
+from distill.losses.hard import HARD_LOSSES, ONE_LOGIT_LOSSES, BCEWithLogitsLoss, CrossEntropyLoss, FocalLoss, KLDivLoss, MarginRankingLoss, NumpyCrossEntropyLoss, SymmetricCrossEntropyLoss, TripletMarginLoss, create_loss, l1_penalty, l2_penalty, list_losses
 
 GOLDEN = Path(__file__).parent / "fixtures" / "loss_golden.json"
 REDUCTIONS = ("mean", "sum", "none")
@@ -637,7 +622,7 @@ def _golden_document() -> dict:
         value = float(ref([np.asarray(data, dtype=dtype) for dtype, data in args]))
         cases.append({"name": name, "loss": cls, "kwargs": kwargs,
                       "args": [{"dtype": dtype, "data": data} for dtype, data in args], "value": value})
-    return {"description": "distill.losses values (reduction 'mean' unless given) on fixed inputs, "
+    return {"description": "distill.losses.hard values (reduction 'mean' unless given) on fixed inputs, "
                            "from the float64 NumPy reference in tests/test_losses.py",
             "cases": cases}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.member_objective import MemberObjective
-from distill.objective import distillation_loss, hard_loss
+from distill.losses.fused import MemberObjective
+from distill.losses.objective import distillation_loss, hard_loss
 
 WEIGHTS = [0.0, 0.7, 2.5]
 TEMPERATURES = {"unit": [1.0, 1.0, 1.0], "shared": [2.0, 2.0, 2.0], "per_member": [1.0, 0.3, 4.0]}

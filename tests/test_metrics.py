@@ -1,4 +1,4 @@
-"""distill.metrics against scikit-learn and an independent NumPy float64 ECE.
+"""distill.metrics.classification against scikit-learn and an independent NumPy float64 ECE.
 
 Binning convention of the ECE (checked in torchmetrics 1.x ``_binning_bucketize``):
 ``torch.bucketize(conf, linspace(0, 1, 16), right=True) - 1``, i.e. 15 equal-width bins
@@ -15,7 +15,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from distill.metrics import ECE_BINS, METRICS, classification_metrics, probabilities
+from distill.metrics.classification import ECE_BINS, METRICS, classification_metrics, probabilities
 
 # torchmetrics warns when a one-vs-rest column has no positive / negative rows (expected here).
 pytestmark = pytest.mark.filterwarnings("ignore:No (positive|negative) samples in targets:UserWarning")

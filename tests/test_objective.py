@@ -1,4 +1,4 @@
-"""Tests of distill.objective against an independent float64 NumPy reference.
+"""Tests of distill.losses.objective against an independent float64 NumPy reference.
 
 The reference below uses only NumPy/SciPy (``logsumexp``, ``log_expit``); no torch loss is
 called on the reference side.
@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import log_expit, logsumexp
 
-from distill.objective import distillation_loss, hard_loss, kl_divergence
+from distill.losses.objective import distillation_loss, hard_loss, kl_divergence
 
 # --------------------------------------------------------------------------- NumPy reference
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from distill.cli import main
 from distill.config import validate_config
 from distill.errors import ConfigError
-from distill.objective import HardCriterion, metric_loss
-from distill.protocol import build_criterion, prepare
+from distill.losses.objective import HardCriterion, metric_loss
+from distill.experiment.protocol import build_criterion, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,7 +176,7 @@ def test_run_with_metric_loss_and_penalties(tmp_path: Path) -> None:
 
 
 def test_hard_criterion_with_no_labelled_row_is_zero() -> None:
-    from distill.losses import create_loss
+    from distill.losses.hard import create_loss
 
     criterion = HardCriterion(create_loss("focal", 3, reduction="none"))
     logits = torch.randn(4, 3, requires_grad=True)

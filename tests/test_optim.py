@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.optim import LeanOptimizer, learning_rate
+from distill.engine.optim import LeanOptimizer, learning_rate
 
 
 @pytest.mark.parametrize(("kind", "kwargs"), [

@@ -26,7 +26,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from distill.cli import main
 from distill.config import set_dotted, to_toml, validate_config
 from distill.errors import ConfigError
-from distill.losses import HARD_LOSSES, create_loss, register_loss
+from distill.losses.hard import HARD_LOSSES, create_loss, register_loss
 from distill.registry import PluginError
 from distill.students import STUDENTS, build, register_student
 from distill.teachers.base import TEACHERS, Teacher, create_teacher, list_teachers, register_teacher
@@ -42,7 +42,7 @@ centroid = mydistillplugins:CentroidTeacher
 [distill.students]
 tiny = mydistillplugins:Tiny
 
-[distill.losses]
+[distill.losses.hard]
 myloss = mydistillplugins:make_myloss
 """
 
@@ -55,7 +55,7 @@ notateacher = mydistillplugins:NotATeacher
 [distill.students]
 mlp = mydistillplugins:Tiny
 
-[distill.losses]
+[distill.losses.hard]
 badloss = mydistillplugins:Tiny
 """
 
@@ -153,7 +153,7 @@ def _reference_teacher_metrics(seed: int, sharpness: float) -> tuple[dict[str, f
     """
     from sklearn.datasets import load_breast_cancer
 
-    from distill.protocol import prepare
+    from distill.experiment.protocol import prepare
 
     prepared = prepare(validate_config({"seed": seed, "few_shot": {"per_class": 5}, "teacher": {"kind": "sklearn",
                         "estimator": "sklearn.linear_model:LogisticRegression"}}))
@@ -510,8 +510,8 @@ def test_plugin_entries_load_lazily_and_a_broken_one_only_where_used(installed_b
 def test_editing_a_plugin_teacher_invalidates_its_cached_soft_targets(installed: Path, tmp_path: Path) -> None:
     """The soft-target cache keys a teacher from outside distill by its code too: edit the plugin's
     module and the next run computes its soft targets again (same code: a hit)."""
-    from distill.cache import SoftTargetCache
-    from distill.protocol import prepare, teach
+    from distill.experiment.cache import SoftTargetCache
+    from distill.experiment.protocol import prepare, teach
 
     prepared = prepare(validate_config(EXPERIMENT))
     cache = SoftTargetCache(tmp_path / "cache")

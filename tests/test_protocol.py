@@ -18,8 +18,8 @@ import torch
 
 from distill.cli import main
 from distill.config import ConfigError, validate_config
-from distill.data import augment_rows
-from distill.protocol import episode_seed, prepare, prepare_protocol, run_protocol, teach
+from distill.data.augment import augment_rows
+from distill.experiment.protocol import episode_seed, prepare, prepare_protocol, run_protocol, teach
 
 SYSTEMS = ("teacher", "student", "baseline")
 

@@ -1,4 +1,4 @@
-"""``distill.stats`` against scipy / numpy on fixed, hand-written numbers."""
+"""``distill.metrics.stats`` against scipy / numpy on fixed, hand-written numbers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from distill.stats import CI_METHODS, describe, paired_difference, verdict
+from distill.metrics.stats import CI_METHODS, describe, paired_difference, verdict
 
 X = [0.71, 0.64, 0.80, 0.77, 0.69, 0.73, 0.66, 0.82]
 A = [0.81, 0.74, 0.90, 0.79, 0.70, 0.88, 0.77, 0.93, 0.68, 0.85]

@@ -1,4 +1,4 @@
-"""Cross-fitted teachers (distill.teacher_cv) and their integration in teach(): out-of-fold outputs
+"""Cross-fitted teachers (distill.experiment.teacher_cv) and their integration in teach(): out-of-fold outputs
 against scikit-learn fits of our own, calibration, selection, the ensemble, no test-row leakage, the
 soft-target cache and the config errors."""
 
@@ -15,12 +15,12 @@ import scipy.optimize
 import scipy.special
 import torch
 
-from distill.cache import SoftTargetCache
-from distill.calibration import TEMPERATURE_BOUNDS, labelled_folds
+from distill.experiment.cache import SoftTargetCache
+from distill.metrics.calibration import TEMPERATURE_BOUNDS, labelled_folds
 from distill.cli import main
 from distill.config import ConfigError, validate_config
-from distill.protocol import TEACHER_FOLDS, prepare, teach
-from distill.teacher_cv import cross_fit
+from distill.experiment.protocol import TEACHER_FOLDS, prepare, teach
+from distill.experiment.teacher_cv import cross_fit
 from distill.teachers.base import Teacher
 from distill.teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher
 
@@ -370,7 +370,7 @@ def test_a_bad_candidate_is_exit_2_with_one_line(tmp_path: Path, capsys: pytest.
 
 
 def test_the_run_line_counts_choices_and_summarises_calibration() -> None:
-    from distill.teacher_cv import teacher_summary_text
+    from distill.experiment.teacher_cv import teacher_summary_text
 
     def diag(chosen: str, t: float, before: float, after: float) -> dict[str, Any]:
         return {"selection": {"chosen": chosen}, "calibration": {"temperature": t, "before": {"log_loss": before},

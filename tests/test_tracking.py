@@ -20,11 +20,11 @@ import pytest
 import torch
 
 import distill
-import distill.runner
+import distill.experiment.run
 from distill.cli import main
 from distill.config import load_config
-from distill.protocol import prepare
-from distill.serving import load_checkpoint, servable_from_checkpoint
+from distill.experiment.protocol import prepare
+from distill.outputs.serving import load_checkpoint, servable_from_checkpoint
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -270,7 +270,7 @@ def test_a_broken_run_ends_failed_or_killed(
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(distill.runner, "write_history", broken)  # after training and episode logging
+    monkeypatch.setattr(distill.experiment.run, "write_history", broken)  # after training and episode logging
     experiment = f"broken-{status.lower()}"
     out = tmp_path / "run"
     if isinstance(error, KeyboardInterrupt):

@@ -27,16 +27,18 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score
 
-import distill.protocol
-import distill.runner
+import distill.experiment.protocol
+import distill.experiment.run
 from distill.cli import main
 from distill.config import load_config, to_toml
-from distill.data import Dataset, fit_scaler, load_dataset, split_dataset
-from distill.engine import predict_logits
+from distill.data.sources import Dataset, load_dataset
+from distill.data.scaling import fit_scaler
+from distill.data.split import split_dataset
+from distill.engine.loop import predict_logits
 from distill.errors import UserError
-from distill.protocol import episode_seed, prepare, teach, train_student
-from distill.report import SYSTEMS
-from distill.tuning import _TeacherCache, run_tuning, trial_config, validation_score
+from distill.experiment.protocol import episode_seed, prepare, teach, train_student
+from distill.outputs.report import SYSTEMS
+from distill.experiment.tune import _TeacherCache, run_tuning, trial_config, validation_score
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "iris_tune"
@@ -261,14 +263,14 @@ def test_whole_search_on_poisoned_test_rows_scores_like_clean_data(
         loads.append(source)
         return poisoned
 
-    real_run = distill.runner.run_experiment
+    real_run = distill.experiment.run.run_experiment
 
     def clean_run(*args, **kwargs):
-        monkeypatch.setattr(distill.protocol, "load_dataset", load_dataset)  # the honest test runs read test rows
+        monkeypatch.setattr(distill.experiment.protocol, "load_dataset", load_dataset)  # the honest test runs read test rows
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(distill.protocol, "load_dataset", poisoned_load)
-    monkeypatch.setattr(distill.runner, "run_experiment", clean_run)
+    monkeypatch.setattr(distill.experiment.protocol, "load_dataset", poisoned_load)
+    monkeypatch.setattr(distill.experiment.run, "run_experiment", clean_run)
     result = run_tuning(config, trials=3, storage=str(tmp_path / "journal.log"), output=tmp_path / "out", track=False)
     assert loads == [config.data.source]  # the search loaded its data through the poisoned loader
 
@@ -559,7 +561,7 @@ def test_a_plot_that_breaks_is_logged_and_skipped_never_a_failed_tune(tmp_path: 
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
 
-    from distill.tuning import _save_plots
+    from distill.experiment.tune import _save_plots
 
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     study.optimize(lambda t: (t.suggest_float("x", -2.0, 2.0) - 0.5) ** 2, n_trials=3)

@@ -39,8 +39,8 @@ def is_fitted(estimator: Any) -> bool:
 
 
 def _canonical(name: str) -> str:
-    """A label as ``distill.data.label_classes`` names it: ``1``, ``1.0`` and ``1e0`` are ``"1"``."""
-    from distill.data import _exact_number, _number_name
+    """A label as ``distill.data.sources.label_classes`` names it: ``1``, ``1.0`` and ``1e0`` are ``"1"``."""
+    from distill.data.sources import _exact_number, _number_name
 
     value = _exact_number(name)
     return _number_name(value) if value is not None and value.is_finite() else name
@@ -211,7 +211,7 @@ class GivenModuleTeacher(Teacher):
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        from distill.metrics import probabilities
+        from distill.metrics.classification import probabilities
 
         if not hasattr(self, "fitted_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(x, y) first")

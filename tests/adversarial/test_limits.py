@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from numpy.lib import format as npy
 from pydantic import BaseModel
 
-import distill.data
+import distill.data.sources
 from distill.cli import main
 from distill.config import MAX_NESTING, Config
 
@@ -346,11 +346,11 @@ def test_a_real_zip_bomb_is_refused_by_its_declared_size(
                                                                                             y.astype("<i8").tobytes())},
                 compression=zipfile.ZIP_DEFLATED)
     assert path.stat().st_size < 20_000
-    monkeypatch.setattr(distill.data, "MAX_DATA_BYTES", 100_000)
+    monkeypatch.setattr(distill.data.sources, "MAX_DATA_BYTES", 100_000)
     _refused(_sets(f'data.source="npz:{path}"', "data.test_size=10"),
              [str(path), "array 'x' (decompressed)", "more than the limit of 100,000"], tmp_path, capsys)
     monkeypatch.undo()
-    assert distill.data.load_npz(path).x.shape == (rows, 3)
+    assert distill.data.sources.load_npz(path).x.shape == (rows, 3)
 
 
 def _idx(path: Path, code: int, shape: tuple[int, ...], data: bytes, gz: bool = False) -> None:
@@ -402,8 +402,8 @@ def test_read_idx_reads_no_more_than_the_header_claims(tmp_path: Path) -> None:
     """Independent reference: the bytes read from a gzip bomb are bounded by the header, not the stream."""
     folder = _idx_folder(tmp_path, extra=bytes(5 * 10**6), gz=True)
     path = folder / "train-images-idx3-ubyte.gz"
-    with pytest.raises(distill.data.DataError, match="after the data"):
-        distill.data.read_idx(path)
+    with pytest.raises(distill.data.sources.DataError, match="after the data"):
+        distill.data.sources.read_idx(path)
     assert math.prod((20, 4, 4)) == _IMAGES.size
     with gzip.open(path, "rb") as handle:  # the whole stream really is that large
         assert len(handle.read()) == 4 + 12 + _IMAGES.size + 5 * 10**6
@@ -476,8 +476,8 @@ def test_the_meta_device_count_equals_the_real_parameter_count(arch: str, in_sha
     """The size limit counts on the meta device; the count is the real model's, with nothing allocated."""
     from distill import students
     from distill.config import validate_config
-    from distill.data import Dataset
-    from distill.protocol import _student_size
+    from distill.data.sources import Dataset
+    from distill.experiment.protocol import _student_size
 
     config = validate_config({"student": {"arch": arch, **kwargs}})
     dataset = Dataset("t", np.zeros((2, math.prod(in_shape))), np.array([0, 1]), ["a", "b", "c"],

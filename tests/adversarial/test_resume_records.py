@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distill.checkpoints import Checkpoints
+from distill.outputs.checkpoints import Checkpoints
 from distill.cli import main
 from distill.errors import UserError
 
@@ -33,9 +33,9 @@ SETTINGS = ["--set", "train.epochs=6", "--set", "protocol.episodes=2", "--set", 
 
 def _interrupted_run(out: Path) -> None:
     """A real run, SIGTERM delivered as its first fit is recorded: it stops in the second fit."""
-    import distill.checkpoints
+    import distill.outputs.checkpoints
 
-    real = distill.checkpoints.Checkpoints.finish
+    real = distill.outputs.checkpoints.Checkpoints.finish
     calls: list[str] = []
 
     def finish_then_signal(self, key, *args, **kwargs):
@@ -45,7 +45,7 @@ def _interrupted_run(out: Path) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(distill.checkpoints.Checkpoints, "finish", finish_then_signal)
+        mp.setattr(distill.outputs.checkpoints.Checkpoints, "finish", finish_then_signal)
         assert main(["run", EXPERIMENT, "-o", str(out), *SETTINGS]) == 143
 
 

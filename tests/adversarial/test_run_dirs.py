@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from distill.cli import main
 from distill.errors import UserError
-from distill.rundir import claim_run_dir
+from distill.outputs.rundir import claim_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")

@@ -99,7 +99,7 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 MOMENTS = {
-    "as the results phase begins": "distill.runner:write_history",
+    "as the results phase begins": "distill.experiment.run:write_history",
     "while history.csv is written": "file:history.csv",
     "while student.pt is written": "file:student.pt",
     "while a plot is written": "file:confusion_matrix.png",  # every plot goes through the same atomic write
@@ -140,7 +140,7 @@ def test_a_signal_as_the_completed_summary_lands_lets_the_run_finish(tmp_path: P
     assert not (out / "checkpoints").exists() and not _temporary_files(out)
 
 
-@pytest.mark.parametrize("target", ["distill.tracking:MlflowTracker.log_student"])  # the MLflow model phase
+@pytest.mark.parametrize("target", ["distill.outputs.tracking:MlflowTracker.log_student"])  # the MLflow model phase
 def test_with_tracking_the_mlflow_run_is_killed_then_finished_by_resume(tmp_path: Path, target: str,
                                                                         fresh_mlflow_store) -> None:
     import mlflow
@@ -172,8 +172,8 @@ def test_with_tracking_the_mlflow_run_is_killed_then_finished_by_resume(tmp_path
 # --------------------------------------------------------------------------- teacher train
 
 TEACHER_MOMENTS = {
-    "while training": "distill.engine:_batches",
-    "after training, before the checkpoint is written": "distill.teacher_training:predict_logits",
+    "while training": "distill.engine.loop:_batches",
+    "after training, before the checkpoint is written": "distill.experiment.teacher_training:predict_logits",
 }
 TEACHER_CASES = [("while training", signal.SIGTERM), ("after training, before the checkpoint is written", signal.SIGINT)]
 
@@ -200,7 +200,7 @@ def test_a_signal_during_teacher_train_writes_no_checkpoint(tmp_path: Path, mome
 # --------------------------------------------------------------------------- tune, after its search
 
 TUNE_MOMENTS = {
-    "as the test comparison begins": "distill.runner:run_experiment",
+    "as the test comparison begins": "distill.experiment.run:run_experiment",
     "while trials.csv is written": "file:trials.csv",
     "inside the tuned comparison run": "file:learning_curves.png",
 }

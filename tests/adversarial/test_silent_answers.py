@@ -26,12 +26,13 @@ from hypothesis import strategies as st
 
 from distill.cli import main
 from distill.config import Config, _leaf_keys, expand_sweep, sweepable_keys, validate_config
-from distill.data import label_classes, load_dataset, split_dataset
-from distill.engine import EvaluationRows, FitSettings, TrainingRows, fit, fit_many
+from distill.data.sources import label_classes, load_dataset
+from distill.data.split import split_dataset
+from distill.engine.loop import EvaluationRows, FitSettings, TrainingRows, fit, fit_many
 from distill.errors import ConfigError, DataError, UserError
-from distill.member_objective import MemberObjective
-from distill.objective import distillation_loss
-from distill.protocol import _teacher_kwargs, run_protocol
+from distill.losses.fused import MemberObjective
+from distill.losses.objective import distillation_loss
+from distill.experiment.protocol import _teacher_kwargs, run_protocol
 from distill.students import build
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -585,7 +586,7 @@ def test_predict_names_a_value_beyond_float32(case: str, trained_student: Path, 
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from sklearn.datasets import load_breast_cancer
 
-    from distill.serving import load_checkpoint
+    from distill.outputs.serving import load_checkpoint
 
     bunch = load_breast_cancer()
     frame = pd.DataFrame(bunch.data[:5], columns=bunch.feature_names)

@@ -13,8 +13,8 @@ from numpy.testing import assert_allclose
 from distill.cli import main
 from distill.config import validate_config
 from distill.errors import ConfigError
-from distill.protocol import prepare, teach
-from distill.serving import load_checkpoint, servable_from_checkpoint
+from distill.experiment.protocol import prepare, teach
+from distill.outputs.serving import load_checkpoint, servable_from_checkpoint
 
 SMALL_RUN = {
     "seed": 1,

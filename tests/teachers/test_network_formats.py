@@ -18,8 +18,8 @@ from numpy.testing import assert_allclose
 from distill import students
 from distill.cli import main
 from distill.config import validate_config
-from distill.data import load_dataset
-from distill.protocol import prepare, teach
+from distill.data.sources import load_dataset
+from distill.experiment.protocol import prepare, teach
 from distill.teachers.base import create_teacher
 
 # TorchScript is deprecated in torch but still a format users have; its warnings are not this file's subject.

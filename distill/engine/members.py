@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
-from distill.losses import l1_penalty, l2_penalty
+from distill.losses.hard import l1_penalty, l2_penalty
 
 __all__ = ["Members", "SingleMember", "StackedMembers", "stack_problem", "mode_free"]
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.data import check_float32, read_csv_frame
+from distill.data.sources import check_float32, read_csv_frame
 from distill.errors import DataError, UserError
-from distill.rundir import atomic_write
-from distill.serving import load_checkpoint, servable_from_checkpoint
+from distill.outputs.rundir import atomic_write
+from distill.outputs.serving import load_checkpoint, servable_from_checkpoint
 
 __all__ = ["resolve_checkpoint", "predict_frame", "predict_csv", "check_output"]
 
@@ -31,7 +31,7 @@ def resolve_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
 
-        from distill.tracking import DEFAULT_URI, bound_requests
+        from distill.outputs.tracking import DEFAULT_URI, bound_requests
 
         bound_requests(override=False)  # a stalled server: bounded time, not MLflow's minutes of retries
         mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)

@@ -1,4 +1,4 @@
-"""Datasets, few-shot draws and scaling.
+"""Loading datasets: sklearn bundles, CSV, NPZ, IDX, frames and arrays, checked once into float64 and int64.
 
 A dataset is loaded once into float64 features and int64 labels ``0..K-1``; every draw
 (test split, labelled rows, validation rows) is a pure function of the seed, and scaling is
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,20 +20,13 @@ from distill.registry import Registry
 
 __all__ = [
     "Dataset",
-    "Split",
-    "Scaler",
     "DATASETS",
     "load_dataset",
     "list_datasets",
-    "split_dataset",
-    "draw_stratified",
-    "fit_scaler",
-    "check_scaled",
     "check_float32",
     "label_classes",
     "dataset_from_frame",
     "dataset_from_arrays",
-    "augment_rows",
 ]
 
 
@@ -336,7 +329,7 @@ def _npz_labels(
 def _too_big(where: str, what: str, size: int) -> DataError:
     return DataError(
         f"{where}: {what} takes {size:,} bytes, more than the limit of {MAX_DATA_BYTES:,}"
-        " (distill.data.MAX_DATA_BYTES); use a smaller data set"
+        " (distill.data.sources.MAX_DATA_BYTES); use a smaller data set"
     )
 
 
@@ -648,225 +641,3 @@ def check_float32(x: np.ndarray, feature_names: list[str], where: str, what: str
         )
 
 
-# --------------------------------------------------------------------------- draws
-
-
-def _allocate(total: int, counts: np.ndarray) -> np.ndarray:
-    """Split ``total`` draws over classes: one per class first, the rest proportional to size."""
-    num = counts.size
-    take = np.zeros(num, dtype=np.int64)
-    if total >= num:
-        take[:] = 1
-        rest = total - num
-        share = counts / counts.sum() * rest
-        take += np.floor(share).astype(np.int64)
-        left = total - take.sum()
-        order = np.lexsort((np.arange(num), -(share - np.floor(share))))
-        for c in order[:left]:
-            take[c] += 1
-    return take
-
-
-def draw_stratified(
-    y: np.ndarray,
-    candidates: np.ndarray,
-    amount: int,
-    unit: Literal["total", "per_class"],
-    rng: np.random.Generator,
-    num_classes: int,
-    what: str,
-) -> np.ndarray:
-    """Draw rows from ``candidates`` (indices into ``y``): ``amount`` per class, or in total.
-
-    In total, every class gets one row when ``amount >= num_classes`` and the rest follow the
-    class frequencies; with fewer rows than classes the draw is uniform. Returns sorted indices.
-    """
-    pools = [np.sort(candidates[y[candidates] == c]) for c in range(num_classes)]
-    sizes = np.array([p.size for p in pools])
-    if unit == "per_class":
-        short = [c for c in range(num_classes) if sizes[c] < amount]
-        if short:
-            c = short[0]
-            raise DataError(
-                f"{what}: class {c} has {sizes[c]} row(s) left but {amount} per class were asked"
-                f" ({len(short)} class(es) short); lower the count or use more data"
-            )
-        take = np.full(num_classes, amount, dtype=np.int64)
-    else:
-        if amount > candidates.size:
-            raise DataError(f"{what}: {amount} rows asked but only {candidates.size} are left")
-        if amount < num_classes:
-            return np.sort(rng.choice(candidates, size=amount, replace=False))
-        take = np.minimum(_allocate(amount, sizes), sizes)
-        # Classes with too few rows hand their share to the others, largest first.
-        deficit = amount - int(take.sum())
-        for c in np.argsort(-(sizes - take), kind="stable"):
-            if deficit == 0:
-                break
-            extra = min(deficit, int(sizes[c] - take[c]))
-            take[c] += extra
-            deficit -= extra
-        if (take == 0).any():
-            c = int(np.flatnonzero(take == 0)[0])
-            raise DataError(f"{what}: class {c} has no rows left to draw from")
-    picked = [rng.choice(pools[c], size=int(take[c]), replace=False) for c in range(num_classes)]
-    return np.sort(np.concatenate(picked))
-
-
-@dataclass(frozen=True)
-class Split:
-    """Row indices into the dataset: disjoint test, labelled, validation and unlabelled pool."""
-
-    test: np.ndarray
-    labelled: np.ndarray
-    validation: np.ndarray
-    pool: np.ndarray
-
-
-def split_dataset(
-    dataset: Dataset,
-    *,
-    test_size: int | float,
-    labelled: int | None,
-    per_class: int | None,
-    validation: int,
-    seed: int,
-    test_from: np.ndarray | None = None,
-) -> Split:
-    """Test split (stratified), then labelled and validation draws from the rest; pure in ``seed``.
-
-    ``test_from`` restricts the test draw to those rows (the rows a trained teacher never saw).
-    """
-    n = dataset.x.shape[0]
-    y = dataset.y
-    k = dataset.num_classes
-    # ceil, less a hair so that 0.07 * 100 = 7.000000000000001 gives 7 rows, not 8
-    n_test = int(test_size) if isinstance(test_size, int) else int(math.ceil(test_size * n - 1e-9))
-    if n_test >= n:
-        raise DataError(f"data.test_size: {n_test} test rows asked but the data has only {n} rows")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
-    all_rows = np.arange(n)
-    candidates = all_rows if test_from is None else np.intersect1d(all_rows, np.asarray(test_from, dtype=np.int64))
-    if test_from is not None and n_test > candidates.size:
-        raise DataError(
-            f"data.test_size: {n_test} test rows asked but the teacher held out only {candidates.size}; "
-            "lower data.test_size or train the teacher with a larger one"
-        )
-    test = draw_stratified(y, candidates, n_test, "total", rng, k, "data.test_size")
-    rest = np.setdiff1d(all_rows, test, assume_unique=True)
-    unit: Literal["total", "per_class"] = "per_class" if per_class is not None else "total"
-    amount = per_class if per_class is not None else labelled
-    assert amount is not None
-    key = "few_shot.per_class" if per_class is not None else "few_shot.labelled"
-    train = draw_stratified(y, rest, amount, unit, rng, k, key)
-    rest = np.setdiff1d(rest, train, assume_unique=True)
-    if validation > 0:
-        val = draw_stratified(y, rest, validation, unit, rng, k, "few_shot.validation")
-        rest = np.setdiff1d(rest, val, assume_unique=True)
-    else:
-        val = np.empty(0, dtype=np.int64)
-    if np.unique(y[train]).size < 2:
-        raise DataError(
-            f"{key}: the labelled rows hold a single class; ask for at least {k} labelled rows"
-            " so that every class appears"
-        )
-    return Split(test=test, labelled=train, validation=val, pool=rest)
-
-
-# --------------------------------------------------------------------------- scaling
-
-
-@dataclass(frozen=True)
-class Scaler:
-    """``(x - shift) / scale`` per feature; plain arrays so checkpoints stay weights-only."""
-
-    kind: str
-    shift: np.ndarray
-    scale: np.ndarray
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.shift) / self.scale
-
-    def inverse_transform(self, z: np.ndarray) -> np.ndarray:
-        """Back to raw feature units (for a teacher that reads raw features)."""
-        return z * self.scale + self.shift
-
-    def state(self) -> dict[str, object]:
-        return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
-
-    @classmethod
-    def from_state(cls, state: dict[str, object]) -> "Scaler":
-        return cls(
-            kind=str(state["kind"]),
-            shift=np.asarray(state["shift"], dtype=np.float64),
-            scale=np.asarray(state["scale"], dtype=np.float64),
-        )
-
-
-def fit_scaler(kind: Literal["minmax", "standard", "none"], x: np.ndarray) -> Scaler:
-    """Fit on ``x`` (the labelled rows); constant features get scale 1, as scikit-learn does."""
-    d = x.shape[1:]
-    if kind == "none":
-        return Scaler(kind, np.zeros(d), np.ones(d))
-    if kind == "minmax":
-        lo, hi = x.min(axis=0), x.max(axis=0)
-        span = hi - lo
-        return Scaler(kind, lo, np.where(span > 0, span, 1.0))
-    if kind == "standard":
-        mean, std = x.mean(axis=0), x.std(axis=0)
-        return Scaler(kind, mean, np.where(std > 0, std, 1.0))
-    raise ValueError(f"data.scale must be one of 'minmax', 'standard', 'none', got {kind!r}")
-
-
-def check_scaled(scaler: Scaler, x: np.ndarray, feature_names: list[str], where: str) -> None:
-    """Every row, scaled, must stay within float32 (the student's dtype).
-
-    The scaler is fit on the labelled rows only, so another row can land far outside them (a minmax
-    span of 1e-30, a test row at 1e10): that row would reach the student as inf. Checked in chunks
-    of rows, so the check holds no second copy of a large data set.
-    """
-    flat = x.reshape(x.shape[0], -1)
-    for start in range(0, flat.shape[0], 4096):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            z = scaler.transform(flat[start : start + 4096].reshape(-1, *x.shape[1:])).reshape(-1, flat.shape[1])
-        # Finite rows within float32 scale to no NaN (the scale is never 0); NaN is the loader's to refuse.
-        bad = np.abs(z) > FLOAT32_MAX
-        if bad.any():
-            r, col = (int(i) for i in np.argwhere(bad)[0])
-            name = feature_names[col] if col < len(feature_names) else str(col)
-            raise DataError(
-                f"{where}: data.scale = '{scaler.kind}', fit on the labelled rows, maps row {start + r}, column"
-                f" '{name}' ({flat[start + r, col]:g}) to {z[r, col]:g}, beyond float32's range (the student's"
-                " dtype); choose another data.scale or rescale that column"
-            )
-
-
-# --------------------------------------------------------------------------- augmentation
-
-
-def augment_rows(
-    x: np.ndarray,
-    count: int,
-    *,
-    jitter: float,
-    mixup: float,
-    mixup_alpha: float,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """``count`` new points made from the rows of ``x`` (the scaled labelled rows) only.
-
-    A share ``mixup`` of them are mixup points ``lam * x_i + (1 - lam) * x_j`` between two
-    random rows with ``lam ~ Beta(mixup_alpha, mixup_alpha)`` (Zhang et al. 2018); the rest are
-    random rows plus Gaussian jitter of standard deviation ``jitter`` (in scaled feature units).
-    The teacher labels them; they carry no hard label. Nothing but ``x`` is looked at.
-    """
-    n = x.shape[0]
-    n_mix = int(round(count * mixup)) if n >= 2 else 0
-    n_jit = count - n_mix
-    base = x[rng.integers(0, n, size=n_jit)]
-    jittered = base + rng.normal(0.0, jitter, size=base.shape) if jitter > 0 else base.copy()
-    i = rng.integers(0, n, size=n_mix)
-    j = (i + rng.integers(1, n, size=n_mix)) % n if n >= 2 else i  # a different row
-    lam = rng.beta(mixup_alpha, mixup_alpha, size=(n_mix,) + (1,) * (x.ndim - 1))
-    mixed = lam * x[i] + (1.0 - lam) * x[j]
-    return np.concatenate([jittered, mixed]).astype(np.float64)

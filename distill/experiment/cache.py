@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.rundir import atomic_write, to_jsonable
+from distill.outputs.rundir import atomic_write, to_jsonable
 
 __all__ = ["SoftTargetCache", "array_digest"]
 

@@ -17,14 +17,11 @@ from typing import Any
 import torch
 
 import distill
-from distill.checkpoints import CHECKPOINT_FOLDER, Checkpoints
 from distill.config import AUTO, Config, config_dict, to_toml
-from distill.data import Dataset
+from distill.data.sources import Dataset
 from distill.errors import UserError
-from distill.interrupts import Interrupted, StopRequest
-from distill.kd_selection import selection_text, summarise_selections
-from distill.metrics import METRICS
-from distill.protocol import (
+from distill.experiment.kd_selection import selection_text, summarise_selections
+from distill.experiment.protocol import (
     EpisodeResult,
     Prepared,
     TeacherFactory,
@@ -32,7 +29,12 @@ from distill.protocol import (
     run_protocol,
     soft_target_cache,
 )
-from distill.report import (
+from distill.experiment.teacher_cv import teacher_summary_text
+from distill.interrupts import Interrupted, StopRequest
+from distill.metrics.classification import METRICS
+from distill.metrics.stats import CI_METHODS, describe, paired_difference, verdict
+from distill.outputs.checkpoints import CHECKPOINT_FOLDER, Checkpoints
+from distill.outputs.report import (
     SYSTEMS,
     history_frame,
     metrics_table,
@@ -44,18 +46,10 @@ from distill.report import (
     sweep_table,
     write_history,
 )
-from distill.rundir import (
-    atomic_write,
-    attach_log_file,
-    claim_run_dir,
-    write_json,
-    write_text,
-)
-from distill.serving import CHECKPOINT_FORMAT, load_checkpoint, servable_from_checkpoint
-from distill.stats import CI_METHODS, describe, paired_difference, verdict
-from distill.teacher_cv import teacher_summary_text
-from distill.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
-from distill.weight_init import describe_init
+from distill.outputs.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
+from distill.outputs.serving import CHECKPOINT_FORMAT, load_checkpoint, servable_from_checkpoint
+from distill.outputs.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
+from distill.students.weight_init import describe_init
 
 __all__ = ["run_experiment", "execute", "RunOutcome", "summarise", "save_student", "describe_plan", "result_text", "systems_of"]
 
@@ -63,7 +57,7 @@ log = logging.getLogger("distill")
 
 
 def _auto_text(c: Config) -> str:
-    """How "auto" chooses, for the plan: the grids and the rule (``distill.kd_selection``)."""
+    """How "auto" chooses, for the plan: the grids and the rule (``distill.experiment.kd_selection``)."""
     o = c.objective
     if AUTO not in (o.kl_weight, o.temperature) or o.kl_weight == 0:
         return ""
@@ -285,7 +279,7 @@ def _test_metrics(result: EpisodeResult) -> dict[str, float]:
 
 
 def _teacher_cv_metrics(result: EpisodeResult) -> dict[str, float | None]:
-    """The teacher's cross-validated figures on the labelled rows (``distill.teacher_cv``), before and after
+    """The teacher's cross-validated figures on the labelled rows (``distill.experiment.teacher_cv``), before and after
     calibration, and its temperature (a single teacher's; an ensemble logs one per candidate)."""
     calibration = result.teacher_diagnostics.get("calibration")
     if not isinstance(calibration, dict):

@@ -22,23 +22,19 @@ import torch
 
 import distill
 from distill import students
-from distill.cache import array_digest
 from distill.config import Config, config_dict, flatten
-from distill.data import draw_stratified, fit_scaler, load_dataset
-from distill.engine import (
-    EvaluationRows,
-    FitInterrupted,
-    TrainingRows,
-    fit_many,
-    predict_logits,
-)
+from distill.data.scaling import fit_scaler
+from distill.data.sources import load_dataset
+from distill.data.split import draw_stratified
+from distill.engine.loop import EvaluationRows, FitInterrupted, TrainingRows, fit_many, predict_logits
 from distill.errors import ConfigError
+from distill.experiment.cache import array_digest
+from distill.experiment.protocol import fit_settings
 from distill.interrupts import Interrupted, StopRequest
-from distill.metrics import classification_metrics, probabilities
-from distill.protocol import fit_settings
-from distill.rundir import atomic_write, attach_log_file, write_json
+from distill.metrics.classification import classification_metrics, probabilities
+from distill.outputs.rundir import atomic_write, attach_log_file, write_json
+from distill.outputs.serving import CHECKPOINT_FORMAT
 from distill.seeding import configure_threads, resolve_device, seed_everything
-from distill.serving import CHECKPOINT_FORMAT
 
 __all__ = ["train_teacher", "data_hash"]
 
@@ -108,7 +104,7 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
     path = _check(config, output)
     uri = None
     if track and config.tracking.enabled:  # a dead tracking server is exit 2 before the training, not after it
-        from distill.tracking import preflight
+        from distill.outputs.tracking import preflight
 
         uri = preflight(config)
     dataset = load_dataset(config.data.source, config.data.label)
@@ -224,7 +220,7 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
 def _record(config: Config, uri: str, path: Path, history: list[dict[str, float]], test_metrics: dict[str, float],
             device: str) -> str:
     """MLflow: one run with the config, the per-epoch history, the test metrics and the checkpoint."""
-    from distill.tracking import MlflowTracker, _git_commit
+    from distill.outputs.tracking import MlflowTracker, _git_commit
     tags = {"dataset": config.data.source, "teacher.arch": str(config.teacher.arch), "distill.kind": "teacher train",
             "distill.version": distill.__version__, "device": device}
     commit = _git_commit(Path.cwd())

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.metrics import METRICS
-from distill.rundir import atomic_write
+from distill.metrics.classification import METRICS
+from distill.outputs.rundir import atomic_write
 
 __all__ = [
     "metrics_table",

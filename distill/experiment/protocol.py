@@ -27,22 +27,12 @@ import torch
 from torch import nn
 
 from distill import students
-from distill.cache import SoftTargetCache, array_digest
-from distill.calibration import labelled_folds
-from distill.checkpoints import Checkpoints
 from distill.config import AUTO, Config, config_dict, expand_sweep
-from distill.data import (
-    FLOAT32_MAX,
-    Dataset,
-    Scaler,
-    Split,
-    augment_rows,
-    check_scaled,
-    fit_scaler,
-    load_dataset,
-    split_dataset,
-)
-from distill.engine import (
+from distill.data.augment import augment_rows
+from distill.data.scaling import Scaler, check_scaled, fit_scaler
+from distill.data.sources import FLOAT32_MAX, Dataset, load_dataset
+from distill.data.split import Split, split_dataset
+from distill.engine.loop import (
     EvaluationRows,
     FitInterrupted,
     FitResult,
@@ -55,18 +45,21 @@ from distill.engine import (
     stack_problem_for,
 )
 from distill.errors import ConfigError, UserError
+from distill.experiment.cache import SoftTargetCache, array_digest
+from distill.experiment.teacher_cv import TeacherProblem, cross_fit
 from distill.interrupts import Interrupted, StopRequest
-from distill.metrics import classification_metrics, probabilities
+from distill.metrics.calibration import labelled_folds
+from distill.metrics.classification import classification_metrics, probabilities
+from distill.outputs.checkpoints import Checkpoints
+from distill.outputs.tracking import resolve_tracking_uri
 from distill.seeding import (
     configure_threads,
     resolve_device,
     seed_everything,
     threads_for_stacked_work,
 )
-from distill.teacher_cv import TeacherProblem, cross_fit
+from distill.students.weight_init import apply_init
 from distill.teachers.base import Teacher, create_teacher, resolve_teacher
-from distill.tracking import resolve_tracking_uri
-from distill.weight_init import apply_init
 
 __all__ = [
     "Prepared",
@@ -201,7 +194,7 @@ def _candidate_problem(config: Config, index: int | None, message: str) -> str:
     return f"{prefix} ({config.teacher.candidates[index].name}): {message}"
 
 
-#: Folds of the labelled rows (``distill.calibration.labelled_folds``): the teacher's cross-fitting and the
+#: Folds of the labelled rows (``distill.metrics.calibration.labelled_folds``): the teacher's cross-fitting and the
 #: students' cross-validation of ``objective.* = "auto"`` use the same folds. Three, not five or ten: each
 #: labelled row is held out once whatever the count, and every fold costs a fit of each teacher candidate
 #: and of each student candidate.
@@ -213,7 +206,7 @@ def _teacher_heldout_rows(config: Config, dataset: Dataset, given: TeacherFactor
     unseen by it too. A teacher that learns sees only the labelled rows: nothing to hold out."""
     if config.teacher.kind in ("auto", "ensemble") and given is None:  # candidates learn (checked in prepare)
         return None
-    from distill.teacher_training import data_hash
+    from distill.experiment.teacher_training import data_hash
 
     try:
         teacher = _new_teacher(config.teacher.kind, _teacher_kwargs(config, dataset), given)
@@ -240,7 +233,7 @@ def _warn_once(message: str) -> None:
 
 
 def _build_student(config: Config, dataset: Dataset, num_outputs: int) -> nn.Module:
-    """The student from its constructor, then ``student.init`` (``distill.weight_init``)."""
+    """The student from its constructor, then ``student.init`` (``distill.students.weight_init``)."""
     try:
         model = students.build(
             config.student.arch, dataset.in_shape, dataset.num_classes, num_outputs=num_outputs, **config.student.kwargs
@@ -440,7 +433,7 @@ def prepare(config: Config, dataset: Dataset | None = None, teacher: TeacherFact
 
 def _objective_problems(config: Config, hard: str, k: int) -> list[str]:
     """Hard-loss parameters, class weights and pos_weight checked against the data."""
-    from distill.losses import create_loss
+    from distill.losses.hard import create_loss
 
     o = config.objective
     problems = []
@@ -465,8 +458,8 @@ def build_criterion(config: Config, hard: str, num_classes: int, labelled_y: np.
     ``"balanced"`` weights follow scikit-learn: ``n / (classes * count)`` from the labelled rows;
     ``pos_weight = "balanced"`` is negatives / positives.
     """
-    from distill.losses import create_loss
-    from distill.objective import HardCriterion
+    from distill.losses.hard import create_loss
+    from distill.losses.objective import HardCriterion
 
     o = config.objective
     if hard in ("bce", "ce") and not o.hard_params and o.class_weight is None and o.pos_weight is None:
@@ -503,7 +496,7 @@ def fit_settings(config: Config, *, kl_weight: float | None = None, temperature:
         temp = 1.0 if temp == AUTO else temp
     if AUTO in (kl, temp):
         raise ValueError("objective.kl_weight / objective.temperature = 'auto' must be chosen before a fit "
-                         "(distill.protocol.train_students does it)")
+                         "(distill.experiment.protocol.train_students does it)")
     return FitSettings(
         epochs=t.epochs,
         batch_size=t.batch_size,
@@ -562,7 +555,7 @@ class TeacherOutputs:
     #: ``[F, n_train, K]`` float32 on the device: for fold ``f`` the teacher fit without the labelled rows in
     #: ``folds[f]`` (calibrated like ``train.teacher_logits``) on the transfer rows; None without folds
     fold_logits: torch.Tensor | None = None
-    #: ``distill.calibration.labelled_folds`` of the labelled rows: positions into ``split.labelled`` (and into
+    #: ``distill.metrics.calibration.labelled_folds`` of the labelled rows: positions into ``split.labelled`` (and into
     #: the transfer rows, which start with the labelled rows) held out by each fold; None without folds
     folds: list[np.ndarray] | None = None
 
@@ -620,7 +613,7 @@ def _code_identity(entry: Any) -> str | None:
 def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache | None = None) -> TeacherOutputs:
     """Fit the teacher on the labelled rows and compute its soft targets once for every row the student sees.
 
-    The teacher is cross-fitted (``distill.teacher_cv.cross_fit``): one fit per fold of the labelled rows
+    The teacher is cross-fitted (``distill.experiment.teacher_cv.cross_fit``): one fit per fold of the labelled rows
     gives out-of-fold outputs that calibrate it (``teacher.calibration``), choose among or average
     ``teacher.candidates`` (``teacher.kind`` auto / ensemble), and give ``fold_logits`` on the transfer rows.
     No test row is ever shown to a fold teacher or used for calibration.
@@ -824,7 +817,7 @@ class StudentJob:
     train: TrainingRows | None = None
     #: the temperature when it is not the config's (a cross-validation member's, or one "auto" chose)
     temperature: float | None = None
-    #: what ``objective.* = "auto"`` chose for this job (``distill.kd_selection.Selection.as_dict``)
+    #: what ``objective.* = "auto"`` chose for this job (``distill.experiment.kd_selection.Selection.as_dict``)
     selection: dict[str, Any] | None = None
 
     def knobs(self) -> tuple[float | str, float | str]:
@@ -843,10 +836,10 @@ def train_students(jobs: list[StudentJob], *, batched: bool = True, progress: bo
                    epoch_metrics: bool = True, checkpoints: Checkpoints | None = None,
                    stop: StopRequest | None = None, key: str = "") -> None:
     """Fit every job's student: as stacked models where the fits agree in everything but the KL
-    weight, temperature and seed (``distill.engine.stack_problem_for``), one at a time otherwise.
+    weight, temperature and seed (``distill.engine.loop.stack_problem_for``), one at a time otherwise.
 
     Jobs whose KL weight or temperature is "auto" get them first from ``_choose_auto``: one stacked fit
-    of every fold x grid point of every episode among the jobs (``distill.kd_selection``).
+    of every fold x grid point of every episode among the jobs (``distill.experiment.kd_selection``).
     Each member gets exactly the initial weights, batches and result of its own ``train_student``.
     With ``checkpoints`` every fit (``<key>g<group>``) saves its state as it goes and a fit finished
     before is loaded instead of trained; ``stop`` turns a signal into ``Interrupted`` after a step.
@@ -950,8 +943,8 @@ def _needs_choice(job: StudentJob) -> bool:
 def _choose_auto(jobs: list[StudentJob], *, batched: bool, checkpoints: Checkpoints | None,
                  stop: StopRequest | None, key: str) -> None:
     """Fill in the KL weight and temperature of every job whose config says "auto"
-    (``distill.kd_selection``): every fold x candidate of every episode is one member of one stacked fit."""
-    from distill.kd_selection import (
+    (``distill.experiment.kd_selection``): every fold x candidate of every episode is one member of one stacked fit."""
+    from distill.experiment.kd_selection import (
         Selection,
         candidate_grid,
         choose,
@@ -1115,7 +1108,7 @@ def control_rows(name: str, train: TrainingRows, *, null_teacher: str = "uniform
       (pseudo-labelling; labelled rows keep their true labels), trained with ``kl_weight = 0``;
     * ``teacher_probs_only``: no row in the hard term, so the loss is the KL term alone. The hard
       term's sum is then over no row: exactly 0 with its gradient exactly 0 for any finite output
-      (``distill.member_objective``: a 0/1 row weight times a finite value), not a small weight.
+      (``distill.losses.fused``: a 0/1 row weight times a finite value), not a small weight.
     """
     if name == "null_teacher":
         assert train.teacher_logits is not None and labelled_y is not None
@@ -1243,7 +1236,7 @@ def _episode_bytes(taught: TeacherOutputs, config: Config) -> int:
     size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
     o = config.objective
     if AUTO in (o.kl_weight, o.temperature) and o.kl_weight != 0 and taught.folds is not None:
-        from distill.kd_selection import candidate_grid
+        from distill.experiment.kd_selection import candidate_grid
 
         grid = candidate_grid(o.kl_weight, o.temperature, o.auto.kl_weights, o.auto.temperatures)
         size *= 1 + len(taught.folds) * len(grid)

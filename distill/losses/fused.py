@@ -1,6 +1,6 @@
 """The distillation objective precomputed for the step loop, for one student or many at once.
 
-``distill.objective.distillation_loss`` is the reference definition; this is the same loss with
+``distill.losses.objective.distillation_loss`` is the reference definition; this is the same loss with
 everything that does not change between steps computed once per fit: the teacher's tempered
 probabilities and entropy per row, the hard targets as (masked) one-hot rows. A step then gathers
 one packed row per sample and does a handful of tensor ops. Outputs carry a leading member axis

@@ -389,12 +389,12 @@ def metric_loss(
 
     ``triplet``: batch-hard mining (Hermans et al. 2017, "In Defense of the Triplet Loss"): for each
     labelled anchor, its farthest same-class row and its closest other-class row, through
-    ``distill.losses.TripletMarginLoss``. ``margin_ranking``: every valid (anchor, positive,
+    ``distill.losses.hard.TripletMarginLoss``. ``margin_ranking``: every valid (anchor, positive,
     negative) triple, ranking ``d(a, n)`` above ``d(a, p)`` by ``margin`` through
-    ``distill.losses.MarginRankingLoss``. Anchors without a positive or a negative are skipped;
+    ``distill.losses.hard.MarginRankingLoss``. Anchors without a positive or a negative are skipped;
     no valid triple gives 0. No host synchronisation (masks, not boolean indexing).
     """
-    from distill.losses import MarginRankingLoss, TripletMarginLoss
+    from distill.losses.hard import MarginRankingLoss, TripletMarginLoss
 
     e = embeddings.reshape(embeddings.shape[0], -1)
     n = e.shape[0]

@@ -15,7 +15,7 @@ magnitude (tested at :math:`\\pm 1000`). Nothing calls ``.item()`` inside ``forw
 
 The hard losses selectable in a config (``objective.hard``) are in :data:`HARD_LOSSES`;
 :func:`create_loss` builds one and checks its ``objective.hard_params``. More come from
-:func:`register_loss` in code and from installed packages' entry points in group ``distill.losses``.
+:func:`register_loss` in code and from installed packages' entry points in group ``distill.losses.hard``.
 """
 
 from __future__ import annotations
@@ -719,7 +719,7 @@ def _factory_problem(obj: Any) -> str | None:
 
 #: Hard-loss factories for ``objective.hard``:
 #: ``(num_classes, *, weight=None, pos_weight=None, reduction="mean", **params) -> nn.Module``.
-HARD_LOSSES: Registry[LossFactory] = Registry("hard loss", group="distill.losses", accepts=_factory_problem,
+HARD_LOSSES: Registry[LossFactory] = Registry("hard loss", group="distill.losses.hard", accepts=_factory_problem,
                                               reserved=("auto",))
 
 

@@ -1,4 +1,4 @@
-"""Batched twin of :func:`distill.metrics.classification_metrics` for many models at once.
+"""Batched twin of :func:`distill.metrics.classification.classification_metrics` for many models at once.
 
 Scores probabilities ``[..., N, C]`` (e.g. every student of every epoch) in a handful of vectorised
 torch ops with no host sync, giving per leading index what ``classification_metrics`` gives.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from distill.metrics import ECE_BINS, METRICS
+from distill.metrics.classification import ECE_BINS, METRICS
 
 __all__ = ["batch_classification_metrics"]
 

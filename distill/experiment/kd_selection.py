@@ -5,7 +5,7 @@ Why: with a handful of labels a teacher is often no better than what the labelle
 and a student pulled towards it ends worse than its baseline. Whether distilling helps is a
 question about this teacher, these rows and this student, so it is answered on the labelled rows:
 
-* the labelled rows are split into F stratified folds (``distill.calibration.labelled_folds``: the
+* the labelled rows are split into F stratified folds (``distill.metrics.calibration.labelled_folds``: the
   folds the teacher was cross-fitted on, so fold f's soft targets come from a teacher that never saw
   fold f's labels);
 * for every fold f and every candidate ``(kl_weight, T)`` of the grid, one student is trained from

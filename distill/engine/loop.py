@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from distill.batch_metrics import batch_classification_metrics
-from distill.member_objective import MemberObjective
-from distill.members import Members, SingleMember, StackedMembers, stack_problem
-from distill.metrics import METRICS
-from distill.objective import metric_loss
-from distill.optim import LeanOptimizer, learning_rate
+from distill.engine.members import Members, SingleMember, StackedMembers, stack_problem
+from distill.engine.optim import LeanOptimizer, learning_rate
+from distill.losses.fused import MemberObjective
+from distill.losses.objective import metric_loss
+from distill.metrics.batched import batch_classification_metrics
+from distill.metrics.classification import METRICS
 
 __all__ = [
     "TrainingRows",
@@ -112,7 +112,7 @@ class FitSettings:
     seed: int = 0
     #: torch.autograd anomaly detection (slow; for debugging a diverging fit)
     detect_anomaly: bool = False
-    #: the hard term (None: BCE / CE); see ``distill.objective.HardCriterion``
+    #: the hard term (None: BCE / CE); see ``distill.losses.objective.HardCriterion``
     criterion: Any = None
     #: penalties on the weights (not biases): ``l1 * sum|w| + l2 * sum w^2``
     l1: float = 0.0

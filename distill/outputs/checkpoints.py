@@ -1,6 +1,6 @@
 """A run's checkpoints: the state of the fit in progress and the results of finished fits.
 
-``RUN_DIR/checkpoints/fit-<key>.pt`` holds a fit's whole state (``distill.engine.fit_many``),
+``RUN_DIR/checkpoints/fit-<key>.pt`` holds a fit's whole state (``distill.engine.loop.fit_many``),
 rewritten atomically at epoch ends; ``fit-<key>.done.pt`` the members' final weights and results
 once it is over, so ``run --resume`` skips it. Everything is tensors and plain values, loaded with
 ``weights_only=True``; the folder goes away when the run completes.
@@ -20,9 +20,9 @@ import tomllib
 import torch
 from torch import nn
 
-from distill.engine import FitResult
+from distill.engine.loop import FitResult
 from distill.errors import UserError
-from distill.rundir import atomic_write
+from distill.outputs.rundir import atomic_write
 
 __all__ = ["Checkpoints", "CHECKPOINT_FOLDER", "config_hash", "changed_keys"]
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from distill import students
 from distill.errors import UserError
-from distill.metrics import probabilities
+from distill.metrics.classification import probabilities
 from distill.registry import is_import_path
 
 __all__ = ["ServableStudent", "load_checkpoint", "servable_from_checkpoint", "checked_arch", "CHECKPOINT_FORMAT"]

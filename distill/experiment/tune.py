@@ -28,14 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.cache import SoftTargetCache
 from distill.config import Config, config_dict, set_dotted, to_toml, validate_config
-from distill.engine import predict_logits
+from distill.engine.loop import predict_logits
 from distill.errors import ConfigError, UserError
-from distill.interrupts import Interrupted, StopRequest
-from distill.metrics import METRICS, classification_metrics, probabilities
-from distill.objective import hard_loss
-from distill.protocol import (
+from distill.experiment.cache import SoftTargetCache
+from distill.experiment.protocol import (
     Prepared,
     StudentJob,
     TeacherOutputs,
@@ -47,13 +44,10 @@ from distill.protocol import (
     teach,
     train_students,
 )
-from distill.rundir import (
-    atomic_write,
-    attach_log_file,
-    claim_run_dir,
-    write_json,
-    write_text,
-)
+from distill.interrupts import Interrupted, StopRequest
+from distill.losses.objective import hard_loss
+from distill.metrics.classification import METRICS, classification_metrics, probabilities
+from distill.outputs.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -232,7 +226,7 @@ class TuneResult:
 
     def to_json(self) -> str:
         """``tuning.json``, exactly as written in the run directory."""
-        from distill.rundir import json_text
+        from distill.outputs.rundir import json_text
 
         return json_text(self.summary)
 
@@ -333,13 +327,13 @@ def run_tuning(
 ) -> TuneResult:
     """Search ``tune.space`` on validation rows, then compare best and untuned configs on the test rows.
 
-    ``dataset`` (a ``distill.data.Dataset``) replaces ``data.source``; ``teacher`` (a factory of a
-    teacher given in Python, ``distill.protocol.TeacherFactory``) replaces ``teacher.kind``."""
+    ``dataset`` (a ``distill.data.sources.Dataset``) replaces ``data.source``; ``teacher`` (a factory of a
+    teacher given in Python, ``distill.experiment.protocol.TeacherFactory``) replaces ``teacher.kind``."""
     import optuna
 
-    from distill.report import SYSTEMS
-    from distill.runner import run_experiment
-    from distill.tracking import preflight
+    from distill.experiment.run import run_experiment
+    from distill.outputs.report import SYSTEMS
+    from distill.outputs.tracking import preflight
 
     started = time.perf_counter()
     check_tunable(config)
@@ -381,12 +375,7 @@ def run_tuning(
             study_name, storage_text, before, trials, direction, config.tune.metric, config.protocol.episodes,
         )
         if uri is not None:
-            from distill.tracking import (
-                DEFAULT_URI,
-                StudyTracker,
-                TrackingError,
-                falls_back,
-            )
+            from distill.outputs.tracking import DEFAULT_URI, StudyTracker, TrackingError, falls_back
 
             try:
                 tracker = StudyTracker.start(uri, config, study_name, storage_text, run_dir.name)

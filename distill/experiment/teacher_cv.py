@@ -1,7 +1,7 @@
 """Cross-fitted teachers: out-of-fold outputs, temperature calibration, selection and an ensemble.
 
 Everything here learns from the labelled rows only. The labelled rows are split into stratified
-folds (``distill.calibration.labelled_folds``); for each fold a fresh teacher is fit without that
+folds (``distill.metrics.calibration.labelled_folds``); for each fold a fresh teacher is fit without that
 fold's rows, so every labelled row gets an out-of-fold (OOF) prediction. The OOF outputs decide
 the temperature (Guo et al. 2017, temperature scaling), which candidate teacher to use
 (``mode = "auto"``: lowest cross-validated log-loss) and report honest CV figures. The fold
@@ -21,15 +21,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from distill.calibration import (
+from distill.errors import UserError
+from distill.interrupts import Interrupted
+from distill.metrics.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     labelled_folds,
     log_loss,
 )
-from distill.errors import UserError
-from distill.interrupts import Interrupted
 from distill.teachers.base import PROBABILITY_FLOOR, Teacher
 
 __all__ = ["CrossFitted", "cross_fit", "CandidateFactory", "TeacherProblem"]

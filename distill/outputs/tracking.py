@@ -425,7 +425,7 @@ class MlflowTracker(Tracker):
         if source.startswith("csv:"):
             origin = str(Path(source[4:]).resolve())  # a local file: MLflow records its path
         else:
-            origin = CodeDatasetSource(tags={"distill.data.source": source})
+            origin = CodeDatasetSource(tags={"distill.data.sources.source": source})
         dataset = mlflow.data.from_pandas(frame, source=origin, targets="label", name=name)
         entry = DatasetInput(dataset=dataset._to_mlflow_entity(),
                              tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")])
