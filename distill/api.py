@@ -163,7 +163,7 @@ class RunResult:
     @classmethod
     def _build(cls, run_dir: Path, summary: dict[str, Any], history: Any, arch: str,
                labels: list[Any] | None = None) -> "RunResult":
-        from distill.outputs.serving import load_checkpoint, servable_from_checkpoint
+        from distill.students.checkpoint import load_checkpoint, servable_from_checkpoint
 
         payload = load_checkpoint(run_dir / "student.pt")
         student = servable_from_checkpoint(payload, trusted=(arch,)).eval()
@@ -505,9 +505,9 @@ def predict(source: Any, data: Any, *, trusted_archs: Sequence[str] = (), tracki
     ``trusted_archs``: import paths of student classes you trust (a registered name needs nothing).
     ``output``: also write the predictions to this CSV, a new file unless ``force``.
     """
-    from distill.outputs.prediction import check_output, resolve_checkpoint
+    from distill.outputs.prediction import check_output
     from distill.outputs.rundir import atomic_write
-    from distill.outputs.serving import load_checkpoint
+    from distill.students.checkpoint import load_checkpoint, resolve_checkpoint
 
     if output is not None:
         check_output(output, force)  # before the model or data are read: a refused output costs nothing

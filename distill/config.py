@@ -370,7 +370,7 @@ class TeacherConfig(_Section):
         return self
 
 
-#: ``student.init`` schemes (``distill.students.weight_init`` has the formulas and papers).
+#: ``student.init`` schemes (``distill.experiment.weight_init`` has the formulas and papers).
 INIT_SCHEMES = ("torch", "glorot_uniform", "he_normal", "normal", "truncated_normal")
 #: ``student.init.std`` may name this instead of a number: the layer's own 1/sqrt(fan_in).
 STD_FAN_IN = "1/sqrt(fan_in)"
@@ -456,7 +456,7 @@ class StudentConfig(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     arch: str = "mlp"
-    #: the weight initialisation, applied after the constructor (``distill.students.weight_init``)
+    #: the weight initialisation, applied after the constructor (``distill.experiment.weight_init``)
     init: InitConfig = Field(default_factory=InitConfig)
 
     @field_validator("arch")

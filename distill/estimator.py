@@ -35,8 +35,8 @@ from distill.data.scaling import Scaler, fit_scaler
 from distill.engine.loop import FitSettings, TrainingRows, fit, predict_logits
 from distill.errors import ConfigError
 from distill.experiment.teacher_cv import cross_fit
+from distill.experiment.weight_init import apply_init
 from distill.seeding import SMALL_WORKLOAD, resolve_device, seed_everything
-from distill.students.weight_init import apply_init
 from distill.teachers.base import Teacher
 from distill.teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher
 
@@ -196,7 +196,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         naming an ``nn.Module`` subclass.
     student_params : dict or None, default=None
         Keyword arguments of the student's constructor (e.g. ``{"hidden": [16]}``), plus optionally
-        ``init``, a ``student.init`` table (``distill.students.weight_init``). None: the architecture's defaults.
+        ``init``, a ``student.init`` table (``distill.experiment.weight_init``). None: the architecture's defaults.
     kl_weight : float, default=1.0
         Weight of the KL term (>= 0). ``0`` trains on the hard labels alone, and the teacher is not fit.
     temperature : float, default=1.0

@@ -17,6 +17,7 @@ import importlib
 import inspect
 import threading
 from collections.abc import Callable, Iterator
+from importlib import import_module
 from typing import Any, Generic, TypeVar
 
 __all__ = ["Registry", "PluginError", "import_object", "import_class", "has_methods", "is_import_path",
@@ -42,7 +43,8 @@ class Registry(Generic[T]):
         group: the entry-point group that installed packages extend (None: code registration only).
         accepts: checks an entry point's object before it is used: the problem in words
             ("is the class X, not a Teacher subclass"), or None when it is fine.
-        builtin: imports the modules that register the built-in names (run once, before the group is read).
+        builtin: the modules that register the built-in names, imported by name once before the group is
+            read (by name, so a registry never imports the package that defines it back).
         reserved: names that mean something else where this registry is consulted (``auto``); no entry
             may take them.
         paths: whether the key this registry serves also takes import paths ``module:Class``: then no
@@ -50,14 +52,14 @@ class Registry(Generic[T]):
     """
 
     def __init__(self, kind: str, group: str | None = None, accepts: Callable[[Any], str | None] | None = None,
-                 builtin: Callable[[], None] | None = None, reserved: tuple[str, ...] = (),
+                 builtin: tuple[str, ...] = (), reserved: tuple[str, ...] = (),
                  paths: bool = False) -> None:
         self.kind = kind
         self.group = group
         self._accepts = accepts
         self.reserved = tuple(reserved)
         self.paths = paths
-        self._builtin = builtin
+        self._builtin = tuple(builtin)
         self._entries: dict[str, T] = {}
         self._plugins: dict[str, Any] = {}  # entry points found but not imported yet, by name
         self._broken: dict[str, str] = {}  # name -> why its entry point cannot be used (one line)
@@ -112,8 +114,8 @@ class Registry(Generic[T]):
         with self._lock:
             if self._ready:
                 return
-            if self._builtin is not None:
-                self._builtin()
+            for module in self._builtin:
+                import_module(module)
             if self.group is not None:
                 self._discover()
             self._ready = True

@@ -13,9 +13,9 @@ import torch
 from numpy.testing import assert_array_equal
 
 from distill import students
-from distill.experiment.cache import SoftTargetCache
 from distill.cli import main
 from distill.data.sources import load_dataset
+from distill.experiment.cache import SoftTargetCache
 
 SYSTEMS = ("teacher", "student", "baseline")
 

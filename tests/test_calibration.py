@@ -9,7 +9,14 @@ import scipy.special
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distill.metrics.calibration import TEMPERATURE_BOUNDS, apply_temperature, expected_calibration_error, fit_temperature, labelled_folds, log_loss
+from distill.metrics.calibration import (
+    TEMPERATURE_BOUNDS,
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    labelled_folds,
+    log_loss,
+)
 
 
 def _nll64(log_probs: np.ndarray, y: np.ndarray, t: float) -> float:

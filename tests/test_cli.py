@@ -6,20 +6,20 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tomllib
 import torch
 
 from distill import students
 from distill.cli import main
 from distill.config import load_config
 from distill.data.scaling import Scaler
-from distill.metrics.classification import METRICS, classification_metrics, probabilities
 from distill.experiment.protocol import prepare
+from distill.metrics.classification import METRICS, classification_metrics, probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))

@@ -17,9 +17,21 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from distill.cli import main
 from distill.config import ConfigError, validate_config
-from distill.engine.loop import FitSettings, TrainingRows, fit
+from distill.engine.loop import TrainingRows, fit
+from distill.experiment.protocol import (
+    StudentJob,
+    _control_job,
+    build_student,
+    control_rows,
+    fit_settings,
+    null_teacher_probabilities,
+    prepare,
+    reference_metrics,
+    run_protocol,
+    teach,
+    train_students,
+)
 from distill.losses.fused import MemberObjective
-from distill.experiment.protocol import StudentJob, _control_job, build_student, control_rows, fit_settings, null_teacher_probabilities, prepare, reference_metrics, run_protocol, teach, train_students
 from distill.metrics.stats import verdict
 
 BASE: dict[str, Any] = {

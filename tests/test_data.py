@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from distill.data.sources import Dataset, list_datasets, load_dataset
 from distill.data.scaling import Scaler, fit_scaler
+from distill.data.sources import Dataset, list_datasets, load_dataset
 from distill.data.split import draw_stratified, split_dataset
 from distill.errors import DataError
 

@@ -11,9 +11,19 @@ import torch
 from scipy.special import log_softmax
 from torch import nn
 
-from distill.engine.loop import BestState, EarlyStopping, EvaluationRows, FitSettings, TrainingRows, fit, logged_metric_names, monitor_mode, predict_logits
-from distill.metrics.classification import METRICS
+from distill.engine.loop import (
+    BestState,
+    EarlyStopping,
+    EvaluationRows,
+    FitSettings,
+    TrainingRows,
+    fit,
+    logged_metric_names,
+    monitor_mode,
+    predict_logits,
+)
 from distill.losses.objective import hard_loss
+from distill.metrics.classification import METRICS
 from distill.students import build
 
 pytestmark = pytest.mark.filterwarnings("ignore:No (positive|negative) samples in targets:UserWarning")

@@ -34,8 +34,8 @@ from distill.config import InitConfig
 from distill.engine.loop import FitSettings, TrainingRows, fit
 from distill.errors import ConfigError
 from distill.estimator import EXPECTED_FAILED_CHECKS, DistilledClassifier
+from distill.experiment.weight_init import apply_init
 from distill.seeding import seed_everything
-from distill.students.weight_init import apply_init
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"student_params": {"hidden": [8]}, "epochs": 15, "batch_size": 64, "lr": 0.05}

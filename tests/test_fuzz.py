@@ -39,8 +39,8 @@ from distill.config import (
     validate_config,
 )
 from distill.errors import ConfigError, UserError
-from distill.losses.hard import HARD_LOSSES, ONE_LOGIT_LOSSES, create_loss
 from distill.losses.fused import MemberObjective
+from distill.losses.hard import HARD_LOSSES, ONE_LOGIT_LOSSES, create_loss
 from distill.losses.objective import HardCriterion, distillation_loss, metric_loss
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=False)

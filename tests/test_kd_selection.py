@@ -19,8 +19,24 @@ from distill.cli import main
 from distill.config import ConfigError, validate_config
 from distill.data.sources import Dataset
 from distill.engine.loop import TrainingRows, fit, predict_logits
-from distill.experiment.kd_selection import Candidate, candidate_grid, choose, fold_training_rows, heldout_scores, selection_text, summarise_selections
-from distill.experiment.protocol import StudentJob, _choose_auto, _student_settings, build_student, prepare, run_protocol, teach
+from distill.experiment.kd_selection import (
+    Candidate,
+    candidate_grid,
+    choose,
+    fold_training_rows,
+    heldout_scores,
+    selection_text,
+    summarise_selections,
+)
+from distill.experiment.protocol import (
+    StudentJob,
+    _choose_auto,
+    _student_settings,
+    build_student,
+    prepare,
+    run_protocol,
+    teach,
+)
 
 BASE: dict[str, Any] = {
     "seed": 3,

@@ -20,7 +20,22 @@ from scipy.special import expit, log_expit, logsumexp
 from torch import nn
 
 from distill.losses import hard as L
-from distill.losses.hard import HARD_LOSSES, ONE_LOGIT_LOSSES, BCEWithLogitsLoss, CrossEntropyLoss, FocalLoss, KLDivLoss, MarginRankingLoss, NumpyCrossEntropyLoss, SymmetricCrossEntropyLoss, TripletMarginLoss, create_loss, l1_penalty, l2_penalty, list_losses
+from distill.losses.hard import (
+    HARD_LOSSES,
+    ONE_LOGIT_LOSSES,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    FocalLoss,
+    KLDivLoss,
+    MarginRankingLoss,
+    NumpyCrossEntropyLoss,
+    SymmetricCrossEntropyLoss,
+    TripletMarginLoss,
+    create_loss,
+    l1_penalty,
+    l2_penalty,
+    list_losses,
+)
 
 GOLDEN = Path(__file__).parent / "fixtures" / "loss_golden.json"
 REDUCTIONS = ("mean", "sum", "none")

@@ -6,7 +6,6 @@ called on the reference side.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

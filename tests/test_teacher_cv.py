@@ -15,12 +15,12 @@ import scipy.optimize
 import scipy.special
 import torch
 
-from distill.experiment.cache import SoftTargetCache
-from distill.metrics.calibration import TEMPERATURE_BOUNDS, labelled_folds
 from distill.cli import main
 from distill.config import ConfigError, validate_config
+from distill.experiment.cache import SoftTargetCache
 from distill.experiment.protocol import TEACHER_FOLDS, prepare, teach
 from distill.experiment.teacher_cv import cross_fit
+from distill.metrics.calibration import TEMPERATURE_BOUNDS, labelled_folds
 from distill.teachers.base import Teacher
 from distill.teachers.gaussian_process import EstimatorTeacher, GaussianProcessTeacher
 

@@ -21,8 +21,8 @@ from sklearn.neighbors import KNeighborsClassifier
 import distill
 from distill.cli import main
 from distill.config import to_toml
-from distill.interrupts import Interrupted
 from distill.experiment.teacher_cv import TeacherProblem, cross_fit
+from distill.interrupts import Interrupted
 from distill.teachers.base import TEACHERS, Teacher, register_teacher
 
 #: small and fast, the KL term fixed; 12 labelled rows, 60 test rows: the teacher is asked about 72 rows

@@ -24,7 +24,7 @@ import distill.experiment.run
 from distill.cli import main
 from distill.config import load_config
 from distill.experiment.protocol import prepare
-from distill.outputs.serving import load_checkpoint, servable_from_checkpoint
+from distill.students.checkpoint import load_checkpoint, servable_from_checkpoint
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

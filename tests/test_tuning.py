@@ -31,14 +31,14 @@ import distill.experiment.protocol
 import distill.experiment.run
 from distill.cli import main
 from distill.config import load_config, to_toml
-from distill.data.sources import Dataset, load_dataset
 from distill.data.scaling import fit_scaler
+from distill.data.sources import Dataset, load_dataset
 from distill.data.split import split_dataset
 from distill.engine.loop import predict_logits
 from distill.errors import UserError
 from distill.experiment.protocol import episode_seed, prepare, teach, train_student
-from distill.outputs.report import SYSTEMS
 from distill.experiment.tune import _TeacherCache, run_tuning, trial_config, validation_score
+from distill.outputs.report import SYSTEMS
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "iris_tune"

@@ -47,6 +47,7 @@ from distill.engine.loop import (
 from distill.errors import ConfigError, UserError
 from distill.experiment.cache import SoftTargetCache, array_digest
 from distill.experiment.teacher_cv import TeacherProblem, cross_fit
+from distill.experiment.weight_init import apply_init
 from distill.interrupts import Interrupted, StopRequest
 from distill.metrics.calibration import labelled_folds
 from distill.metrics.classification import classification_metrics, probabilities
@@ -58,7 +59,6 @@ from distill.seeding import (
     seed_everything,
     threads_for_stacked_work,
 )
-from distill.students.weight_init import apply_init
 from distill.teachers.base import Teacher, create_teacher, resolve_teacher
 
 __all__ = [
@@ -233,7 +233,7 @@ def _warn_once(message: str) -> None:
 
 
 def _build_student(config: Config, dataset: Dataset, num_outputs: int) -> nn.Module:
-    """The student from its constructor, then ``student.init`` (``distill.students.weight_init``)."""
+    """The student from its constructor, then ``student.init`` (``distill.experiment.weight_init``)."""
     try:
         model = students.build(
             config.student.arch, dataset.in_shape, dataset.num_classes, num_outputs=num_outputs, **config.student.kwargs

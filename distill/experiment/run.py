@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-import distill
 from distill.config import AUTO, Config, config_dict, to_toml
 from distill.data.sources import Dataset
 from distill.errors import UserError
@@ -30,6 +29,7 @@ from distill.experiment.protocol import (
     soft_target_cache,
 )
 from distill.experiment.teacher_cv import teacher_summary_text
+from distill.experiment.weight_init import describe_init
 from distill.interrupts import Interrupted, StopRequest
 from distill.metrics.classification import METRICS
 from distill.metrics.stats import CI_METHODS, describe, paired_difference, verdict
@@ -47,9 +47,9 @@ from distill.outputs.report import (
     write_history,
 )
 from distill.outputs.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
-from distill.outputs.serving import CHECKPOINT_FORMAT, load_checkpoint, servable_from_checkpoint
 from distill.outputs.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
-from distill.students.weight_init import describe_init
+from distill.students.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, servable_from_checkpoint
+from distill.version import __version__
 
 __all__ = ["run_experiment", "execute", "RunOutcome", "summarise", "save_student", "describe_plan", "result_text", "systems_of"]
 
@@ -121,7 +121,7 @@ def save_student(path: Path, prepared: Prepared, result: EpisodeResult) -> Path:
     c = prepared.config
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
-        "distill_version": distill.__version__,
+        "distill_version": __version__,
         "arch": c.student.arch,
         "kwargs": c.student.kwargs,
         "in_shape": list(prepared.dataset.in_shape),
@@ -207,7 +207,7 @@ def summarise(
     summary: dict[str, Any] = {
         "status": "completed",
         "name": config.name,
-        "distill_version": distill.__version__,
+        "distill_version": __version__,
         "run_dir": str(run_dir),
         "seed": config.seed,
         "device": str(first[0].device),

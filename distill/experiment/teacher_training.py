@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import distill
 from distill import students
 from distill.config import Config, config_dict, flatten
 from distill.data.scaling import fit_scaler
@@ -33,8 +32,9 @@ from distill.experiment.protocol import fit_settings
 from distill.interrupts import Interrupted, StopRequest
 from distill.metrics.classification import classification_metrics, probabilities
 from distill.outputs.rundir import atomic_write, attach_log_file, write_json
-from distill.outputs.serving import CHECKPOINT_FORMAT
 from distill.seeding import configure_threads, resolve_device, seed_everything
+from distill.students.checkpoint import CHECKPOINT_FORMAT
+from distill.version import __version__
 
 __all__ = ["train_teacher", "data_hash"]
 
@@ -164,7 +164,7 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "role": "teacher",
-        "distill_version": distill.__version__,
+        "distill_version": __version__,
         "arch": str(config.teacher.arch),
         "kwargs": kwargs,
         "in_shape": list(dataset.in_shape),
@@ -222,7 +222,7 @@ def _record(config: Config, uri: str, path: Path, history: list[dict[str, float]
     """MLflow: one run with the config, the per-epoch history, the test metrics and the checkpoint."""
     from distill.outputs.tracking import MlflowTracker, _git_commit
     tags = {"dataset": config.data.source, "teacher.arch": str(config.teacher.arch), "distill.kind": "teacher train",
-            "distill.version": distill.__version__, "device": device}
+            "distill.version": __version__, "device": device}
     commit = _git_commit(Path.cwd())
     if commit:
         tags["git.commit"] = commit

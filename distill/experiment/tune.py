@@ -375,7 +375,8 @@ def run_tuning(
             study_name, storage_text, before, trials, direction, config.tune.metric, config.protocol.episodes,
         )
         if uri is not None:
-            from distill.outputs.tracking import DEFAULT_URI, StudyTracker, TrackingError, falls_back
+            from distill.mlflow_env import DEFAULT_URI
+            from distill.outputs.tracking import StudyTracker, TrackingError, falls_back
 
             try:
                 tracker = StudyTracker.start(uri, config, study_name, storage_text, run_dir.name)

@@ -7,7 +7,6 @@ The student comes from a run directory, a ``student.pt`` file, or an MLflow mode
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -18,39 +17,9 @@ import torch
 from distill.data.sources import check_float32, read_csv_frame
 from distill.errors import DataError, UserError
 from distill.outputs.rundir import atomic_write
-from distill.outputs.serving import load_checkpoint, servable_from_checkpoint
+from distill.students.checkpoint import load_checkpoint, resolve_checkpoint, servable_from_checkpoint
 
-__all__ = ["resolve_checkpoint", "predict_frame", "predict_csv", "check_output"]
-
-_MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://", "dbfs:/")
-
-
-def resolve_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
-    """The ``student.pt`` behind a run directory, a file, or an MLflow model URI."""
-    if source.startswith(_MLFLOW_SCHEMES):
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        import mlflow
-
-        from distill.outputs.tracking import DEFAULT_URI, bound_requests
-
-        bound_requests(override=False)  # a stalled server: bounded time, not MLflow's minutes of retries
-        mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
-        except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds for a bad URI
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot fetch MLflow model '{source}': {first}") from None
-        found = sorted(local.rglob("student.pt")) if local.is_dir() else [local]
-        if not found:
-            raise UserError(f"MLflow model '{source}' holds no student.pt (was it logged by distill?)")
-        return found[0]
-    path = Path(source)
-    if path.is_dir():
-        path = path / "student.pt"
-    if not path.is_file():
-        raise UserError(f"no student found at '{source}': expected a run directory, a student.pt file or an MLflow model URI")
-    return path
-
+__all__ = ["predict_frame", "predict_csv", "check_output"]
 
 def predict_frame(payload: dict[str, Any], frame: Any, where: str, trusted_archs: Collection[str] = ()) -> Any:
     """Predicted class name and per-class probabilities for each row of ``frame`` (raw features).

@@ -23,6 +23,8 @@ from typing import Any
 
 from distill.config import Config, config_dict, flatten
 from distill.errors import ConfigError, UserError
+from distill.mlflow_env import DEFAULT_URI, bound_requests
+from distill.version import __version__
 
 __all__ = [
     "Tracker",
@@ -33,16 +35,13 @@ __all__ = [
     "open_tracker",
     "log_files",
     "StudyTracker",
-    "DEFAULT_URI",
     "TrackingError",
     "falls_back",
-    "bound_requests",
 ]
 
 log = logging.getLogger("distill")
 
 #: MLflow's own default: a SQLite file in the working folder, which ``mlflow ui`` there shows.
-DEFAULT_URI = "sqlite:///mlflow.db"
 #: Seconds to wait for a remote tracking server before saying it does not answer.
 PROBE_TIMEOUT_S = 3.0
 
@@ -113,22 +112,6 @@ def _end_run(end: Any, status: str) -> None:
         if status == "FINISHED":
             raise
         log.warning("%s (the MLflow run may still show RUNNING)", exc.problems[0])
-
-
-def bound_requests(timeout: float = 10.0, retries: int = 2, *, override: bool = True) -> None:
-    """Bound every MLflow HTTP request: ``timeout`` seconds, ``retries`` repeats (``override=False``:
-    only where the user has not set MLflow's variables).
-
-    MLflow reads these variables per request; its defaults (120 s, 7 retries with backoff) let a
-    stalled server hold a run for many minutes.
-    """
-    values = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(float(timeout)))),
-              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(retries)), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    for name, value in values.items():
-        if override:
-            os.environ[name] = value
-        else:
-            os.environ.setdefault(name, value)
 
 
 def _apply_timeouts(config: Config) -> None:
@@ -504,13 +487,12 @@ def _requirements() -> list[str]:
 def open_tracker(config: Config, uri: str, run_name: str, device: str, run_id: str | None = None) -> Tracker:
     """Start the MLflow run for ``config`` at ``uri`` (from ``preflight``), tagged and with its params;
     with ``run_id``, reopen that run (a resumed run keeps its one MLflow run)."""
-    import distill
 
     tags = {
         "dataset": config.data.source,
         "teacher.kind": config.teacher.kind,
         "student.arch": config.student.arch,
-        "distill.version": distill.__version__,
+        "distill.version": __version__,
         "device": device,
         "episodes": str(config.protocol.episodes),
     }
@@ -641,10 +623,9 @@ class StudyTracker:
             client.update_run(run_id, status="RUNNING")
             log.info("MLflow: adding trials to the study's parent run %s", run_id)
         else:
-            import distill
 
             tags = {"distill.study": study, "distill.storage": storage, "distill.study_key": key,
-                    "distill.version": distill.__version__,
+                    "distill.version": __version__,
                     "dataset": config.data.source, "teacher.kind": config.teacher.kind,
                     "student.arch": config.student.arch, "distill.kind": "tune"}
             run_id = client.create_run(experiment_id, run_name=f"tune {study}", tags=tags).info.run_id

@@ -28,13 +28,8 @@ def _entry_problem(obj: Any) -> str | None:
     return f"names a {'function' if callable(obj) else type(obj).__name__ + ' value'}, not an nn.Module subclass"
 
 
-def _load_builtin() -> None:
-    import distill.students.cnn  # noqa: F401
-    import distill.students.mlp  # noqa: F401
-
-
 STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student", group="distill.students", accepts=_entry_problem,
-                                                         builtin=_load_builtin, paths=True)
+                                                         builtin=("distill.students.cnn", "distill.students.mlp"), paths=True)
 
 
 class StudentArgumentError(ValueError):

@@ -109,13 +109,8 @@ def _entry_problem(obj: Any) -> str | None:
     return f"names a {type(obj).__name__} value, not a Teacher subclass or a factory"
 
 
-def _load_builtin() -> None:
-    import distill.teachers.gaussian_process  # noqa: F401  (registers gaussian_process and sklearn)
-    import distill.teachers.network  # noqa: F401  (registers network)
-
-
 TEACHERS: Registry[TeacherEntry] = Registry("teacher", group="distill.teachers", accepts=_entry_problem,
-                                            builtin=_load_builtin, reserved=("auto", "ensemble"), paths=True)
+                                            builtin=("distill.teachers.gaussian_process", "distill.teachers.network"), reserved=("auto", "ensemble"), paths=True)
 
 
 def register_teacher(name: str, entry: TeacherEntry | None = None) -> Any:

@@ -43,7 +43,7 @@ __all__ = ["NetworkTeacher", "file_digest"]
 
 @lru_cache(maxsize=8)
 def _resolve(source: str, is_uri: bool, tracking_uri: str | None) -> str:
-    from distill.outputs.prediction import resolve_checkpoint
+    from distill.students.checkpoint import resolve_checkpoint
 
     return str(resolve_checkpoint(source, tracking_uri)) if is_uri else source
 
@@ -206,7 +206,7 @@ class NetworkTeacher(Teacher):
 
     def _payload(self, path: Path) -> dict[str, Any] | None:
         """The checkpoint's dict when it is a distill checkpoint, else None (refusing pickles)."""
-        from distill.outputs.serving import CHECKPOINT_FORMAT
+        from distill.students.checkpoint import CHECKPOINT_FORMAT
 
         stat = path.stat()
         data = _cached_load(str(path), stat.st_size, stat.st_mtime_ns)
@@ -221,7 +221,7 @@ class NetworkTeacher(Teacher):
         path, kind = self._path_kind()
         info: dict[str, Any] = {"estimator": "network", "format": kind, "source": self.uri or self.checkpoint}
         if kind == "distill":
-            from distill.outputs.serving import servable_from_checkpoint
+            from distill.students.checkpoint import servable_from_checkpoint
 
             payload = self._payload(path)
             assert payload is not None

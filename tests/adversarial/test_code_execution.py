@@ -271,7 +271,7 @@ def test_a_damaged_student_checkpoint_is_one_line(
     field: str, value: object, needle: str, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Fields of the file are untrusted input: each wrong type is named, never a KeyError/TypeError traceback."""
-    from distill.outputs.serving import CHECKPOINT_FORMAT
+    from distill.students.checkpoint import CHECKPOINT_FORMAT
 
     payload = {"format": CHECKPOINT_FORMAT, "arch": "mlp", "kwargs": {"hidden": [4]}, "in_shape": [2],
                "num_classes": 2, "num_outputs": 1, "classes": ["a", "b"], "feature_names": ["x", "y"],

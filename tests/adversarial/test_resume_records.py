@@ -18,9 +18,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distill.outputs.checkpoints import Checkpoints
 from distill.cli import main
 from distill.errors import UserError
+from distill.outputs.checkpoints import Checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")

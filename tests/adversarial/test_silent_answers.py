@@ -30,9 +30,9 @@ from distill.data.sources import label_classes, load_dataset
 from distill.data.split import split_dataset
 from distill.engine.loop import EvaluationRows, FitSettings, TrainingRows, fit, fit_many
 from distill.errors import ConfigError, DataError, UserError
+from distill.experiment.protocol import _teacher_kwargs, run_protocol
 from distill.losses.fused import MemberObjective
 from distill.losses.objective import distillation_loss
-from distill.experiment.protocol import _teacher_kwargs, run_protocol
 from distill.students import build
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -586,7 +586,7 @@ def test_predict_names_a_value_beyond_float32(case: str, trained_student: Path, 
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from sklearn.datasets import load_breast_cancer
 
-    from distill.outputs.serving import load_checkpoint
+    from distill.students.checkpoint import load_checkpoint
 
     bunch = load_breast_cancer()
     frame = pd.DataFrame(bunch.data[:5], columns=bunch.feature_names)

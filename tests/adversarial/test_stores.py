@@ -348,7 +348,7 @@ def test_predict_bounds_mlflow_requests_at_10_s_unless_the_user_set_a_bound(monk
     """``predict`` with no config: 10 s a request, 2 retries (MLflow's own default is 120 s x 7); a value the
     user exported wins. The server here refuses at once, so only the bound that was applied is checked."""
     from distill.errors import UserError
-    from distill.outputs.prediction import resolve_checkpoint
+    from distill.students.checkpoint import resolve_checkpoint
 
     names = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
     closed = f"http://127.0.0.1:{_closed_port()}"

@@ -1,6 +1,6 @@
 """``student.init``: each scheme against its formula, the seed post's spec, config errors, and runs.
 
-References are independent of ``distill.students.weight_init``: the closed-form moments (Glorot & Bengio
+References are independent of ``distill.experiment.weight_init``: the closed-form moments (Glorot & Bengio
 2010; He et al. 2015), scipy.stats.truncnorm for the truncated normal, and torch's own
 ``nn.init`` calls in a hand-written order for the seeded draw.
 """
@@ -21,7 +21,7 @@ from distill import students
 from distill.config import InitConfig, validate_config
 from distill.errors import ConfigError
 from distill.experiment.protocol import build_student, prepare, run_protocol
-from distill.students.weight_init import apply_init, init_layers
+from distill.experiment.weight_init import apply_init, init_layers
 
 FAN_IN, FAN_OUT = 1000, 2000  # one 2000 x 1000 layer: 2e6 weights, so the moments are tight
 

@@ -7,12 +7,11 @@ import sys
 import textwrap
 
 import pytest
-
-from distill.registry import UnsafeImportError
 import torch
 from torch import nn
 
 from distill import students
+from distill.registry import UnsafeImportError
 from distill.students import STUDENTS, StudentArgumentError, build, list_students, num_outputs_for, register_student
 from distill.students.mlp import ACTIVATIONS, MLP
 

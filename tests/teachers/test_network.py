@@ -14,7 +14,7 @@ from distill.cli import main
 from distill.config import validate_config
 from distill.errors import ConfigError
 from distill.experiment.protocol import prepare, teach
-from distill.outputs.serving import load_checkpoint, servable_from_checkpoint
+from distill.students.checkpoint import load_checkpoint, servable_from_checkpoint
 
 SMALL_RUN = {
     "seed": 1,

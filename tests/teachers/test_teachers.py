@@ -70,7 +70,7 @@ def _network_teacher(num_classes: int) -> Teacher:
     import torch
 
     from distill import students
-    from distill.outputs.serving import CHECKPOINT_FORMAT
+    from distill.students.checkpoint import CHECKPOINT_FORMAT
 
     x, y, _ = DATASETS["iris" if num_classes == 3 else "breast_cancer"]()
     in_features = x.shape[1]

@@ -7,6 +7,7 @@ distill is installed; the same module is what the MLflow run logs as its model.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Collection
 from pathlib import Path
@@ -19,9 +20,10 @@ from torch import Tensor, nn
 from distill import students
 from distill.errors import UserError
 from distill.metrics.classification import probabilities
+from distill.mlflow_env import DEFAULT_URI, bound_requests
 from distill.registry import is_import_path
 
-__all__ = ["ServableStudent", "load_checkpoint", "servable_from_checkpoint", "checked_arch", "CHECKPOINT_FORMAT"]
+__all__ = ["resolve_checkpoint", "ServableStudent", "load_checkpoint", "servable_from_checkpoint", "checked_arch", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "distill.student/1"
 
@@ -144,3 +146,31 @@ def servable_from_checkpoint(payload: dict[str, Any], trusted: Collection[str] =
     scaler = payload["scaler"]
     model = ServableStudent(student, np.asarray(scaler["shift"]), np.asarray(scaler["scale"]), payload["classes"])
     return model.eval()
+
+
+_MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://", "dbfs:/")
+
+
+def resolve_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
+    """The ``student.pt`` behind a run directory, a file, or an MLflow model URI."""
+    if source.startswith(_MLFLOW_SCHEMES):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+
+        bound_requests(override=False)  # a stalled server: bounded time, not MLflow's minutes of retries
+        mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds for a bad URI
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot fetch MLflow model '{source}': {first}") from None
+        found = sorted(local.rglob("student.pt")) if local.is_dir() else [local]
+        if not found:
+            raise UserError(f"MLflow model '{source}' holds no student.pt (was it logged by distill?)")
+        return found[0]
+    path = Path(source)
+    if path.is_dir():
+        path = path / "student.pt"
+    if not path.is_file():
+        raise UserError(f"no student found at '{source}': expected a run directory, a student.pt file or an MLflow model URI")
+    return path
