@@ -37,7 +37,7 @@ def main() -> None:
     import torch
 
     from distill.config import load_config
-    from distill.experiment.protocol import run_protocol
+    from distill.experiment.episodes import run_protocol
 
     import_s = time.perf_counter() - started
     config = load_config(args.experiment, [f"protocol.episodes={args.episodes}", 'train.device="cpu"'])

@@ -470,7 +470,7 @@ def check(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: b
 
     With tracking, the MLflow store is checked too (a dead server is an error here, not after training).
     """
-    from distill.experiment.protocol import prepare_protocol
+    from distill.experiment.prepare import prepare_protocol
     from distill.experiment.run import describe_plan
     from distill.outputs.tracking import preflight
 

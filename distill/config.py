@@ -171,7 +171,7 @@ class ProtocolConfig(_Section):
     episodes: StrictInt = Field(default=1, ge=1, le=MAX_EPISODES)
     metric: Literal["accuracy", "f1_macro", "auroc", "ece"] = "accuracy"
     ci: Literal["t", "bootstrap"] = "t"
-    #: systems trained beside the student to tell knowledge from regularisation (``distill.experiment.protocol``):
+    #: systems trained beside the student to tell knowledge from regularisation (``distill.experiment.episodes``):
     #: ``null_teacher`` (same objective, a teacher that knows nothing), ``hard_labels`` (the teacher's
     #: argmax as hard labels, no KL), ``teacher_probs_only`` (the KL term alone, no hard term)
     controls: list[Literal["null_teacher", "hard_labels", "teacher_probs_only"]] = Field(default_factory=list)
@@ -1049,7 +1049,7 @@ def _no_effect(key: str, configs: list["Config"]) -> str | None:
 
 
 def sweepable(key: str) -> bool:
-    """Whether a sweep over ``key`` changes what runs per value (``distill.experiment.protocol`` reads it per value)."""
+    """Whether a sweep over ``key`` changes what runs per value (``distill.experiment.episodes`` reads it per value)."""
     return not any(key == entry or (entry.endswith(".") and key.startswith(entry)) for entry in _READ_ONCE)
 
 

@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 import distill
 import distill.api
 from distill.cli import main
-from distill.experiment.protocol import prepare
+from distill.experiment.prepare import prepare
 
 #: small and fixed: a few seconds a run; the KL term fixed (the "auto" choice is tested elsewhere)
 SETTINGS: dict[str, Any] = {

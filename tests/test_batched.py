@@ -18,7 +18,7 @@ from torch import nn
 from distill.config import load_config
 from distill.engine.loop import EvaluationRows, FitResult, FitSettings, TrainingRows, fit, fit_many, stack_problem_for
 from distill.engine.members import StackedMembers, stack_problem
-from distill.experiment.protocol import run_protocol
+from distill.experiment.episodes import run_protocol
 from distill.losses.fused import MemberObjective
 from distill.losses.objective import distillation_loss, hard_loss
 from distill.students import build

@@ -18,7 +18,7 @@ from distill import students
 from distill.cli import main
 from distill.config import load_config
 from distill.data.scaling import Scaler
-from distill.experiment.protocol import prepare
+from distill.experiment.prepare import prepare
 from distill.metrics.classification import METRICS, classification_metrics, probabilities
 
 ROOT = Path(__file__).resolve().parents[1]

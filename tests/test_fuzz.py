@@ -453,7 +453,7 @@ def test_prepare_on_iris_raises_only_user_errors(raw: dict[str, Any]) -> None:
     Tame configs (no garbage, no unknown keys; about two in three validate): iris, student sizes
     small enough to build, and no MLflow-model teacher (the URI lookup would start a tracking store).
     """
-    from distill.experiment.protocol import prepare
+    from distill.experiment.prepare import prepare
 
     raw = dict(raw)
     data, teacher = raw.get("data"), raw.get("teacher")

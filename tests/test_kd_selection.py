@@ -28,15 +28,10 @@ from distill.experiment.kd_selection import (
     selection_text,
     summarise_selections,
 )
-from distill.experiment.protocol import (
-    StudentJob,
-    _choose_auto,
-    _student_settings,
-    build_student,
-    prepare,
-    run_protocol,
-    teach,
-)
+from distill.experiment.students import StudentJob, _choose_auto, _student_settings, build_student
+from distill.experiment.prepare import prepare
+from distill.experiment.episodes import run_protocol
+from distill.experiment.teach import teach
 
 BASE: dict[str, Any] = {
     "seed": 3,
@@ -417,7 +412,8 @@ def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_number
 def test_train_student_chooses_auto_first_and_controls_never_choose_alone() -> None:
     """``train_student`` with the defaults ("auto") chooses before it fits, as ``train_students`` does;
     a kl_weight-0 config's teacher_probs_only control trains at 1 and T = 1 without a choice of its own."""
-    from distill.experiment.protocol import _control_job, train_student, train_students
+    from distill.experiment.episodes import _control_job
+    from distill.experiment.students import train_student, train_students
 
     prepared = prepare(config())
     taught = teach(prepared, score_test=False)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from distill.cli import main
 from distill.config import validate_config
 from distill.errors import ConfigError
-from distill.experiment.protocol import build_criterion, prepare
+from distill.experiment.prepare import build_criterion, prepare
 from distill.losses.objective import HardCriterion, metric_loss
 
 ROOT = Path(__file__).resolve().parents[1]

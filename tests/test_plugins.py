@@ -153,7 +153,7 @@ def _reference_teacher_metrics(seed: int, sharpness: float) -> tuple[dict[str, f
     """
     from sklearn.datasets import load_breast_cancer
 
-    from distill.experiment.protocol import prepare
+    from distill.experiment.prepare import prepare
 
     prepared = prepare(validate_config({"seed": seed, "few_shot": {"per_class": 5}, "teacher": {"kind": "sklearn",
                         "estimator": "sklearn.linear_model:LogisticRegression"}}))
@@ -511,7 +511,8 @@ def test_editing_a_plugin_teacher_invalidates_its_cached_soft_targets(installed:
     """The soft-target cache keys a teacher from outside distill by its code too: edit the plugin's
     module and the next run computes its soft targets again (same code: a hit)."""
     from distill.experiment.cache import SoftTargetCache
-    from distill.experiment.protocol import prepare, teach
+    from distill.experiment.prepare import prepare
+    from distill.experiment.teach import teach
 
     prepared = prepare(validate_config(EXPERIMENT))
     cache = SoftTargetCache(tmp_path / "cache")

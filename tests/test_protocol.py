@@ -19,7 +19,9 @@ import torch
 from distill.cli import main
 from distill.config import ConfigError, validate_config
 from distill.data.augment import augment_rows
-from distill.experiment.protocol import episode_seed, prepare, prepare_protocol, run_protocol, teach
+from distill.experiment.prepare import episode_seed, prepare, prepare_protocol
+from distill.experiment.episodes import run_protocol
+from distill.experiment.teach import teach
 
 SYSTEMS = ("teacher", "student", "baseline")
 

@@ -18,7 +18,8 @@ import torch
 from distill.cli import main
 from distill.config import ConfigError, validate_config
 from distill.experiment.cache import SoftTargetCache
-from distill.experiment.protocol import TEACHER_FOLDS, prepare, teach
+from distill.experiment.prepare import TEACHER_FOLDS, prepare
+from distill.experiment.teach import teach
 from distill.experiment.teacher_cv import cross_fit
 from distill.metrics.calibration import TEMPERATURE_BOUNDS, labelled_folds
 from distill.teachers.base import Teacher

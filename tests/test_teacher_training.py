@@ -13,7 +13,7 @@ import torch
 from distill.cli import main
 from distill.config import load_config
 from distill.data.sources import load_dataset
-from distill.experiment.protocol import episode_seed, prepare
+from distill.experiment.prepare import episode_seed, prepare
 from distill.experiment.teacher_training import data_hash
 from distill.students.checkpoint import CHECKPOINT_FORMAT, servable_from_checkpoint
 

@@ -23,7 +23,7 @@ import distill
 import distill.experiment.run
 from distill.cli import main
 from distill.config import load_config
-from distill.experiment.protocol import prepare
+from distill.experiment.prepare import prepare
 from distill.students.checkpoint import load_checkpoint, servable_from_checkpoint
 from tests.conftest import free_port
 

@@ -27,7 +27,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score
 
-import distill.experiment.protocol
+import distill.experiment.prepare
 import distill.experiment.run
 from distill.cli import main
 from distill.config import load_config, to_toml
@@ -36,7 +36,9 @@ from distill.data.sources import Dataset, load_dataset
 from distill.data.split import split_dataset
 from distill.engine.loop import predict_logits
 from distill.errors import UserError
-from distill.experiment.protocol import episode_seed, prepare, teach, train_student
+from distill.experiment.prepare import episode_seed, prepare
+from distill.experiment.teach import teach
+from distill.experiment.students import train_student
 from distill.experiment.tune import _TeacherCache, run_tuning, trial_config, validation_score
 from distill.outputs.report import SYSTEMS
 
@@ -266,10 +268,10 @@ def test_whole_search_on_poisoned_test_rows_scores_like_clean_data(
     real_run = distill.experiment.run.run_experiment
 
     def clean_run(*args, **kwargs):
-        monkeypatch.setattr(distill.experiment.protocol, "load_dataset", load_dataset)  # the honest test runs read test rows
+        monkeypatch.setattr(distill.experiment.prepare, "load_dataset", load_dataset)  # the honest test runs read test rows
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(distill.experiment.protocol, "load_dataset", poisoned_load)
+    monkeypatch.setattr(distill.experiment.prepare, "load_dataset", poisoned_load)
     monkeypatch.setattr(distill.experiment.run, "run_experiment", clean_run)
     result = run_tuning(config, trials=3, storage=str(tmp_path / "journal.log"), output=tmp_path / "out", track=False)
     assert loads == [config.data.source]  # the search loaded its data through the poisoned loader

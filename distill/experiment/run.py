@@ -19,15 +19,10 @@ import torch
 from distill.config import AUTO, Config, config_dict, to_toml
 from distill.data.sources import Dataset
 from distill.errors import UserError
+from distill.experiment.episodes import EpisodeResult, run_protocol
 from distill.experiment.kd_selection import selection_text, summarise_selections
-from distill.experiment.protocol import (
-    EpisodeResult,
-    Prepared,
-    TeacherFactory,
-    prepare_protocol,
-    run_protocol,
-    soft_target_cache,
-)
+from distill.experiment.prepare import Prepared, TeacherFactory, prepare_protocol
+from distill.experiment.teach import soft_target_cache
 from distill.experiment.teacher_cv import teacher_summary_text
 from distill.experiment.weight_init import describe_init
 from distill.interrupts import Interrupted, StopRequest

@@ -28,7 +28,7 @@ from distill.data.split import draw_stratified
 from distill.engine.loop import EvaluationRows, FitInterrupted, TrainingRows, fit_many, predict_logits
 from distill.errors import ConfigError
 from distill.experiment.cache import array_digest
-from distill.experiment.protocol import fit_settings
+from distill.experiment.prepare import fit_settings
 from distill.interrupts import Interrupted, StopRequest
 from distill.metrics.classification import classification_metrics, probabilities
 from distill.outputs.rundir import atomic_write, attach_log_file, write_json

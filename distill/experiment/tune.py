@@ -32,18 +32,9 @@ from distill.config import Config, config_dict, set_dotted, to_toml, validate_co
 from distill.engine.loop import predict_logits
 from distill.errors import ConfigError, UserError
 from distill.experiment.cache import SoftTargetCache
-from distill.experiment.protocol import (
-    Prepared,
-    StudentJob,
-    TeacherOutputs,
-    _teacher_key,
-    episode_seed,
-    prepare,
-    prepare_protocol,
-    soft_target_cache,
-    teach,
-    train_students,
-)
+from distill.experiment.prepare import Prepared, episode_seed, prepare, prepare_protocol
+from distill.experiment.students import StudentJob, train_students
+from distill.experiment.teach import TeacherOutputs, _teacher_key, soft_target_cache, teach
 from distill.interrupts import Interrupted, StopRequest
 from distill.losses.objective import hard_loss
 from distill.metrics.classification import METRICS, classification_metrics, probabilities
@@ -328,7 +319,7 @@ def run_tuning(
     """Search ``tune.space`` on validation rows, then compare best and untuned configs on the test rows.
 
     ``dataset`` (a ``distill.data.sources.Dataset``) replaces ``data.source``; ``teacher`` (a factory of a
-    teacher given in Python, ``distill.experiment.protocol.TeacherFactory``) replaces ``teacher.kind``."""
+    teacher given in Python, ``distill.experiment.prepare.TeacherFactory``) replaces ``teacher.kind``."""
     import optuna
 
     from distill.experiment.run import run_experiment

@@ -2,7 +2,7 @@
 
 Applied to every ``nn.Linear`` and ``nn.Conv*`` layer in module order (``model.modules()``); the
 ``first`` override to the first of them. Draws come from torch's global generator, which
-``distill.experiment.protocol.build_student`` seeds from the experiment seed before the constructor runs, so
+``distill.experiment.students.build_student`` seeds from the experiment seed before the constructor runs, so
 a seed gives the same weights every time, and student, baseline and every control start alike.
 fan_in / fan_out are PyTorch's (``in_features`` / ``out_features``; for a convolution times the
 kernel's size, with ``in_channels / groups``).

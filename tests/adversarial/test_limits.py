@@ -477,7 +477,7 @@ def test_the_meta_device_count_equals_the_real_parameter_count(arch: str, in_sha
     from distill import students
     from distill.config import validate_config
     from distill.data.sources import Dataset
-    from distill.experiment.protocol import _student_size
+    from distill.experiment.prepare import _student_size
 
     config = validate_config({"student": {"arch": arch, **kwargs}})
     dataset = Dataset("t", np.zeros((2, math.prod(in_shape))), np.array([0, 1]), ["a", "b", "c"],

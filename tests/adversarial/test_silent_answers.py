@@ -30,7 +30,8 @@ from distill.data.sources import label_classes, load_dataset
 from distill.data.split import split_dataset
 from distill.engine.loop import EvaluationRows, FitSettings, TrainingRows, fit, fit_many
 from distill.errors import ConfigError, DataError, UserError
-from distill.experiment.protocol import _teacher_kwargs, run_protocol
+from distill.experiment.prepare import _teacher_kwargs
+from distill.experiment.episodes import run_protocol
 from distill.losses.fused import MemberObjective
 from distill.losses.objective import distillation_loss
 from distill.students import build

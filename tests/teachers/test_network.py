@@ -13,7 +13,8 @@ from numpy.testing import assert_allclose
 from distill.cli import main
 from distill.config import validate_config
 from distill.errors import ConfigError
-from distill.experiment.protocol import prepare, teach
+from distill.experiment.prepare import prepare
+from distill.experiment.teach import teach
 from distill.students.checkpoint import load_checkpoint, servable_from_checkpoint
 
 SMALL_RUN = {

@@ -19,7 +19,8 @@ from distill import students
 from distill.cli import main
 from distill.config import validate_config
 from distill.data.sources import load_dataset
-from distill.experiment.protocol import prepare, teach
+from distill.experiment.prepare import prepare
+from distill.experiment.teach import teach
 from distill.teachers.base import create_teacher
 
 # TorchScript is deprecated in torch but still a format users have; its warnings are not this file's subject.

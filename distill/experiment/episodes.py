@@ -1,0 +1,349 @@
+"""Episodes: plan one episode's student jobs (distilled, baseline, controls), fit them, score them; the protocol loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.config import AUTO, Config, expand_sweep
+from distill.data.split import Split
+from distill.engine.loop import (
+    FitResult,
+    TrainingRows,
+    predict_logits,
+)
+from distill.experiment.cache import SoftTargetCache
+from distill.experiment.prepare import Prepared, episode_seed, prepare, prepare_protocol
+from distill.experiment.students import StudentJob, train_students
+from distill.experiment.teach import TeacherOutputs, _baseline_key, _numpy_metrics, _teacher_key, _to_device, teach
+from distill.interrupts import StopRequest
+from distill.metrics.classification import classification_metrics, probabilities
+from distill.outputs.checkpoints import Checkpoints
+
+__all__ = ["EpisodeResult", "run_episode", "run_protocol", "CONTROLS", "REFERENCES", "null_teacher_probabilities", "control_rows", "reference_metrics"]
+
+log = logging.getLogger("distill")
+
+
+@dataclass
+class EpisodeResult:
+    """Test metrics per system, the fits' histories and the trained models."""
+
+    metrics: dict[str, dict[str, float]]
+    teacher_diagnostics: dict[str, Any]
+    student_fit: FitResult
+    baseline_fit: FitResult
+    student: nn.Module
+    baseline: nn.Module
+    test_predictions: dict[str, np.ndarray]
+    test_targets: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    episode: int = 0
+    seed: int = 0
+    value: Any = None
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    split: Split | None = None
+    #: the controls' fits and models (``protocol.controls``), by name
+    control_fits: dict[str, FitResult] = field(default_factory=dict)
+    controls: dict[str, nn.Module] = field(default_factory=dict)
+    #: what ``objective.* = "auto"`` chose for the student (None: the config's numbers)
+    kd_selection: dict[str, Any] | None = None
+
+
+def run_episode(
+    prepared: Prepared,
+    *,
+    progress: bool = False,
+    cache: dict[str, Any] | None = None,
+    episode: int = 0,
+    value: Any = None,
+    soft_cache: SoftTargetCache | None = None,
+) -> EpisodeResult:
+    """Teacher, distilled student and baseline on one draw; scored on its test rows.
+
+    ``cache`` (one dict per episode) lets a sweep over the distillation knobs reuse the
+    teacher and the baseline, which do not depend on them.
+    """
+    cache = {} if cache is None else cache
+    pending = _plan_episode(prepared, cache, episode, value, soft_cache)
+    train_students(pending.jobs(), batched=False, progress=progress)
+    return _score_episode(pending)
+
+
+@dataclass
+class _PendingEpisode:
+    """An episode whose teacher has answered and whose students are planned (or trained)."""
+
+    prepared: Prepared
+    taught: TeacherOutputs
+    student: StudentJob
+    baseline: StudentJob
+    new_baseline: bool
+    episode: int
+    value: Any
+    controls: list[StudentJob] = field(default_factory=list)
+
+    def jobs(self) -> list[StudentJob]:
+        return ([self.student, self.baseline] if self.new_baseline else [self.student]) + self.controls
+
+
+def _plan_episode(prepared: Prepared, cache: dict[str, Any], episode: int, value: Any,
+                  soft_cache: SoftTargetCache | None) -> _PendingEpisode:
+    """Teach (once per teacher key in ``cache``) and plan the student and (once per baseline key) the baseline."""
+    config = prepared.config
+    teacher_key = "teacher:" + _teacher_key(config)
+    if teacher_key not in cache:
+        cache[teacher_key] = teach(prepared, cache=soft_cache)
+    taught: TeacherOutputs = cache[teacher_key]
+    baseline_key = "baseline:" + _baseline_key(config)
+    new_baseline = baseline_key not in cache
+    if new_baseline:
+        cache[baseline_key] = StudentJob(prepared, taught, kl_weight=0.0, system="baseline")
+    student = StudentJob(prepared, taught, kl_weight=None, system="student")
+    controls = [_control_job(prepared, taught, name) for name in config.protocol.controls]
+    return _PendingEpisode(prepared, taught, student, cache[baseline_key], new_baseline, episode, value, controls)
+
+
+#: ``protocol.controls``: systems trained beside the student, from the same initial weights on the
+#: same rows and batches, that tell the teacher's knowledge from the KL term's other effects.
+CONTROLS = ("null_teacher", "hard_labels", "teacher_probs_only")
+#: ``protocol.references``: cheap non-network systems fitted on the same scaled labelled rows.
+REFERENCES = ("logistic_regression",)
+#: A class absent from the labelled rows gets this probability under the ``prior`` null teacher
+#: (then renormalised), so that its log stays finite (log 0 would make a reverse KL infinite).
+_PRIOR_FLOOR = 1e-6
+
+
+def null_teacher_probabilities(kind: str, labelled_y: np.ndarray, num_classes: int) -> np.ndarray:
+    """The null teacher's class probabilities ``[K]`` (float64): ``1/K`` each (``uniform``), or the
+    labelled rows' class frequencies (``prior``; an absent class gets ``_PRIOR_FLOOR``, renormalised)."""
+    if kind == "uniform":
+        return np.full(num_classes, 1.0 / num_classes)
+    counts = np.bincount(np.asarray(labelled_y, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    prior = counts / counts.sum()
+    if (prior == 0).any():
+        prior = np.maximum(prior, _PRIOR_FLOOR)
+        prior = prior / prior.sum()
+    return prior
+
+
+def control_rows(name: str, train: TrainingRows, *, null_teacher: str = "uniform",
+                 labelled_y: np.ndarray | None = None) -> TrainingRows:
+    """A control's training rows: the student's rows with its teacher or its hard term replaced.
+
+    * ``null_teacher``: every transfer row's soft target is the null teacher's (``log p`` as logits,
+      tempered like any teacher's): a teacher that knows nothing about the rows;
+    * ``hard_labels``: the teacher's argmax on the unlabelled transfer rows as hard labels
+      (pseudo-labelling; labelled rows keep their true labels), trained with ``kl_weight = 0``;
+    * ``teacher_probs_only``: no row in the hard term, so the loss is the KL term alone. The hard
+      term's sum is then over no row: exactly 0 with its gradient exactly 0 for any finite output
+      (``distill.losses.fused``: a 0/1 row weight times a finite value), not a small weight.
+    """
+    if name == "null_teacher":
+        assert train.teacher_logits is not None and labelled_y is not None
+        k = train.teacher_logits.shape[-1]
+        probs = null_teacher_probabilities(null_teacher, labelled_y, k)
+        logits = torch.as_tensor(np.log(probs), dtype=train.teacher_logits.dtype, device=train.x.device)
+        return dataclasses.replace(train, teacher_logits=logits.expand(train.x.shape[0], k).contiguous())
+    if name == "hard_labels":
+        assert train.teacher_logits is not None
+        guessed = train.teacher_logits.argmax(dim=-1).to(train.targets.dtype)
+        targets = torch.where(train.labelled, train.targets, guessed)
+        return dataclasses.replace(train, hard_targets=targets, hard_labelled=torch.ones_like(train.labelled))
+    if name == "teacher_probs_only":
+        return dataclasses.replace(train, hard_targets=train.targets, hard_labelled=torch.zeros_like(train.labelled))
+    raise ValueError(f"unknown control {name!r}; known: {', '.join(CONTROLS)}")
+
+
+def _control_job(prepared: Prepared, taught: TeacherOutputs, name: str) -> StudentJob:
+    """One control of this episode: its rows and KL weight (``hard_labels``: none; ``teacher_probs_only``:
+    the student's, or 1 when the student's is 0 so that the control still has a loss)."""
+    config = prepared.config
+    rows = control_rows(name, taught.train, null_teacher=config.protocol.null_teacher,
+                        labelled_y=prepared.dataset.y[prepared.split.labelled])
+    kl_weight: float | None = None
+    temperature: float | None = None
+    if name == "hard_labels":
+        kl_weight = 0.0
+    elif name == "teacher_probs_only" and config.objective.kl_weight == 0:
+        kl_weight = 1.0  # with T = 1 when it is "auto", as when "auto" chooses kl_weight 0 for the student
+        temperature = 1.0 if config.objective.temperature == AUTO else None
+    return StudentJob(prepared, taught, kl_weight=kl_weight, system=name, train=rows, temperature=temperature)
+
+
+def reference_metrics(name: str, x_labelled: np.ndarray, y_labelled: np.ndarray, x_test: np.ndarray,
+                      y_test: np.ndarray, num_classes: int) -> tuple[dict[str, float], np.ndarray]:
+    """A reference's test metrics and probabilities ``[N, K]``: scikit-learn's ``LogisticRegression()``
+    (default C, lbfgs, max_iter raised to 10,000) on the scaled labelled rows; with a single labelled
+    class, the constant prediction of that class."""
+    if name != "logistic_regression":
+        raise ValueError(f"unknown reference {name!r}; known: {', '.join(REFERENCES)}")
+    from sklearn.linear_model import LogisticRegression
+
+    x_l = x_labelled.reshape(x_labelled.shape[0], -1)
+    x_t = x_test.reshape(x_test.shape[0], -1)
+    probs = np.zeros((x_t.shape[0], num_classes), dtype=np.float64)
+    present = np.unique(y_labelled)
+    if present.size < 2:
+        probs[:, int(present[0])] = 1.0
+    else:
+        model = LogisticRegression(max_iter=10_000).fit(x_l, y_labelled)
+        probs[:, model.classes_.astype(np.int64)] = model.predict_proba(x_t)
+    values = classification_metrics(torch.as_tensor(probs), torch.as_tensor(y_test, dtype=torch.long), num_classes)
+    return {k: float(v) for k, v in values.items()}, probs
+
+
+def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
+    """Test metrics of teacher, student and baseline once both students are trained."""
+    prepared, taught = pending.prepared, pending.taught
+    config, data, split, device = prepared.config, prepared.dataset, prepared.split, prepared.device
+    k = data.num_classes
+    student, student_fit = pending.student.model, pending.student.result
+    baseline, baseline_fit = pending.baseline.model, pending.baseline.result
+    assert student is not None and student_fit is not None and baseline is not None and baseline_fit is not None
+    timings: dict[str, float] = {"load_data_s": prepared.load_seconds, **taught.timings}
+    timings["student_fit_s"] = student_fit.seconds
+    timings["baseline_fit_s"] = baseline_fit.seconds
+
+    x_test = _to_device(prepared.scaler.transform(data.x[split.test]), device)
+    y_test = _to_device(data.y[split.test], device, torch.long)
+    outputs = {
+        "teacher": torch.as_tensor(taught.test_logits, dtype=torch.float32, device=device),
+        "student": predict_logits(student, x_test),
+        "baseline": predict_logits(baseline, x_test),
+    }
+    for job in pending.controls:
+        assert job.model is not None and job.result is not None
+        outputs[job.system] = predict_logits(job.model, x_test)
+        timings[f"{job.system}_fit_s"] = job.result.seconds
+    metrics = {system: _numpy_metrics(out, y_test, k) for system, out in outputs.items()}
+    predictions = {system: probabilities(out).cpu().numpy() for system, out in outputs.items()}
+    if config.protocol.references:
+        x_scaled = prepared.scaler.transform(data.x)
+        for name in config.protocol.references:
+            started = time.perf_counter()
+            metrics[name], predictions[name] = reference_metrics(
+                name, x_scaled[split.labelled], data.y[split.labelled], x_scaled[split.test], data.y[split.test], k)
+            timings[f"{name}_fit_s"] = time.perf_counter() - started
+    return EpisodeResult(
+        metrics=metrics,
+        teacher_diagnostics=taught.diagnostics,
+        student_fit=student_fit,
+        baseline_fit=baseline_fit,
+        student=student,
+        baseline=baseline,
+        test_predictions=predictions,
+        test_targets=data.y[split.test],
+        timings=timings,
+        episode=pending.episode,
+        seed=config.seed,
+        value=pending.value,
+        split_sizes={
+            "test": int(split.test.size),
+            "labelled": int(split.labelled.size),
+            "validation": int(split.validation.size),
+            "pool": int(split.pool.size),
+            "augmented": taught.augmented,
+            "transfer": int(taught.train.x.shape[0]),
+        },
+        split=split,
+        kd_selection=pending.student.selection,
+        control_fits={job.system: job.result for job in pending.controls},  # type: ignore[misc]
+        controls={job.system: job.model for job in pending.controls},  # type: ignore[misc]
+    )
+
+
+#: Training rows of the episodes trained together, at most (stacked students copy them once more).
+_STACK_BYTES = 256 * 2**20
+
+
+def _episode_bytes(taught: TeacherOutputs, config: Config) -> int:
+    """The rows an episode's fits hold: its students', and its cross-validation members' for "auto"."""
+    tensors = [taught.train.x, taught.train.teacher_logits, taught.fold_logits]
+    if taught.validation is not None:
+        tensors.append(taught.validation.x)
+    size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    o = config.objective
+    if AUTO in (o.kl_weight, o.temperature) and o.kl_weight != 0 and taught.folds is not None:
+        from distill.experiment.kd_selection import candidate_grid
+
+        grid = candidate_grid(o.kl_weight, o.temperature, o.auto.kl_weights, o.auto.temperatures)
+        size *= 1 + len(taught.folds) * len(grid)
+    return size
+
+
+def run_protocol(
+    config: Config,
+    first: list[Prepared] | None = None,
+    *,
+    progress: bool = False,
+    on_result: Callable[[EpisodeResult], None] | None = None,
+    soft_cache: SoftTargetCache | None = None,
+    checkpoints: Checkpoints | None = None,
+    stop: StopRequest | None = None,
+    reported: int = 0,
+) -> tuple[list[Prepared], list[EpisodeResult]]:
+    """Every episode (and every sweep value within it).
+
+    ``first`` is ``prepare_protocol(config)`` when the caller already has it. Returns it and the
+    results in the order episode-major, sweep value-minor. ``checkpoints`` and ``stop``: see
+    ``train_students``; a resumed run passes ``reported``, the results ``on_result`` already saw.
+    """
+    from distill.progress import progress_bar as tqdm
+
+    first = prepare_protocol(config) if first is None else first
+    dataset = first[0].dataset
+    variants = expand_sweep(config)
+    episodes = config.protocol.episodes
+    total = episodes * len(variants)
+    results: list[EpisodeResult] = []
+    bar = tqdm(total=total, desc="episodes", disable=not progress or total == 1, leave=False, dynamic_ncols=True)
+    batched = config.train.batched
+    pending: list[_PendingEpisode] = []
+    pending_bytes = 0
+
+    flushes = 0
+
+    def flush() -> None:
+        nonlocal pending_bytes, flushes
+        train_students([job for p in pending for job in p.jobs()], batched=batched,
+                       progress=progress and total == 1, checkpoints=checkpoints, stop=stop, key=f"c{flushes}")
+        flushes += 1
+        for p in pending:
+            results.append(_score_episode(p))
+            if on_result is not None and len(results) > reported:
+                on_result(results[-1])
+            bar.update(1)
+        pending.clear()
+        pending_bytes = 0
+
+    for e in range(episodes):
+        cache: dict[str, Any] = {}
+        for i, (value, variant) in enumerate(variants):
+            if stop is not None:
+                stop.check(f"before episode {e}")
+            prepared = first[i] if e == 0 else prepare(
+                variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset, first[i].teacher
+            )
+            pending.append(_plan_episode(prepared, cache, e, value, soft_cache))
+            pending_bytes += _episode_bytes(pending[-1].taught, prepared.config)
+        # Episodes wait to be trained together while their rows fit the stacking budget.
+        if not batched or pending_bytes >= _STACK_BYTES or e == episodes - 1:
+            flush()
+    bar.close()
+    flagged = sorted({r.seed for r in results if r.teacher_diagnostics.get("warnings")})
+    if flagged and episodes > 1:
+        log.warning(
+            "teacher looked degenerate in %d of %d episodes (seeds %s); details in log.txt and summary.json",
+            len(flagged), episodes, ", ".join(map(str, flagged[:10])) + (", ..." if len(flagged) > 10 else ""),
+        )
+    return first, results
