@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
-from distill.losses.hard import l1_penalty, l2_penalty
+from distill.losses.penalties import penalised_weights, penalty_mask, weight_penalty
 
 __all__ = ["Members", "SingleMember", "StackedMembers", "stack_problem", "mode_free"]
 
@@ -206,12 +206,7 @@ class SingleMember(Members):
         self.model.load_state_dict(out)
 
     def penalty(self, l1: float, l2: float) -> Tensor:
-        total = self._params[0].new_zeros(())
-        if l1 > 0:
-            total = total + l1 * l1_penalty(self.model)
-        if l2 > 0:
-            total = total + l2 * l2_penalty(self.model)
-        return total.reshape(1)
+        return weight_penalty(penalised_weights(self.model), l1, l2)
 
     def clip_grad(self, max_norm: float) -> None:
         if self._grad is not None:
@@ -241,11 +236,7 @@ class StackedMembers(Members):
             rows = [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models]
             self.weights = torch.stack(rows).requires_grad_(True)  # [M, P], the one leaf
         # Weight matrices and kernels (not biases) for L1 / L2, as a 0/1 mask over P.
-        mask = torch.zeros(sum(sizes), dtype=self.weights.dtype, device=self.weights.device)
-        for offset, size, shape in zip(self.offsets, sizes, self.shapes, strict=True):
-            if len(shape) >= 2:
-                mask[offset : offset + size] = 1.0
-        self.weight_mask = mask
+        self.weight_mask = penalty_mask(self.shapes, dtype=self.weights.dtype, device=self.weights.device)
         self._skeleton = copy.deepcopy(first)
         skeleton = self._skeleton
 
@@ -293,12 +284,7 @@ class StackedMembers(Members):
                     p.copy_(weights[i, offset : offset + size].view_as(p))
 
     def penalty(self, l1: float, l2: float) -> Tensor:
-        total = self.weights.new_zeros(self.count)
-        if l1 > 0:
-            total = total + l1 * (self.weights.abs() * self.weight_mask).sum(1)
-        if l2 > 0:
-            total = total + l2 * (self.weights.square() * self.weight_mask).sum(1)
-        return total
+        return weight_penalty(self.weights, l1, l2, self.weight_mask)
 
     def clip_grad(self, max_norm: float) -> None:
         if self.weights.grad is not None:
