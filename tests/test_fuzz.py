@@ -40,8 +40,9 @@ from distill.config import (
 )
 from distill.errors import ConfigError, UserError
 from distill.losses.fused import MemberObjective
-from distill.losses.hard import HARD_LOSSES, ONE_LOGIT_LOSSES, create_loss
+from distill.losses.hard import HARD_LOSSES, create_loss
 from distill.losses.objective import HardCriterion, distillation_loss, metric_loss
+from distill.students import num_outputs_for
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=False)
 
@@ -628,7 +629,7 @@ def _hard_loss_cases() -> st.SearchStrategy[tuple[str, dict[str, Any], bool]]:
     return st.sampled_from(names).flatmap(
         lambda name: st.tuples(
             st.just(name), params[name],
-            st.just(True) if name == "bce" else st.booleans() if name in ONE_LOGIT_LOSSES else st.just(False),
+            st.just(True) if name == "bce" else st.booleans() if num_outputs_for(2, name) == 1 else st.just(False),
         )
     )
 

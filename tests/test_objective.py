@@ -1,7 +1,8 @@
 """Tests of distill.losses.objective against an independent float64 NumPy reference.
 
 The reference below uses only NumPy/SciPy (``logsumexp``, ``log_expit``); no torch loss is
-called on the reference side.
+called on the reference side. The tests' oracles (tests/oracles.py: a NumPy cross-entropy and
+``nn.KLDivLoss``'s semantics) check the validation loss and the tempered KL a second way.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import pytest
 import torch
 from scipy.special import log_expit, logsumexp
 
-from distill.losses.objective import distillation_loss, hard_loss, kl_divergence
+from distill.losses.objective import distillation_loss, hard_loss, kl_divergence, validation_loss
+from tests.oracles import KLDivLoss, NumpyCrossEntropyLoss
 
 # --------------------------------------------------------------------------- NumPy reference
 
@@ -182,6 +184,97 @@ def test_float32_extreme_logits_finite(kind, direction):
     expected = np_loss(s, t, y, w=0.5, temperature=2.0, direction=direction)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+@pytest.mark.parametrize("scale", ["random", "extreme"])
+def test_kl_divergence_matches_kl_div_oracle(kind, direction, temperature, scale):
+    """KL(p || q) is ``nn.KLDivLoss(batchmean)(log q, p)``: the oracle gets NumPy's tempered log-probabilities."""
+    s, t, _ = make_case(kind, scale, seed=11)
+    log_q, log_p = tt(np_student_logp(s, temperature)), tt(np_teacher_logp(t, temperature))
+    if direction == "reverse":
+        log_p, log_q = log_q, log_p
+    kl = kl_divergence(tt(s), tt(t), temperature=temperature, direction=direction)
+    oracle = KLDivLoss(reduction="batchmean")(log_q, log_p.exp())
+    oracle_log_target = KLDivLoss(reduction="batchmean", log_target=True)(log_q, log_p)
+    torch.testing.assert_close(kl, oracle, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kl, oracle_log_target, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- validation loss
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("scale", ["random", "extreme"])
+def test_validation_loss_matches_reference_and_numpy_oracle(kind, scale):
+    s, _, y = make_case(kind, scale, seed=12)
+    logits = s.reshape(N, -1)  # [N, 1] for one binary logit, [N, C] otherwise
+    z = tt(logits, requires_grad=True)
+    value = validation_loss(z, torch.tensor(y))
+    assert value.shape == () and value.dtype == torch.float64
+    assert_close(value, np_hard(logits, y), rel=1e-12)
+    (grad,) = torch.autograd.grad(value, z)
+    if logits.shape[1] > 1:  # the NumPy cross-entropy oracle: value and gradient
+        z_ref = tt(logits, requires_grad=True)
+        ref = NumpyCrossEntropyLoss()(z_ref, torch.tensor(y))
+        (grad_ref,) = torch.autograd.grad(ref, z_ref)
+        torch.testing.assert_close(value, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-12, atol=1e-12)
+    else:  # d/dz of the mean BCE: (sigmoid(z) - y) / N
+        expected = (1.0 / (1.0 + np.exp(-logits[:, 0])) - y) / N
+        np.testing.assert_allclose(grad[:, 0].numpy(), expected, rtol=1e-12, atol=1e-15)
+    # A one-logit student's outputs may come without the class axis.
+    if logits.shape[1] == 1:
+        torch.testing.assert_close(validation_loss(tt(logits[:, 0]), torch.tensor(y)), value.detach())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_validation_loss_is_the_hard_term_on_every_row(kind):
+    s, _, y = make_case(kind, "random", seed=13)
+    for dtype in (torch.float32, torch.float64):
+        z = tt(s, dtype=dtype)
+        student = z if z.ndim == 2 else z[:, None]
+        assert torch.equal(validation_loss(student, torch.tensor(y)), hard_loss(z, torch.tensor(y)))
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_validation_loss_per_member_and_per_row(outputs):
+    """Stacked students ``[M, N, K]``: one loss per member; ``"none"``: one per row."""
+    rng = np.random.default_rng(14)
+    m = 3
+    s = rng.normal(0.0, 3.0, size=(m, N, outputs))
+    y = rng.integers(0, max(outputs, 2), size=(m, N))
+    per_member = validation_loss(tt(s), torch.tensor(y))
+    per_row = validation_loss(tt(s), torch.tensor(y), reduction="none")
+    assert per_member.shape == (m,) and per_row.shape == (m, N)
+    for i in range(m):
+        assert_close(per_member[i], np_hard(s[i], y[i]), rel=1e-12)
+        for j in (0, N - 1):
+            assert_close(per_row[i, j], np_hard(s[i, j : j + 1], y[i, j : j + 1]), rel=1e-12)
+    torch.testing.assert_close(per_row.mean(-1), per_member, rtol=1e-15, atol=0.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tuning_trials_loss_is_the_validation_loss(kind):
+    from distill.experiment.tune import _validation_value
+
+    s, _, y = make_case(kind, "random", seed=15)
+    logits = s.reshape(N, -1)
+    classes = max(logits.shape[1], 2)
+    value = _validation_value(tt(logits), torch.tensor(y), classes, "loss")
+    assert value == pytest.approx(np_hard(logits, y), rel=1e-12)
+    if logits.shape[1] == 1:  # a student that returns [N] for one logit
+        assert _validation_value(tt(logits[:, 0]), torch.tensor(y), 2, "loss") == value
+
+
+def test_validation_loss_rejects_mismatched_targets_and_reductions():
+    z = torch.zeros(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"without the class axis, \(4,\), got \(5,\)"):
+        validation_loss(z, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="reduction"):
+        validation_loss(z, torch.zeros(4, dtype=torch.long), reduction="sum")  # type: ignore[arg-type]
 
 # --------------------------------------------------------------------------- labelled masks
 

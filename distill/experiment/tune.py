@@ -36,7 +36,7 @@ from distill.experiment.prepare import Prepared, episode_seed, prepare, prepare_
 from distill.experiment.students import StudentJob, train_students
 from distill.experiment.teach import TeacherOutputs, _teacher_key, soft_target_cache, teach
 from distill.interrupts import Interrupted, StopRequest
-from distill.losses.objective import hard_loss
+from distill.losses.objective import validation_loss
 from distill.metrics.classification import METRICS, classification_metrics, probabilities
 from distill.outputs.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
 
@@ -141,8 +141,9 @@ def check_tunable(config: Config) -> None:
 
 
 def _validation_value(logits: torch.Tensor, y: torch.Tensor, num_classes: int, metric: str) -> float:
+    """The trial's score on one episode's validation rows: ``tune.metric``, the loss being ``val_loss``'s."""
     if metric == "loss":
-        return float(hard_loss(logits, y))
+        return float(validation_loss(logits, y))
     return float(classification_metrics(probabilities(logits), y, num_classes)[metric])
 
 

@@ -1,3 +1,6 @@
-"""Every loss in one place: the documented KD objective, its fused training form, the hard-loss zoo.
+"""Every loss in one place: the objective a student trains with, its fused training form, the loss modules.
 
-``objective`` holds the formulas; ``fused`` is the closed-form training step checked against them."""
+``objective`` holds the formulas (the KD objective, the metric term, the validation loss); ``fused`` is
+the closed-form training step checked against them; ``penalties`` the L1 / L2 terms; ``hard`` and
+``metric`` the loss modules (``hard`` with the registry ``objective.hard`` names); ``conventions`` the
+reduction and argument checks they share."""

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.losses.objective import validation_loss
+
 __all__ = ["MemberObjective"]
 
 
@@ -40,13 +42,13 @@ class _StepLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, objective: MemberObjective, rows: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, z: Tensor, objective: MemberObjective, rows: Tensor) -> Tensor:
         loss, grad = objective._loss_and_grad(z, rows, ctx.needs_input_grad[0])
         ctx.grad = grad  # an intermediate (not an input or output): no saved-tensor bookkeeping needed
         return loss
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:
         if torch.is_grad_enabled():  # create_graph=True: the saved gradient is a constant, so refuse
             raise RuntimeError("MemberObjective's loss supports one backward pass, not double backward")
         grad = ctx.grad
@@ -54,7 +56,11 @@ class _StepLoss(torch.autograd.Function):
 
 
 class MemberObjective:
-    """``hard + kl_weight * T^2 * KL_T`` per member, from packed per-row constants.
+    """``hard + kl_weight * T^2 * KL_T`` per member (Hinton, Vinyals and Dean 2015), from packed per-row constants.
+
+    The definition is ``distill.losses.objective.distillation_loss`` (with ``hard_loss``'s BCE / CE
+    as the hard term, or a configured one passed as ``hard``); tests/test_member_objective.py checks
+    value and gradient against it in float64.
 
     Args:
         targets: ``[M, n]`` hard labels (anything where unlabelled).
@@ -210,7 +216,6 @@ class MemberObjective:
         m, b = z.shape[0], z.shape[1]
         t = self.temperature
         unit = isinstance(t, float) and t == 1.0
-        coef, scale = self._constants(b) if self.use_teacher else (None, None)
         grad: Tensor | None = None
         if self.binary:
             s = z.squeeze(-1)
@@ -222,6 +227,7 @@ class MemberObjective:
                 sig = torch.sigmoid(s)
                 minus_hard = torch.addcmul(yw, sig, w, value=-1.0)  # -(sigmoid(s) w - y w)
             if self.use_teacher:
+                coef, scale = self._constants(b)
                 u = s if unit else s / (t if isinstance(t, float) else t[..., 0])
                 if self.direction == "forward":
                     p0, p1, neg_entropy = cols[2], cols[3], cols[4]
@@ -253,6 +259,7 @@ class MemberObjective:
             sm = log_sm.exp()
             minus_hard = torch.addcmul(onehot, sm, w, value=-1.0)  # -(softmax(z) w - onehot)
         if self.use_teacher:
+            coef, scale = self._constants(b)
             log_q = log_sm if unit else F.log_softmax(z / t, dim=-1)
             if self.direction == "forward":
                 per_row = extra - (teacher * log_q).sum(-1, keepdim=True)
@@ -300,8 +307,6 @@ class MemberObjective:
 
     @staticmethod
     def evaluation_loss(z: Tensor, y: Tensor) -> Tensor:
-        """Hard loss per member on fully labelled rows: BCE / CE averaged over ``[M, N]``."""
-        if z.shape[-1] == 1:
-            return F.binary_cross_entropy_with_logits(z[..., 0], y.to(z.dtype), reduction="none").mean(-1)
-        m, n, k = z.shape
-        return F.cross_entropy(z.reshape(m * n, k), y.reshape(m * n).long(), reduction="none").view(m, n).mean(-1)
+        """The validation loss per member ``[M]`` of outputs ``z`` ``[M, N, K]`` on labels ``y`` ``[M, N]``:
+        ``distill.losses.objective.validation_loss``, the one definition (the engine's name for it)."""
+        return validation_loss(z, y)

@@ -1,13 +1,12 @@
-"""Loss functions for the hard (supervised) term, metric learning and weight penalties.
+"""The hard (supervised) term's loss modules and the registry ``objective.hard`` selects from.
 
 Every loss is an :class:`torch.nn.Module` that follows PyTorch's conventions: ``forward``
-takes the input (logits, log-probabilities or embeddings) first and the target second, and
-``reduction`` is ``"mean"``, ``"sum"`` or ``"none"``. ``"none"`` returns one value per row
-(``[N]``; per element for :class:`KLDivLoss` and :class:`MarginRankingLoss`, as in PyTorch).
-Class weights follow PyTorch's weighted-mean convention: with ``weight`` set, ``"mean"``
-divides the sum of the weighted per-row losses by the sum of the targets' weights
-:math:`\\sum_i w_{y_i}`, exactly like :class:`torch.nn.CrossEntropyLoss` (the exceptions --
-BCE's per-element ``weight`` and the focal loss's ``alpha`` -- are stated where they occur).
+takes the input (logits) first and the target second, and ``reduction`` is ``"mean"``,
+``"sum"`` or ``"none"`` (``"none"`` returns one value per row, ``[N]``). Class weights follow
+PyTorch's weighted-mean convention: with ``weight`` set, ``"mean"`` divides the sum of the
+weighted per-row losses by the sum of the targets' weights :math:`\\sum_i w_{y_i}`, exactly like
+:class:`torch.nn.CrossEntropyLoss` (the exceptions -- BCE's per-row ``weight`` and the focal
+loss's ``alpha`` -- are stated where they occur).
 
 Everything is computed in log-space (log-sum-exp, ``logsigmoid``), never as the log of a
 probability that can underflow, so values and gradients are finite for logits of any
@@ -16,100 +15,42 @@ magnitude (tested at :math:`\\pm 1000`). Nothing calls ``.item()`` inside ``forw
 The hard losses selectable in a config (``objective.hard``) are in :data:`HARD_LOSSES`;
 :func:`create_loss` builds one and checks its ``objective.hard_params``. More come from
 :func:`register_loss` in code and from installed packages' entry points in group ``distill.losses.hard``.
+
+Public or oracle: this module is the public hard-loss library, the four modules the registered names
+build (``ce`` / ``label_smoothing``: :class:`CrossEntropyLoss`, ``bce``: :class:`BCEWithLogitsLoss`,
+``focal``: :class:`FocalLoss`, ``sce``: :class:`SymmetricCrossEntropyLoss`). Reference implementations
+the package never runs (the NumPy cross-entropy, an ``nn.KLDivLoss`` re-implementation) are the tests'
+oracles, in tests/oracles.py. The metric-learning modules are in ``distill.losses.metric``, the L1 / L2
+penalties in ``distill.losses.penalties``.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
+from distill.losses.conventions import as_vector, check_float, check_reduction, is_number, reduce_rows
 from distill.registry import Registry
 
 __all__ = [
     "CrossEntropyLoss",
-    "NumpyCrossEntropyLoss",
     "BCEWithLogitsLoss",
-    "KLDivLoss",
     "FocalLoss",
     "SymmetricCrossEntropyLoss",
-    "MarginRankingLoss",
-    "TripletMarginLoss",
-    "l1_penalty",
-    "l2_penalty",
     "HARD_LOSSES",
-    "ONE_LOGIT_LOSSES",
     "list_losses",
     "create_loss",
     "register_loss",
 ]
 
-#: The reductions every loss accepts (KLDivLoss adds ``"batchmean"``).
-REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
-#: Hard losses that accept a single binary logit per row (``[N]`` / ``[N, 1]``).
-ONE_LOGIT_LOSSES: tuple[str, ...] = ("bce", "focal")
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _is_number(x: object) -> bool:
-    """True for Python / NumPy real scalars (not tensors, not bools)."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _check_reduction(reduction: str, allowed: Sequence[str] = REDUCTIONS) -> str:
-    if reduction not in allowed:
-        raise ValueError(
-            f"reduction must be one of {', '.join(repr(r) for r in allowed)}, got {reduction!r}"
-        )
-    return reduction
-
-
-def _check_float(name: str, value: object, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False) -> float:
-    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if low is not None and (v <= low if low_open else v < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and v > high:
-        raise ValueError(f"{name} must be <= {high}, got {value!r}")
-    return v
-
-
-def _as_vector(name: str, value: Tensor | Sequence[float] | None) -> Tensor | None:
-    """A 1-D floating tensor (kept on its device; a sequence becomes float64 on the CPU, exactly)."""
-    if value is None:
-        return None
-    t = value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64)
-    if not t.is_floating_point():
-        t = t.to(torch.float64)
-    if t.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D tensor with one entry per class, got shape {tuple(t.shape)}")
-    return t.detach()
-
-
-def _reduce(per_row: Tensor, reduction: str, denominator: Tensor | None = None) -> Tensor:
-    """``"none"`` -> ``per_row``; ``"sum"``; ``"mean"`` -> sum / denominator (or the plain mean)."""
-    if reduction == "none":
-        return per_row
-    if reduction == "sum":
-        return per_row.sum()
-    if denominator is None:
-        return per_row.mean()
-    return per_row.sum() / denominator
 
 
 def _check_logits_2d(input: Tensor, target: Tensor, who: str) -> None:
@@ -123,18 +64,18 @@ def _check_logits_2d(input: Tensor, target: Tensor, who: str) -> None:
         raise ValueError(f"{who} takes integer class indices as target, got dtype {target.dtype}")
 
 
-def _weighted_log_probs(loss: nn.Module, input: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+def _weighted_log_probs(who: str, weight: Tensor | None, input: Tensor,
+                        target: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Checked inputs of a class-weighted loss: long targets, class weights, log-softmax and per-row NLL."""
-    _check_logits_2d(input, target, type(loss).__name__)
+    _check_logits_2d(input, target, who)
     target = target.to(device=input.device, dtype=torch.long)
-    weight = _class_weight(loss.weight, input, type(loss).__name__)
+    weight = None if weight is None else _class_weight(weight, input, who)
     log_p = _log_softmax(input)
     return target, weight, log_p, -log_p.gather(1, target[:, None])[:, 0]
 
 
-def _class_weight(weight: Tensor | None, input: Tensor, who: str) -> Tensor | None:
-    if weight is None:
-        return None
+def _class_weight(weight: Tensor, input: Tensor, who: str) -> Tensor:
+    """``weight`` ``[C]`` in the input's dtype and device, checked against its C classes."""
     if weight.shape[0] != input.shape[1]:
         raise ValueError(
             f"{who}: weight has {weight.shape[0]} entries but the input has {input.shape[1]} classes"
@@ -212,113 +153,20 @@ class CrossEntropyLoss(nn.Module):
     def __init__(self, weight: Tensor | Sequence[float] | None = None, reduction: str = "mean",
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.reduction = _check_reduction(reduction)
-        self.label_smoothing = _check_float("label_smoothing", label_smoothing, low=0.0, high=1.0)
-        self.register_buffer("weight", _as_vector("weight", weight))
+        self.reduction = check_reduction(reduction)
+        self.label_smoothing = check_float("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.register_buffer("weight", as_vector("weight", weight))
         self.weight: Tensor | None
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        target, weight, log_p, nll = _weighted_log_probs(self, input, target)
+        target, weight, log_p, nll = _weighted_log_probs(type(self).__name__, self.weight, input, target)
         w_y = weight[target] if weight is not None else None
         per_row = nll if w_y is None else w_y * nll
         eps = self.label_smoothing
         if eps > 0.0:
             smooth = -(log_p if weight is None else log_p * weight).sum(dim=1)
             per_row = (1.0 - eps) * per_row + (eps / input.shape[1]) * smooth
-        return _reduce(per_row, self.reduction, None if w_y is None else w_y.sum())
-
-
-def _check_cpu(t: Any, who: str = "NumpyCrossEntropyLoss") -> None:
-    """Raise a ValueError unless ``t`` lives on the CPU (NumPy cannot see other devices)."""
-    if t is not None and t.device.type != "cpu":
-        raise ValueError(
-            f"{who} computes in NumPy and takes CPU tensors; got a tensor on {t.device}; "
-            "use CrossEntropyLoss"
-        )
-
-
-class _NumpyCrossEntropyFunction(torch.autograd.Function):
-    """Weighted cross-entropy whose forward and backward are computed in NumPy (float64)."""
-
-    @staticmethod
-    def forward(ctx: Any, input: Tensor, target: Tensor, weight: Tensor | None,  # type: ignore[override]
-                reduction: str) -> Tensor:
-        x = input.detach().to(torch.float64).numpy()
-        y = target.detach().to(torch.int64).numpy()
-        n, c = x.shape
-        if n and (y.min() < 0 or y.max() >= c):
-            raise IndexError(f"target class indices must be in [0, {c}), got range [{y.min()}, {y.max()}]")
-        shifted = x - x.max(axis=1, keepdims=True) if n else x
-        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        rows = np.arange(n)
-        w_y = weight.detach().to(torch.float64).numpy()[y] if weight is not None else np.ones(n)
-        per_row = -w_y * log_p[rows, y]
-        if reduction == "none":
-            out = per_row
-        elif reduction == "sum":
-            out = np.asarray(per_row.sum())
-        else:
-            out = np.asarray(per_row.sum() / w_y.sum()) if n else np.asarray(np.nan)
-        ctx.softmax_minus_onehot = np.exp(log_p)
-        ctx.softmax_minus_onehot[rows, y] -= 1.0
-        ctx.w_y = w_y
-        ctx.reduction = reduction
-        ctx.dtype = input.dtype
-        return torch.from_numpy(np.array(out, dtype=np.float64)).to(input.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        g = grad_output.detach().to(torch.float64).numpy()
-        w_y = ctx.w_y
-        if ctx.reduction == "none":
-            coef = g * w_y
-        elif ctx.reduction == "sum":
-            coef = g * w_y
-        else:
-            coef = g * w_y / w_y.sum()
-        grad = coef[:, None] * ctx.softmax_minus_onehot
-        return torch.from_numpy(grad).to(ctx.dtype), None, None, None
-
-
-class NumpyCrossEntropyLoss(nn.Module):
-    """Cross-entropy computed in NumPy, forward and backward (a CPU reference implementation).
-
-    The same loss as :class:`CrossEntropyLoss` without label smoothing,
-
-    .. math:: \\ell_i = -w_{y_i} \\Big(x_{i y_i} - \\max_j x_{ij}
-              - \\log\\sum_k e^{x_{ik} - \\max_j x_{ij}}\\Big),
-              \\qquad \\frac{\\partial \\ell_i}{\\partial x_{ik}} = w_{y_i}(p_{ik} - [k = y_i]),
-
-    with ``"mean"`` dividing by :math:`\\sum_i w_{y_i}` (PyTorch's ``nn.CrossEntropyLoss``
-    convention). A :class:`torch.autograd.Function` computes both passes in float64 NumPy
-    and casts back to the input's dtype, so in float64 the value and gradient agree with
-    ``torch.nn.CrossEntropyLoss`` to round-off. Second derivatives are not supported.
-
-    Args:
-        weight: ``[C]`` class weights, or None.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-
-    Raises:
-        ValueError: in ``forward``, for tensors not on the CPU.
-    """
-
-    def __init__(self, weight: Tensor | Sequence[float] | None = None, reduction: str = "mean") -> None:
-        super().__init__()
-        self.reduction = _check_reduction(reduction)
-        self.register_buffer("weight", _as_vector("weight", weight))
-        self.weight: Tensor | None
-
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        for t in (input, target, self.weight):
-            _check_cpu(t)
-        _check_logits_2d(input, target, type(self).__name__)
-        if self.weight is not None and self.weight.shape[0] != input.shape[1]:
-            raise ValueError(
-                f"NumpyCrossEntropyLoss: weight has {self.weight.shape[0]} entries but the input has "
-                f"{input.shape[1]} classes"
-            )
-        return _NumpyCrossEntropyFunction.apply(input, target, self.weight, self.reduction)
+        return reduce_rows(per_row, self.reduction, None if w_y is None else w_y.sum())
 
 
 # --------------------------------------------------------------------------- binary
@@ -352,9 +200,9 @@ class BCEWithLogitsLoss(nn.Module):
     def __init__(self, weight: Tensor | None = None, pos_weight: Tensor | float | None = None,
                  reduction: str = "mean") -> None:
         super().__init__()
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
         if pos_weight is not None and not isinstance(pos_weight, Tensor):
-            pos_weight = torch.tensor(_check_float("pos_weight", pos_weight, low=0.0), dtype=torch.float64)
+            pos_weight = torch.tensor(check_float("pos_weight", pos_weight, low=0.0), dtype=torch.float64)
         if pos_weight is not None and pos_weight.numel() != 1:
             raise ValueError(f"pos_weight must be a scalar or [1] for one logit, got shape {tuple(pos_weight.shape)}")
         if weight is not None and not isinstance(weight, Tensor):
@@ -375,51 +223,9 @@ class BCEWithLogitsLoss(nn.Module):
         w = _broadcast_to_rows("weight", self.weight, x.shape[0], x)
         if w is not None:
             per_row = per_row * w
-        return _reduce(per_row, self.reduction)
+        return reduce_rows(per_row, self.reduction)
 
 
-# --------------------------------------------------------------------------- KL
-
-
-class KLDivLoss(nn.Module):
-    """Pointwise KL divergence, PyTorch's ``nn.KLDivLoss`` semantics.
-
-    ``input`` holds log-probabilities :math:`\\log q`; ``target`` holds probabilities
-    :math:`p` (or :math:`\\log p` with ``log_target=True``). Elementwise
-
-    .. math:: \\ell = p\\,(\\log p - \\log q), \\qquad 0 \\cdot \\log 0 = 0,
-
-    so an element whose target probability is 0 contributes exactly 0 (even against
-    :math:`\\log q = -\\infty`). Reductions as in ``torch.nn.KLDivLoss`` (see its
-    documentation): ``"mean"`` averages over all elements, ``"batchmean"`` divides the sum
-    by the batch size (the true KL per row), ``"sum"``, and ``"none"`` (elementwise).
-
-    Args:
-        reduction: ``"mean"``, ``"batchmean"``, ``"sum"`` or ``"none"``.
-        log_target: whether ``target`` is given as log-probabilities.
-    """
-
-    def __init__(self, reduction: str = "mean", log_target: bool = False) -> None:
-        super().__init__()
-        self.reduction = _check_reduction(reduction, ("mean", "batchmean", "sum", "none"))
-        self.log_target = bool(log_target)
-
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        if tuple(input.shape) != tuple(target.shape):
-            raise ValueError(
-                f"KLDivLoss: input and target must have the same shape, got {tuple(input.shape)} "
-                f"and {tuple(target.shape)}"
-            )
-        target = target.to(device=input.device, dtype=input.dtype)
-        if self.log_target:
-            p, log_p = target.exp(), target
-        else:
-            p = target
-            log_p = torch.log(torch.where(p > 0, p, torch.ones_like(p)))
-        terms = torch.where(p > 0, p * (log_p - input), torch.zeros_like(input))
-        if self.reduction == "batchmean":
-            return terms.sum() / (input.shape[0] if input.ndim > 0 else 1)
-        return _reduce(terms, self.reduction)
 
 
 # --------------------------------------------------------------------------- focal
@@ -461,16 +267,16 @@ class FocalLoss(nn.Module):
     def __init__(self, gamma: float = 2.0, alpha: float | Sequence[float] | Tensor | None = None,
                  reduction: str = "mean") -> None:
         super().__init__()
-        self.gamma = _check_float("gamma", gamma, low=0.0)
-        self.reduction = _check_reduction(reduction)
+        self.gamma = check_float("gamma", gamma, low=0.0)
+        self.reduction = check_reduction(reduction)
         self.alpha_scalar: float | None = None
         alpha_vector = None
-        if alpha is not None and _is_number(alpha):
-            self.alpha_scalar = _check_float("alpha", alpha, low=0.0, high=1.0)
+        if alpha is not None and is_number(alpha):
+            self.alpha_scalar = check_float("alpha", alpha, low=0.0, high=1.0)
+        elif isinstance(alpha, (str, bytes)):
+            raise TypeError(f"alpha must be a float or per-class weights, got {alpha!r}")
         elif alpha is not None:
-            if isinstance(alpha, (str, bytes)):
-                raise TypeError(f"alpha must be a float or per-class weights, got {alpha!r}")
-            alpha_vector = _as_vector("alpha", alpha)
+            alpha_vector = as_vector("alpha", alpha)
         self.register_buffer("alpha", alpha_vector)
         self.alpha: Tensor | None
 
@@ -484,7 +290,7 @@ class FocalLoss(nn.Module):
             per_row = self._multiclass(input, target)
         else:
             per_row = self._binary(input, target)
-        return _reduce(per_row, self.reduction)
+        return reduce_rows(per_row, self.reduction)
 
     def _binary(self, input: Tensor, target: Tensor) -> Tensor:
         x, y = _binary_shapes(input, target, type(self).__name__)
@@ -494,8 +300,8 @@ class FocalLoss(nn.Module):
         log_one_minus_pt = torch.logaddexp(torch.log(y) + log_sig_neg, torch.log1p(-y) + log_sig)
         per_row = self._modulate(log_one_minus_pt) * ce
         if self.alpha_scalar is not None:
-            a = self.alpha_scalar
-            per_row = (a * y + (1.0 - a) * (1.0 - y)) * per_row
+            a_pos = self.alpha_scalar
+            per_row = (a_pos * y + (1.0 - a_pos) * (1.0 - y)) * per_row
         elif self.alpha is not None:
             if self.alpha.shape[0] != 2:
                 raise ValueError(
@@ -516,7 +322,7 @@ class FocalLoss(nn.Module):
             per_row = self.alpha_scalar * per_row
         elif self.alpha is not None:
             alpha = _class_weight(self.alpha, input, type(self).__name__)
-            per_row = alpha[target] * per_row  # type: ignore[index]
+            per_row = alpha[target] * per_row
         return per_row
 
 
@@ -551,143 +357,24 @@ class SymmetricCrossEntropyLoss(nn.Module):
     def __init__(self, alpha: float = 0.1, beta: float = 1.0, clamp: float = 1e-4,
                  reduction: str = "mean", weight: Tensor | Sequence[float] | None = None) -> None:
         super().__init__()
-        self.alpha = _check_float("alpha", alpha, low=0.0)
-        self.beta = _check_float("beta", beta, low=0.0)
-        self.clamp = _check_float("clamp", clamp, low=0.0, high=1.0, low_open=True)
-        self.reduction = _check_reduction(reduction)
-        self.register_buffer("weight", _as_vector("weight", weight))
+        self.alpha = check_float("alpha", alpha, low=0.0)
+        self.beta = check_float("beta", beta, low=0.0)
+        self.clamp = check_float("clamp", clamp, low=0.0, high=1.0, low_open=True)
+        self.reduction = check_reduction(reduction)
+        self.register_buffer("weight", as_vector("weight", weight))
         self.weight: Tensor | None
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        target, weight, log_p, ce = _weighted_log_probs(self, input, target)
+        target, weight, log_p, ce = _weighted_log_probs(type(self).__name__, self.weight, input, target)
         one_minus_py = torch.exp(_log_one_minus_p_target(log_p, target))
         rce = -math.log(self.clamp) * one_minus_py
         per_row = self.alpha * ce + self.beta * rce
         if weight is None:
-            return _reduce(per_row, self.reduction)
+            return reduce_rows(per_row, self.reduction)
         w_y = weight[target]
-        return _reduce(w_y * per_row, self.reduction, w_y.sum())
+        return reduce_rows(w_y * per_row, self.reduction, w_y.sum())
 
 
-# --------------------------------------------------------------------------- metric learning
-
-
-class MarginRankingLoss(nn.Module):
-    """Margin ranking loss, as ``torch.nn.MarginRankingLoss`` (see its documentation).
-
-    .. math:: \\ell = \\max(0,\\; -y\\,(x_1 - x_2) + \\mathrm{margin})
-
-    with :math:`y = 1` when :math:`x_1` should rank higher and :math:`y = -1` otherwise.
-    ``"none"`` is elementwise, ``"mean"`` the mean over all elements.
-
-    Args:
-        margin: the margin.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-    """
-
-    def __init__(self, margin: float = 0.0, reduction: str = "mean") -> None:
-        super().__init__()
-        self.margin = _check_float("margin", margin)
-        self.reduction = _check_reduction(reduction)
-
-    def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
-        if not (input1.shape == input2.shape == target.shape):
-            raise ValueError(
-                "MarginRankingLoss: input1, input2 and target must have the same shape, got "
-                f"{tuple(input1.shape)}, {tuple(input2.shape)} and {tuple(target.shape)}"
-            )
-        y = target.to(device=input1.device, dtype=input1.dtype)
-        return _reduce(torch.clamp_min(-y * (input1 - input2) + self.margin, 0.0), self.reduction)
-
-
-class TripletMarginLoss(nn.Module):
-    """Triplet margin loss, as ``torch.nn.TripletMarginLoss`` (see its documentation).
-
-    .. math::
-
-        \\ell_i = \\max(0,\\; d(a_i, p_i) - d(a_i, n_i) + \\mathrm{margin}), \\qquad
-        d(u, v) = \\lVert u - v + \\epsilon \\rVert_p
-
-    with ``eps`` added to the difference, as ``torch.nn.functional.pairwise_distance`` does.
-    With ``swap=True`` the negative distance is :math:`\\min(d(a, n), d(p, n))`, the distance
-    swap of Balntas et al. 2016, "Learning local feature descriptors with triplets and shallow
-    convolutional neural networks" (BMVC).
-
-    Args:
-        margin: the margin.
-        p: the norm degree (> 0).
-        eps: added to the differences, for a non-zero norm.
-        swap: use the distance swap.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[N]``).
-
-    Shapes: anchor, positive and negative ``[N, D]`` (or ``[D]``).
-    """
-
-    def __init__(self, margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
-                 reduction: str = "mean") -> None:
-        super().__init__()
-        self.margin = _check_float("margin", margin)
-        self.p = _check_float("p", p, low=0.0, low_open=True)
-        self.eps = _check_float("eps", eps, low=0.0)
-        self.swap = bool(swap)
-        self.reduction = _check_reduction(reduction)
-
-    def _distance(self, u: Tensor, v: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(u - v + self.eps, ord=self.p, dim=-1)
-
-    def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
-        if not (anchor.shape == positive.shape == negative.shape) or anchor.ndim not in (1, 2):
-            raise ValueError(
-                "TripletMarginLoss: anchor, positive and negative must have the same shape [N, D] "
-                f"or [D], got {tuple(anchor.shape)}, {tuple(positive.shape)} and {tuple(negative.shape)}"
-            )
-        d_pos = self._distance(anchor, positive)
-        d_neg = self._distance(anchor, negative)
-        if self.swap:
-            d_neg = torch.minimum(d_neg, self._distance(positive, negative))
-        return _reduce(torch.clamp_min(d_pos - d_neg + self.margin, 0.0), self.reduction)
-
-
-# --------------------------------------------------------------------------- penalties
-
-
-def _weights(model: nn.Module) -> list[Tensor]:
-    return [p for p in model.parameters() if p.ndim >= 2]
-
-
-def _zero(model: nn.Module) -> Tensor:
-    first = next(iter(model.parameters()), None)
-    if first is None:
-        return torch.zeros(())
-    return torch.zeros((), dtype=first.dtype, device=first.device)
-
-
-def l1_penalty(model: nn.Module) -> Tensor:
-    """:math:`\\sum |w|` over the model's weight matrices and kernels only.
-
-    Only parameters with ``ndim >= 2`` (Linear / Conv weights, embeddings) are penalised;
-    biases and normalisation layers' 1-D scales and shifts never are (penalising them only
-    shifts the decision function's offset). A model without such parameters gives 0.
-
-    Returns:
-        A 0-dim tensor attached to the graph (the parameters' dtype and device).
-    """
-    terms = [p.abs().sum() for p in _weights(model)]
-    return torch.stack(terms).sum() if terms else _zero(model)
-
-
-def l2_penalty(model: nn.Module) -> Tensor:
-    """:math:`\\sum w^2` over the model's weight matrices and kernels only (no 1/2 factor).
-
-    Like :func:`l1_penalty`, only parameters with ``ndim >= 2`` count: biases and
-    normalisation layers' 1-D parameters are never penalised. A model without such
-    parameters gives 0.
-
-    Returns:
-        A 0-dim tensor attached to the graph (the parameters' dtype and device).
-    """
-    terms = [p.square().sum() for p in _weights(model)]
-    return torch.stack(terms).sum() if terms else _zero(model)
 
 
 # --------------------------------------------------------------------------- registry
@@ -751,7 +438,7 @@ def _check_num_classes(name: str, num_classes: int) -> None:
 
 
 def _check_weight_len(name: str, weight: Tensor | None, num_classes: int) -> Tensor | None:
-    w = _as_vector("weight", weight)
+    w = as_vector("weight", weight)
     if w is not None and w.shape[0] != num_classes:
         raise ValueError(f"hard loss '{name}': weight needs one entry per class ({num_classes}), got {w.shape[0]}")
     return w
@@ -800,6 +487,38 @@ def _make_bce(num_classes: int, *, weight: Tensor | None = None, pos_weight: Ten
     return BCEWithLogitsLoss(pos_weight=pos_weight, reduction=reduction)
 
 
+def _focal_alpha(num_classes: int, alpha: object, weight: Tensor | None,
+                 pos_weight: Tensor | None) -> float | Tensor | None:
+    """The focal loss's alpha: ``objective.hard_params.alpha``, else the class weights; ``pos_weight``
+    multiplies the positive class's entry (``[1, pos_weight]`` with neither, ``[1 - a, a * pos_weight]``
+    for a float ``a``)."""
+    chosen: float | Tensor | None
+    if alpha is None:
+        chosen = _check_weight_len("focal", weight, num_classes)
+    elif is_number(alpha):
+        chosen = check_float("alpha", alpha, low=0.0, high=1.0)
+    else:
+        chosen = as_vector("alpha", alpha)
+        if chosen is not None and chosen.shape[0] != num_classes:
+            raise ValueError(f"hard loss 'focal': alpha needs one entry per class ({num_classes}), "
+                             f"got {chosen.shape[0]}")
+    if pos_weight is None:
+        return chosen
+    if num_classes != 2:
+        raise ValueError(f"hard loss 'focal' takes pos_weight only for a binary problem, got "
+                         f"{num_classes} classes")
+    pw = torch.as_tensor(pos_weight).detach().reshape(())
+    if not pw.is_floating_point():
+        pw = pw.to(torch.float64)
+    if chosen is None:
+        base = torch.ones(2, dtype=pw.dtype, device=pw.device)
+    elif isinstance(chosen, float):
+        base = torch.tensor([1.0 - chosen, chosen], dtype=pw.dtype, device=pw.device)
+    else:
+        base = chosen.to(device=pw.device, dtype=pw.dtype)
+    return base * torch.stack((torch.ones_like(pw), pw))
+
+
 @HARD_LOSSES.register("focal")
 def _make_focal(num_classes: int, *, weight: Tensor | None = None, pos_weight: Tensor | None = None,
                 reduction: str = "mean", **params: Any) -> nn.Module:
@@ -811,29 +530,7 @@ def _make_focal(num_classes: int, *, weight: Tensor | None = None, pos_weight: T
     """
     _check_num_classes("focal", num_classes)
     _check_params("focal", params, ("gamma", "alpha"))
-    alpha = params.get("alpha")
-    if alpha is None and weight is not None:
-        alpha = _check_weight_len("focal", weight, num_classes)
-    elif alpha is not None and not _is_number(alpha):
-        alpha = _as_vector("alpha", alpha)
-        if alpha.shape[0] != num_classes:  # type: ignore[union-attr]
-            raise ValueError(f"hard loss 'focal': alpha needs one entry per class ({num_classes}), "
-                             f"got {alpha.shape[0]}")  # type: ignore[union-attr]
-    if pos_weight is not None:
-        if num_classes != 2:
-            raise ValueError(f"hard loss 'focal' takes pos_weight only for a binary problem, got "
-                             f"{num_classes} classes")
-        pw = torch.as_tensor(pos_weight).detach().reshape(())
-        if not pw.is_floating_point():
-            pw = pw.to(torch.float64)
-        if alpha is None:
-            base = torch.ones(2, dtype=pw.dtype, device=pw.device)
-        elif _is_number(alpha):
-            a = _check_float("alpha", alpha, low=0.0, high=1.0)
-            base = torch.tensor([1.0 - a, a], dtype=pw.dtype, device=pw.device)
-        else:
-            base = alpha.to(device=pw.device, dtype=pw.dtype)  # type: ignore[union-attr]
-        alpha = base * torch.stack((torch.ones_like(pw), pw))
+    alpha = _focal_alpha(num_classes, params.get("alpha"), weight, pos_weight)
     return FocalLoss(gamma=params.get("gamma", 2.0), alpha=alpha, reduction=reduction)
 
 

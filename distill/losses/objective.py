@@ -28,12 +28,24 @@ Two kinds of student are supported:
 Everything is computed in log-space (``log_softmax`` / ``logsigmoid``), so the value and
 the gradients are finite for any finite logits, and nothing calls ``.item()`` or
 otherwise synchronises with the device.
+
+Where each part of the loss is defined (the answer to "where is the loss?"):
+
+* the step loss a student trains with is
+  :math:`L + \\lambda_m L_\\mathrm{metric} + l_1 \\sum |w| + l_2 \\sum w^2`: :func:`distillation_loss`
+  (here; :func:`hard_loss` + :func:`kl_divergence`, or a configured hard term through
+  :class:`HardCriterion` built from ``distill.losses.hard``), :func:`metric_loss` (here, with the
+  modules of ``distill.losses.metric``) and ``distill.losses.penalties.weight_penalty``;
+* ``distill.losses.fused.MemberObjective`` is the same :func:`distillation_loss`, precomputed and in
+  closed form for the engine's stacked fits; tests/test_member_objective.py checks it against the
+  functions here in float64;
+* the validation loss (``val_loss``, a tuning trial's ``loss``, the held-out log-loss of KD
+  selection) is :func:`validation_loss`, the per-row term of :func:`hard_loss` on labelled rows.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Literal
 
@@ -41,12 +53,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.losses.conventions import is_number
+from distill.losses.metric import MarginRankingLoss, TripletMarginLoss
+
 __all__ = [
     "distillation_loss",
     "hard_loss",
     "kl_divergence",
     "HardCriterion",
     "metric_loss",
+    "validation_loss",
     "DIRECTIONS",
 ]
 
@@ -59,14 +75,9 @@ Direction = Literal["forward", "reverse"]
 # --------------------------------------------------------------------------- validation
 
 
-def _is_number(x: object) -> bool:
-    """True for Python / NumPy real scalars (not tensors, not bools)."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
 def _check_temperature(temperature: float | Tensor) -> None:
-    if _is_number(temperature):
-        t = float(temperature)  # type: ignore[arg-type]
+    if is_number(temperature):
+        t = float(temperature)
         if not (t > 0):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if not math.isfinite(t):
@@ -78,8 +89,8 @@ def _check_temperature(temperature: float | Tensor) -> None:
 
 
 def _check_kl_weight(kl_weight: float | Tensor) -> None:
-    if _is_number(kl_weight):
-        w = float(kl_weight)  # type: ignore[arg-type]
+    if is_number(kl_weight):
+        w = float(kl_weight)
         if not (w >= 0):
             raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
         if not math.isfinite(w):
@@ -144,6 +155,19 @@ def _labelled_mask(mask: Tensor | None, n: int, device: torch.device) -> Tensor 
     return mask.to(device)
 
 
+def _row_losses(logits: Tensor, targets: Tensor) -> Tensor:
+    """The hard loss of each row: BCE with logits when the class axis has one logit, cross-entropy otherwise.
+
+    ``logits`` ``[..., N, K]``, ``targets`` ``[..., N]`` (0/1 for ``K = 1``, class indices for ``K >= 2``);
+    the result is ``[..., N]``. The one place the per-row formula of :func:`hard_loss` is written.
+    """
+    if logits.shape[-1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[..., 0], targets.to(logits.dtype), reduction="none")
+    k = logits.shape[-1]
+    per_row = F.cross_entropy(logits.reshape(-1, k), targets.reshape(-1).long(), reduction="none")
+    return per_row.view(targets.shape)
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -192,23 +216,51 @@ def hard_loss(
     targets = targets.to(student_logits.device)
     mask = _labelled_mask(labelled_mask, n, student_logits.device)
 
-    if binary:
-        z = student_logits.reshape(n)
-        y = targets.to(z.dtype)
-        if mask is not None:
-            y = torch.where(mask, y, torch.zeros_like(y))
-        per_row = F.binary_cross_entropy_with_logits(z, y, reduction="none")
-    else:
-        y = targets.long()
-        if mask is not None:
-            y = torch.where(mask, y, torch.zeros_like(y))
-        per_row = F.cross_entropy(student_logits, y, reduction="none")
+    logits = student_logits.reshape(n, 1) if binary else student_logits
+    y = targets.to(logits.dtype) if binary else targets.long()
+    if mask is not None:
+        y = torch.where(mask, y, torch.zeros_like(y))
+    per_row = _row_losses(logits, y)
 
     if mask is None:
         return per_row.mean()
     total = torch.where(mask, per_row, torch.zeros_like(per_row)).sum()
     count = mask.sum().clamp(min=1).to(per_row.dtype)
     return total / count
+
+
+
+def validation_loss(logits: Tensor, targets: Tensor, *, reduction: Literal["mean", "none"] = "mean") -> Tensor:
+    """The hard loss on fully labelled held-out rows: what ``val_loss``, a tuning trial's ``loss`` and
+    cross-validated KD selection minimise.
+
+    The per-row term is :func:`hard_loss`'s (every row labelled, no configured criterion): for a
+    one-logit student :math:`\\ell_i = -[y_i \\log\\sigma(z_i) + (1-y_i)\\log\\sigma(-z_i)]`, for ``K >= 2``
+    outputs :math:`\\ell_i = -\\log\\mathrm{softmax}(z_i)_{y_i}`; ``"mean"`` gives
+    :math:`\\frac{1}{N}\\sum_i \\ell_i` (the log-loss), ``"none"`` the :math:`\\ell_i`.
+
+    Args:
+        logits: ``[..., N, K]`` outputs (``K = 1``: one binary logit), or ``[..., N]`` one binary logit
+            per row without the class axis (told apart by ``targets`` having the same shape). Leading
+            axes are kept: ``[M, N, K]`` for M stacked students gives one loss per student.
+        targets: ``[..., N]`` labels, 0/1 or class indices.
+        reduction: ``"mean"`` over the rows, or ``"none"``.
+
+    Returns:
+        ``[...]`` (``"mean"``) or ``[..., N]`` (``"none"``), in ``logits``' dtype.
+
+    Raises:
+        ValueError: when ``targets`` is not ``logits``' shape without its class axis, or an unknown reduction.
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if logits.shape == targets.shape:
+        logits = logits.unsqueeze(-1)
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"targets must have the logits' shape without the class axis, {tuple(logits.shape[:-1])}, "
+                         f"got {tuple(targets.shape)}")
+    per_row = _row_losses(logits, targets.to(logits.device))
+    return per_row if reduction == "none" else per_row.mean(-1)
 
 
 def kl_divergence(
@@ -327,7 +379,7 @@ def distillation_loss(
         hard = criterion(student_logits, targets, labelled_mask)  # a configured hard loss (focal, sce, ...)
     else:
         hard = hard_loss(student_logits, targets, labelled_mask)
-    if _is_number(kl_weight) and float(kl_weight) == 0.0:  # type: ignore[arg-type]
+    if is_number(kl_weight) and float(kl_weight) == 0.0:
         # Still validate the teacher's shape so a wrong teacher fails the same way at w = 0.
         if _is_binary(student_logits):
             _binary_teacher_logit(teacher_logits, student_logits.shape[0])
@@ -349,9 +401,13 @@ def distillation_loss(
 class HardCriterion:
     """A configurable hard term: a per-row loss module (``reduction="none"``) averaged over labelled rows.
 
-    The mean follows PyTorch's weighted-mean convention: with class weights (``mean_weight``),
-    the sum of the labelled rows' losses is divided by the sum of their classes' weights; without,
-    by their count. Rows outside the mask contribute nothing, to the value or the gradient.
+    .. math:: H = \\frac{\\sum_i m_i \\ell_i}{\\sum_i m_i v_{y_i}}
+
+    with :math:`\\ell_i` the module's per-row loss (focal, symmetric CE, label smoothing ...: their
+    formulas and papers are in ``distill.losses.hard``), :math:`m_i` the labelled mask and
+    :math:`v` the class weights ``mean_weight`` (all 1 without): PyTorch's weighted-mean
+    convention. Rows outside the mask contribute nothing, to the value or the gradient; a zero
+    denominator gives 0.
     """
 
     def __init__(self, loss: torch.nn.Module, mean_weight: Tensor | None = None) -> None:
@@ -387,15 +443,21 @@ def metric_loss(
 ) -> Tensor:
     """A metric-learning term over the labelled rows of a batch, mined inside the batch.
 
-    ``triplet``: batch-hard mining (Hermans et al. 2017, "In Defense of the Triplet Loss"): for each
-    labelled anchor, its farthest same-class row and its closest other-class row, through
-    ``distill.losses.hard.TripletMarginLoss``. ``margin_ranking``: every valid (anchor, positive,
-    negative) triple, ranking ``d(a, n)`` above ``d(a, p)`` by ``margin`` through
-    ``distill.losses.hard.MarginRankingLoss``. Anchors without a positive or a negative are skipped;
-    no valid triple gives 0. No host synchronisation (masks, not boolean indexing).
-    """
-    from distill.losses.hard import MarginRankingLoss, TripletMarginLoss
+    With :math:`d` the Euclidean distance between embeddings and :math:`\\mu` the margin:
 
+    * ``triplet``: batch-hard mining (Hermans, Beyer and Leibe 2017, "In Defense of the Triplet Loss
+      for Person Re-Identification"): for each labelled anchor :math:`a` with a positive and a
+      negative, :math:`\\max(0, \\max_p d(a, p) - \\min_n d(a, n) + \\mu)`, averaged over those
+      anchors (through ``distill.losses.metric.TripletMarginLoss``, which adds its ``eps`` to the
+      differences);
+    * ``margin_ranking``: every valid (anchor, positive, negative) triple,
+      :math:`\\max(0, d(a, p) - d(a, n) + \\mu)` averaged over the triples (through
+      ``distill.losses.metric.MarginRankingLoss``, ranking :math:`d(a, n)` above :math:`d(a, p)`).
+
+    A positive is another labelled row of the anchor's class, a negative a labelled row of another
+    class. Anchors without a positive or a negative are skipped; no valid triple gives 0. No host
+    synchronisation (masks, not boolean indexing).
+    """
     e = embeddings.reshape(embeddings.shape[0], -1)
     n = e.shape[0]
     y = targets.reshape(n).long()
