@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.data.sources import canonical_label
 from distill.teachers.base import NotFittedError, Teacher, probabilities_to_logits
 
 __all__ = ["teacher_factory", "is_fitted", "GivenEstimatorTeacher", "GivenModuleTeacher"]
@@ -38,19 +39,11 @@ def is_fitted(estimator: Any) -> bool:
     return True
 
 
-def _canonical(name: str) -> str:
-    """A label as ``distill.data.sources.label_classes`` names it: ``1``, ``1.0`` and ``1e0`` are ``"1"``."""
-    from distill.data.sources import _exact_number, _number_name
-
-    value = _exact_number(name)
-    return _number_name(value) if value is not None and value.is_finite() else name
-
-
 def _class_columns(estimator_classes: Any, classes: list[str]) -> np.ndarray:
     """Column ``j`` of the estimator's ``predict_proba`` is data class ``index[j]`` (matched by name)."""
     names = [str(c) for c in np.asarray(estimator_classes).tolist()]
-    position = {_canonical(name): i for i, name in enumerate(classes)}
-    names = [_canonical(n) for n in names]
+    position = {canonical_label(name): i for i, name in enumerate(classes)}
+    names = [canonical_label(n) for n in names]
     unknown = [n for n in names if n not in position]
     if unknown:
         raise ValueError(f"the fitted teacher's classes_ {names} are not the data's classes {classes} "
