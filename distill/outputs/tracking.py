@@ -431,7 +431,7 @@ class MlflowTracker(Tracker):
         with torch.no_grad():
             probs = model(torch.from_numpy(example.to_numpy(np.float32, copy=True))).numpy()
         signature = infer_signature(example, pd.DataFrame(probs))
-        package_root = Path(__file__).resolve().parents[1]
+        package = Path(__file__).resolve().parents[1]  # distill/, which the logged model imports
         pytorch_logger = logging.getLogger("mlflow.pytorch")
         previous = pytorch_logger.level
         pytorch_logger.setLevel(logging.ERROR)  # its pickle notice: see the README's note on loading
@@ -444,7 +444,7 @@ class MlflowTracker(Tracker):
                     signature=signature,
                     input_example=example,
                     serialization_format="pickle",
-                    code_paths=[str(package_root / "distill")],
+                    code_paths=[str(package)],
                     extra_files=[str(checkpoint)],
                     pip_requirements=_requirements(),
                     metadata={"classes": list(classes), "output": "class probabilities, column c = classes[c]"},

@@ -60,17 +60,14 @@ class GivenEstimatorTeacher(Teacher):
         self.num_classes = int(num_classes)
         self.classes = list(classes)
         self.prefit = is_fitted(estimator)
+        self.input_space = "raw" if self.prefit else "scaled"  # a fitted estimator reads the features it was fit on
         self._identity = identity
         self.feature_names = list(feature_names or [])
         self.random_state = int(random_state)
 
     @property
-    def learns(self) -> bool:  # type: ignore[override]
+    def learns(self) -> bool:  # type: ignore[override]  # Teacher's is a ClassVar; here it depends on the estimator
         return not self.prefit
-
-    @property
-    def input_space(self) -> str:  # type: ignore[override]
-        return "raw" if self.prefit else "scaled"
 
     def fingerprint(self) -> str | None:
         # Unique per distill.run call: an object has no stable identity across processes, so its
@@ -158,16 +155,12 @@ class GivenModuleTeacher(Teacher):
         self.module = module
         self.num_classes = int(num_classes)
         self.in_shape = tuple(in_shape)
-        self.input = input
+        self.input_space = input
         self.batch_size = batch_size
         self._identity = identity
         first = next(iter(module.parameters()), None)  # the module runs where it is, in its own dtype
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-
-    @property
-    def input_space(self) -> str:  # type: ignore[override]
-        return self.input
 
     def fingerprint(self) -> str | None:
         return f"given:{self._identity}"
@@ -217,7 +210,7 @@ class GivenModuleTeacher(Teacher):
         return {"estimator": type(self.module).__name__, "given": "module", "warnings": []}
 
     def describe(self) -> str:
-        return f"{type(self.module).__name__} network given in Python ({self.input} inputs)"
+        return f"{type(self.module).__name__} network given in Python ({self.input_space} inputs)"
 
 
 def teacher_factory(obj: Any, *, num_classes: int, classes: list[str], in_shape: tuple[int, ...],

@@ -173,7 +173,7 @@ class NetworkTeacher(Teacher):
     # ------------------------------------------------------------------ loading
 
     @property
-    def input_space(self) -> str:  # type: ignore[override]
+    def input_space(self) -> str:  # type: ignore[override]  # read-only: follows the checkpoint's format
         """``raw`` or ``scaled``: which features ``fit``/``logits`` expect."""
         return "raw" if self._path_kind()[1] == "distill" else self.input
 
