@@ -269,12 +269,12 @@ def as_config(config: ConfigLike, overrides: Sequence[str] = ()) -> Config:
     if isinstance(config, (str, Path)):
         return load_config(config, list(overrides))
     if isinstance(config, Mapping):
-        from distill.config import _merge, parse_overrides
+        from distill.config import apply_overrides
 
         raw = _plain(config)
         raw.setdefault("name", "experiment")
         if overrides:
-            raw = _merge(raw, parse_overrides(list(overrides)))
+            raw = apply_overrides(raw, list(overrides))
         return validate_config(raw)
     raise ConfigError(f"config must be a distill Config, a dict or a TOML file path; got {type(config).__name__}")
 

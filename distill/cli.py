@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from distill.errors import UserError
 from distill.interrupts import Interrupted
@@ -20,7 +21,7 @@ log = logging.getLogger("distill")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse's default code)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse's default code)
         self.exit(2, f"error: {message} (see 'python -m distill {self.prog.split()[-1]} --help')\n")
 
 
@@ -110,7 +111,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is now (tests and notebooks replace it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):  # noqa: D401
         return sys.stderr
 

@@ -12,7 +12,7 @@ import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Final, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -27,7 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from distill.errors import ConfigError
 
@@ -59,6 +59,7 @@ __all__ = [
     "sweepable",
     "sweepable_keys",
     "parse_overrides",
+    "apply_overrides",
     "to_toml",
     "flatten",
 ]
@@ -484,7 +485,7 @@ class StudentConfig(BaseModel):
 
 
 #: ``objective.kl_weight`` / ``objective.temperature`` may name this instead of a number.
-AUTO = "auto"
+AUTO: Final = "auto"
 
 
 def _grid(value: list[Any], positive: bool) -> list[float]:
@@ -749,7 +750,7 @@ class TuneConfig(_Section):
     def resolved_direction(self) -> Literal["maximize", "minimize"]:
         """``auto``: minimise loss and calibration error, maximise the rest."""
         if self.direction != "auto":
-            return self.direction  # type: ignore[return-value]
+            return self.direction
         return "minimize" if self.metric in ("loss", "ece") else "maximize"
 
 
@@ -850,7 +851,13 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A raw config tree with ``--set`` items (``"train.epochs=5"``) laid over it; ``raw`` is not changed."""
+    return _merge(raw, parse_overrides(overrides))
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, table by table (a new dict; neither input changes)."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -879,7 +886,7 @@ _PYDANTIC_RULES = [
 ]
 
 
-def _format_error(error: dict[str, Any]) -> str:
+def _format_error(error: ErrorDetails) -> str:
     """One line per pydantic error: ``dotted.key must be <rule>, got <value>``."""
     loc = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
     # Union members add their type name to the location ("test_size.int"); drop them.
@@ -1178,7 +1185,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if "name" not in raw:
         raw["name"] = re.sub(r"[^A-Za-z0-9_.\-]", "_", path.stem) or "experiment"
     if overrides:
-        raw = _merge(raw, parse_overrides(overrides))
+        raw = apply_overrides(raw, overrides)
     return validate_config(raw)
 
 

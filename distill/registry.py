@@ -117,23 +117,23 @@ class Registry(Generic[T]):
             for module in self._builtin:
                 import_module(module)
             if self.group is not None:
-                self._discover()
+                self._discover(self.group)
             self._ready = True
 
-    def _discover(self) -> None:
+    def _discover(self, group: str) -> None:
         from importlib.metadata import entry_points
 
         try:
-            found = list(entry_points(group=self.group))
+            found = list(entry_points(group=group))
         except Exception as exc:  # noqa: BLE001 - corrupt metadata of some installed package: say so, go on
-            self._broken[f"({self.group})"] = f"the entry points of group {self.group} cannot be read: {_first_line(exc)}"
+            self._broken[f"({group})"] = f"the entry points of group {group} cannot be read: {_first_line(exc)}"
             return
         seen: dict[str, Any] = {}
         for ep in found:
-            label = _label(ep, self.group)
+            label = _label(ep, group)
             if ep.name in seen:  # two distributions give the same name: neither is used
                 first = self._plugins.pop(ep.name, None) or seen[ep.name]
-                self._broken[ep.name] = (f"{label} and {_label(first, self.group)} both define {self.kind} "
+                self._broken[ep.name] = (f"{label} and {_label(first, group)} both define {self.kind} "
                                          f"'{ep.name}'; uninstall one of them")
                 continue
             seen[ep.name] = ep

@@ -37,6 +37,15 @@ def _refuse(what: str) -> Any:
     raise UnsafeFileError(f"it asks for {what}, which could run code from the file")
 
 
+class _GuardedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that refuses to be made on a guarded thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if threading.get_ident() in _guarded:
+            _refuse("pickle.Unpickler")
+        super().__init__(*args, **kwargs)
+
+
 def _install() -> None:
     """Wrap the unpickling entry points once; the wrappers act only on guarded threads."""
     if _originals:
@@ -46,7 +55,6 @@ def _install() -> None:
         serialization_load=torch.serialization.load,
         pickle_load=pickle.load,
         pickle_loads=pickle.loads,
-        pickle_unpickler=pickle.Unpickler,
         pickle_load_obj=getattr(torch._C, "_pickle_load_obj", None),
     )
     real_load = _originals["torch_load"]
@@ -69,19 +77,13 @@ def _install() -> None:
 
         return call
 
-    class GuardedUnpickler(_originals["pickle_unpickler"]):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if threading.get_ident() in _guarded:
-                _refuse("pickle.Unpickler")
-            super().__init__(*args, **kwargs)
-
-    torch.load = guarded_torch_load  # type: ignore[assignment]
-    torch.serialization.load = guarded_torch_load  # type: ignore[assignment]
-    pickle.load = guarded("pickle_load", "pickle.load")  # type: ignore[assignment]
-    pickle.loads = guarded("pickle_loads", "pickle.loads")  # type: ignore[assignment]
-    pickle.Unpickler = GuardedUnpickler  # type: ignore[misc]
+    torch.load = guarded_torch_load
+    torch.serialization.load = guarded_torch_load
+    pickle.load = guarded("pickle_load", "pickle.load")
+    pickle.loads = guarded("pickle_loads", "pickle.loads")
+    pickle.Unpickler = _GuardedUnpickler  # type: ignore[misc]  # replacing a stdlib class is the point here
     if _originals["pickle_load_obj"] is not None:
-        torch._C._pickle_load_obj = guarded("pickle_load_obj", "TorchScript's object unpickler")  # type: ignore[attr-defined]
+        torch._C._pickle_load_obj = guarded("pickle_load_obj", "TorchScript's object unpickler")
 
 
 @contextlib.contextmanager

@@ -190,7 +190,7 @@ def test_runs_started_in_the_same_second_each_claim_their_own_folder(
     monkeypatch.setattr(rundir, "datetime", FrozenClock)
     root = tmp_path / "runs"
     (root / "20260102-030405-exp").mkdir(parents=True)  # another process claimed the name a moment ago
-    assert rundir.create_run_dir("exp", None, root).name == "20260102-030405-exp-2"
+    assert rundir.claim_run_dir("exp", None, root).path.name == "20260102-030405-exp-2"
 
     writers = 8  # released together, all in the same (frozen) second
     barrier = threading.Barrier(writers)
@@ -198,7 +198,7 @@ def test_runs_started_in_the_same_second_each_claim_their_own_folder(
 
     def claim() -> None:
         barrier.wait()
-        claimed.append(rundir.create_run_dir("exp", None, root))
+        claimed.append(rundir.claim_run_dir("exp", None, root).path)
 
     threads = [threading.Thread(target=claim) for _ in range(writers)]
     for t in threads:

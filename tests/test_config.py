@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
 import pytest
 
-from distill.config import Config, config_dict, load_config, parse_overrides, to_toml, validate_config
+from distill.config import Config, apply_overrides, config_dict, load_config, parse_overrides, to_toml, validate_config
 from distill.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -139,6 +140,15 @@ def test_parse_overrides_types():
     }
     assert isinstance(tree["seed"], int) and not isinstance(tree["seed"], bool)
     assert tree["train"]["replacement"] is True
+
+
+def test_apply_overrides_merges_tables_key_by_key_and_leaves_the_input_alone():
+    raw = {"name": "x", "train": {"epochs": 10, "lr": 0.1}, "student": {"hidden": [8]}}
+    before = copy.deepcopy(raw)
+    merged = apply_overrides(raw, ["train.epochs=5", "student.hidden=[32,16]", "seed=3"])
+    assert merged == {"name": "x", "train": {"epochs": 5, "lr": 0.1}, "student": {"hidden": [32, 16]}, "seed": 3}
+    assert raw == before  # the caller's tree is not changed
+    assert apply_overrides(raw, []) == before
 
 
 def test_load_config_applies_overrides():

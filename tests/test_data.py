@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distill.data.scaling import Scaler, fit_scaler
-from distill.data.sources import Dataset, list_datasets, load_dataset
+from distill.data.sources import Dataset, canonical_label, list_datasets, load_dataset
 from distill.data.split import draw_stratified, split_dataset
 from distill.errors import DataError
 
@@ -449,3 +449,14 @@ def test_scaler_state_round_trip(kind):
     np.testing.assert_array_equal(t.shift, s.shift)
     np.testing.assert_array_equal(t.scale, s.scale)
     np.testing.assert_array_equal(t.transform(X), s.transform(X))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1", "1"), ("1.0", "1"), ("1e0", "1"), ("1.5e1", "15"), ("-0.50", "-0.5"), ("0.0", "0"), ("-0", "0"),
+    (" 2 ", "2"), ("1e20", "100000000000000000000"), ("100000000000000000001", "100000000000000000001"),
+    ("1e40", "1E+40"),  # more than 40 digits: Decimal's own spelling
+    ("abc", "abc"), ("inf", "inf"), ("nan", "nan"), ("1_0", "1_0"),  # not finite numerals: the text itself
+])
+def test_canonical_label_hand_computed(text, expected):
+    assert canonical_label(text) == expected
+

@@ -25,6 +25,7 @@ __all__ = [
     "list_datasets",
     "check_float32",
     "label_classes",
+    "canonical_label",
     "dataset_from_frame",
     "dataset_from_arrays",
 ]
@@ -226,15 +227,15 @@ def _exact_number(text: str) -> Decimal | None:
         value = Decimal(text.strip())
     except (InvalidOperation, ValueError):
         return None
-    if value.is_nan() or value.is_infinite():
-        return value
     sign, digits, exponent = value.as_tuple()
+    if isinstance(exponent, str):  # "n", "N", "F": NaN or infinity
+        return value
     if not any(digits):
         return Decimal(0)
     kept = list(digits)
     while kept[-1] == 0:
         kept.pop()
-        exponent += 1  # type: ignore[operator]
+        exponent += 1
     return Decimal((sign, tuple(kept), exponent))
 
 
@@ -244,6 +245,13 @@ def _number_name(value: Decimal) -> str:
     if isinstance(exponent, int) and 0 <= exponent and len(value.as_tuple().digits) + exponent <= 40:
         return str(int(value))
     return str(value)
+
+
+def canonical_label(text: str) -> str:
+    """A label as :func:`label_classes` names a numeric class (``1``, ``1.0`` and ``1e0`` are ``"1"``);
+    any other text as it is. Two labels name one class exactly when their canonical forms are equal."""
+    value = _exact_number(text)
+    return _number_name(value) if value is not None and value.is_finite() else text
 
 
 def label_classes(text: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
@@ -256,13 +264,14 @@ def label_classes(text: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
     """
     distinct, inverse = np.unique(np.asarray(text, dtype=str), return_inverse=True)
     numbers = [_exact_number(str(t)) for t in distinct]
-    if all(n is not None for n in numbers):
-        bad = next((str(t) for t, n in zip(distinct, numbers, strict=True) if not n.is_finite()), None)  # type: ignore[union-attr]
+    exact = [n for n in numbers if n is not None]
+    if len(exact) == len(numbers):
+        bad = next((str(t) for t, n in zip(distinct, exact, strict=True) if not n.is_finite()), None)
         if bad is not None:
             raise DataError(f"{where} holds {bad!r}: a label must be a finite number or a name")
-        values = sorted(set(numbers))  # type: ignore[type-var]
+        values = sorted(set(exact))
         index = {v: i for i, v in enumerate(values)}
-        order = np.array([index[n] for n in numbers], dtype=np.int64)  # type: ignore[index]
+        order = np.array([index[n] for n in exact], dtype=np.int64)
         return order[inverse.reshape(-1)], [_number_name(v) for v in values]
     return inverse.reshape(-1).astype(np.int64), [str(t) for t in distinct]
 

@@ -220,10 +220,10 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
 def _record(config: Config, uri: str, path: Path, history: list[dict[str, float]], test_metrics: dict[str, float],
             device: str) -> str:
     """MLflow: one run with the config, the per-epoch history, the test metrics and the checkpoint."""
-    from distill.outputs.tracking import MlflowTracker, _git_commit
+    from distill.outputs.tracking import MlflowTracker, git_commit
     tags = {"dataset": config.data.source, "teacher.arch": str(config.teacher.arch), "distill.kind": "teacher train",
             "distill.version": __version__, "device": device}
-    commit = _git_commit(Path.cwd())
+    commit = git_commit(Path.cwd())
     if commit:
         tags["git.commit"] = commit
     tracker = MlflowTracker.start(uri, config.tracking.experiment or config.name, f"teacher {path.stem}", tags)

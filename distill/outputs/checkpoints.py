@@ -12,17 +12,22 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import torch
 from torch import nn
 
 from distill.engine.loop import FitResult
 from distill.errors import UserError
 from distill.outputs.rundir import atomic_write
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
 
 __all__ = ["Checkpoints", "CHECKPOINT_FOLDER", "config_hash", "changed_keys"]
 

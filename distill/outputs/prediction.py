@@ -1,4 +1,5 @@
-"""``distill predict``: load a trained student and write class predictions for a CSV of features.
+"""``distill predict``: class predictions of a trained student for rows of features, and the check of the
+file they go to (``distill.predict`` reads the data and writes that file).
 
 The student comes from a run directory, a ``student.pt`` file, or an MLflow model URI
 (``models:/<id>``, ``runs:/<run_id>/student``); in every case the weights are read from the
@@ -14,12 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.data.sources import check_float32, read_csv_frame
+from distill.data.sources import check_float32
 from distill.errors import DataError, UserError
-from distill.outputs.rundir import atomic_write
-from distill.students.checkpoint import load_checkpoint, resolve_checkpoint, servable_from_checkpoint
+from distill.students.checkpoint import servable_from_checkpoint
 
-__all__ = ["predict_frame", "predict_csv", "check_output"]
+__all__ = ["predict_frame", "check_output"]
 
 def predict_frame(payload: dict[str, Any], frame: Any, where: str, trusted_archs: Collection[str] = ()) -> Any:
     """Predicted class name and per-class probabilities for each row of ``frame`` (raw features).
@@ -96,20 +96,3 @@ def _check_scaled_float32(payload: dict[str, Any], x: np.ndarray, columns: list[
             f" scaled as in training ({z[row, col]:g}); the student cannot score it"
         )
 
-
-def predict_csv(source: str, data: str | Path, output: str | Path | None, tracking_uri: str | None = None,
-                trusted_archs: Collection[str] = (), *, force: bool = False) -> Any:
-    """Read ``data`` (CSV with the training feature columns), predict, write ``output`` (or return the frame).
-
-    ``output`` must be a new file unless ``force`` (then an existing file is replaced, atomically).
-    """
-    if output is not None:
-        check_output(output, force)  # before the model or data are read: a refused output costs nothing
-    payload = load_checkpoint(resolve_checkpoint(source, tracking_uri))
-    path = Path(data)
-    frame = read_csv_frame(path)
-    result = predict_frame(payload, frame, f"data file '{path}'", trusted_archs)
-    if output is not None:
-        out = check_output(output, force)
-        atomic_write(out, lambda tmp: result.to_csv(tmp, index=False, float_format="%.6g"))
-    return result

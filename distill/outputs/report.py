@@ -93,7 +93,7 @@ def _save(fig: Any, path: Path) -> Path:
 def plot_learning_curves(path: Path, histories: dict[str, list[dict[str, float]]]) -> Path:
     """Training loss, and a validation metric when there is one, per epoch: student vs baseline."""
     plt = _figure()
-    first = next((rows for rows in histories.values() if rows), [{}])
+    first: list[dict[str, float]] = next((rows for rows in histories.values() if rows), [{}])
     metric = next((m for m in ("val_f1_macro", "val_loss", "train_accuracy") if m in first[0]), None)
     panels = 2 if metric else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.6), squeeze=False)

@@ -21,7 +21,7 @@ from typing import Any
 from distill.errors import UserError
 
 __all__ = [
-    "create_run_dir", "claim_run_dir", "RunDirClaim", "atomic_write", "write_text", "write_json", "attach_log_file",
+    "claim_run_dir", "RunDirClaim", "atomic_write", "write_text", "write_json", "attach_log_file",
     "to_jsonable", "json_text",
 ]
 
@@ -54,12 +54,6 @@ class RunDirClaim:
                 folder.rmdir()  # only if still empty: a concurrent run may have put its folder there
             except OSError:
                 break
-
-
-def create_run_dir(name: str, output: str | Path | None, root: str | Path = "runs", *, resume: bool = False,
-                   hint: str = "") -> Path:
-    """``claim_run_dir(...).path``."""
-    return claim_run_dir(name, output, root, resume=resume, hint=hint).path
 
 
 def claim_run_dir(name: str, output: str | Path | None, root: str | Path = "runs", *, resume: bool = False,
@@ -152,8 +146,9 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place."""
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place (what ``write``
+    returns is ignored, so ``Path.write_text`` serves)."""
     path = Path(path)
     tmp: Path | None = None
     try:

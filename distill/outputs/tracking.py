@@ -37,11 +37,11 @@ __all__ = [
     "StudyTracker",
     "TrackingError",
     "falls_back",
+    "git_commit",
 ]
 
 log = logging.getLogger("distill")
 
-#: MLflow's own default: a SQLite file in the working folder, which ``mlflow ui`` there shows.
 #: Seconds to wait for a remote tracking server before saying it does not answer.
 PROBE_TIMEOUT_S = 3.0
 
@@ -194,7 +194,8 @@ def _max_param_length() -> int:
         return 500
 
 
-def _git_commit(folder: Path) -> str | None:
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out at ``folder`` (``git rev-parse HEAD``), None outside a git work tree: a run's tag."""
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=False
@@ -299,6 +300,7 @@ def _log_dataset_input(client: Any, run_id: str, entry: Any) -> None:
 class MlflowTracker(Tracker):
     """One MLflow run, through MLflow's fluent API (nested runs for children)."""
 
+    run_id: str
     uri: str | None = None
 
     def __init__(self, run_id: str, *, nested: bool = False, restore_uri: str | None = None) -> None:
@@ -331,7 +333,7 @@ class MlflowTracker(Tracker):
             else:  # the experiment by id: another process creating it at the same moment cannot redirect us
                 run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
         except BaseException:
-            mlflow.set_tracking_uri(previous)  # the caller's URI back, as finish() would
+            _restore_tracking_uri(previous)  # the caller's URI back, as finish() would
             raise
         tracker = cls(run.info.run_id, restore_uri=previous)
         tracker.uri = uri
@@ -401,6 +403,7 @@ class MlflowTracker(Tracker):
     def log_dataset(self, frame: Any, source: str, name: str) -> None:
         import mlflow
         from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.pandas_dataset import from_pandas
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -409,7 +412,7 @@ class MlflowTracker(Tracker):
             origin = str(Path(source[4:]).resolve())  # a local file: MLflow records its path
         else:
             origin = CodeDatasetSource(tags={"distill.data.sources.source": source})
-        dataset = mlflow.data.from_pandas(frame, source=origin, targets="label", name=name)
+        dataset = from_pandas(frame, source=origin, targets="label", name=name)
         entry = DatasetInput(dataset=dataset._to_mlflow_entity(),
                              tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")])
         _log_dataset_input(mlflow.MlflowClient(), self.run_id, entry)
@@ -428,7 +431,7 @@ class MlflowTracker(Tracker):
         with torch.no_grad():
             probs = model(torch.from_numpy(example.to_numpy(np.float32, copy=True))).numpy()
         signature = infer_signature(example, pd.DataFrame(probs))
-        package_root = Path(__file__).resolve().parents[1]
+        package = Path(__file__).resolve().parents[1]  # distill/, which the logged model imports
         pytorch_logger = logging.getLogger("mlflow.pytorch")
         previous = pytorch_logger.level
         pytorch_logger.setLevel(logging.ERROR)  # its pickle notice: see the README's note on loading
@@ -441,7 +444,7 @@ class MlflowTracker(Tracker):
                     signature=signature,
                     input_example=example,
                     serialization_format="pickle",
-                    code_paths=[str(package_root / "distill")],
+                    code_paths=[str(package)],
                     extra_files=[str(checkpoint)],
                     pip_requirements=_requirements(),
                     metadata={"classes": list(classes), "output": "class probabilities, column c = classes[c]"},
@@ -468,7 +471,15 @@ class MlflowTracker(Tracker):
         else:
             mlflow.MlflowClient().set_terminated(self.run_id, status=status)
         if not self._nested:
-            mlflow.set_tracking_uri(self._restore_uri)  # None restores MLflow's own default
+            _restore_tracking_uri(self._restore_uri)
+
+
+def _restore_tracking_uri(previous: str | None) -> None:
+    """Put back the tracking URI a run replaced; None unsets ``MLFLOW_TRACKING_URI`` (MLflow's own default)."""
+    import mlflow
+
+    # MLflow annotates str | Path, but its code handles None as "unset" (the only way back to no URI)
+    mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
 
 
 def _requirements() -> list[str]:
@@ -496,7 +507,7 @@ def open_tracker(config: Config, uri: str, run_name: str, device: str, run_id: s
         "device": device,
         "episodes": str(config.protocol.episodes),
     }
-    commit = _git_commit(Path.cwd())
+    commit = git_commit(Path.cwd())
     if commit:
         tags["git.commit"] = commit
     if config.sweep is not None:

@@ -34,6 +34,9 @@ class ServableStudent(nn.Module):
     Output column ``c`` is the probability of class ``classes[c]`` (kept in ``self.classes``).
     """
 
+    shift: Tensor  # buffers, registered in __init__
+    scale: Tensor
+
     def __init__(self, student: nn.Module, shift: np.ndarray, scale: np.ndarray, classes: list[str]) -> None:
         super().__init__()
         self.student = student

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import torch
 from torch import nn
@@ -21,7 +21,8 @@ __all__ = ["CNN", "PADDINGS"]
 PADDINGS = ("same", "valid", "lenet")
 
 
-def _is_pos_int(v: Any) -> bool:
+def _is_pos_int(v: object) -> TypeGuard[int]:
+    """A positive int (not a bool): a size, width or count."""
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
@@ -121,9 +122,9 @@ class CNN(nn.Module):
                 f"student.padding must be one of {', '.join(PADDINGS)}, got {padding!r}", key="student.padding"
             )
 
-        self.in_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
-        act = ACTIVATIONS[activation]
         c, h, w = shape
+        self.in_shape: tuple[int, int, int] = (c, h, w)
+        act = ACTIVATIONS[activation]
         blocks: list[nn.Module] = []
         feature_shapes: list[tuple[int, int, int]] = []
         for i, (out_c, k) in enumerate(zip(chans, kernels, strict=True)):

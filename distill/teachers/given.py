@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.data.sources import canonical_label
 from distill.teachers.base import NotFittedError, Teacher, probabilities_to_logits
 
 __all__ = ["teacher_factory", "is_fitted", "GivenEstimatorTeacher", "GivenModuleTeacher"]
@@ -38,19 +39,11 @@ def is_fitted(estimator: Any) -> bool:
     return True
 
 
-def _canonical(name: str) -> str:
-    """A label as ``distill.data.sources.label_classes`` names it: ``1``, ``1.0`` and ``1e0`` are ``"1"``."""
-    from distill.data.sources import _exact_number, _number_name
-
-    value = _exact_number(name)
-    return _number_name(value) if value is not None and value.is_finite() else name
-
-
 def _class_columns(estimator_classes: Any, classes: list[str]) -> np.ndarray:
     """Column ``j`` of the estimator's ``predict_proba`` is data class ``index[j]`` (matched by name)."""
     names = [str(c) for c in np.asarray(estimator_classes).tolist()]
-    position = {_canonical(name): i for i, name in enumerate(classes)}
-    names = [_canonical(n) for n in names]
+    position = {canonical_label(name): i for i, name in enumerate(classes)}
+    names = [canonical_label(n) for n in names]
     unknown = [n for n in names if n not in position]
     if unknown:
         raise ValueError(f"the fitted teacher's classes_ {names} are not the data's classes {classes} "
@@ -67,17 +60,14 @@ class GivenEstimatorTeacher(Teacher):
         self.num_classes = int(num_classes)
         self.classes = list(classes)
         self.prefit = is_fitted(estimator)
+        self.input_space = "raw" if self.prefit else "scaled"  # a fitted estimator reads the features it was fit on
         self._identity = identity
         self.feature_names = list(feature_names or [])
         self.random_state = int(random_state)
 
     @property
-    def learns(self) -> bool:  # type: ignore[override]
+    def learns(self) -> bool:  # type: ignore[override]  # Teacher's is a ClassVar; here it depends on the estimator
         return not self.prefit
-
-    @property
-    def input_space(self) -> str:  # type: ignore[override]
-        return "raw" if self.prefit else "scaled"
 
     def fingerprint(self) -> str | None:
         # Unique per distill.run call: an object has no stable identity across processes, so its
@@ -165,16 +155,12 @@ class GivenModuleTeacher(Teacher):
         self.module = module
         self.num_classes = int(num_classes)
         self.in_shape = tuple(in_shape)
-        self.input = input
+        self.input_space = input
         self.batch_size = batch_size
         self._identity = identity
         first = next(iter(module.parameters()), None)  # the module runs where it is, in its own dtype
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-
-    @property
-    def input_space(self) -> str:  # type: ignore[override]
-        return self.input
 
     def fingerprint(self) -> str | None:
         return f"given:{self._identity}"
@@ -224,7 +210,7 @@ class GivenModuleTeacher(Teacher):
         return {"estimator": type(self.module).__name__, "given": "module", "warnings": []}
 
     def describe(self) -> str:
-        return f"{type(self.module).__name__} network given in Python ({self.input} inputs)"
+        return f"{type(self.module).__name__} network given in Python ({self.input_space} inputs)"
 
 
 def teacher_factory(obj: Any, *, num_classes: int, classes: list[str], in_shape: tuple[int, ...],

@@ -347,7 +347,7 @@ class _Parser:
             if isinstance(inner.op, ast.USub):
                 sign = -sign
             inner = inner.operand
-        if isinstance(inner, ast.Constant) and type(inner.value) in (int, float):
+        if isinstance(inner, ast.Constant) and isinstance(inner.value, (int, float)) and not isinstance(inner.value, bool):
             return self._finite(sign * inner.value, node)
         if inner is not node:
             raise self._error(

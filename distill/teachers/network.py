@@ -173,7 +173,7 @@ class NetworkTeacher(Teacher):
     # ------------------------------------------------------------------ loading
 
     @property
-    def input_space(self) -> str:  # type: ignore[override]
+    def input_space(self) -> str:  # type: ignore[override]  # read-only: follows the checkpoint's format
         """``raw`` or ``scaled``: which features ``fit``/``logits`` expect."""
         return "raw" if self._path_kind()[1] == "distill" else self.input
 
@@ -238,12 +238,15 @@ class NetworkTeacher(Teacher):
             if self.in_shape is None:
                 raise ValueError("the network teacher needs the data's input shape")
             in_shape = self.in_shape
+            net: nn.Module
             if kind == "export":
-                net = _Exported(load_export_program(path))
-                if net.row_shape is not None and int(np.prod(net.row_shape)) != int(np.prod(in_shape)):
+                exported = _Exported(load_export_program(path))
+                if exported.row_shape is not None and int(np.prod(exported.row_shape)) != int(np.prod(in_shape)):
                     raise ValueError(
-                        f"the teacher network takes inputs of shape {net.row_shape} but the data has {tuple(in_shape)}"
+                        f"the teacher network takes inputs of shape {exported.row_shape} but the data has "
+                        f"{tuple(in_shape)}"
                     )
+                net = exported
             elif kind == "torchscript":
                 try:
                     net = torch.jit.load(str(path), map_location="cpu")
@@ -395,4 +398,4 @@ def _create_network(
 
 
 #: what the config reads before building one: its teachers arrive trained (not a cross-fitted candidate)
-_create_network.learns = False  # type: ignore[attr-defined]
+_create_network.learns = False

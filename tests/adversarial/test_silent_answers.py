@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from distill.cli import main
 from distill.config import Config, _leaf_keys, expand_sweep, sweepable_keys, validate_config
-from distill.data.sources import label_classes, load_dataset
+from distill.data.sources import canonical_label, label_classes, load_dataset
 from distill.data.split import split_dataset
 from distill.engine.loop import EvaluationRows, FitSettings, TrainingRows, fit, fit_many
 from distill.errors import ConfigError, DataError, UserError
@@ -420,6 +420,8 @@ def test_numeric_labels_are_classes_by_exact_value(texts: list[str]) -> None:
             assert (y[i] == y[j]) == (exact[i] == exact[j]), (texts[i], texts[j])
     assert [Fraction(c) for c in classes] == sorted(set(exact))
     assert all(Fraction(classes[c]) == v for c, v in zip(y, exact, strict=True))
+    # canonical_label spells each numeral as label_classes names its class (how a given teacher's classes_ match)
+    assert [canonical_label(t) for t in texts] == [classes[c] for c in y]
 
 
 @settings(max_examples=100, deadline=None)
