@@ -381,10 +381,15 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
         yield from _models_in(argument)
 
 
-def json_type(annotation: Any) -> str:
-    """A summary value's JSON type, with links to the objects' tables."""
+_JSON_SCALARS: dict[Any, tuple[str, str]] = {
+    str: ("string", "strings"), int: ("integer", "integers"), float: ("number", "numbers"),
+    bool: ("boolean", "booleans"),
+}
+
+
+def json_type(annotation: Any, nullable: bool = True, plural: bool = False) -> str:
+    """A summary value's JSON type, with links to the objects' tables (``nullable``: say ``or null``)."""
     members = _union_members(annotation)
-    nullable = type(None) in members
     words = []
     for member in (m for m in members if m is not type(None)):
         origin = typing.get_origin(member)
@@ -393,13 +398,20 @@ def json_type(annotation: Any) -> str:
         elif origin is Literal:
             words.append(" or ".join(code(json.dumps(v)) for v in _arguments(member)))
         elif origin is list:
-            words.append(f"list of {json_type(_arguments(member)[0])}")
+            words.append(f"list of {json_type(_arguments(member)[0], plural=True)}")
         elif origin is dict:
-            words.append(f"object of {json_type(_arguments(member)[1])}")
+            words.append(f"object of {json_type(_arguments(member)[1], plural=True)}")
         else:
-            words.append({str: "string", int: "integer", float: "number", bool: "boolean"}.get(member, "any"))
+            words.append(_JSON_SCALARS.get(member, ("any", "any"))[plural])
     text = " or ".join(dict.fromkeys(words))
-    return f"{text} or `null`" if nullable and text != "any" else text
+    return f"{text} or `null`" if nullable and type(None) in members and text != "any" else text
+
+
+def summary_field_type(field: FieldInfo) -> str:
+    """A field's type cell: a field that may be left out (its default ``None``) is *optional*, not null."""
+    if field.is_required():
+        return json_type(field.annotation)
+    return json_type(field.annotation, nullable=field.default is not None) + ", optional"
 
 
 def summary_reference() -> str:
@@ -410,8 +422,7 @@ def summary_reference() -> str:
         parts.append(docstring(model))
         rows = []
         for name, field in model.model_fields.items():
-            presence = "" if field.is_required() else " (may be absent)"
-            rows.append([code(name), json_type(field.annotation) + presence, field.description or ""])
+            rows.append([code(name), summary_field_type(field), field.description or ""])
         parts.append(table(["key", "type", "meaning"], rows))
     return "\n\n".join(parts)
 

@@ -262,7 +262,8 @@ class _EpisodeHeader(_Strict):
 
 
 class Episode(_Systems, _EpisodeHeader):
-    """One episode (one per episode and value in a sweep), keys in the order the file has them."""
+    """One episode (one per episode and value in a sweep), keys in the order the file has them: `teacher`,
+    `student` and `baseline` always, each control and reference the config names."""
 
     teacher_diagnostics: TeacherDiagnostics = Field(description="facts about this episode's teacher")
     kd_selection: Optional[KdSelection] = Field(
@@ -331,7 +332,8 @@ class _RunHeader(_Strict):
 
 class CompletedSummary(_Aggregated, _RunHeader):
     """`summary.json` of a finished run, written last: a run directory without it did not finish. Keys in
-    the order the file has them (the systems, `aggregate`, `paired` and `verdict` only without a sweep)."""
+    the order the file has them; "optional" keys are left out where they do not apply (the systems,
+    `aggregate`, `paired` and `verdict` are there without a sweep, `sweep` with one)."""
 
     sweep: Optional[Sweep] = Field(
         default=None, description="only in a sweep, in place of the top-level systems, `aggregate`, `paired` "
@@ -363,7 +365,8 @@ class CompletedSummary(_Aggregated, _RunHeader):
 
 
 class InterruptedSummary(_Strict):
-    """`summary.json` of a run stopped by SIGINT / SIGTERM: resumable with the command it names."""
+    """`summary.json` of a run stopped by SIGINT / SIGTERM: resumable with the command it names. A summary
+    whose `status` is `"interrupted"` follows this model; any other, `CompletedSummary`."""
 
     status: Literal["interrupted"] = Field(description="`interrupted`")
     signal: str = Field(description="`SIGINT` or `SIGTERM`")
