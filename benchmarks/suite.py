@@ -24,7 +24,7 @@ figure. Run by hand (it takes minutes); CI runs it on a tiny setting (``--quick`
     python benchmarks/suite.py csv:data/mine.csv --label target   # your own CSV too
     python benchmarks/suite.py --quick --out /tmp/suite            # 1 dataset, k = 1, 3 episodes
     python benchmarks/suite.py --external DIR --only-external      # every DIR/*.csv, not the sklearn four
-    python benchmarks/suite.py --render benchmarks/results/suite.json --readme README.md   # no runs
+    python benchmarks/suite.py --render benchmarks/results/suite.json --readme docs/results.md   # no runs
 """
 
 from __future__ import annotations

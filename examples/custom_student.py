@@ -9,7 +9,7 @@ class, a logistic-regression teacher. Runs in a few seconds and leaves nothing b
 
     python examples/custom_student.py
 
-To use a registered student from a TOML file and the command line, see "Extending distill" in the README.
+To use a registered student from a TOML file and the command line, see docs/extending.md.
 """
 
 # %% A student: a residual block between two linear maps, with its own `width` and `dropout` arguments.

@@ -9,6 +9,8 @@
   synopsis (``run EXPERIMENT.toml [--seed N]``) is checked with each placeholder replaced by an example
   value from ``PLACEHOLDERS`` and its optional groups included, so every flag it shows must exist.
 * each ``examples/*.py`` runs in a fresh interpreter and exits 0, leaving nothing in its working folder.
+* every page of docs/ is one the README links to, and every relative link of README.md and docs/ names a
+  file that exists and, with ``#anchor``, a heading of that file.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from distill.config import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: the pages the README's text moved to (issue 17): none may silently disappear
+PAGES = {"api", "cli", "concepts", "configuration", "extending", "outputs", "performance", "results", "resume",
+         "teachers", "tracking", "tuning"}
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 #: at most this many python blocks, over all documents, may be marked ``<!-- not-run: reason -->``
@@ -121,7 +126,8 @@ def test_blocks_left_out_say_why_and_are_few() -> None:
     assert len(marked) <= MAX_NOT_RUN, [str(b) for b in marked]
 
 
-PYTHON_DOCUMENTS = [p for p in DOCUMENTS if any(b.language == "python" for b in blocks(p))]
+#: documents with python to run (a page whose only python block needs an earlier tracked run has none)
+PYTHON_DOCUMENTS = [p for p in DOCUMENTS if any(b.language == "python" and b.not_run is None for b in blocks(p))]
 
 
 @pytest.mark.slow
@@ -280,3 +286,55 @@ def test_the_examples_are_there() -> None:
             "gridsearch_kl_weight.py"} <= names
     for script in EXAMPLES:
         assert "# %%" in script.read_text(encoding="utf-8"), f"{script.name}: notebook-style cells (# %%)"
+
+
+# --------------------------------------------------------------------------- pages and links
+
+
+def test_every_page_is_there_and_linked_from_the_readme() -> None:
+    assert {p.stem for p in DOCUMENTS if p.parent.name == "docs"} == PAGES
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    unlinked = [page for page in sorted(PAGES) if f"(docs/{page}.md)" not in readme]
+    assert not unlinked, f"README.md links to no docs/{unlinked[0]}.md"
+
+
+_LINK = re.compile(r"\[(?:[^\[\]]|\[[^\]]*\])*\]\(([^)\s]+)\)")  # link text may hold [brackets] once
+
+
+def anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file: one per heading (lower case, punctuation dropped, spaces to
+    hyphens), and each ``<a id>``."""
+    found: set[str] = set()
+    inside_code = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if _FENCE.match(line):
+            inside_code = not inside_code
+        elif not inside_code and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+        found.update(re.findall(r'<a id="([^"]+)"', line))
+    return found
+
+
+def test_anchors_follow_githubs_rule() -> None:
+    page = ROOT / "docs" / "tuning.md"
+    assert "tuning-the-kl-weight-and-temperature--on-validation-rows-only" in anchors(page)
+    assert "few_shotaugment" in anchors(ROOT / "docs" / "configuration.md")  # ### `[few_shot.augment]`
+
+
+def test_relative_links_name_files_and_headings_that_exist() -> None:
+    assert _LINK.findall("see [`[few_shot.augment]`](#few_shotaugment) and [a](b.md#c)") == ["#few_shotaugment",
+                                                                                          "b.md#c"]
+    broken = []
+    for document in DOCUMENTS:
+        text = re.sub(r"```.*?```", "", document.read_text(encoding="utf-8"), flags=re.S)
+        for target in _LINK.findall(text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http://, mailto: ...
+            name, _, anchor = target.partition("#")
+            linked = (document.parent / name).resolve() if name else document
+            if not linked.exists():
+                broken.append(f"{document.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{document.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == []
