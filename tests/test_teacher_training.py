@@ -14,7 +14,7 @@ from distill.cli import main
 from distill.config import load_config
 from distill.data.sources import load_dataset
 from distill.experiment.prepare import episode_seed, prepare
-from distill.experiment.teacher_training import data_hash
+from distill.experiment.cache import data_hash
 from distill.students.checkpoint import CHECKPOINT_FORMAT, servable_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

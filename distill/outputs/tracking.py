@@ -37,6 +37,7 @@ __all__ = [
     "StudyTracker",
     "TrackingError",
     "falls_back",
+    "git_commit",
 ]
 
 log = logging.getLogger("distill")
@@ -194,7 +195,9 @@ def _max_param_length() -> int:
         return 500
 
 
-def _git_commit(folder: Path) -> str | None:
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out in ``folder`` (``git rev-parse HEAD``), or None outside a git checkout:
+    the ``git.commit`` tag of an MLflow run."""
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=False
@@ -496,7 +499,7 @@ def open_tracker(config: Config, uri: str, run_name: str, device: str, run_id: s
         "device": device,
         "episodes": str(config.protocol.episodes),
     }
-    commit = _git_commit(Path.cwd())
+    commit = git_commit(Path.cwd())
     if commit:
         tags["git.commit"] = commit
     if config.sweep is not None:
