@@ -430,7 +430,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
 
         with _torch_state(raw.size, training=True):
             teacher_, logits, temperature, diagnostics = self._teach(X, y_enc, raw, rows, k, seed)
-            seed_everything(seed)  # the student's initial weights, as distill's protocol.build_student
+            seed_everything(seed)  # the student's initial weights, as distill.experiment.students.build_student
             try:
                 model = students.build(self.student, (X.shape[1],), k, key="student", **params)
                 model = apply_init(model, init_spec, self.student)
@@ -454,7 +454,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
                 direction=cast(Literal["forward", "reverse"], self.direction),  # checked by _check_params
                 restore_best=False, seed=seed,  # no validation rows: the final weights are the student
             )
-            seed_everything(seed + 1)  # the dropout stream, as distill's protocol.train_student
+            seed_everything(seed + 1)  # the dropout stream, as distill.experiment.students.train_students
             result = fit(model, train, settings, num_classes=k)
         if result.status == "diverged":
             warnings.warn(f"DistilledClassifier: {result.stop_reason}; lower lr or kl_weight", ConvergenceWarning,

@@ -124,16 +124,16 @@ class TeacherSpec:
     described: tuple[tuple[str, str], ...]
     #: the (first) teacher's ``fingerprint()``; None: ``settings`` and ``code`` identify it, with the seed
     fingerprint: str | None
-    #: ``teacher.*`` but for the cache's own keys, scikit-learn's version, and the code of teachers defined
-    #: outside distill (so that editing a plugin's module does not reuse stale soft targets)
-    settings: tuple[dict[str, Any], str, tuple[str, ...]] | None
+    #: without a fingerprint: ``teacher.*`` but for the cache's own keys, scikit-learn's version, and the code
+    #: of teachers defined outside distill (so that editing a plugin's module does not reuse stale soft targets)
+    settings_identity: tuple[dict[str, Any], str, tuple[str, ...]] | None
 
     def identity(self, seed: int) -> str:
         """What the teacher's outputs depend on besides its input rows (and, if it learns, its fit rows)."""
         if self.fingerprint is not None:
             return self.fingerprint
-        assert self.settings is not None
-        settings, sklearn_version, code = self.settings
+        assert self.settings_identity is not None
+        settings, sklearn_version, code = self.settings_identity
         return json.dumps([settings, seed, sklearn_version] + ([list(code)] if code else []), sort_keys=True)
 
 
@@ -195,8 +195,8 @@ class Knobs:
 class Prepared:
     """One episode of one sweep value, checked and resolved: everything teach, the students and the scoring read.
 
-    Resolved once per sweep value by ``prepare`` and shared by its episodes: ``dataset`` ... ``threads``.
-    Drawn per episode (``prepare_episode``): ``episode`` ... ``settings``.
+    ``prepare`` resolves the fields from ``dataset`` to ``student_parameters`` once per sweep value; its
+    episodes share them. ``prepare_episode`` draws the rest (``episode`` to ``settings``) per episode.
     """
 
     #: the record of this episode's experiment (its seed is the episode's): written to summary.json and
@@ -410,7 +410,7 @@ def _teacher_spec(config: Config, candidates: tuple[TeacherCandidate, ...], prob
         candidates=candidates, mode=mode, calibration=config.teacher.calibration, kind=config.teacher.kind,
         given=given is not None, learns=probe.learns, raw_inputs=probe.raw_inputs,
         heldout_rows=probe.heldout_rows, described=tuple(probe.described), fingerprint=probe.fingerprint,
-        settings=_settings_identity(config, several) if probe.fingerprint is None else None,
+        settings_identity=_settings_identity(config, several) if probe.fingerprint is None else None,
     )
 
 
