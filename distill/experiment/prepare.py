@@ -7,8 +7,8 @@ building a fresh teacher per fit, and what probing them once told: trains or arr
 space, identity, held-out rows), the student (``StudentSpec``), the fit settings (``FitSettings``), the
 distillation knobs (``Knobs``). It draws episode 0's rows (split, scaler, hard criterion);
 ``prepare_episode`` draws another episode's from the same resolved objects. ``prepare_protocol`` does it
-for every sweep value of a config. Nothing downstream reads a setting from the Config again:
-``Prepared.config`` is the record of the episode (summary.json, student.pt, fit identities).
+for every sweep value of a config. The protocol downstream (teach, students, episodes) reads no setting
+from the Config again: ``Prepared.config`` is the record of the episode (summary.json, student.pt, identities).
 """
 
 from __future__ import annotations
@@ -196,11 +196,12 @@ class Prepared:
     """One episode of one sweep value, checked and resolved: everything teach, the students and the scoring read.
 
     ``prepare`` resolves the fields from ``dataset`` to ``student_parameters`` once per sweep value; its
-    episodes share them. ``prepare_episode`` draws the rest (``episode`` to ``settings``) per episode.
+    episodes share them. ``prepare_episode`` draws the rest (from ``episode`` on) per episode.
     """
 
-    #: the record of this episode's experiment (its seed is the episode's): written to summary.json and
-    #: student.pt, hashed into fit identities; no setting is read from it after ``prepare``
+    #: the record of this episode's experiment (its seed is the episode's): beyond ``prepare_episode`` it is
+    #: only written out (summary.json, student.pt, the plan) and hashed into identities (fit records, the
+    #: baseline sweep values share, the "auto" choice jobs share); episodes read the resolved fields below
     config: Config
     dataset: Dataset
     device: torch.device
@@ -216,7 +217,6 @@ class Prepared:
     #: ``train.threads`` (0: torch's choice)
     threads: int
     student_parameters: int
-    load_seconds: float
     episode: int
     seed: int
     split: Split
@@ -224,6 +224,8 @@ class Prepared:
     #: the episode's fit settings for the hard term alone (kl_weight 0), with its seed and hard criterion; a
     #: student job sets its own KL weight and temperature
     settings: FitSettings
+    #: seconds to load and prepare (episode 0 of a run: the data's loading and every check; others: their draw)
+    load_seconds: float
 
     @property
     def num_outputs(self) -> int:
