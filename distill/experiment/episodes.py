@@ -354,10 +354,15 @@ def run_protocol(
         if not batched or pending_bytes >= _STACK_BYTES or e == episodes - 1:
             flush()
     bar.close()
+    _warn_degenerate_teachers(results, episodes)
+    return first, results
+
+
+def _warn_degenerate_teachers(results: list[EpisodeResult], episodes: int) -> None:
+    """One warning line for the episodes whose teacher had warnings (a run of one episode gave them each)."""
     flagged = sorted({r.seed for r in results if r.teacher_diagnostics.get("warnings")})
     if flagged and episodes > 1:
         log.warning(
             "teacher looked degenerate in %d of %d episodes (seeds %s); details in log.txt and summary.json",
             len(flagged), episodes, ", ".join(map(str, flagged[:10])) + (", ..." if len(flagged) > 10 else ""),
         )
-    return first, results

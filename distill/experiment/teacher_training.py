@@ -91,6 +91,30 @@ def _split(config: Config, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np
     return np.setdiff1d(rest, val, assume_unique=True), val, test
 
 
+def _network(config: Config, dataset: Dataset, kwargs: dict[str, Any],
+             device: torch.device) -> tuple[torch.nn.Module, int]:
+    """``teacher.arch`` built with ``teacher.params`` from the seed (a ConfigError naming the key), and its
+    number of outputs."""
+    seed_everything(config.seed)
+    try:
+        model = students.build(str(config.teacher.arch), dataset.in_shape, dataset.num_classes, key="teacher.arch",
+                               **kwargs).to(device)
+    except ValueError as exc:
+        message = str(exc).replace("student.", "teacher.params.")
+        raise ConfigError(message if message.startswith("teacher.arch") else f"teacher.arch: {message}") from None
+    return model, int(model(torch.zeros((1, *dataset.in_shape), device=device)).shape[-1])
+
+
+def _make_room(path: Path, output: str | Path | None) -> None:
+    """Check again that the checkpoint's path is free (nothing appeared while training), and create its folder."""
+    _check_target(path, "--output" if output is not None else "teacher.checkpoint")
+    if not path.parent.exists():
+        try:
+            path.parent.mkdir(parents=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the folder of teacher checkpoint '{path}': {exc.strerror or exc}") from None
+
+
 def train_teacher(
     config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True
 ) -> tuple[Path, dict[str, Any]]:
@@ -122,13 +146,7 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
     configure_threads(device, config.train.threads, int(x[train].size))
 
     kwargs = dict(config.teacher.params)
-    seed_everything(config.seed)
-    try:
-        model = students.build(str(config.teacher.arch), dataset.in_shape, k, key="teacher.arch", **kwargs).to(device)
-    except ValueError as exc:
-        message = str(exc).replace("student.", "teacher.params.")
-        raise ConfigError(message if message.startswith("teacher.arch") else f"teacher.arch: {message}") from None
-    num_outputs = int(model(torch.zeros((1, *dataset.in_shape), device=device)).shape[-1])
+    model, num_outputs = _network(config, dataset, kwargs, device)
 
     def rows(index: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(x[index]), dtype=dtype).to(device)
@@ -165,12 +183,7 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
         test_accuracy=float(test_metrics["accuracy"]), test_metrics={key: float(v) for key, v in test_metrics.items()},
     )
     stop.check("after training the teacher, before writing its checkpoint; no checkpoint was written")
-    _check_target(path, "--output" if output is not None else "teacher.checkpoint")  # nothing appeared meanwhile
-    if not path.parent.exists():
-        try:
-            path.parent.mkdir(parents=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the folder of teacher checkpoint '{path}': {exc.strerror or exc}") from None
+    _make_room(path, output)
     handler = attach_log_file(path.with_suffix(".log"), log)
     try:
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
