@@ -527,10 +527,11 @@ def registered() -> dict[str, list[str]]:
     every installed plugin imported, and ``broken``: one line per plugin that cannot be used, and why."""
     from distill.data.sources import list_datasets
     from distill.losses.hard import HARD_LOSSES, list_losses
+    from distill.registry import Registry
     from distill.students import STUDENTS, list_students
     from distill.teachers.base import TEACHERS, list_teachers
 
-    registries = {"teacher": TEACHERS, "student": STUDENTS, "loss": HARD_LOSSES}
+    registries: dict[str, Registry[Any]] = {"teacher": TEACHERS, "student": STUDENTS, "loss": HARD_LOSSES}
     for registry in registries.values():  # import every installed plugin now, so that broken ones show
         registry.load_plugins()
     broken = [f"{what} '{name}': {problem}" for what, registry in registries.items()

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -328,7 +328,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
 
         def integer(name: str, high: int) -> None:
             value = getattr(self, name)
-            if not (isinstance(value, Integral) and not isinstance(value, bool) and 1 <= value <= high):
+            if not (isinstance(value, Integral) and not isinstance(value, bool) and 1 <= int(value) <= high):
                 raise _InvalidParameter(f"{name} must be an integer in 1..{high}, got {value!r}")
 
         def choice(name: str, options: tuple[str, ...]) -> None:
@@ -430,7 +430,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
 
         with _torch_state(raw.size, training=True):
             teacher_, logits, temperature, diagnostics = self._teach(X, y_enc, raw, rows, k, seed)
-            seed_everything(seed)  # the student's initial weights, as distill's protocol.build_student
+            seed_everything(seed)  # the student's initial weights, as distill.experiment.students.build_student
             try:
                 model = students.build(self.student, (X.shape[1],), k, key="student", **params)
                 model = apply_init(model, init_spec, self.student)
@@ -447,12 +447,14 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
             )
             kl = float(self.kl_weight)
             settings = FitSettings(
-                epochs=int(self.epochs), batch_size=int(self.batch_size), optimizer=self.optimizer,
+                epochs=int(self.epochs), batch_size=int(self.batch_size),
+                optimizer=cast(Literal["sgd", "adam", "adamw"], self.optimizer),  # checked by _check_params
                 lr=float(self.lr), weight_decay=float(self.weight_decay), kl_weight=kl,
-                temperature=float(self.temperature) if kl > 0 else 1.0, direction=self.direction,
+                temperature=float(self.temperature) if kl > 0 else 1.0,
+                direction=cast(Literal["forward", "reverse"], self.direction),  # checked by _check_params
                 restore_best=False, seed=seed,  # no validation rows: the final weights are the student
             )
-            seed_everything(seed + 1)  # the dropout stream, as distill's protocol.train_student
+            seed_everything(seed + 1)  # the dropout stream, as distill.experiment.students.train_students
             result = fit(model, train, settings, num_classes=k)
         if result.status == "diverged":
             warnings.warn(f"DistilledClassifier: {result.stop_reason}; lower lr or kl_weight", ConvergenceWarning,
@@ -517,7 +519,11 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
             temperature, diagnostics = 1.0, {}
         for message in diagnostics.get("warnings", []):
             log.debug("DistilledClassifier teacher: %s", message)
-        fitted = t if isinstance(t, nn.Module) else full.estimator_
+        if isinstance(t, nn.Module):
+            fitted: Any = t
+        else:
+            assert full is not None  # cross_fit fit the full teacher first: made[0]
+            fitted = full.estimator_
         return fitted, np.asarray(logits, dtype=np.float64), temperature, diagnostics
 
     # ------------------------------------------------------------------ predict

@@ -156,7 +156,7 @@ def test_teacher_probs_only_trains_on_the_kl_term_with_the_students_weight() -> 
     prepared = prepare(cfg)
     taught = teach(prepared)
     job = _control_job(prepared, taught, "teacher_probs_only")
-    assert job.kl_weight is None  # the student's 0.5
+    assert job.kl_weight == 0.5 and "kl_weight" not in job.set_by_job  # the student's, as configured
     # The same fit by hand: a one-member objective with no hard row.
     kl_only = TrainingRows(x=taught.train.x, targets=taught.train.targets, labelled=taught.train.labelled,
                            teacher_logits=taught.train.teacher_logits, hard_targets=taught.train.targets,
@@ -166,7 +166,7 @@ def test_teacher_probs_only_trains_on_the_kl_term_with_the_students_weight() -> 
     train_students([job], batched=False)
     assert torch.equal(weights(job.model), weights(model))
     # Its loss is the KL term only: at the first epoch it differs from the student's.
-    student = StudentJob(prepared, taught, kl_weight=None, system="student")
+    student = StudentJob.planned(prepared, taught, "student")
     train_students([student], batched=False)
     assert result.history[0]["train_loss"] != student.result.history[0]["train_loss"]
     assert _control_job(prepare(config(objective={"kl_weight": 0.0})), taught, "teacher_probs_only").kl_weight == 1.0

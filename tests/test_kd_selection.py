@@ -28,7 +28,7 @@ from distill.experiment.kd_selection import (
     selection_text,
     summarise_selections,
 )
-from distill.experiment.students import StudentJob, _choose_auto, _student_settings, build_student
+from distill.experiment.students import StudentJob, _choose_auto, build_student
 from distill.experiment.prepare import prepare
 from distill.experiment.episodes import run_protocol
 from distill.experiment.teach import teach
@@ -185,7 +185,7 @@ def test_stacked_selection_equals_a_loop_of_plain_fits() -> None:
     prepared = prepare(cfg)
     folds = [np.array([0, 4, 8]), np.array([1, 5, 6]), np.array([2, 3, 7])]
     taught = with_folds(teach(prepared, score_test=False), folds)
-    job = StudentJob(prepared, taught, kl_weight=None, system="student")
+    job = StudentJob.planned(prepared, taught, "student")
     _choose_auto([job], batched=True, checkpoints=None, stop=None, key="t")
     assert job.selection is not None and job.selection["reason"] == "cross-validation"
     stacked = {(s["kl_weight"], s["temperature"]): s for s in job.selection["scores"]}
@@ -203,7 +203,8 @@ def test_stacked_selection_equals_a_loop_of_plain_fits() -> None:
                                 teacher_logits=taught.fold_logits[f], hard_targets=taught.train.targets,
                                 hard_labelled=hard)
             model = build_student(prepared)
-            fit(model, rows, _student_settings(prepared, kl, False, t), num_classes=3)
+            settings = StudentJob.planned(prepared, taught, "reference", kl_weight=kl, temperature=t).fit_settings(False)
+            fit(model, rows, settings, num_classes=3)
             out = predict_logits(model, taught.train.x[torch.as_tensor(held)]).double()
             probs.append(torch.softmax(out, dim=1).numpy())
             truth.append(y[held])
@@ -222,7 +223,7 @@ def test_stacked_selection_equals_a_loop_of_plain_fits() -> None:
     assert (job.selection["kl_weight"], job.selection["temperature"]) == expected
 
     # One at a time gives the same choice and scores.
-    alone = StudentJob(prepared, taught, kl_weight=None, system="student")
+    alone = StudentJob.planned(prepared, taught, "student")
     _choose_auto([alone], batched=False, checkpoints=None, stop=None, key="t")
     assert alone.selection["kl_weight"] == job.selection["kl_weight"]
     for a, b in zip(alone.selection["scores"], job.selection["scores"], strict=True):
@@ -233,8 +234,8 @@ def test_without_folds_auto_falls_back_to_no_distillation_and_says_so() -> None:
     prepared = prepare(config(few_shot={"per_class": 1}))
     taught = teach(prepared, score_test=False)
     taught = dataclasses.replace(taught, folds=None, fold_logits=None)
-    jobs = [StudentJob(prepared, taught, kl_weight=None, system="student"),
-            StudentJob(prepared, taught, kl_weight=None, system="teacher_probs_only")]
+    jobs = [StudentJob.planned(prepared, taught, "student"),
+            StudentJob.planned(prepared, taught, "teacher_probs_only")]
     _choose_auto(jobs, batched=True, checkpoints=None, stop=None, key="t")
     assert (jobs[0].kl_weight, jobs[0].temperature) == (0.0, 1.0)
     assert jobs[0].selection["reason"].startswith("no cross-validation")
@@ -271,7 +272,7 @@ def choice_with_teacher(kind: str, seed: int) -> dict[str, Any]:
     folds = [np.flatnonzero(np.arange(labelled_y.size) % 4 == f) for f in range(4)]
     folds = [np.sort(np.concatenate([np.flatnonzero(labelled_y == c)[f::4] for c in (0, 1)])) for f in range(4)]
     taught = with_folds(taught, folds, np.log(probs))
-    job = StudentJob(prepared, taught, kl_weight=None, system="student")
+    job = StudentJob.planned(prepared, taught, "student")
     _choose_auto([job], batched=True, checkpoints=None, stop=None, key="t")
     assert job.selection is not None
     return job.selection
@@ -350,7 +351,7 @@ def test_poisoned_test_rows_change_nothing_auto_chooses() -> None:
     poisoned = dataclasses.replace(prepared, dataset=dataclasses.replace(data, x=x, y=y))
     picks = []
     for p in (prepared, poisoned):
-        job = StudentJob(p, teach(p), kl_weight=None, system="student")
+        job = StudentJob.planned(p, teach(p), "student")
         _choose_auto([job], batched=True, checkpoints=None, stop=None, key="t")
         picks.append(job.selection)
     assert picks[0]["reason"] == "cross-validation"
@@ -409,19 +410,23 @@ def test_a_run_stopped_after_its_cross_validation_fit_resumes_to_the_same_number
             assert a[system] == b[system]
 
 
-def test_train_student_chooses_auto_first_and_controls_never_choose_alone() -> None:
-    """``train_student`` with the defaults ("auto") chooses before it fits, as ``train_students`` does;
-    a kl_weight-0 config's teacher_probs_only control trains at 1 and T = 1 without a choice of its own."""
+def test_train_students_chooses_auto_first_and_controls_never_choose_alone() -> None:
+    """A job with the defaults ("auto") has its knobs chosen before it fits, to the same student whether the
+    cross-validation members are stacked or not; a kl_weight-0 config's teacher_probs_only control trains
+    at 1 and T = 1 without a choice of its own."""
     from distill.experiment.episodes import _control_job
-    from distill.experiment.students import train_student, train_students
+    from distill.experiment.students import train_students
 
     prepared = prepare(config())
     taught = teach(prepared, score_test=False)
-    model, result = train_student(prepared, taught, kl_weight=None, system="student")
-    job = StudentJob(prepared, taught, kl_weight=None, system="student")
+    stacked = StudentJob.planned(prepared, taught, "student")
+    train_students([stacked], batched=True)
+    job = StudentJob.planned(prepared, taught, "student")
     train_students([job], batched=False)
-    assert torch.equal(torch.cat([p.reshape(-1) for p in model.parameters()]),
+    assert stacked.kl_weight != "auto" and stacked.temperature != "auto" and stacked.selection is not None
+    assert torch.equal(torch.cat([p.reshape(-1) for p in stacked.model.parameters()]),
                        torch.cat([p.reshape(-1) for p in job.model.parameters()]))
     zero = prepare(config(objective={"kl_weight": 0, "temperature": "auto"}))
     control = _control_job(zero, teach(zero, score_test=False), "teacher_probs_only")
-    assert (control.kl_weight, control.temperature) == (1.0, 1.0) and control.knobs() == (1.0, 1.0)
+    assert (control.kl_weight, control.temperature) == (1.0, 1.0)
+    assert control.set_by_job == {"kl_weight", "temperature"}  # its own, not the config's 0 and "auto"

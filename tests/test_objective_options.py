@@ -48,7 +48,7 @@ def _config(**objective):
 def test_balanced_class_weights_follow_sklearn_and_torchs_weighted_mean() -> None:
     config = _config(hard="ce", class_weight="balanced")
     y = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
-    criterion = build_criterion(config, "ce", 3, y, torch.device("cpu"))
+    criterion = build_criterion(config.objective, "ce", 3, y, torch.device("cpu"))
     from sklearn.utils.class_weight import compute_class_weight
 
     expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
@@ -69,7 +69,7 @@ def test_balanced_class_weights_follow_sklearn_and_torchs_weighted_mean() -> Non
 def test_balanced_pos_weight_is_negatives_over_positives() -> None:
     config = validate_config({"objective": {"hard": "bce", "pos_weight": "balanced"}, "tracking": {"enabled": False}})
     y = np.array([0, 0, 0, 1])
-    criterion = build_criterion(config, "bce", 2, y, torch.device("cpu"))
+    criterion = build_criterion(config.objective, "bce", 2, y, torch.device("cpu"))
     logits = torch.tensor([0.3, -1.2, 2.0, 0.7], dtype=torch.float64)
     got = criterion(logits[:, None], torch.as_tensor(y), None)
     ref = F.binary_cross_entropy_with_logits(logits, torch.as_tensor(y, dtype=torch.float64),
@@ -78,7 +78,7 @@ def test_balanced_pos_weight_is_negatives_over_positives() -> None:
 
 
 def test_plain_bce_and_ce_keep_the_fast_path() -> None:
-    assert build_criterion(_config(), "ce", 3, np.array([0, 1, 2]), torch.device("cpu")) is None
+    assert build_criterion(_config().objective, "ce", 3, np.array([0, 1, 2]), torch.device("cpu")) is None
 
 
 @pytest.mark.parametrize(

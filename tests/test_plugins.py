@@ -514,12 +514,13 @@ def test_editing_a_plugin_teacher_invalidates_its_cached_soft_targets(installed:
     from distill.experiment.prepare import prepare
     from distill.experiment.teach import teach
 
-    prepared = prepare(validate_config(EXPERIMENT))
-    cache = SoftTargetCache(tmp_path / "cache")
-    first = teach(prepared, cache=cache)
-    again = teach(prepared, cache=cache)
+    def next_run() -> Any:  # a new process: prepared again, a cache object of its own on the same folder
+        return teach(prepare(validate_config(EXPERIMENT)), cache=SoftTargetCache(tmp_path / "cache"))
+
+    first = next_run()
+    again = next_run()
     assert (first.diagnostics["cache"], again.diagnostics["cache"]) == ("miss", "hit")
     np.testing.assert_array_equal(first.test_logits, again.test_logits)
     module = installed / "mydistillplugins.py"
     module.write_text(module.read_text() + "\n# edited: the teacher's code changed\n")
-    assert teach(prepared, cache=cache).diagnostics["cache"] == "miss"
+    assert next_run().diagnostics["cache"] == "miss"

@@ -293,11 +293,13 @@ def test_teach_gives_the_transfer_rows_fold_logits_and_the_calibrated_teacher() 
 
 def test_a_cache_hit_gives_identical_fold_logits(tmp_path: Path) -> None:
     prepared = prepare(_config(cache=True, cache_dir=str(tmp_path / "cache")))
-    cache = SoftTargetCache(tmp_path / "cache")
+    cache, later = SoftTargetCache(tmp_path / "cache"), SoftTargetCache(tmp_path / "cache")  # a later run's
     first = teach(prepared, cache=cache)
-    second = teach(prepared, cache=cache)
+    second = teach(prepared, cache=later)
     assert (first.diagnostics["cache"], second.diagnostics["cache"]) == ("miss", "hit")
-    assert cache.hits == 1 and cache.misses == 1
+    assert (cache.hits, cache.misses, later.hits, later.misses) == (0, 1, 1, 0)
+    # The same cache answers again from memory: the very same outputs, no second lookup on disk.
+    assert teach(prepared, cache=cache) is first and (cache.hits, cache.misses) == (0, 1)
     assert torch.equal(first.fold_logits, second.fold_logits)
     assert torch.equal(first.train.teacher_logits, second.train.teacher_logits)
     np.testing.assert_array_equal(first.test_logits, second.test_logits)

@@ -12,9 +12,11 @@ import torch
 
 from distill.cli import main
 from distill.config import load_config
+from distill.data.scaling import fit_scaler
 from distill.data.sources import load_dataset
+from distill.data.split import draw_stratified
 from distill.experiment.prepare import episode_seed, prepare
-from distill.experiment.teacher_training import data_hash
+from distill.experiment.cache import data_hash
 from distill.students.checkpoint import CHECKPOINT_FORMAT, servable_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +71,26 @@ def test_the_heldout_rows_are_a_stratified_test_split(digits_teacher, digits) ->
     counts = np.bincount(digits.y[heldout], minlength=10)
     assert counts.min() >= 45 and counts.max() <= 55  # ~50 per class
     assert payload["train_rows"] + 500 < digits.x.shape[0]  # the validation split is out of training too
+
+
+def test_the_checkpoint_holds_the_keys_and_rows_it_held_before_the_shared_builder(digits_teacher, digits) -> None:
+    """The shared ``checkpoint_payload`` writes the keys the teacher's own dict held, and the shared test
+    split draws the rows the teacher's own split code drew (re-implemented here as it was)."""
+    _, _, payload = digits_teacher
+    assert set(payload) == {
+        "format", "role", "distill_version", "arch", "kwargs", "in_shape", "num_classes", "num_outputs", "classes",
+        "label_mapping", "feature_names", "scaler", "data_source", "data_hash", "heldout_rows", "train_rows",
+        "test_accuracy", "test_metrics", "best_epoch", "seed", "config", "state_dict"}
+    config = load_config(DIGITS_TEACHER)
+    n, k = digits.x.shape[0], digits.num_classes
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x7EAC]))
+    test = draw_stratified(digits.y, np.arange(n), 500, "total", rng, k, "data.test_size")
+    rest = np.setdiff1d(np.arange(n), test, assume_unique=True)
+    val = draw_stratified(digits.y, rest, max(k, int(round(0.1 * rest.size))), "total", rng, k, "teacher.validation")
+    train = np.setdiff1d(rest, val, assume_unique=True)
+    assert payload["heldout_rows"] == test.tolist() and payload["train_rows"] == train.size
+    assert payload["scaler"] == fit_scaler("minmax", digits.x[train]).state()
+    assert payload["data_source"] == "sklearn:digits" and payload["test_accuracy"] == payload["test_metrics"]["accuracy"]
 
 
 def test_the_recorded_test_accuracy_is_the_networks_on_the_heldout_rows(digits_teacher, digits) -> None:

@@ -38,8 +38,9 @@ from distill.engine.loop import predict_logits
 from distill.errors import UserError
 from distill.experiment.prepare import episode_seed, prepare
 from distill.experiment.teach import teach
-from distill.experiment.students import train_student
-from distill.experiment.tune import _TeacherCache, run_tuning, trial_config, validation_score
+from distill.experiment.cache import SoftTargetCache
+from distill.experiment.students import StudentJob, train_students
+from distill.experiment.tune import run_tuning, trial_config, validation_score
 from distill.outputs.report import SYSTEMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,14 +209,15 @@ def test_trial_value_is_the_mean_validation_macro_f1_over_episodes(first_study) 
         taught = teach(prepared, score_test=False)
         assert taught.validation is not None
         np.testing.assert_allclose(taught.validation.x.numpy(), scaler.transform(dataset.x[split.validation]), rtol=1e-6)
-        model, _ = train_student(prepared, taught, kl_weight=None, system="student")
-        predicted = predict_logits(model, taught.validation.x).argmax(1).numpy()
+        job = StudentJob.planned(prepared, taught, "student")
+        train_students([job])
+        predicted = predict_logits(job.model, taught.validation.x).argmax(1).numpy()
         scores.append(f1_score(dataset.y[split.validation], predicted, average="macro", labels=[0, 1, 2], zero_division=0))
 
     # torchmetrics computes F1 in float32 (an exact 0.5 comes back as 0.50000001...): agreement to
     # float32 precision is the best a float64 recomputation can reach.
     assert best.value == pytest.approx(float(np.mean(scores)), abs=1e-6)
-    assert validation_score(cfg, dataset, _TeacherCache())[0] == pytest.approx(best.value, abs=1e-12)
+    assert validation_score(cfg, dataset, SoftTargetCache(None))[0] == pytest.approx(best.value, abs=1e-12)
 
 
 # --------------------------------------------------------------------------- 3. no test leakage
@@ -237,8 +239,8 @@ def test_search_never_reads_the_test_rows(tmp_path: Path) -> None:
 
     for params in ({}, {"objective.kl_weight": 3.0, "objective.temperature": 2.5}):
         cfg = trial_config(config, params)
-        value_clean, scores_clean = validation_score(cfg, clean, _TeacherCache())
-        value_poisoned, scores_poisoned = validation_score(cfg, poisoned, _TeacherCache())
+        value_clean, scores_clean = validation_score(cfg, clean, SoftTargetCache(None))
+        value_poisoned, scores_poisoned = validation_score(cfg, poisoned, SoftTargetCache(None))
         assert np.isfinite(value_clean) and 0.0 <= value_clean <= 1.0
         assert value_poisoned == value_clean and scores_poisoned == scores_clean
 
@@ -278,7 +280,7 @@ def test_whole_search_on_poisoned_test_rows_scores_like_clean_data(
 
     study = load_study(tmp_path / "journal.log")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-    cache = _TeacherCache()
+    cache: SoftTargetCache = SoftTargetCache(None)
     for trial in study.trials:
         assert np.isfinite(trial.value)
         assert trial.value == validation_score(trial_config(config, trial.params), clean, cache)[0]

@@ -74,6 +74,26 @@ def draw_stratified(
     return np.sort(np.concatenate(picked))
 
 
+def draw_test_rows(y: np.ndarray, num_classes: int, test_size: int | float, rng: np.random.Generator,
+                   test_from: np.ndarray | None = None) -> np.ndarray:
+    """The stratified test split of the rows labelled ``y`` (``data.test_size``: a count, or a share of the
+    rows rounded up), drawn from ``test_from`` (the rows a trained teacher never saw) or from every row.
+    Both ``run`` (``split_dataset``) and ``teacher train`` hold out their test rows with it."""
+    n = y.shape[0]
+    # ceil, less a hair so that 0.07 * 100 = 7.000000000000001 gives 7 rows, not 8
+    n_test = int(test_size) if isinstance(test_size, int) else int(math.ceil(test_size * n - 1e-9))
+    if n_test >= n:
+        raise DataError(f"data.test_size: {n_test} test rows asked but the data has only {n} rows")
+    all_rows = np.arange(n)
+    candidates = all_rows if test_from is None else np.intersect1d(all_rows, np.asarray(test_from, dtype=np.int64))
+    if test_from is not None and n_test > candidates.size:
+        raise DataError(
+            f"data.test_size: {n_test} test rows asked but the teacher held out only {candidates.size}; "
+            "lower data.test_size or train the teacher with a larger one"
+        )
+    return draw_stratified(y, candidates, n_test, "total", rng, num_classes, "data.test_size")
+
+
 @dataclass(frozen=True)
 class Split:
     """Row indices into the dataset: disjoint test, labelled, validation and unlabelled pool."""
@@ -98,23 +118,11 @@ def split_dataset(
 
     ``test_from`` restricts the test draw to those rows (the rows a trained teacher never saw).
     """
-    n = dataset.x.shape[0]
     y = dataset.y
     k = dataset.num_classes
-    # ceil, less a hair so that 0.07 * 100 = 7.000000000000001 gives 7 rows, not 8
-    n_test = int(test_size) if isinstance(test_size, int) else int(math.ceil(test_size * n - 1e-9))
-    if n_test >= n:
-        raise DataError(f"data.test_size: {n_test} test rows asked but the data has only {n} rows")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
-    all_rows = np.arange(n)
-    candidates = all_rows if test_from is None else np.intersect1d(all_rows, np.asarray(test_from, dtype=np.int64))
-    if test_from is not None and n_test > candidates.size:
-        raise DataError(
-            f"data.test_size: {n_test} test rows asked but the teacher held out only {candidates.size}; "
-            "lower data.test_size or train the teacher with a larger one"
-        )
-    test = draw_stratified(y, candidates, n_test, "total", rng, k, "data.test_size")
-    rest = np.setdiff1d(all_rows, test, assume_unique=True)
+    test = draw_test_rows(y, k, test_size, rng, test_from)
+    rest = np.setdiff1d(np.arange(y.shape[0]), test, assume_unique=True)
     unit: Literal["total", "per_class"] = "per_class" if per_class is not None else "total"
     amount = per_class if per_class is not None else labelled
     assert amount is not None

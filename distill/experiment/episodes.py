@@ -1,9 +1,23 @@
-"""Episodes: plan one episode's student jobs (distilled, baseline, controls), fit them, score them; the protocol loop.
+"""Episodes: what one episode does, and the loop over every episode and sweep value.
+
+One episode (one seed's draw, one sweep value; its rows and settings from ``prepare``):
+
+1. ``_plan_episode`` teaches (``teach``: the teacher's soft targets for this draw, computed once; sweep
+   values that share the teacher share them through the soft-target cache) and plans its student jobs:
+   the distilled student, the baseline (kl_weight 0, from the same initial weights and batches; sweep
+   values that differ only in the distillation knobs share one) and the controls (``protocol.controls``);
+2. ``train_students`` fits them (``distill.experiment.students``; an "auto" knob is chosen first), stacked
+   with other episodes' jobs while their rows fit a memory budget;
+3. ``_score_episode`` scores teacher, students, controls and references (``protocol.references``) on the
+   episode's test rows: an ``EpisodeResult``.
+
+``run_protocol`` runs every episode of every sweep value, in that order, and hands each result on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,14 +36,16 @@ from distill.engine.loop import (
     predict_logits,
 )
 from distill.experiment.cache import SoftTargetCache
-from distill.experiment.prepare import Prepared, episode_seed, prepare, prepare_protocol
+from distill.experiment.kd_selection import candidate_grid
+from distill.experiment.prepare import Prepared, prepare_episode, prepare_protocol
 from distill.experiment.students import StudentJob, train_students
-from distill.experiment.teach import TeacherOutputs, _baseline_key, _numpy_metrics, _teacher_key, _to_device, teach
+from distill.experiment.teach import TeacherOutputs, evaluation_rows, teach
 from distill.interrupts import StopRequest
 from distill.metrics.classification import classification_metrics, probabilities
 from distill.outputs.checkpoints import Checkpoints
 
-__all__ = ["EpisodeResult", "run_episode", "run_protocol", "CONTROLS", "REFERENCES", "null_teacher_probabilities", "control_rows", "reference_metrics"]
+__all__ = ["EpisodeResult", "run_protocol", "CONTROLS", "REFERENCES", "null_teacher_probabilities", "control_rows",
+           "reference_metrics"]
 
 log = logging.getLogger("distill")
 
@@ -59,26 +75,6 @@ class EpisodeResult:
     kd_selection: dict[str, Any] | None = None
 
 
-def run_episode(
-    prepared: Prepared,
-    *,
-    progress: bool = False,
-    cache: dict[str, Any] | None = None,
-    episode: int = 0,
-    value: Any = None,
-    soft_cache: SoftTargetCache | None = None,
-) -> EpisodeResult:
-    """Teacher, distilled student and baseline on one draw; scored on its test rows.
-
-    ``cache`` (one dict per episode) lets a sweep over the distillation knobs reuse the
-    teacher and the baseline, which do not depend on them.
-    """
-    cache = {} if cache is None else cache
-    pending = _plan_episode(prepared, cache, episode, value, soft_cache)
-    train_students(pending.jobs(), batched=False, progress=progress)
-    return _score_episode(pending)
-
-
 @dataclass
 class _PendingEpisode:
     """An episode whose teacher has answered and whose students are planned (or trained)."""
@@ -88,7 +84,6 @@ class _PendingEpisode:
     student: StudentJob
     baseline: StudentJob
     new_baseline: bool
-    episode: int
     value: Any
     controls: list[StudentJob] = field(default_factory=list)
 
@@ -96,21 +91,26 @@ class _PendingEpisode:
         return ([self.student, self.baseline] if self.new_baseline else [self.student]) + self.controls
 
 
-def _plan_episode(prepared: Prepared, cache: dict[str, Any], episode: int, value: Any,
-                  soft_cache: SoftTargetCache | None) -> _PendingEpisode:
-    """Teach (once per teacher key in ``cache``) and plan the student and (once per baseline key) the baseline."""
-    config = prepared.config
-    teacher_key = "teacher:" + _teacher_key(config)
-    if teacher_key not in cache:
-        cache[teacher_key] = teach(prepared, cache=soft_cache)
-    taught: TeacherOutputs = cache[teacher_key]
-    baseline_key = "baseline:" + _baseline_key(config)
-    new_baseline = baseline_key not in cache
+def _baseline_key(config: Config) -> str:
+    """The episode's experiment but for the distillation knobs, which the baseline does not depend on."""
+    c = config.model_dump(mode="json")
+    for key in ("kl_weight", "temperature", "direction"):
+        c["objective"].pop(key)
+    return json.dumps(c, sort_keys=True)
+
+
+def _plan_episode(prepared: Prepared, baselines: dict[str, StudentJob], value: Any,
+                  cache: SoftTargetCache[TeacherOutputs]) -> _PendingEpisode:
+    """Teach (once per teacher: ``cache``) and plan the student, the controls and (once per baseline key
+    in ``baselines``) the baseline."""
+    taught = teach(prepared, cache=cache)
+    key = _baseline_key(prepared.config)
+    new_baseline = key not in baselines
     if new_baseline:
-        cache[baseline_key] = StudentJob(prepared, taught, kl_weight=0.0, system="baseline")
-    student = StudentJob(prepared, taught, kl_weight=None, system="student")
-    controls = [_control_job(prepared, taught, name) for name in config.protocol.controls]
-    return _PendingEpisode(prepared, taught, student, cache[baseline_key], new_baseline, episode, value, controls)
+        baselines[key] = StudentJob.planned(prepared, taught, "baseline", kl_weight=0.0)
+    student = StudentJob.planned(prepared, taught, "student")
+    controls = [_control_job(prepared, taught, name) for name in prepared.protocol.controls]
+    return _PendingEpisode(prepared, taught, student, baselines[key], new_baseline, value, controls)
 
 
 #: ``protocol.controls``: systems trained beside the student, from the same initial weights on the
@@ -167,17 +167,16 @@ def control_rows(name: str, train: TrainingRows, *, null_teacher: str = "uniform
 def _control_job(prepared: Prepared, taught: TeacherOutputs, name: str) -> StudentJob:
     """One control of this episode: its rows and KL weight (``hard_labels``: none; ``teacher_probs_only``:
     the student's, or 1 when the student's is 0 so that the control still has a loss)."""
-    config = prepared.config
-    rows = control_rows(name, taught.train, null_teacher=config.protocol.null_teacher,
+    knobs = prepared.knobs
+    rows = control_rows(name, taught.train, null_teacher=prepared.protocol.null_teacher,
                         labelled_y=prepared.dataset.y[prepared.split.labelled])
-    kl_weight: float | None = None
-    temperature: float | None = None
     if name == "hard_labels":
-        kl_weight = 0.0
-    elif name == "teacher_probs_only" and config.objective.kl_weight == 0:
-        kl_weight = 1.0  # with T = 1 when it is "auto", as when "auto" chooses kl_weight 0 for the student
-        temperature = 1.0 if config.objective.temperature == AUTO else None
-    return StudentJob(prepared, taught, kl_weight=kl_weight, system=name, train=rows, temperature=temperature)
+        return StudentJob.planned(prepared, taught, name, kl_weight=0.0, train=rows)
+    if name == "teacher_probs_only" and knobs.kl_weight == 0:
+        # with T = 1 when it is "auto", as when "auto" chooses kl_weight 0 for the student
+        return StudentJob.planned(prepared, taught, name, kl_weight=1.0, train=rows,
+                                  temperature=1.0 if knobs.temperature == AUTO else None)
+    return StudentJob.planned(prepared, taught, name, train=rows)
 
 
 def reference_metrics(name: str, x_labelled: np.ndarray, y_labelled: np.ndarray, x_test: np.ndarray,
@@ -202,38 +201,62 @@ def reference_metrics(name: str, x_labelled: np.ndarray, y_labelled: np.ndarray,
     return {k: float(v) for k, v in values.items()}, probs
 
 
+def _numpy_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """A system's test metrics (``distill.metrics.classification``) as plain floats."""
+    values = classification_metrics(probabilities(logits), y, num_classes)
+    numbers = torch.stack(list(values.values())).tolist()
+    return dict(zip(values.keys(), numbers, strict=True))
+
+
+def _fitted(job: StudentJob) -> tuple[nn.Module, FitResult]:
+    assert job.model is not None and job.result is not None, f"{job.system} is not trained yet"
+    return job.model, job.result
+
+
+def _score_references(prepared: Prepared, metrics: dict[str, dict[str, float]],
+                      predictions: dict[str, np.ndarray], timings: dict[str, float]) -> None:
+    """``protocol.references``, fitted on the episode's scaled labelled rows and scored on its test rows."""
+    data, split, k = prepared.dataset, prepared.split, prepared.dataset.num_classes
+    x_scaled = prepared.scaler.transform(data.x)
+    for name in prepared.protocol.references:
+        started = time.perf_counter()
+        metrics[name], predictions[name] = reference_metrics(
+            name, x_scaled[split.labelled], data.y[split.labelled], x_scaled[split.test], data.y[split.test], k)
+        timings[f"{name}_fit_s"] = time.perf_counter() - started
+
+
+def _split_sizes(split: Split, taught: TeacherOutputs) -> dict[str, int]:
+    return {
+        "test": int(split.test.size),
+        "labelled": int(split.labelled.size),
+        "validation": int(split.validation.size),
+        "pool": int(split.pool.size),
+        "augmented": taught.augmented,
+        "transfer": int(taught.train.x.shape[0]),
+    }
+
+
 def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
-    """Test metrics of teacher, student and baseline once both students are trained."""
-    prepared, taught = pending.prepared, pending.taught
-    config, data, split, device = prepared.config, prepared.dataset, prepared.split, prepared.device
-    k = data.num_classes
-    student, student_fit = pending.student.model, pending.student.result
-    baseline, baseline_fit = pending.baseline.model, pending.baseline.result
-    assert student is not None and student_fit is not None and baseline is not None and baseline_fit is not None
+    """Test metrics and probabilities of every system once the episode's students are trained."""
+    prepared, taught, split = pending.prepared, pending.taught, pending.prepared.split
+    student, student_fit = _fitted(pending.student)
+    baseline, baseline_fit = _fitted(pending.baseline)
     timings: dict[str, float] = {"load_data_s": prepared.load_seconds, **taught.timings}
     timings["student_fit_s"] = student_fit.seconds
     timings["baseline_fit_s"] = baseline_fit.seconds
-
-    x_test = _to_device(prepared.scaler.transform(data.x[split.test]), device)
-    y_test = _to_device(data.y[split.test], device, torch.long)
+    test = evaluation_rows(prepared, split.test)
     outputs = {
-        "teacher": torch.as_tensor(taught.test_logits, dtype=torch.float32, device=device),
-        "student": predict_logits(student, x_test),
-        "baseline": predict_logits(baseline, x_test),
+        "teacher": torch.as_tensor(taught.test_logits, dtype=torch.float32, device=prepared.device),
+        "student": predict_logits(student, test.x),
+        "baseline": predict_logits(baseline, test.x),
     }
-    for job in pending.controls:
-        assert job.model is not None and job.result is not None
-        outputs[job.system] = predict_logits(job.model, x_test)
-        timings[f"{job.system}_fit_s"] = job.result.seconds
-    metrics = {system: _numpy_metrics(out, y_test, k) for system, out in outputs.items()}
+    controls = {job.system: _fitted(job) for job in pending.controls}
+    for system, (model, result) in controls.items():
+        outputs[system] = predict_logits(model, test.x)
+        timings[f"{system}_fit_s"] = result.seconds
+    metrics = {system: _numpy_metrics(out, test.y, prepared.dataset.num_classes) for system, out in outputs.items()}
     predictions = {system: probabilities(out).cpu().numpy() for system, out in outputs.items()}
-    if config.protocol.references:
-        x_scaled = prepared.scaler.transform(data.x)
-        for name in config.protocol.references:
-            started = time.perf_counter()
-            metrics[name], predictions[name] = reference_metrics(
-                name, x_scaled[split.labelled], data.y[split.labelled], x_scaled[split.test], data.y[split.test], k)
-            timings[f"{name}_fit_s"] = time.perf_counter() - started
+    _score_references(prepared, metrics, predictions, timings)
     return EpisodeResult(
         metrics=metrics,
         teacher_diagnostics=taught.diagnostics,
@@ -242,23 +265,16 @@ def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
         student=student,
         baseline=baseline,
         test_predictions=predictions,
-        test_targets=data.y[split.test],
+        test_targets=prepared.dataset.y[split.test],
         timings=timings,
-        episode=pending.episode,
-        seed=config.seed,
+        episode=prepared.episode,
+        seed=prepared.seed,
         value=pending.value,
-        split_sizes={
-            "test": int(split.test.size),
-            "labelled": int(split.labelled.size),
-            "validation": int(split.validation.size),
-            "pool": int(split.pool.size),
-            "augmented": taught.augmented,
-            "transfer": int(taught.train.x.shape[0]),
-        },
+        split_sizes=_split_sizes(split, taught),
         split=split,
         kd_selection=pending.student.selection,
-        control_fits={job.system: job.result for job in pending.controls},  # type: ignore[misc]
-        controls={job.system: job.model for job in pending.controls},  # type: ignore[misc]
+        control_fits={system: result for system, (_, result) in controls.items()},
+        controls={system: model for system, (model, _) in controls.items()},
     )
 
 
@@ -266,17 +282,15 @@ def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
 _STACK_BYTES = 256 * 2**20
 
 
-def _episode_bytes(taught: TeacherOutputs, config: Config) -> int:
+def _episode_bytes(prepared: Prepared, taught: TeacherOutputs) -> int:
     """The rows an episode's fits hold: its students', and its cross-validation members' for "auto"."""
     tensors = [taught.train.x, taught.train.teacher_logits, taught.fold_logits]
     if taught.validation is not None:
         tensors.append(taught.validation.x)
     size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
-    o = config.objective
-    if AUTO in (o.kl_weight, o.temperature) and o.kl_weight != 0 and taught.folds is not None:
-        from distill.experiment.kd_selection import candidate_grid
-
-        grid = candidate_grid(o.kl_weight, o.temperature, o.auto.kl_weights, o.auto.temperatures)
+    knobs = prepared.knobs
+    if knobs.chosen_by_cv and taught.folds is not None:
+        grid = candidate_grid(knobs.kl_weight, knobs.temperature, knobs.auto.kl_weights, knobs.auto.temperatures)
         size *= 1 + len(taught.folds) * len(grid)
     return size
 
@@ -287,7 +301,7 @@ def run_protocol(
     *,
     progress: bool = False,
     on_result: Callable[[EpisodeResult], None] | None = None,
-    soft_cache: SoftTargetCache | None = None,
+    soft_cache: SoftTargetCache[TeacherOutputs] | None = None,
     checkpoints: Checkpoints | None = None,
     stop: StopRequest | None = None,
     reported: int = 0,
@@ -295,16 +309,17 @@ def run_protocol(
     """Every episode (and every sweep value within it).
 
     ``first`` is ``prepare_protocol(config)`` when the caller already has it. Returns it and the
-    results in the order episode-major, sweep value-minor. ``checkpoints`` and ``stop``: see
-    ``train_students``; a resumed run passes ``reported``, the results ``on_result`` already saw.
+    results in the order episode-major, sweep value-minor. ``soft_cache``: the run's soft-target cache
+    (None: one in memory only). ``checkpoints`` and ``stop``: see ``train_students``; a resumed run
+    passes ``reported``, the results ``on_result`` already saw.
     """
     from distill.progress import progress_bar as tqdm
 
     first = prepare_protocol(config) if first is None else first
-    dataset = first[0].dataset
-    variants = expand_sweep(config)
+    cache = soft_cache if soft_cache is not None else SoftTargetCache(None)
+    values = [value for value, _ in expand_sweep(config)]
     episodes = config.protocol.episodes
-    total = episodes * len(variants)
+    total = episodes * len(values)
     results: list[EpisodeResult] = []
     bar = tqdm(total=total, desc="episodes", disable=not progress or total == 1, leave=False, dynamic_ncols=True)
     batched = config.train.batched
@@ -327,23 +342,27 @@ def run_protocol(
         pending_bytes = 0
 
     for e in range(episodes):
-        cache: dict[str, Any] = {}
-        for i, (value, variant) in enumerate(variants):
+        baselines: dict[str, StudentJob] = {}
+        for i, value in enumerate(values):
             if stop is not None:
                 stop.check(f"before episode {e}")
-            prepared = first[i] if e == 0 else prepare(
-                variant.model_copy(update={"seed": episode_seed(variant.seed, e)}), dataset, first[i].teacher
-            )
-            pending.append(_plan_episode(prepared, cache, e, value, soft_cache))
-            pending_bytes += _episode_bytes(pending[-1].taught, prepared.config)
+            prepared = first[i] if e == 0 else prepare_episode(first[i], e)
+            pending.append(_plan_episode(prepared, baselines, value, cache))
+            pending_bytes += _episode_bytes(prepared, pending[-1].taught)
+        cache.forget()  # the next episode's seed is another: no teacher outputs to share with it
         # Episodes wait to be trained together while their rows fit the stacking budget.
         if not batched or pending_bytes >= _STACK_BYTES or e == episodes - 1:
             flush()
     bar.close()
+    _warn_degenerate_teachers(results, episodes)
+    return first, results
+
+
+def _warn_degenerate_teachers(results: list[EpisodeResult], episodes: int) -> None:
+    """One warning line for the episodes whose teacher had warnings (a run of one episode gave them each)."""
     flagged = sorted({r.seed for r in results if r.teacher_diagnostics.get("warnings")})
     if flagged and episodes > 1:
         log.warning(
             "teacher looked degenerate in %d of %d episodes (seeds %s); details in log.txt and summary.json",
             len(flagged), episodes, ", ".join(map(str, flagged[:10])) + (", ..." if len(flagged) > 10 else ""),
         )
-    return first, results

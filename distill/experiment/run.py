@@ -43,7 +43,7 @@ from distill.outputs.report import (
 )
 from distill.outputs.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
 from distill.outputs.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
-from distill.students.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, servable_from_checkpoint
+from distill.students.checkpoint import checkpoint_payload, load_checkpoint, servable_from_checkpoint
 from distill.version import __version__
 
 __all__ = ["run_experiment", "execute", "RunOutcome", "summarise", "save_student", "describe_plan", "result_text", "systems_of"]
@@ -73,13 +73,13 @@ def describe_plan(prepared: Prepared) -> str:
         "augmented": f"augmented: the KL term sees the {s.labelled.size} labelled rows + {fs.augment.count} generated "
         f"points (jitter {fs.augment.jitter}, mixup share {fs.augment.mixup})",
     }[fs.transfer]
-    kind = "given" if prepared.teacher is not None else c.teacher.kind  # given: distill.run(teacher=obj)
-    several = kind in ("auto", "ensemble")
-    described = prepared.teachers or [(kind, kind)]
+    spec = prepared.teacher
+    kind = "given" if spec.given else c.teacher.kind  # given: distill.run(teacher=obj)
+    described = list(spec.described) or [(kind, kind)]
     teacher = (
         f"{kind} of {len(described)} candidate(s), calibration {c.teacher.calibration}"
         + "".join(f"\n              {name}: {text}" for name, text in described)
-        if several
+        if spec.mode != "single"
         else f"{kind}: {described[0][1]}, calibration {c.teacher.calibration}"
     )
     kwargs = ", ".join(f"{k}={v!r}" for k, v in c.student.kwargs.items())
@@ -109,28 +109,14 @@ def describe_plan(prepared: Prepared) -> str:
 
 
 def save_student(path: Path, prepared: Prepared, result: EpisodeResult) -> Path:
-    """``student.pt``: best weights plus what rebuilds the model and its input scaling.
-
-    Holds only tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)`` reads it.
-    """
-    c = prepared.config
-    payload: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "distill_version": __version__,
-        "arch": c.student.arch,
-        "kwargs": c.student.kwargs,
-        "in_shape": list(prepared.dataset.in_shape),
-        "num_classes": prepared.dataset.num_classes,
-        "num_outputs": prepared.num_outputs,
-        "classes": list(prepared.dataset.classes),
-        "feature_names": list(prepared.dataset.feature_names),
-        "scaler": prepared.scaler.state(),
-        "best_epoch": result.student_fit.best_epoch,
-        "episode": result.episode,
-        "seed": result.seed,
-        "config": config_dict(c),
-        "state_dict": {k: v.detach().cpu() for k, v in result.student.state_dict().items()},
-    }
+    """``student.pt``: the episode's best student weights plus what rebuilds the model and its input scaling
+    (``distill.students.checkpoint.checkpoint_payload``)."""
+    spec = prepared.student
+    payload = checkpoint_payload(
+        result.student, arch=spec.arch, kwargs=spec.kwargs, dataset=prepared.dataset, num_outputs=spec.num_outputs,
+        scaler=prepared.scaler, best_epoch=result.student_fit.best_epoch, episode=result.episode, seed=result.seed,
+        config=config_dict(prepared.config),
+    )
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -268,7 +254,7 @@ def result_text(summary: dict[str, Any]) -> str:
     return protocol_table(summary["aggregate"], summary["paired"], episodes) + "\n\n" + summary["verdict"] + chosen
 
 
-def _test_metrics(result: EpisodeResult) -> dict[str, float]:
+def _test_metrics(result: EpisodeResult) -> dict[str, float | None]:
     return {f"{system}/test_{metric}": value for system in result.metrics
             for metric, value in result.metrics[system].items()}
 

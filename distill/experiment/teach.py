@@ -1,14 +1,18 @@
-"""Teach: fit the teacher on an episode's labelled rows and compute its soft targets once (cached).
+"""Teach: one episode's soft targets, from the teacher fitted on its labelled rows, computed once.
+
+``teach`` builds every row the teacher is asked about (the transfer rows -- labelled, plus the unlabelled
+pool or generated rows -- then the validation and test rows), looks their outputs up in the one
+soft-target cache (``distill.experiment.cache``: this run's memory, then ``teacher.cache_dir``) under
+one key, and otherwise cross-fits the teacher (``distill.experiment.teacher_cv.cross_fit``: one fresh
+teacher per fit, built from the ``TeacherSpec`` that ``prepare`` resolved). ``TeacherOutputs`` holds the
+students' training rows, on the device, with the soft targets.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
-import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,20 +23,14 @@ import torch
 from distill.config import Config
 from distill.data.augment import augment_rows
 from distill.data.sources import FLOAT32_MAX
-from distill.engine.loop import (
-    EvaluationRows,
-    TrainingRows,
-)
+from distill.engine.loop import EvaluationRows, TrainingRows
 from distill.errors import UserError
 from distill.experiment.cache import SoftTargetCache, array_digest
-from distill.experiment.prepare import TEACHER_FOLDS, Prepared, _new_teacher, _teacher_candidates
-from distill.experiment.teacher_cv import TeacherProblem, cross_fit
-from distill.interrupts import Interrupted
+from distill.experiment.prepare import TEACHER_FOLDS, Prepared
+from distill.experiment.teacher_cv import CrossFitted, TeacherProblem, cross_fit
 from distill.metrics.calibration import labelled_folds
-from distill.metrics.classification import classification_metrics, probabilities
-from distill.teachers.base import Teacher, resolve_teacher
 
-__all__ = ["TeacherOutputs", "teach", "soft_target_cache"]
+__all__ = ["TeacherOutputs", "teach", "soft_target_cache", "evaluation_rows"]
 
 log = logging.getLogger("distill")
 
@@ -44,10 +42,11 @@ def _to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype = tor
     return tensor.to(device)
 
 
-def _numpy_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
-    values = classification_metrics(probabilities(logits), y, num_classes)
-    numbers = torch.stack(list(values.values())).tolist()
-    return dict(zip(values.keys(), numbers, strict=True))
+def evaluation_rows(prepared: Prepared, rows: np.ndarray) -> EvaluationRows:
+    """The dataset's ``rows``, scaled as the student sees them, with their labels, on the episode's device."""
+    data, device = prepared.dataset, prepared.device
+    return EvaluationRows(_to_device(prepared.scaler.transform(data.x[rows]), device),
+                          _to_device(data.y[rows], device, torch.long))
 
 
 @dataclass
@@ -68,57 +67,150 @@ class TeacherOutputs:
     folds: list[np.ndarray] | None = None
 
 
-def _teacher_key(config: Config) -> str:
-    """What the teacher and its soft targets depend on: data, draw, transfer set, teacher, seed."""
-    c = config.model_dump(mode="json")
-    return json.dumps([c["seed"], c["data"], c["few_shot"], c["teacher"], c["train"]["device"]], sort_keys=True)
+@dataclass(frozen=True)
+class _TeacherRows:
+    """What the teacher is fit on and asked about in one episode (``_teacher_rows``)."""
+
+    #: the transfer rows, in the student's scaled space: the labelled rows first
+    x_train: np.ndarray
+    augmented: int
+    #: every row the teacher is asked about, in its own input space: transfer, validation, test
+    asked: np.ndarray
+    fit_x: np.ndarray
+    fit_y: np.ndarray
+    n_val: int
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def cv_rows(self) -> int:
+        """The only rows a fold teacher is asked about (transfer + validation): never a test row."""
+        return self.n_train + self.n_val
 
 
-def _baseline_key(config: Config) -> str:
-    """The baseline depends on everything but the distillation knobs."""
-    c = config.model_dump(mode="json")
-    for key in ("kl_weight", "temperature", "direction"):
-        c["objective"].pop(key)
-    return json.dumps(c, sort_keys=True)
+def _transfer_rows(prepared: Prepared, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows the KL term sees (``few_shot.transfer``), and the generated ones among them (``augmented``)."""
+    split, fs = prepared.split, prepared.few_shot
+    rows = split.labelled if fs.transfer != "pool" else np.concatenate([split.labelled, split.pool])
+    augmented = np.empty((0, *x.shape[1:]))
+    if fs.transfer != "augmented":
+        return x[rows], augmented
+    aug = fs.augment
+    rng = np.random.default_rng(np.random.SeedSequence([prepared.seed, 0xA06]))
+    augmented = augment_rows(x[split.labelled], aug.count, jitter=float(aug.jitter), mixup=float(aug.mixup),
+                             mixup_alpha=float(aug.mixup_alpha), rng=rng)
+    if not (np.abs(augmented) <= FLOAT32_MAX).all():  # NaN too: the student would train on inf or NaN
+        raise UserError(
+            f"few_shot.augment (jitter = {aug.jitter}, mixup_alpha = {aug.mixup_alpha}) gives augmented points"
+            " that are NaN or beyond float32's range (the student's dtype); jitter is in scaled feature units"
+        )
+    return np.concatenate([x[rows], augmented]), augmented
 
 
-def _teacher_identity(config: Config, teacher: Teacher) -> str:
-    """What a teacher's outputs depend on besides its input rows (and, if it learns, its fit rows): its
-    ``fingerprint()``, else its config settings; for a teacher defined outside distill (a plugin's, a
-    user's class), also its code, so that editing it does not reuse stale soft targets."""
-    fingerprint = teacher.fingerprint()
-    if fingerprint is not None:
-        return str(fingerprint)
-    import sklearn
-
-    settings = config.teacher.model_dump(mode="json", exclude={"cache", "cache_dir", "validation"})
-    several = config.teacher.kind in ("auto", "ensemble")
-    kinds = [c.kind for c in config.teacher.candidates] if several else [config.teacher.kind]
-    code = [c for c in (_code_identity(resolve_teacher(kind)) for kind in kinds) if c is not None]
-    return json.dumps([settings, config.seed, sklearn.__version__] + ([code] if code else []), sort_keys=True)
+def _teacher_rows(prepared: Prepared, x: np.ndarray, score_test: bool) -> _TeacherRows:
+    """One teacher pass over every row it will ever be asked about: transfer, validation, test (none
+    without ``score_test``). ``x`` is the student's (scaled) space; a teacher may read raw features."""
+    split = prepared.split
+    to_teacher = prepared.scaler.inverse_transform if prepared.teacher.raw_inputs else (lambda rows: rows)
+    x_train, augmented = _transfer_rows(prepared, x)
+    test_rows = split.test if score_test else split.test[:0]
+    asked = to_teacher(np.concatenate([x_train, x[split.validation], x[test_rows]]))
+    return _TeacherRows(x_train=x_train, augmented=int(augmented.shape[0]), asked=asked,
+                        fit_x=to_teacher(x[split.labelled]), fit_y=prepared.dataset.y[split.labelled],
+                        n_val=int(split.validation.size))
 
 
-def _code_identity(entry: Any) -> str | None:
-    """For a teacher class or factory defined outside distill: its name and the sha256 of its module's
-    source (of its own source where the module has no file, e.g. a notebook; failing both, of this
-    process and object, so nothing is reused across processes). None for distill's own."""
-    module = getattr(entry, "__module__", None) or ""
-    if module == "distill" or module.startswith("distill."):
-        return None
-    name = f"{module}.{getattr(entry, '__qualname__', type(entry).__qualname__)}"
-    path = getattr(sys.modules.get(module), "__file__", None)
+def _outputs_key(prepared: Prepared, rows: _TeacherRows) -> str:
+    """The one key of the soft-target cache: the teacher's identity, the rows it is fit on (if it learns),
+    the rows it is asked about, and how it is cross-fitted and calibrated (which depends on the labelled
+    rows' labels even for a teacher that does not learn)."""
+    spec, seed = prepared.teacher, prepared.seed
+    cross = json.dumps(["teacher_cv/1", spec.kind, spec.calibration, TEACHER_FOLDS, rows.cv_rows, seed,
+                        array_digest(rows.fit_y)])
+    fit_rows = array_digest(rows.fit_x, rows.fit_y) if spec.learns else ""  # a network arrives trained
+    return SoftTargetCache.key(spec.identity(seed), fit_rows, array_digest(rows.asked), cross)
+
+
+def _cross_fit(prepared: Prepared, rows: _TeacherRows) -> CrossFitted:
+    """Fit the teacher (one fresh instance per fit: per candidate, on all labelled rows and per fold)."""
+    spec = prepared.teacher
+    factories = [(c.name, functools.partial(c.build, prepared.seed, str(prepared.device))) for c in spec.candidates]
     try:
-        if path:
-            with open(path, "rb") as handle:
-                return f"{name}:{hashlib.sha256(handle.read()).hexdigest()}"
-        import inspect
-
-        return f"{name}:{hashlib.sha256(inspect.getsource(entry).encode()).hexdigest()}"
-    except (OSError, TypeError):
-        return f"{name}:process {os.getpid()} object {id(entry)}"
+        return cross_fit(factories, rows.fit_x, rows.fit_y, rows.asked, rows.cv_rows, mode=spec.mode,
+                         calibration=spec.calibration, learns=spec.learns, seed=prepared.seed,
+                         num_classes=prepared.dataset.num_classes, max_folds=TEACHER_FOLDS)
+    except TeacherProblem as exc:
+        raise UserError(str(exc)) from None
 
 
-def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache | None = None) -> TeacherOutputs:
+def _soft_targets(prepared: Prepared, rows: _TeacherRows, key: str,
+                  cache: SoftTargetCache[TeacherOutputs]) -> CrossFitted:
+    """The teacher's logits (and fold logits) on ``rows``: from the disk cache, or fitted and stored there."""
+    k = prepared.dataset.num_classes
+    n, cv_rows = rows.asked.shape[0], rows.cv_rows
+    folds = labelled_folds(rows.fit_y, prepared.seed, TEACHER_FOLDS)
+    n_folds = len(folds) if folds is not None else 0
+    started = time.perf_counter()
+    cached = cache.get(key, shape=(n + n_folds * cv_rows, k))
+    if cached is not None:
+        stacked, diagnostics = cached
+        fold_logits = stacked[n:].reshape(n_folds, cv_rows, k) if folds is not None else None
+        log.debug("soft targets: cache hit %s", key[:12])
+        return CrossFitted(logits=stacked[:n], fold_logits=fold_logits, folds=folds,
+                           diagnostics={**diagnostics, "cache": "hit"},
+                           timings={"teacher_fit_s": 0.0, "soft_targets_s": time.perf_counter() - started})
+    crossed = _cross_fit(prepared, rows)  # its folds are these: labelled_folds of the same labels and seed
+    if cache.folder is not None:
+        stacked = crossed.logits if crossed.fold_logits is None else np.concatenate(
+            [crossed.logits, crossed.fold_logits.reshape(-1, k)])
+        cache.put(key, stacked, crossed.diagnostics)
+        crossed.diagnostics = {**crossed.diagnostics, "cache": "miss"}
+        log.debug("soft targets: cache miss %s, stored", key[:12])
+    return crossed
+
+
+def _report(prepared: Prepared, crossed: CrossFitted) -> None:
+    """The teacher's fit in the log; its warnings as warnings when the run has one episode (else one summary
+    line at the end of the run says how many episodes had them)."""
+    diagnostics = crossed.diagnostics
+    described = {key: v for key, v in diagnostics.items() if key != "warnings"}
+    log.debug("teacher fitted in %.2fs: %s", crossed.timings["teacher_fit_s"],
+              ", ".join(f"{key} = {v}" for key, v in described.items()))
+    level = logging.WARNING if prepared.protocol.episodes == 1 else logging.DEBUG
+    for message in diagnostics.get("warnings", []):
+        log.log(level, "teacher (seed %d): %s", prepared.seed, message)
+
+
+def _outputs(prepared: Prepared, rows: _TeacherRows, crossed: CrossFitted) -> TeacherOutputs:
+    """The students' training rows on the device: the transfer rows with the teacher's soft targets."""
+    data, split, device = prepared.dataset, prepared.split, prepared.device
+    n_train, n_val = rows.n_train, rows.n_val
+    is_labelled = np.zeros(n_train, dtype=bool)
+    is_labelled[: split.labelled.size] = True  # labelled rows come first in every transfer set
+    targets = np.full(n_train, -1, dtype=np.int64)
+    targets[: split.labelled.size] = data.y[split.labelled]
+    train = TrainingRows(
+        x=_to_device(rows.x_train, device),
+        targets=_to_device(targets, device, torch.long),
+        labelled=_to_device(is_labelled, device, torch.bool),
+        teacher_logits=_to_device(crossed.logits[:n_train], device),
+    )
+    return TeacherOutputs(
+        diagnostics=crossed.diagnostics,
+        train=train,
+        validation=evaluation_rows(prepared, split.validation) if n_val else None,
+        test_logits=crossed.logits[n_train + n_val:],
+        augmented=rows.augmented,
+        timings=crossed.timings,
+        fold_logits=_to_device(crossed.fold_logits[:, :n_train], device) if crossed.fold_logits is not None else None,
+        folds=crossed.folds,
+    )
+
+
+def teach(prepared: Prepared, *, score_test: bool = True,
+          cache: SoftTargetCache[TeacherOutputs] | None = None) -> TeacherOutputs:
     """Fit the teacher on the labelled rows and compute its soft targets once for every row the student sees.
 
     The teacher is cross-fitted (``distill.experiment.teacher_cv.cross_fit``): one fit per fold of the labelled rows
@@ -127,132 +219,27 @@ def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache
     No test row is ever shown to a fold teacher or used for calibration.
 
     With ``score_test=False`` (tuning) the test rows are never read: ``test_logits`` is empty. With
-    a ``cache``, outputs computed before for the same teacher, fit rows and input rows are reused
-    (and a fitted teacher is not even fitted again).
+    a ``cache``, outputs computed before for the same teacher, fit rows and input rows are reused: the
+    very same object when this cache computed them, else from its disk (then the teacher is not fitted).
     """
-    config, data, split, device = prepared.config, prepared.dataset, prepared.split, prepared.device
-    k = data.num_classes
-    timings: dict[str, float] = {}
-    x = prepared.scaler.transform(data.x)
-
-    given = prepared.teacher
-    _, first_kind, first_kwargs = _teacher_candidates(config, data, str(device), given)[0]
-    # x is the student's (scaled) space; a network teacher may read raw features, as it was trained.
-    try:
-        teacher: Teacher = _new_teacher(first_kind, first_kwargs, given)  # auto / ensemble: the first candidate
-        raw = teacher.input_space == "raw"
-    except (UserError, MemoryError, Interrupted):
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's or a given teacher's own code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"teacher: {first}" if isinstance(exc, ValueError) else
-                        f"teacher: {type(exc).__name__}: {first}") from None
-    to_teacher = prepared.scaler.inverse_transform if raw else (lambda rows: rows)
-
-    transfer = config.few_shot.transfer
-    rows = split.labelled if transfer != "pool" else np.concatenate([split.labelled, split.pool])
-    x_train = x[rows]
-    augmented = np.empty((0, *x.shape[1:]))
-    if transfer == "augmented":
-        aug = config.few_shot.augment
-        rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xA06]))
-        augmented = augment_rows(
-            x[split.labelled], aug.count, jitter=float(aug.jitter), mixup=float(aug.mixup),
-            mixup_alpha=float(aug.mixup_alpha), rng=rng,
-        )
-        if not (np.abs(augmented) <= FLOAT32_MAX).all():  # NaN too: the student would train on inf or NaN
-            raise UserError(
-                f"few_shot.augment (jitter = {aug.jitter}, mixup_alpha = {aug.mixup_alpha}) gives augmented points"
-                " that are NaN or beyond float32's range (the student's dtype); jitter is in scaled feature units"
-            )
-        x_train = np.concatenate([x_train, augmented])
-    # One teacher pass over every row it will ever be asked about: transfer, validation, test.
-    test_rows = split.test if score_test else split.test[:0]
-    everything = np.concatenate([x_train, x[split.validation], x[test_rows]])
-    teacher_rows = to_teacher(everything)
-    fit_x, fit_y = to_teacher(x[split.labelled]), data.y[split.labelled]
-
     cache = cache if cache is not None else SoftTargetCache(None)
-    learns = teacher.learns  # a network arrives trained: its fit rows do not matter
-    try:
-        identity = _teacher_identity(config, teacher)
-    except ValueError as exc:
-        raise UserError(f"teacher: {exc}") from None
-    n_train, n_val = x_train.shape[0], split.validation.size
-    cv_rows = n_train + n_val  # the only rows a fold teacher is asked about: never a test row
-    folds = labelled_folds(fit_y, config.seed, TEACHER_FOLDS)
-    # The calibration and the folds depend on the labelled rows' labels even for a teacher that does not learn.
-    cross = json.dumps(["teacher_cv/1", config.teacher.kind, config.teacher.calibration, TEACHER_FOLDS, cv_rows,
-                        config.seed, array_digest(fit_y)])
-    key = cache.key(identity, array_digest(fit_x, fit_y) if learns else "", array_digest(teacher_rows), cross)
-    n_folds = len(folds) if folds is not None else 0
-    started = time.perf_counter()
-    cached = cache.get(key, shape=(everything.shape[0] + n_folds * cv_rows, k))
-    if cached is not None:
-        stacked, diagnostics = cached
-        logits = stacked[: everything.shape[0]]
-        fold_logits = stacked[everything.shape[0]:].reshape(n_folds, cv_rows, k) if folds is not None else None
-        diagnostics = {**diagnostics, "cache": "hit"}
-        timings["teacher_fit_s"] = 0.0
-        timings["soft_targets_s"] = time.perf_counter() - started
-        log.debug("soft targets: cache hit %s", key[:12])
-    else:
-        mode = "single" if given is not None else {"auto": "auto", "ensemble": "ensemble"}.get(config.teacher.kind, "single")
-        factories = [(name, functools.partial(_new_teacher, kind, kwargs, given))
-                     for name, kind, kwargs in _teacher_candidates(config, data, str(device), given)]
-        if mode == "single":  # the teacher built above first (a network is loaded once), then fresh ones
-            built: list[Teacher] = [teacher]
-            make = factories[0][1]
-            factories = [(factories[0][0], lambda: built.pop() if built else make())]
-        try:
-            crossed = cross_fit(factories, fit_x, fit_y, teacher_rows, cv_rows, mode=mode,  # type: ignore[arg-type]
-                                calibration=config.teacher.calibration, learns=learns, seed=config.seed,
-                                num_classes=k, max_folds=TEACHER_FOLDS)
-        except TeacherProblem as exc:
-            raise UserError(str(exc)) from None
-        logits, fold_logits, diagnostics = crossed.logits, crossed.fold_logits, crossed.diagnostics
-        timings.update(crossed.timings)
-        if cache.folder is not None:
-            stacked = logits if fold_logits is None else np.concatenate([logits, fold_logits.reshape(-1, k)])
-            cache.put(key, stacked, diagnostics)
-            diagnostics = {**diagnostics, "cache": "miss"}
-            log.debug("soft targets: cache miss %s, stored", key[:12])
-    if n_val:
-        val_logits = logits[n_train : n_train + n_val]
-        diagnostics["validation_accuracy"] = float(np.mean(val_logits.argmax(1) == data.y[split.validation]))
-    described = {key: v for key, v in diagnostics.items() if key != "warnings"}
-    log.debug("teacher fitted in %.2fs: %s", timings["teacher_fit_s"], ", ".join(f"{key} = {v}" for key, v in described.items()))
-    level = logging.WARNING if config.protocol.episodes == 1 else logging.DEBUG  # many episodes: one summary line
-    for message in diagnostics.get("warnings", []):
-        log.log(level, "teacher (seed %d): %s", config.seed, message)
-
-    is_labelled = np.zeros(n_train, dtype=bool)
-    is_labelled[: split.labelled.size] = True  # labelled rows come first in every transfer set
-    targets = np.full(n_train, -1, dtype=np.int64)
-    targets[: split.labelled.size] = data.y[split.labelled]
-    train = TrainingRows(
-        x=_to_device(x_train, device),
-        targets=_to_device(targets, device, torch.long),
-        labelled=_to_device(is_labelled, device, torch.bool),
-        teacher_logits=_to_device(logits[:n_train], device),
-    )
-    validation = (
-        EvaluationRows(_to_device(x[split.validation], device), _to_device(data.y[split.validation], device, torch.long))
-        if n_val
-        else None
-    )
-    return TeacherOutputs(
-        diagnostics=diagnostics,
-        train=train,
-        validation=validation,
-        test_logits=logits[n_train + n_val :],
-        augmented=int(augmented.shape[0]),
-        timings=timings,
-        fold_logits=_to_device(fold_logits[:, :n_train], device) if fold_logits is not None else None,
-        folds=folds,
-    )
+    x = prepared.scaler.transform(prepared.dataset.x)
+    rows = _teacher_rows(prepared, x, score_test)
+    key = _outputs_key(prepared, rows)
+    remembered = cache.recall(key)
+    if remembered is not None:
+        return remembered
+    crossed = _soft_targets(prepared, rows, key, cache)
+    if rows.n_val:
+        val_logits = crossed.logits[rows.n_train: rows.cv_rows]
+        crossed.diagnostics["validation_accuracy"] = float(
+            np.mean(val_logits.argmax(1) == prepared.dataset.y[prepared.split.validation]))
+    _report(prepared, crossed)
+    outputs = _outputs(prepared, rows, crossed)
+    cache.remember(key, outputs)
+    return outputs
 
 
-def soft_target_cache(config: Config) -> SoftTargetCache:
-    """The run's soft-target cache (``teacher.cache_dir``), or an inactive one with ``teacher.cache = false``."""
+def soft_target_cache(config: Config) -> SoftTargetCache[TeacherOutputs]:
+    """A run's or search's soft-target cache: on disk under ``teacher.cache_dir`` too, unless ``teacher.cache = false``."""
     return SoftTargetCache(config.teacher.cache_dir if config.teacher.cache else None)

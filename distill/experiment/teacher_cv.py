@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -199,6 +199,12 @@ def _calibrated(c: _Candidate, method: str, logits: np.ndarray) -> np.ndarray:
     return logits if method == "none" else apply_temperature(logits, c.temperature)
 
 
+def _every(parts: list[np.ndarray | None]) -> list[np.ndarray] | None:
+    """``parts`` when every candidate has one, else None."""
+    present = [p for p in parts if p is not None]
+    return present if len(present) == len(parts) else None
+
+
 def _mean_log(parts: list[np.ndarray]) -> np.ndarray:
     """``log(mean_j softmax(parts_j))``, clamped like ``probabilities_to_logits``."""
     mean = np.mean([np.exp(_log_softmax(p)) for p in parts], axis=0)
@@ -206,7 +212,7 @@ def _mean_log(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def cross_fit(
-    candidates: list[CandidateFactory],
+    candidates: Sequence[CandidateFactory],
     fit_x: np.ndarray,
     fit_y: np.ndarray,
     rows: np.ndarray,
@@ -252,7 +258,7 @@ def cross_fit(
         started = time.perf_counter()
         full = _checked_logits(teacher, rows, num_classes, name)
         timings["soft_targets_s"] += time.perf_counter() - started
-        own = _diagnostics(teacher, name)
+        teacher_diagnostics = _diagnostics(teacher, name)
         fold_out: np.ndarray | None = None
         oof: np.ndarray | None = None
         started = time.perf_counter()
@@ -269,7 +275,7 @@ def cross_fit(
                 fold_out[f] = _checked_logits(fold_teacher, rows[:m], num_classes, name)
                 oof[held] = fold_out[f, held]
         timings["teacher_fit_s"] += time.perf_counter() - started
-        c = _Candidate(name, full, fold_out, oof, own)
+        c = _Candidate(name, full, fold_out, oof, teacher_diagnostics)
         _calibrate(c, y, groups, calibration)
         fitted.append(c)
 
@@ -291,11 +297,13 @@ def cross_fit(
     if mode == "ensemble":
         chosen_name = "ensemble"
         logits = _mean_log([_calibrated(c, calibration, c.full) for c in fitted])
-        fold_logits = (_mean_log([_calibrated(c, calibration, c.folds) for c in fitted])  # type: ignore[arg-type]
-                       if folds is not None else None)
-        before_oof = _mean_log([c.oof for c in fitted]) if groups is not None and fitted[0].oof is not None else None
-        after_oof = (_mean_log([c.oof_calibrated for c in fitted])  # type: ignore[misc]
-                     if all(c.oof_calibrated is not None for c in fitted) else None)
+        fold_parts = _every([c.folds for c in fitted])  # each candidate's, whenever there are folds
+        fold_logits = (_mean_log([_calibrated(c, calibration, f) for c, f in zip(fitted, fold_parts, strict=True)])
+                       if fold_parts is not None else None)
+        oof_parts = _every([c.oof for c in fitted])
+        before_oof = _mean_log(oof_parts) if groups is not None and oof_parts is not None else None
+        calibrated_parts = _every([c.oof_calibrated for c in fitted])
+        after_oof = _mean_log(calibrated_parts) if calibrated_parts is not None else None
         temperature: Any = [c.temperature for c in fitted]
         own: dict[str, Any] = {"members": {c.name: {k: v for k, v in c.diagnostics.items() if k != "warnings"}
                                            for c in fitted}}

@@ -9,9 +9,7 @@ from rows the teacher never saw.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -23,27 +21,23 @@ import torch
 from distill import students
 from distill.config import Config, config_dict, flatten
 from distill.data.scaling import fit_scaler
-from distill.data.sources import load_dataset
-from distill.data.split import draw_stratified
+from distill.data.sources import Dataset, load_dataset
+from distill.data.split import draw_stratified, draw_test_rows
 from distill.engine.loop import EvaluationRows, FitInterrupted, TrainingRows, fit_many, predict_logits
 from distill.errors import ConfigError
-from distill.experiment.cache import array_digest
+from distill.experiment.cache import data_hash
 from distill.experiment.prepare import fit_settings
 from distill.interrupts import Interrupted, StopRequest
 from distill.metrics.classification import classification_metrics, probabilities
 from distill.outputs.rundir import atomic_write, attach_log_file, write_json
+from distill.outputs.tracking import MlflowTracker, git_commit
 from distill.seeding import configure_threads, resolve_device, seed_everything
-from distill.students.checkpoint import CHECKPOINT_FORMAT
+from distill.students.checkpoint import checkpoint_payload
 from distill.version import __version__
 
-__all__ = ["train_teacher", "data_hash"]
+__all__ = ["train_teacher"]
 
 log = logging.getLogger("distill")
-
-
-def data_hash(x: np.ndarray, y: np.ndarray) -> str:
-    """Identifies a dataset's exact rows and labels (recorded in teacher checkpoints)."""
-    return array_digest(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64))
 
 
 def _check(config: Config, output: str | Path | None) -> Path:
@@ -85,6 +79,42 @@ def _check_target(path: Path, where: str) -> None:
         raise ConfigError(f"{where}: cannot create teacher checkpoint '{path}': '{folder}' is not a writable folder")
 
 
+def _split(config: Config, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training, early-stopping validation (``teacher.validation``, a share of the rest) and held-out test rows
+    (``data.test_size``, drawn as ``run`` draws its own, from a stream of the seed of their own)."""
+    k = dataset.num_classes
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x7EAC]))
+    test = draw_test_rows(dataset.y, k, config.data.test_size, rng)
+    rest = np.setdiff1d(np.arange(dataset.y.shape[0]), test, assume_unique=True)
+    n_val = max(k, int(round(float(config.teacher.validation) * rest.size)))
+    val = draw_stratified(dataset.y, rest, n_val, "total", rng, k, "teacher.validation")
+    return np.setdiff1d(rest, val, assume_unique=True), val, test
+
+
+def _network(config: Config, dataset: Dataset, kwargs: dict[str, Any],
+             device: torch.device) -> tuple[torch.nn.Module, int]:
+    """``teacher.arch`` built with ``teacher.params`` from the seed (a ConfigError naming the key), and its
+    number of outputs."""
+    seed_everything(config.seed)
+    try:
+        model = students.build(str(config.teacher.arch), dataset.in_shape, dataset.num_classes, key="teacher.arch",
+                               **kwargs).to(device)
+    except ValueError as exc:
+        message = str(exc).replace("student.", "teacher.params.")
+        raise ConfigError(message if message.startswith("teacher.arch") else f"teacher.arch: {message}") from None
+    return model, int(model(torch.zeros((1, *dataset.in_shape), device=device)).shape[-1])
+
+
+def _make_room(path: Path, output: str | Path | None) -> None:
+    """Check again that the checkpoint's path is free (nothing appeared while training), and create its folder."""
+    _check_target(path, "--output" if output is not None else "teacher.checkpoint")
+    if not path.parent.exists():
+        try:
+            path.parent.mkdir(parents=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the folder of teacher checkpoint '{path}': {exc.strerror or exc}") from None
+
+
 def train_teacher(
     config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True
 ) -> tuple[Path, dict[str, Any]]:
@@ -110,29 +140,13 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
     dataset = load_dataset(config.data.source, config.data.label)
     device = resolve_device(config.train.device)
     k = dataset.num_classes
-    n = dataset.x.shape[0]
-    test_size = config.data.test_size
-    n_test = int(test_size) if isinstance(test_size, int) else int(math.ceil(test_size * n - 1e-9))
-    if n_test >= n:
-        raise ConfigError(f"data.test_size: {n_test} test rows asked but the data has only {n} rows")
-    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x7EAC]))
-    test = draw_stratified(dataset.y, np.arange(n), n_test, "total", rng, k, "data.test_size")
-    rest = np.setdiff1d(np.arange(n), test, assume_unique=True)
-    n_val = max(k, int(round(float(config.teacher.validation) * rest.size)))
-    val = draw_stratified(dataset.y, rest, n_val, "total", rng, k, "teacher.validation")
-    train = np.setdiff1d(rest, val, assume_unique=True)
+    train, val, test = _split(config, dataset)
     scaler = fit_scaler(config.data.scale, dataset.x[train])
     x = scaler.transform(dataset.x)
     configure_threads(device, config.train.threads, int(x[train].size))
 
     kwargs = dict(config.teacher.params)
-    seed_everything(config.seed)
-    try:
-        model = students.build(str(config.teacher.arch), dataset.in_shape, k, key="teacher.arch", **kwargs).to(device)
-    except ValueError as exc:
-        message = str(exc).replace("student.", "teacher.params.")
-        raise ConfigError(message if message.startswith("teacher.arch") else f"teacher.arch: {message}") from None
-    num_outputs = int(model(torch.zeros((1, *dataset.in_shape), device=device)).shape[-1])
+    model, num_outputs = _network(config, dataset, kwargs, device)
 
     def rows(index: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(x[index]), dtype=dtype).to(device)
@@ -142,7 +156,7 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
 
     training = TrainingRows(x=rows(train), targets=labels(train),
                             labelled=torch.ones(train.size, dtype=torch.bool, device=device))
-    settings = dataclasses.replace(fit_settings(config, kl_weight=0.0))
+    settings = fit_settings(config, kl_weight=0.0)
     log.info(
         "teacher train: %s %s on %d rows (validation %d, held-out test %d), %s",
         config.teacher.arch, kwargs, train.size, val.size, test.size, device,
@@ -161,37 +175,15 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
     log.info("teacher: %d epochs (%s); test accuracy %.4f", result.stopped_epoch, result.stop_reason,
              test_metrics["accuracy"])
 
-    payload: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "role": "teacher",
-        "distill_version": __version__,
-        "arch": str(config.teacher.arch),
-        "kwargs": kwargs,
-        "in_shape": list(dataset.in_shape),
-        "num_classes": k,
-        "num_outputs": num_outputs,
-        "classes": list(dataset.classes),
-        "label_mapping": {name: i for i, name in enumerate(dataset.classes)},
-        "feature_names": list(dataset.feature_names),
-        "scaler": scaler.state(),
-        "data_source": dataset.name,
-        "data_hash": data_hash(dataset.x, dataset.y),
-        "heldout_rows": test.tolist(),
-        "train_rows": int(train.size),
-        "test_accuracy": float(test_metrics["accuracy"]),
-        "test_metrics": {key: float(v) for key, v in test_metrics.items()},
-        "best_epoch": result.best_epoch,
-        "seed": config.seed,
-        "config": config_dict(config),
-        "state_dict": {key: v.detach().cpu() for key, v in model.state_dict().items()},
-    }
+    payload = checkpoint_payload(
+        model, arch=str(config.teacher.arch), kwargs=kwargs, dataset=dataset, num_outputs=num_outputs, scaler=scaler,
+        best_epoch=result.best_epoch, seed=config.seed, config=config_dict(config),
+        role="teacher", label_mapping={name: i for i, name in enumerate(dataset.classes)}, data_source=dataset.name,
+        data_hash=data_hash(dataset.x, dataset.y), heldout_rows=test.tolist(), train_rows=int(train.size),
+        test_accuracy=float(test_metrics["accuracy"]), test_metrics={key: float(v) for key, v in test_metrics.items()},
+    )
     stop.check("after training the teacher, before writing its checkpoint; no checkpoint was written")
-    _check_target(path, "--output" if output is not None else "teacher.checkpoint")  # nothing appeared meanwhile
-    if not path.parent.exists():
-        try:
-            path.parent.mkdir(parents=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the folder of teacher checkpoint '{path}': {exc.strerror or exc}") from None
+    _make_room(path, output)
     handler = attach_log_file(path.with_suffix(".log"), log)
     try:
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -220,7 +212,6 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
 def _record(config: Config, uri: str, path: Path, history: list[dict[str, float]], test_metrics: dict[str, float],
             device: str) -> str:
     """MLflow: one run with the config, the per-epoch history, the test metrics and the checkpoint."""
-    from distill.outputs.tracking import MlflowTracker, git_commit
     tags = {"dataset": config.data.source, "teacher.arch": str(config.teacher.arch), "distill.kind": "teacher train",
             "distill.version": __version__, "device": device}
     commit = git_commit(Path.cwd())

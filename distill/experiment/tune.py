@@ -14,12 +14,13 @@ as given, for many workers on many machines.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +30,13 @@ import numpy as np
 import torch
 
 from distill.config import Config, config_dict, set_dotted, to_toml, validate_config
+from distill.data.sources import Dataset
 from distill.engine.loop import predict_logits
 from distill.errors import ConfigError, UserError
 from distill.experiment.cache import SoftTargetCache
-from distill.experiment.prepare import Prepared, episode_seed, prepare, prepare_protocol
+from distill.experiment.prepare import TeacherFactory, prepare, prepare_episode, prepare_protocol
 from distill.experiment.students import StudentJob, train_students
-from distill.experiment.teach import TeacherOutputs, _teacher_key, soft_target_cache, teach
+from distill.experiment.teach import TeacherOutputs, soft_target_cache, teach
 from distill.interrupts import Interrupted, StopRequest
 from distill.losses.objective import validation_loss
 from distill.metrics.classification import METRICS, classification_metrics, probabilities
@@ -147,34 +149,23 @@ def _validation_value(logits: torch.Tensor, y: torch.Tensor, num_classes: int, m
     return float(classification_metrics(probabilities(logits), y, num_classes)[metric])
 
 
-class _TeacherCache:
-    """Teacher outputs per (episode, teacher-relevant config): a search over the objective fits each teacher once."""
-
-    def __init__(self, disk: SoftTargetCache | None = None) -> None:
-        self._store: dict[str, TeacherOutputs] = {}
-        self._disk = disk
-
-    def get(self, prepared: Prepared) -> TeacherOutputs:
-        key = _teacher_key(prepared.config)
-        if key not in self._store:
-            self._store[key] = teach(prepared, score_test=False, cache=self._disk)  # the test rows stay unread
-        return self._store[key]
-
-
 def validation_score(
-    config: Config, dataset: Any, cache: _TeacherCache, *, report: Any = None, stop: StopRequest | None = None,
-    teacher: Any = None,
+    config: Config, dataset: Dataset | None, cache: SoftTargetCache[TeacherOutputs], *, report: Any = None,
+    stop: StopRequest | None = None, teacher: TeacherFactory | None = None,
 ) -> tuple[float, list[float]]:
     """Mean validation ``tune.metric`` of the distilled student over the episodes (test rows never read).
 
-    ``report(mean_so_far, episode)`` is called after each episode (Optuna's report + prune);
+    ``cache`` holds the teacher's outputs per episode across trials: a search over the objective fits each
+    teacher once. ``report(mean_so_far, episode)`` is called after each episode (Optuna's report + prune);
     ``stop`` turns a signal into ``Interrupted`` after the current training step.
     """
     metric = config.tune.metric
+    first = prepare(config, dataset, teacher)
     jobs = []
     for e in range(config.protocol.episodes):
-        prepared = prepare(config.model_copy(update={"seed": episode_seed(config.seed, e)}), dataset, teacher)
-        jobs.append(StudentJob(prepared, cache.get(prepared), kl_weight=None, system="student"))
+        prepared = first if e == 0 else prepare_episode(first, e)
+        taught = teach(prepared, score_test=False, cache=cache)  # the test rows stay unread
+        jobs.append(StudentJob.planned(prepared, taught, "student"))
     # Stacked, the trial's episodes train as one model; one at a time, a pruned trial stops early.
     chunks = [jobs] if config.train.batched else [[job] for job in jobs]
     scores: list[float] = []
@@ -255,6 +246,10 @@ def _agg_canvas(figure: Any) -> None:
         FigureCanvasAgg(figure)
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
 def _save_plots(study: Any, run_dir: Path) -> list[str]:
     """Optimisation history, parameter importances and slice plots as PNG (skipped when undefined).
 
@@ -271,7 +266,8 @@ def _save_plots(study: Any, run_dir: Path) -> list[str]:
 
     written = []
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    plots = {"optimization_history": vis.plot_optimization_history, "slice": vis.plot_slice}
+    plots: dict[str, Callable[[Any], Any]] = {"optimization_history": vis.plot_optimization_history,
+                                              "slice": vis.plot_slice}
     if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
         plots["param_importances"] = vis.plot_param_importances
     hooks = [*matplotlib.rcParams["figure.hooks"], f"{__name__}:{_agg_canvas.__name__}"]
@@ -296,8 +292,7 @@ def _save_plots(study: Any, run_dir: Path) -> list[str]:
             for number in set(plt.get_fignums()) - before:  # the figures this plot opened, even half-drawn
                 plt.close(number)
         path = run_dir / f"tune_{name}.png"  # a failed write is the run directory's error, not the plot's
-        data = png.getvalue()
-        atomic_write(path, lambda tmp, data=data: tmp.write_bytes(data))
+        atomic_write(path, functools.partial(_write_bytes, data=png.getvalue()))
         written.append(path.name)
     return written
 
@@ -314,8 +309,8 @@ def run_tuning(
     output: str | Path | None = None,
     track: bool = True,
     progress: bool = False,
-    dataset: Any = None,
-    teacher: Any = None,
+    dataset: Dataset | None = None,
+    teacher: TeacherFactory | None = None,
 ) -> TuneResult:
     """Search ``tune.space`` on validation rows, then compare best and untuned configs on the test rows.
 
@@ -376,7 +371,7 @@ def run_tuning(
                 if not falls_back(config, uri, exc):
                     raise
                 tracker = StudyTracker.start(DEFAULT_URI, config, study_name, storage_text, run_dir.name)
-        cache = _TeacherCache(soft_target_cache(config))
+        cache = soft_target_cache(config)
 
         def objective(trial: optuna.Trial) -> float:
             running.add(trial.number)  # Optuna has asked for it: the study holds it RUNNING from here
@@ -414,6 +409,7 @@ def run_tuning(
         # The comparison and the results run under the stop handler: a signal ends them interrupted.
         with stop.installed():
             best = study.best_trial
+            assert best.value is not None  # a completed trial's
             best_params = dict(best.params)
             untuned_value, _ = validation_score(config, dataset, cache, stop=stop, teacher=teacher)
             log.info("best trial #%d: %s = %.4f with %s", best.number, config.tune.metric, best.value, best_params)
@@ -507,8 +503,8 @@ def run_tuning(
             claim.discard()
 
 
-def _comparison_run(run_experiment: Any, config: Config, folder: Path, dataset: Any = None,
-                    teacher: Any = None) -> dict[str, Any]:
+def _comparison_run(run_experiment: Any, config: Config, folder: Path, dataset: Dataset | None = None,
+                    teacher: TeacherFactory | None = None) -> dict[str, Any]:
     """One side of the test comparison; a signal inside it is reported as the tune's own stop."""
     try:
         summary: dict[str, Any] = run_experiment(config, output=folder, track=False, dataset=dataset,

@@ -55,6 +55,7 @@ def layer_std(std: float | str, weight: torch.Tensor) -> float:
 
 def _init_layer(layer: nn.Module, spec: LayerInitConfig) -> None:
     weight = layer.weight
+    assert isinstance(weight, torch.Tensor)  # an nn.Linear's or nn.Conv's (``init_layers``)
     if spec.scheme == "glorot_uniform":
         nn.init.xavier_uniform_(weight)
     elif spec.scheme == "he_normal":
@@ -96,7 +97,7 @@ def apply_init(model: nn.Module, spec: InitConfig, arch: str = "student") -> nn.
 
 
 def _describe_layer(spec: LayerInitConfig) -> str:
-    text = spec.scheme
+    text: str = spec.scheme
     if spec.scheme in ("normal", "truncated_normal"):
         text += f"(mean {spec.mean}, std {spec.std})"
     default = "torch" if spec.scheme == "torch" else "zeros"

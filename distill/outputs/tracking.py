@@ -195,7 +195,8 @@ def _max_param_length() -> int:
 
 
 def git_commit(folder: Path) -> str | None:
-    """The commit checked out at ``folder`` (``git rev-parse HEAD``), None outside a git work tree: a run's tag."""
+    """The commit checked out in ``folder`` (``git rev-parse HEAD``), or None outside a git checkout:
+    the ``git.commit`` tag of an MLflow run."""
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=False

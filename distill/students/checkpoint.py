@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,45 @@ import torch
 from torch import Tensor, nn
 
 from distill import students
+from distill.data.scaling import Scaler
+from distill.data.sources import Dataset
 from distill.errors import UserError
 from distill.metrics.classification import probabilities
 from distill.mlflow_env import DEFAULT_URI, bound_requests
 from distill.registry import is_import_path
+from distill.version import __version__
 
-__all__ = ["resolve_checkpoint", "ServableStudent", "load_checkpoint", "servable_from_checkpoint", "checked_arch", "CHECKPOINT_FORMAT"]
+__all__ = ["resolve_checkpoint", "ServableStudent", "load_checkpoint", "servable_from_checkpoint", "checked_arch",
+           "checkpoint_payload", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "distill.student/1"
+
+
+def checkpoint_payload(model: nn.Module, *, arch: str, kwargs: Mapping[str, Any], dataset: Dataset,
+                       num_outputs: int, scaler: Scaler, best_epoch: int | None, seed: int,
+                       config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The content of a ``CHECKPOINT_FORMAT`` file (``student.pt``, or a teacher ``teacher train`` wrote):
+    ``model``'s weights plus what rebuilds it (``arch``, ``kwargs``, the data's shape and classes) and its
+    input scaling. ``extra`` fields (``episode``; a teacher's ``role``, held-out rows, ...) come before
+    ``seed``. Holds only tensors, numbers, strings, lists and dicts: ``torch.load(weights_only=True)`` reads it.
+    """
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "distill_version": __version__,
+        "arch": arch,
+        "kwargs": kwargs,
+        "in_shape": list(dataset.in_shape),
+        "num_classes": dataset.num_classes,
+        "num_outputs": num_outputs,
+        "classes": list(dataset.classes),
+        "feature_names": list(dataset.feature_names),
+        "scaler": scaler.state(),
+        "best_epoch": best_epoch,
+        **extra,
+        "seed": seed,
+        "config": config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
 
 
 class ServableStudent(nn.Module):

@@ -477,10 +477,12 @@ def test_the_meta_device_count_equals_the_real_parameter_count(arch: str, in_sha
     from distill import students
     from distill.config import validate_config
     from distill.data.sources import Dataset
-    from distill.experiment.prepare import _student_size
+    from distill.experiment.prepare import StudentSpec
 
     config = validate_config({"student": {"arch": arch, **kwargs}})
     dataset = Dataset("t", np.zeros((2, math.prod(in_shape))), np.array([0, 1]), ["a", "b", "c"],
                       image_shape=in_shape if len(in_shape) > 1 else None)
     real = students.build(arch, in_shape, 3, num_outputs=3, **kwargs)
-    assert _student_size(config, dataset, 3) == sum(p.numel() for p in real.parameters()) > 0
+    spec = StudentSpec(arch=arch, kwargs=config.student.kwargs, init=config.student.init, in_shape=dataset.in_shape,
+                       num_classes=dataset.num_classes, num_outputs=3)
+    assert spec.meta_parameters() == sum(p.numel() for p in real.parameters()) > 0

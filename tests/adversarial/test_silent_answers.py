@@ -30,7 +30,7 @@ from distill.data.sources import canonical_label, label_classes, load_dataset
 from distill.data.split import split_dataset
 from distill.engine.loop import EvaluationRows, FitSettings, TrainingRows, fit, fit_many
 from distill.errors import ConfigError, DataError, UserError
-from distill.experiment.prepare import _teacher_kwargs
+from distill.experiment.prepare import teacher_candidates
 from distill.experiment.episodes import run_protocol
 from distill.losses.fused import MemberObjective
 from distill.losses.objective import distillation_loss
@@ -319,7 +319,7 @@ def test_sweeping_a_sweepable_key_changes_what_runs_per_value(key: str, sweep_fi
     config = validate_config(_sweep_raw(key, [a, b], context, sweep_files))
     assert config.sweep is not None and config.sweep[0] == key
     if key in TEACHER_ONLY:
-        kwargs = [_teacher_kwargs(variant, _iris_like()) for _, variant in expand_sweep(config)]
+        kwargs = [teacher_candidates(variant, _iris_like())[0].settings for _, variant in expand_sweep(config)]
         field = {"teacher.uri": "uri", "teacher.arch": "arch"}[key]
         assert [k[field] for k in kwargs] == [a, b]
         return
