@@ -405,3 +405,51 @@ def test_fit_never_calls_item(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()
     assert calls == []
     assert len(result.history) == 3
+
+
+def test_on_epoch_end_rows_are_the_history_rows() -> None:
+    x, y = blobs()
+    seen: list[tuple[int, dict[str, float]]] = []
+    result = fit(student(), rows(x, y), FitSettings(epochs=12, batch_size=8, lr=0.05, patience=2), num_classes=2,
+                 validation=EvaluationRows(x[:10], 1 - y[:10]), on_epoch_end=lambda e, r: seen.append((e, r)))
+    assert result.stopped_epoch < 12  # flipped validation labels: it stops early
+    assert [e for e, _ in seen] == list(range(1, result.stopped_epoch + 1))
+    assert [r for _, r in seen] == result.history
+
+
+def test_the_step_loop_never_reads_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside an epoch's steps no tensor is read on the host (``.item()``, ``bool()``, ``.tolist()``, ...):
+    the losses stay on the device until the epoch's one read."""
+    from distill.engine import loop
+
+    stepping = {"now": False}
+    reads: list[str] = []
+
+    def guarded(name: str):
+        real = getattr(torch.Tensor, name)
+
+        def read(self: torch.Tensor, *args, **kwargs):
+            if stepping["now"]:
+                reads.append(name)
+            return real(self, *args, **kwargs)
+        return read
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, guarded(name))
+    real_step = loop._step
+
+    def step(*args, **kwargs):
+        stepping["now"] = True
+        try:
+            return real_step(*args, **kwargs)
+        finally:
+            stepping["now"] = False
+
+    monkeypatch.setattr(loop, "_step", step)
+    x, y = blobs()
+    settings = FitSettings(epochs=3, batch_size=8, optimizer="adamw", lr=0.1, kl_weight=0.5, patience=2,
+                           grad_clip=1.0, l1=0.01, l2=0.01)
+    result = fit(student(), rows(x, y, torch.zeros(N, 2)), settings, num_classes=2,
+                 validation=EvaluationRows(x[:10], y[:10]))
+    assert len(result.history) == 3
+    assert reads == []

@@ -19,7 +19,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor
 
-__all__ = ["EarlyStopping", "BestState", "Divergence", "Stops", "where_rows", "monitor_mode"]
+__all__ = ["EarlyStopping", "BestState", "Divergence", "Stops", "monitor_mode"]
 
 Mode = Literal["min", "max"]
 Mask = NDArray[np.bool_]
@@ -235,7 +235,8 @@ class Stops:
         self.epoch[self.active] = epoch
 
     def restore(self, weights: Tensor, last_epoch: int) -> Tensor:
-        """``weights`` ``[M, P]`` (where the fit ended) with each member that stopped earlier set to its weights then."""
+        """``weights`` ``[M, P]`` (where the fit ended) with each member that stopped earlier set to its
+        weights then."""
         if self.weights is None:
             return weights
         return where_rows(~self.active & (self.epoch < last_epoch), self.weights, weights)

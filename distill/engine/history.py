@@ -81,7 +81,8 @@ class History:
             raise LookupError("no epoch is recorded yet")
         return self.numbers[self.completed - 1, self.keys.index(key)]
 
-    def rows(self, stopped: list[int], order: list[str], late: dict[str, list[list[float]]]) -> list[list[dict[str, float]]]:
+    def rows(self, stopped: list[int], order: list[str],
+             late: dict[str, list[list[float]]]) -> list[list[dict[str, float]]]:
         """Each member's history rows up to the epoch it ``stopped`` after: epoch, lr and the metrics named
         in ``order`` that were logged (``late``: the kept outputs' scores, ``name -> [epoch][member]``)."""
         table = self.numbers[: self.completed].tolist() if self.numbers is not None else []  # [epoch][key][member]

@@ -529,7 +529,8 @@ def _train_epoch(problem: _Problem, ledger: Ledger, epoch: int, partial: Partial
     if partial is not None and partial.epoch == epoch:
         batches, first, losses = partial.batches, partial.step, partial.losses
     else:
-        batches, first, losses = _batches(problem.generators, problem.x.shape[1], problem.settings, problem.steps), 0, []
+        batches = _batches(problem.generators, problem.x.shape[1], problem.settings, problem.steps)
+        first, losses = 0, []
     for step in range(first, len(batches)):
         losses.append(_step(problem, batches[step]))
         if hooks.stop_requested is not None and hooks.stop_requested():
