@@ -48,6 +48,7 @@ def where_rows(mask: Mask, new: Tensor, old: Tensor | None) -> Tensor:
 
 
 def _all(members: int) -> Mask:
+    """Every member: the default of ``eligible``."""
     return np.ones(members, dtype=bool)
 
 
@@ -103,9 +104,8 @@ class EarlyStopping:
         stopping = eligible & ~finite
         if self.patience > 0:
             stopping |= stepped & (self.wait >= self.patience)
-        if stopping.any():
-            for i in np.flatnonzero(stopping):
-                self.reasons[i] = self._reason(float(values[i]))
+        for i in stopping.nonzero()[0]:
+            self.reasons[i] = self._reason(float(values[i]))
         return stopping
 
     def _reason(self, value: float) -> str:

@@ -1,8 +1,12 @@
-"""The training loop: fit a student on rows held on the device, evaluate, stop early, keep the best.
+"""The training loop: fit a student, or M students stacked, on rows held on the device.
 
-Batches are index selections into tensors that live on the device for the whole fit (no
-DataLoader), and nothing inside the step loop synchronises with the host: losses are summed on
-the device and read once per epoch, together with the epoch's metrics.
+``fit_many`` runs in phases: set up (members, stacked rows, objective, optimizer; a resumed state
+loaded), then per epoch its steps (``_train_epoch``) and its end (``_end_epoch``: evaluate, record,
+``on_epoch_end``, then judge each member: divergence, best state, early stopping, all vectorised
+over the members in ``distill.engine.callbacks``), then finish (each member's final weights and
+``FitResult``). Batches are index selections into tensors that live on the device for the whole
+fit (no DataLoader), and nothing inside the step loop synchronises with the host: losses stay on
+the device and are read once per epoch, together with the epoch's metrics.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import torch
@@ -291,7 +295,7 @@ class _Hooks:
             return
         values = {k: v.tolist() for k, v in column.items()}
         rows = {m: {"epoch": epoch, "lr": lr, **{k: v[m] for k, v in values.items()}}
-                for m in np.flatnonzero(active).tolist()}
+                for m in active.nonzero()[0].tolist()}
         self.on_epoch_end(epoch, rows)
 
 
@@ -596,7 +600,7 @@ def _metric_term(problem: _Problem, kind: Literal["triplet", "margin_ranking"], 
                        kind=kind, margin=problem.settings.metric_margin)
 
 
-def _interrupt(problem: _Problem, ledger: Ledger, partial: PartialEpoch, hooks: _Hooks) -> None:
+def _interrupt(problem: _Problem, ledger: Ledger, partial: PartialEpoch, hooks: _Hooks) -> NoReturn:
     """Hand the state after the current step to ``checkpoint``, give the modules back, raise ``FitInterrupted``."""
     snapshot = fit_state(ledger, problem.members, problem.optimizer, problem.generators, partial)
     if hooks.checkpoint is not None:
@@ -651,21 +655,21 @@ def _judge(problem: _Problem, ledger: Ledger, epoch: int, column: dict[str, NDAr
     s, weights, active = problem.settings, problem.members.flat(), ledger.stops.active
     diverged = ledger.divergence.check(epoch, column["train_loss"], losses, weights, active)
     _note_divergence(ledger, diverged, epoch)
-    healthy, ending = active & ~diverged, diverged.copy()
+    ending = diverged
     if ledger.early is not None:
-        monitored = column[s.monitor]
+        healthy, monitored = active & ~diverged, column[s.monitor]
         if s.restore_best:
             ledger.best.update(monitored, epoch, weights, healthy)
         stopping = ledger.early.step(monitored, healthy)
-        for i in np.flatnonzero(stopping):
+        for i in stopping.nonzero()[0]:
             ledger.stops.reasons[i] = ledger.early.reasons[i]
-        ending |= stopping
+        ending = diverged | stopping
     ledger.stops.stop(ending, epoch, weights)
 
 
 def _note_divergence(ledger: Ledger, diverged: NDArray[np.bool_], epoch: int) -> None:
     """Each member that diverged in ``epoch`` says where, and which weights it ends with."""
-    for i in np.flatnonzero(diverged):
+    for i in diverged.nonzero()[0]:
         step = int(ledger.divergence.step[i])
         best = int(ledger.best.epoch[i])
         restored = best if best > 0 else int(ledger.divergence.last_good_epoch[i])
