@@ -264,3 +264,24 @@ def test_compiled_forward_gives_the_same_fit() -> None:
     _weights_close(plain, compiled)
     assert len(a.history) == len(b.history) == 6
 
+
+
+@pytest.mark.parametrize("epoch_metrics", [True, False])
+def test_on_epoch_end_sees_each_members_history_rows(epoch_metrics: bool) -> None:
+    """A stacked fit calls ``on_epoch_end(epoch, rows)`` once per epoch with the row of each member still
+    training: what it sees is exactly the histories returned, and watching changes no number."""
+    base = FitSettings(epochs=40, batch_size=4, optimizer="adam", lr=0.05, patience=3, epoch_metrics=epoch_metrics)
+    settings = [dataclasses.replace(base, seed=i, kl_weight=w) for i, w in enumerate([0.0, 1.0, 4.0, 0.2])]
+    data = [_data(i) for i in range(4)]
+    calls: list[tuple[int, dict[int, dict[str, float]]]] = []
+    results = fit_many([_student(2, seed=i) for i in range(4)], [t for t, _ in data], settings, num_classes=2,
+                       validations=[v for _, v in data], on_epoch_end=lambda e, rows: calls.append((e, rows)))
+    unwatched = fit_many([_student(2, seed=i) for i in range(4)], [t for t, _ in data], settings, num_classes=2,
+                         validations=[v for _, v in data])
+    stops = [r.stopped_epoch for r in results]
+    assert len(set(stops)) > 1, stops  # members stop at different epochs
+    assert [e for e, _ in calls] == list(range(1, max(stops) + 1))
+    for m, (result, alone) in enumerate(zip(results, unwatched, strict=True)):
+        assert [rows[m] for _, rows in calls if m in rows] == result.history
+        assert [e for e, rows in calls if m in rows] == list(range(1, result.stopped_epoch + 1))
+        _compare(result, alone)

@@ -11,15 +11,13 @@ import torch
 from scipy.special import log_softmax
 from torch import nn
 
+from distill.engine.callbacks import BestState, EarlyStopping, monitor_mode
 from distill.engine.loop import (
-    BestState,
-    EarlyStopping,
     EvaluationRows,
     FitSettings,
     TrainingRows,
     fit,
     logged_metric_names,
-    monitor_mode,
     predict_logits,
 )
 from distill.losses.objective import hard_loss
@@ -128,9 +126,9 @@ def test_multiclass_fit_runs() -> None:
 
 
 def steps_until_stop(stopper: EarlyStopping, values: list[float]) -> int | None:
-    """1-based index of the value at which ``step`` returns True, or None."""
+    """1-based index of the value at which ``step`` returns True for the one member, or None."""
     for i, v in enumerate(values, start=1):
-        if stopper.step(v):
+        if stopper.step([v])[0]:
             return i
     return None
 
@@ -164,41 +162,38 @@ def test_early_stopping_sequences(mode, values, patience, min_delta, stop_at) ->
     stopper = EarlyStopping("metric", mode, patience, min_delta)
     assert steps_until_stop(stopper, values) == stop_at
     if stop_at is not None:
-        assert "did not improve" in stopper.reason and "metric" in stopper.reason
+        assert "did not improve" in stopper.reasons[0] and "metric" in stopper.reasons[0]
 
 
 def test_early_stopping_state() -> None:
     stopper = EarlyStopping("val_loss", "min", 3)
     for v in [1.0, 0.9, 0.95]:
-        stopper.step(v)
-    assert stopper.best == 0.9 and stopper.wait == 1
+        stopper.step([v])
+    assert stopper.best.tolist() == [0.9] and stopper.wait.tolist() == [1]
     restored = EarlyStopping("val_loss", "min", 3)
     restored.load_state_dict(stopper.state_dict())
-    assert restored.state_dict() == {"best": 0.9, "wait": 1, "reason": ""}
-    assert not restored.step(0.97) and restored.step(0.97)
+    state = restored.state_dict()
+    assert (state["best"].tolist(), state["wait"].tolist(), state["reasons"]) == ([0.9], [1], [""])
+    assert not restored.step([0.97])[0] and restored.step([0.97])[0]
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_early_stopping_stops_on_non_finite(mode: str, bad: float) -> None:
     stopper = EarlyStopping("val_loss", mode, patience=0)
-    assert not stopper.step(1.0)
-    assert stopper.step(bad)
-    assert "not finite" in stopper.reason
+    assert not stopper.step([1.0])[0]
+    assert stopper.step([bad])[0]
+    assert stopper.reasons[0] == f"val_loss = {bad} is not finite"
 
 
 def test_best_state_keeps_best_finite_value() -> None:
-    model = nn.Linear(2, 1)
+    weights = [torch.full((1, 3), float(e)) for e in range(4)]  # the weights at epoch e are all e
     best = BestState("val_loss", "min")
-    best.update(model, 1.0, 1)
-    saved = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    best.update(model, 2.0, 2)
-    best.update(model, math.nan, 3)
-    assert best.epoch == 1 and best.score == 1.0
-    best.restore(model)
-    assert torch.equal(model.weight, saved["weight"])
+    best.update([1.0], 1, weights[1])
+    best.update([2.0], 2, weights[2])
+    best.update([math.nan], 3, weights[3])
+    assert best.epoch.tolist() == [1] and best.score.tolist() == [1.0]
+    assert torch.equal(best.restore(weights[3]), weights[1])
 
 
 @pytest.mark.parametrize(
@@ -410,3 +405,51 @@ def test_fit_never_calls_item(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()
     assert calls == []
     assert len(result.history) == 3
+
+
+def test_on_epoch_end_rows_are_the_history_rows() -> None:
+    x, y = blobs()
+    seen: list[tuple[int, dict[str, float]]] = []
+    result = fit(student(), rows(x, y), FitSettings(epochs=12, batch_size=8, lr=0.05, patience=2), num_classes=2,
+                 validation=EvaluationRows(x[:10], 1 - y[:10]), on_epoch_end=lambda e, r: seen.append((e, r)))
+    assert result.stopped_epoch < 12  # flipped validation labels: it stops early
+    assert [e for e, _ in seen] == list(range(1, result.stopped_epoch + 1))
+    assert [r for _, r in seen] == result.history
+
+
+def test_the_step_loop_never_reads_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside an epoch's steps no tensor is read on the host (``.item()``, ``bool()``, ``.tolist()``, ...):
+    the losses stay on the device until the epoch's one read."""
+    from distill.engine import loop
+
+    stepping = {"now": False}
+    reads: list[str] = []
+
+    def guarded(name: str):
+        real = getattr(torch.Tensor, name)
+
+        def read(self: torch.Tensor, *args, **kwargs):
+            if stepping["now"]:
+                reads.append(name)
+            return real(self, *args, **kwargs)
+        return read
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, guarded(name))
+    real_step = loop._step
+
+    def step(*args, **kwargs):
+        stepping["now"] = True
+        try:
+            return real_step(*args, **kwargs)
+        finally:
+            stepping["now"] = False
+
+    monkeypatch.setattr(loop, "_step", step)
+    x, y = blobs()
+    settings = FitSettings(epochs=3, batch_size=8, optimizer="adamw", lr=0.1, kl_weight=0.5, patience=2,
+                           grad_clip=1.0, l1=0.01, l2=0.01)
+    result = fit(student(), rows(x, y, torch.zeros(N, 2)), settings, num_classes=2,
+                 validation=EvaluationRows(x[:10], y[:10]))
+    assert len(result.history) == 3
+    assert reads == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -123,13 +123,13 @@ class SingleMember(Members):
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.count = 1
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
         self._state = model.state_dict(keep_vars=True)  # the live tensors, read in place every epoch
         # Switching to eval mode walks every submodule; skip it when no layer behaves differently.
         self._mode_free = mode_free(model)
         self._weights: Tensor | None = None
         self._grad: Tensor | None = None
-        self._forward = model
+        self._forward: Callable[[Tensor], Tensor] = model
         if [id(t) for t in self._state.values()] == [id(p) for p in self._params]:
             self._flatten()
 

@@ -1,0 +1,128 @@
+"""A fit's history: every epoch's logged numbers for each member, and the history rows a fit returns.
+
+The numbers of an epoch arrive in one host read (``[keys, M]``) and go into one preallocated
+``[epochs, keys, M]`` float64 table on the host, so a checkpoint holds one tensor rather than one
+per epoch. Metrics
+nobody watches during the fit are not scored every epoch: the epoch's outputs are kept (on the
+device) and all epochs are scored in one batched call after the last one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from distill.metrics.batched import batch_classification_metrics
+
+__all__ = ["History", "score_outputs"]
+
+
+def _probabilities(logits: Tensor) -> Tensor:
+    """``[..., N, C]`` class probabilities from ``[..., N, 1]`` (binary) or ``[..., N, C]`` outputs."""
+    if logits.shape[-1] == 1:
+        p = torch.sigmoid(logits[..., 0])
+        return torch.stack([1.0 - p, p], dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def score_outputs(outputs: Tensor, targets: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """Accuracy, macro-F1, AUROC and ECE of outputs ``[..., M, N, K]`` against targets ``[M, N]``: ``[..., M]`` each."""
+    return batch_classification_metrics(_probabilities(outputs), targets, num_classes)
+
+
+def _grown_outputs(store: Tensor | None, capacity: int, outputs: Tensor) -> Tensor:
+    """``store`` with room for ``capacity`` epochs of ``outputs`` (itself when it has room)."""
+    if store is not None and store.shape[0] >= capacity:
+        return store
+    grown = outputs.new_empty((capacity, *outputs.shape))
+    if store is not None:
+        grown[: store.shape[0]] = store
+    return grown
+
+
+class History:
+    """Per epoch: its number and learning rate (``epochs``), the logged numbers ``[epochs, keys, M]``
+    (float64, host) and, per split, outputs ``[epochs, M, N, K]`` kept to be scored after the fit."""
+
+    def __init__(self) -> None:
+        self.epochs: list[tuple[int, float]] = []
+        self.keys: list[str] = []
+        self.numbers: NDArray[np.float64] | None = None
+        self.kept: dict[str, Tensor] = {}
+
+    @property
+    def completed(self) -> int:
+        """How many epochs are recorded."""
+        return len(self.epochs)
+
+    def record(self, epoch: int, lr: float, keys: list[str], numbers: NDArray[np.float64], capacity: int) -> None:
+        """Epoch ``epoch``'s numbers ``[keys, M]`` (room is made for ``capacity`` epochs at once)."""
+        self.keys = list(keys)
+        if self.numbers is None or self.numbers.shape[0] < capacity:
+            grown = np.full((capacity, *numbers.shape), np.nan)
+            if self.numbers is not None:
+                grown[: self.numbers.shape[0]] = self.numbers
+            self.numbers = grown
+        self.numbers[epoch - 1] = numbers
+        self.epochs.append((epoch, lr))
+
+    def keep(self, split: str, epoch: int, outputs: Tensor, capacity: int) -> None:
+        """Epoch ``epoch``'s outputs ``[M, N, K]`` on ``split``, to be scored after the last epoch."""
+        store = self.kept[split] = _grown_outputs(self.kept.get(split), capacity, outputs)
+        store[epoch - 1] = outputs
+
+    def last(self, key: str) -> NDArray[np.float64]:
+        """The last recorded epoch's ``key`` value of every member ``[M]``."""
+        if self.numbers is None:
+            raise LookupError("no epoch is recorded yet")
+        return self.numbers[self.completed - 1, self.keys.index(key)]
+
+    def rows(self, stopped: list[int], order: list[str],
+             late: dict[str, list[list[float]]]) -> list[list[dict[str, float]]]:
+        """Each member's history rows up to the epoch it ``stopped`` after: epoch, lr and the metrics named
+        in ``order`` that were logged (``late``: the kept outputs' scores, ``name -> [epoch][member]``)."""
+        table = self.numbers[: self.completed].tolist() if self.numbers is not None else []  # [epoch][key][member]
+        out = []
+        for member, epochs in enumerate(stopped):
+            rows = []
+            for e in range(epochs):
+                found = {k: table[e][j][member] for j, k in enumerate(self.keys)}
+                found.update({k: v[e][member] for k, v in late.items()})
+                number, lr = self.epochs[e]
+                rows.append({"epoch": number, "lr": lr, **{k: found[k] for k in order if k in found}})
+            out.append(rows)
+        return out
+
+    def score_kept(self, targets: dict[str, Tensor | None], num_classes: int) -> dict[str, list[list[float]]]:
+        """Metrics of the outputs kept per epoch, all epochs in one batched call per split:
+        ``split_metric -> [epoch][member]``."""
+        out: dict[str, list[list[float]]] = {}
+        for split, outputs in self.kept.items():
+            split_targets = targets[split]
+            if self.completed == 0 or split_targets is None:
+                continue
+            scores = score_outputs(outputs[: self.completed], split_targets, num_classes)
+            numbers = torch.stack(list(scores.values())).cpu().double().tolist()  # [metric][epoch][member]: one read
+            out.update({f"{split}_{k}": numbers[j] for j, k in enumerate(scores)})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        done = self.completed
+        return {
+            "epochs": list(self.epochs),
+            "keys": list(self.keys),
+            "numbers": torch.from_numpy(self.numbers[:done].copy()) if self.numbers is not None else None,
+            "kept": {k: v[:done].clone() for k, v in self.kept.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | None = None) -> None:
+        """Load a ``state_dict``; the kept outputs go to ``device`` (where the fit's outputs are)."""
+        self.epochs = [(epoch, lr) for epoch, lr in state["epochs"]]
+        self.keys = [str(k) for k in state["keys"]]
+        numbers = state["numbers"]
+        self.numbers = numbers.detach().cpu().numpy().astype(np.float64) if numbers is not None else None
+        self.kept = {k: v.to(device).clone() for k, v in state["kept"].items()}
