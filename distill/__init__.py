@@ -13,7 +13,7 @@ network learns from the few hard labels plus a weighted KL term towards them. Th
 * ``fit(model, TrainingRows, FitSettings, num_classes=K) -> FitResult``: the training engine on your own
   tensors; ``distillation_loss``: the objective, ``hard + kl_weight * T^2 * KL``.
 * ``load_config`` / ``Config``: the experiment, typed; ``register_teacher`` / ``register_student`` /
-  ``register_loss``: extension points (also as entry points, see the README).
+  ``register_loss``: extension points (also as entry points, see docs/extending.md).
 
 Names are imported on first use, so ``import distill`` stays fast.
 """

@@ -67,7 +67,7 @@ __all__ = [
 Number = Union[StrictInt, StrictFloat]
 
 # --------------------------------------------------------------------------- resource limits
-#: Resource limits on config values (README "Experiment files"): each refuses, with exit 2 and the key,
+#: Resource limits on config values (docs/configuration.md, "Limits"): each refuses, with exit 2 and the key,
 #: a value that would exhaust memory, threads or time instead of running.
 MAX_SEED = 2**32 - 1  #: scikit-learn's ``random_state`` takes at most this; episode seeds are seed + e
 MAX_COUNT = 2**31 - 1  #: any other count (rows, sizes): what an int32 index can address

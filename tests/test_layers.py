@@ -153,3 +153,18 @@ def test_every_exported_name_is_used_outside_its_definition(name: str) -> None:
         if not elsewhere and own <= 1:
             unused.append(exported)
     assert unused == []
+
+
+def test_every_function_of_the_engine_is_under_60_lines() -> None:
+    """The fit loop stays readable: each phase (set-up, step, end of epoch, finish) and every helper of
+    the engine fits on a screen (issue 17)."""
+    long = []
+    for name, path in MODULES.items():
+        if not name.startswith("distill.engine"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if node.end_lineno is not None and node.end_lineno - first + 1 >= 60:
+                    long.append(f"{name}.{node.name}: {node.end_lineno - first + 1} lines")
+    assert long == []

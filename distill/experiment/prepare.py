@@ -74,7 +74,7 @@ TeacherFactory = Callable[[int], Teacher]
 #: and of each student candidate.
 TEACHER_FOLDS = 3
 
-#: Resource limits (README "Experiment files"): a student above this many parameters, or generated
+#: Resource limits (docs/configuration.md, "Limits"): a student above this many parameters, or generated
 #: transfer rows (``few_shot.augment.count``) above this many bytes, is refused before anything runs.
 MAX_STUDENT_PARAMETERS = 100_000_000
 MAX_TRANSFER_BYTES = 2**31

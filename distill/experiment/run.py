@@ -181,7 +181,7 @@ def _aggregate(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
 def summarise(
     config: Config, first: list[Prepared], results: list[EpisodeResult], run_dir: Path, total_seconds: float
 ) -> dict[str, Any]:
-    """The ``summary.json`` document (schema in the README)."""
+    """The ``summary.json`` document (schema: docs/outputs.md, generated from distill/outputs/summary_schema.py)."""
     d = first[0].dataset
     sweep_key = config.sweep[0] if config.sweep is not None else None
     rows = [_episode_row(r, sweep_key) for r in results]

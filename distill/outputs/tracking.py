@@ -435,7 +435,7 @@ class MlflowTracker(Tracker):
         package = Path(__file__).resolve().parents[1]  # distill/, which the logged model imports
         pytorch_logger = logging.getLogger("mlflow.pytorch")
         previous = pytorch_logger.level
-        pytorch_logger.setLevel(logging.ERROR)  # its pickle notice: see the README's note on loading
+        pytorch_logger.setLevel(logging.ERROR)  # its pickle notice: see docs/tracking.md on loading
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
