@@ -1,3 +1,4 @@
-"""What a run leaves behind: the run directory, report and plots, checkpoints, serving, tracking.
+"""What a run leaves behind: the run directory, report and plots, resume checkpoints, predictions, MLflow
+tracking and the ``summary.json`` schema.
 
 Writes and reads files and MLflow records; decides nothing about training."""

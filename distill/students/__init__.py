@@ -1,4 +1,5 @@
-"""Student networks: a registry by name, and ``build`` for a name or a user's ``module:Class``.
+"""Student networks: a registry by name, and ``build`` for a name or a user's ``module:Class``; the
+``student.pt`` format that rebuilds a trained one anywhere (``checkpoint``).
 
 A student class takes ``in_features`` (or ``in_shape``) and ``num_outputs`` plus its own
 keyword arguments. Binary problems use one output logit, multiclass problems C logits.
