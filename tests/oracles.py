@@ -1,12 +1,16 @@
-"""Reference implementations the tests check distill's losses against (they are not part of the package).
+"""Reference implementations the tests check distill against (they are not part of the package): losses, and
+torchmetrics' classification metrics.
 
-Each is written from its formula, independently of ``distill.losses`` (no code shared with it), and is
+Each loss is written from its formula, independently of ``distill.losses`` (no code shared with it), and is
 itself checked against PyTorch's own loss and a NumPy formula in tests/test_losses.py:
 
 * :class:`NumpyCrossEntropyLoss` -- cross-entropy with forward and backward in float64 NumPy: the
   oracle for the hard term and the validation loss (tests/test_objective.py);
 * :class:`KLDivLoss` -- ``torch.nn.KLDivLoss``'s semantics with ``0 log 0 = 0``: the oracle for the
-  tempered KL of the distillation objective (tests/test_objective.py).
+  tempered KL of the distillation objective (tests/test_objective.py);
+* :func:`torchmetrics_classification_metrics` -- accuracy, macro-F1, AUROC and ECE by torchmetrics (what
+  distill computed with before it used its own batched metrics): the oracle of
+  ``distill.metrics.classification`` (tests/test_batch_metrics.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_calibration_error,
+    multiclass_f1_score,
+)
 
 __all__ = ["NumpyCrossEntropyLoss", "KLDivLoss"]
 
@@ -169,3 +179,32 @@ class KLDivLoss(nn.Module):
         if self.reduction == "none":
             return terms
         return terms.sum() if self.reduction == "sum" else terms.mean()
+
+
+# --------------------------------------------------------------------------- classification metrics
+
+
+def torchmetrics_classification_metrics(probs: Tensor, target: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """The metrics distill reports, computed by torchmetrics (what distill itself used before issue 17):
+    accuracy, macro-F1, macro AUROC (over classes present with both outcomes) and ECE.
+
+    Returns 0-dim tensors on the input's device, so callers read them all in one sync.
+    AUROC is NaN when fewer than two classes are present in ``target``.
+    """
+    probs = probs.float()
+    target = target.long()
+    out = {
+        "accuracy": multiclass_accuracy(probs, target, num_classes, average="micro", validate_args=False),
+        "f1_macro": multiclass_f1_score(probs, target, num_classes, average="macro", validate_args=False),
+        "ece": multiclass_calibration_error(probs, target, num_classes, n_bins=15, norm="l1", validate_args=False),
+    }
+    counts = torch.bincount(target, minlength=num_classes)
+    scorable = (counts > 0) & (counts < target.numel())
+    per_class = multiclass_auroc(probs, target, num_classes, average=None, validate_args=False)
+    per_class = torch.where(scorable, per_class, torch.zeros_like(per_class))
+    n = scorable.sum()
+    out["auroc"] = torch.where(n >= 2, per_class.sum() / n.clamp(min=1), torch.full_like(per_class[0], float("nan")))
+    if num_classes == 2:
+        # With two classes both one-vs-rest AUROCs equal the binary AUROC; one present class suffices.
+        out["auroc"] = torch.where(n >= 1, per_class[1], out["auroc"])
+    return {k: out[k] for k in ("accuracy", "f1_macro", "auroc", "ece")}

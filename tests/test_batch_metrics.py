@@ -1,6 +1,6 @@
-"""distill.metrics.batched against distill.metrics.classification (torchmetrics), scikit-learn and hand-computed values.
+"""distill's batched metrics against torchmetrics (``tests/oracles.py``), scikit-learn and hand-computed values.
 
-Every leading index of the batched result must equal ``classification_metrics`` on that slice, including
+Every leading index of the batched result must equal torchmetrics' metrics on that slice, including
 its conventions: argmax takes the first maximum, macro-F1 averages the classes with tp + fp + fn > 0,
 AUROC counts a tie as one half and is NaN with fewer than two scorable classes (binary: class 1's AUROC),
 and the ECE bins are ``bucketize(conf, torch.linspace(0, 1, 16), right=True) - 1`` on float32 edges.
@@ -15,8 +15,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from distill.metrics.batched import batch_classification_metrics
-from distill.metrics.classification import ECE_BINS, METRICS, classification_metrics
+from distill.metrics.classification import ECE_BINS, METRICS, batch_classification_metrics, classification_metrics
+from tests.oracles import torchmetrics_classification_metrics
 
 # torchmetrics warns when a one-vs-rest column has no positive / negative rows (expected here).
 pytestmark = pytest.mark.filterwarnings("ignore:No (positive|negative) samples in targets:UserWarning")
@@ -40,7 +40,7 @@ def random_target(
 
 
 def assert_matches_reference(probs: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
-    """Batched metrics equal ``classification_metrics`` at every leading index (NaN where it is NaN)."""
+    """Batched metrics equal torchmetrics' at every leading index (NaN where it is NaN)."""
     got = batch_classification_metrics(probs, target, num_classes)
     lead = probs.shape[:-2]
     assert list(got) == list(METRICS)
@@ -48,7 +48,7 @@ def assert_matches_reference(probs: torch.Tensor, target: torch.Tensor, num_clas
     for key, value in got.items():
         assert value.shape == lead and value.dtype == torch.float32, key
     for idx in np.ndindex(*lead):
-        ref = classification_metrics(probs[idx], target[idx], num_classes)
+        ref = torchmetrics_classification_metrics(probs[idx], target[idx], num_classes)
         for key in METRICS:
             expected, actual = float(ref[key]), float(got[key][idx])
             if math.isnan(expected):
@@ -269,7 +269,7 @@ def test_float64_input_and_shapes() -> None:
         torch.testing.assert_close(as64[key], as32[key], atol=0, rtol=0)
     single = batch_classification_metrics(probs[0, 0], target[0, 0], 4)
     assert all(v.shape == () for v in single.values())
-    ref = classification_metrics(probs[0, 0], target[0, 0], 4)
+    ref = torchmetrics_classification_metrics(probs[0, 0], target[0, 0], 4)
     for key in METRICS:
         assert float(single[key]) == pytest.approx(float(ref[key]), abs=1e-6)
 

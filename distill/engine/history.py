@@ -16,7 +16,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from distill.metrics.batched import batch_classification_metrics
+from distill.metrics.classification import batch_classification_metrics
 
 __all__ = ["History", "score_outputs"]
 

@@ -1,3 +1,3 @@
-"""Metrics: the torchmetrics path, the batched path for stacked members, calibration and statistics.
+"""Metrics: classification metrics for one model or many stacked ones, calibration, and statistics over episodes.
 
 Pure functions of logits, labels and episode results; nothing here trains."""

@@ -488,7 +488,7 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for name in ("torch", "mlflow", "numpy", "pandas", "torchmetrics", "scikit-learn", "pydantic"):
+    for name in ("torch", "mlflow", "numpy", "pandas", "scikit-learn", "pydantic"):
         try:
             out.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:  # pragma: no cover
