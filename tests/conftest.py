@@ -116,3 +116,51 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         yield uri
     finally:
         stop()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+#: set by `eval "$(scripts/dev-services start)"` (and by .ci/run, which starts and stops the cluster)
+POSTGRES_ENV = "DISTILL_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of the throwaway PostgreSQL cluster ``scripts/dev-services`` started (its ``postgres``
+    database). Without one the test is skipped with one line, except in CI, where it must run."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        reason = f'no PostgreSQL: start one with eval "$(scripts/dev-services start)" ({POSTGRES_ENV} is unset)'
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - a test extra
+        pytest.fail("psycopg is missing: pip install -e '.[test]'")
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"{POSTGRES_ENV}={url} does not answer: {str(exc).strip().splitlines()[0]}")
+    return url
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str, request: pytest.FixtureRequest):
+    """A fresh, empty database on the test cluster for one test (dropped afterwards): its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(postgres_server, connect_timeout=5, autocommit=True)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield postgres_server.rsplit("/", 1)[0] + "/" + name
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                        "pg_backend_pid()", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        admin.close()

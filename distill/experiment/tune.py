@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,10 +99,27 @@ def _rdb_storage(url: str) -> Any:
         path = Path(url[len("sqlite:///"):].split("?", 1)[0])
         if str(path) and not path.parent.is_dir():
             raise ConfigError(f"tune.storage {url}: folder '{path.parent}' does not exist")
-    try:
-        return RDBStorage(url)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy, the driver, Optuna: all name the URL's problem
-        raise ConfigError(f"tune.storage {url}: cannot open the study storage: {_first_line(exc)}") from None
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            return RDBStorage(url)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy, the driver, Optuna: all name the URL's problem
+            if _lost_schema_race(exc) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
+                continue
+            raise ConfigError(f"tune.storage {url}: cannot open the study storage: {_first_line(exc)}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: workers that open an empty database at once all try to create Optuna's tables; the losers retry
+SCHEMA_RACE_ATTEMPTS = 5
+
+
+def _lost_schema_race(exc: BaseException) -> bool:
+    """Whether opening the storage failed because another worker was creating the same tables (PostgreSQL:
+    a unique violation on the catalog, or "already exists"), which the next attempt finds done."""
+    text = str(exc)
+    return type(exc).__name__ in ("IntegrityError", "ProgrammingError") and (
+        "already exists" in text or "duplicate key value" in text)
 
 
 def _suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
