@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -164,3 +166,87 @@ def postgres_database(postgres_server: str, request: pytest.FixtureRequest):
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
     finally:
         admin.close()
+
+
+# --------------------------------------------------------------------------- MLflow server on PostgreSQL
+
+
+@contextmanager
+def _throwaway_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the test cluster for as long as the block runs (then dropped): its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(server_url, connect_timeout=5, autocommit=True)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield server_url.rsplit("/", 1)[0] + "/" + name
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                        "pg_backend_pid()", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        admin.close()
+
+
+class MlflowServer(NamedTuple):
+    """A started ``mlflow server``: its URI, the folder its proxied artifacts land in, its backend store URI."""
+
+    uri: str
+    artifacts: Path
+    backend: str
+
+
+@pytest.fixture(scope="module")
+def mlflow_postgres_server(postgres_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real ``mlflow server`` on a free loopback port with a PostgreSQL backend store (one database for
+    the module) and proxied artifacts (``--serve-artifacts``: clients upload through the server and never
+    see the destination folder). Started and stopped as ``mlflow_server`` is, by its process group id.
+    """
+    tmp = tmp_path_factory.mktemp("mlflow_postgres_server")
+    artifacts = tmp / "artifacts"
+    with _throwaway_database(postgres_server) as backend:
+        port = free_port()
+        cmd = [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", backend,
+            "--serve-artifacts", "--artifacts-destination", str(artifacts),
+            "--workers", "1",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # see mlflow_server: no job runner processes
+        stdout, stderr = open(tmp / "server.out", "wb"), open(tmp / "server.err", "wb")
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+        uri = f"http://127.0.0.1:{port}"
+
+        def stop() -> None:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, 9)
+                    proc.wait(timeout=15)
+            stdout.close()
+            stderr.close()
+
+        deadline = time.monotonic() + 90  # a new PostgreSQL store runs every MLflow migration first
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop()
+                pytest.fail(f"mlflow server did not answer on {uri}/health:\n{(tmp / 'server.err').read_text()[-4000:]}")
+            time.sleep(0.3)
+        try:
+            yield MlflowServer(uri, artifacts, backend)
+        finally:
+            stop()  # before the database is dropped: the server holds connections to it

@@ -1,0 +1,297 @@
+"""A shared MLflow server on PostgreSQL (issue 18): what several machines would record to.
+
+The server is ``mlflow_postgres_server`` (tests/conftest.py): a real ``mlflow server`` with a PostgreSQL
+backend store and proxied artifacts (``--serve-artifacts``), so every artifact and model travels over
+HTTP; the clients run in a folder of their own and never see the artifact destination. Four ``distill
+run`` processes record to it at once, two ``distill tune`` workers share one PostgreSQL Optuna study
+tracked on it, and ``distill predict`` and a network teacher load the logged model back through it.
+Everything recorded is checked against the run directory's own ``summary.json`` / ``history.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from distill.cli import main
+from distill.config import load_config
+from distill.experiment.prepare import prepare
+from distill.students.checkpoint import load_checkpoint, servable_from_checkpoint
+from tests.conftest import MlflowServer
+from tests.test_tracking import mlflow_state
+from tests.test_tuning import BASE as TUNE_BASE
+from tests.test_tuning import FIXED_KL as TUNE_FIXED_KL
+from tests.test_tuning import write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = ROOT / "experiments" / "breast_cancer_gp.toml"
+EPOCHS = 3
+KL_WEIGHT = 1.0
+#: tests/test_cli.py's pinned fixed-KL settings: no "auto" cross-validation in every process at once
+FIXED_KL = ["--set", f"objective.kl_weight={KL_WEIGHT}", "--set", "objective.temperature=1.0"]
+SEEDS = (0, 1, 2, 3)
+RUNS_EXPERIMENT = "pg-runs"
+SYSTEMS = ("teacher", "student", "baseline")
+
+
+def _env(uri: str | None) -> dict[str, str]:
+    """The session's environment without its MLflow settings (conftest points them at SQLite), with
+    MLFLOW_TRACKING_URI = ``uri`` when given; one thread per process (four share two cores)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    if uri is not None:
+        env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
+def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float = 420) -> None:
+    """Wait for every process (killing the rest if one hangs); each must exit 0."""
+    results = []
+    try:
+        for p in procs:
+            results.append(p.communicate(timeout=timeout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-4000:]
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def _no_local_store(folder: Path) -> None:
+    """Nothing MLflow writes locally (a SQLite store, a file store, an artifact folder) is in ``folder``."""
+    for name in ("mlflow.db", "mlruns", "mlartifacts"):
+        assert not (folder / name).exists(), f"{name} written in the client's folder"
+
+
+@pytest.fixture(scope="module")
+def four_runs(mlflow_postgres_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Four ``distill run`` processes at once, recording to the server: two name it by MLFLOW_TRACKING_URI,
+    two by ``tracking.uri`` (with no MLFLOW_TRACKING_URI at all). Their run directories, by seed."""
+    server = mlflow_postgres_server
+    client_dir = tmp_path_factory.mktemp("client")
+    outs = [client_dir / f"run-seed{seed}" for seed in SEEDS]
+    procs = []
+    for seed, out in zip(SEEDS, outs, strict=True):
+        by_env = seed % 2 == 0
+        where = [] if by_env else ["--set", f'tracking.uri="{server.uri}"']
+        procs.append(_start(
+            ["run", str(EXPERIMENT), "-q", "--episodes", "1", "--seed", str(seed), "--output", str(out),
+             "--set", f"train.epochs={EPOCHS}", "--set", f'tracking.experiment="{RUNS_EXPERIMENT}"', *FIXED_KL,
+             *where],
+            cwd=client_dir, env=_env(server.uri if by_env else None),
+        ))
+    _wait_all(procs)
+    _no_local_store(client_dir)
+    return outs
+
+
+def test_four_runs_at_once_record_everything_through_the_server(
+    four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    server = mlflow_postgres_server
+    client = MlflowClient(tracking_uri=server.uri)
+    experiment = client.get_experiment_by_name(RUNS_EXPERIMENT)
+    assert experiment is not None
+    assert experiment.artifact_location.startswith("mlflow-artifacts:"), experiment.artifact_location  # proxied
+    summaries = [_summary(out) for out in four_runs]
+    run_ids = [s["mlflow_run_id"] for s in summaries]
+    assert None not in run_ids and len(set(run_ids)) == len(SEEDS)
+    parents = [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+               if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.info.run_id for r in parents) == sorted(run_ids)  # all four, nothing else
+
+    for seed, out, summary in zip(SEEDS, four_runs, summaries, strict=True):
+        run_id = summary["mlflow_run_id"]
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and summary["status"] == "completed"
+        assert run.info.run_name == out.name and run.info.experiment_id == experiment.experiment_id
+
+        params = run.data.params
+        assert params["seed"] == str(seed) == str(summary["seed"])
+        assert params["train.epochs"] == str(EPOCHS)
+        assert params["protocol.episodes"] == "1"
+        assert float(params["objective.kl_weight"]) == KL_WEIGHT
+
+        metrics = run.data.metrics
+        for system in SYSTEMS:
+            for metric in ("accuracy", "f1_macro"):
+                assert metrics[f"{system}/test_{metric}"] == pytest.approx(summary[system][metric], abs=1e-9)
+
+        # Per-epoch histories: the run's (single episode's) curves are history.csv's, step for step.
+        history = pd.read_csv(out / "history.csv")
+        recorded = [run_id] + [c.info.run_id for c in client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")]
+        for system in ("student", "baseline"):
+            points = [p for rid in recorded for p in client.get_metric_history(rid, f"{system}/train_loss")]
+            assert points, (system, recorded)
+            points = sorted({p.step: p.value for p in points}.items())
+            rows = history[history.system == system].sort_values("epoch")
+            assert [step for step, _ in points] == rows.epoch.tolist() == list(range(1, EPOCHS + 1))
+            np.testing.assert_allclose([v for _, v in points], rows["train_loss"].to_numpy(), rtol=1e-5, atol=1e-6)
+
+        # Artifacts, uploaded through the server: the same bytes as the run directory's files.
+        names = {a.path for a in client.list_artifacts(run_id)}
+        for name in ("summary.json", "student.pt", "config.toml", "history.csv", "learning_curves.png",
+                     "confusion_matrix.png"):
+            assert name in names, (name, names)
+        fetched = tmp_path / run_id
+        fetched.mkdir()
+        logged = json.loads(Path(client.download_artifacts(run_id, "summary.json", str(fetched))).read_text())
+        assert logged == summary
+        student = Path(client.download_artifacts(run_id, "student.pt", str(fetched))).read_bytes()
+        assert student == (out / "student.pt").read_bytes()
+        plot = Path(client.download_artifacts(run_id, "learning_curves.png", str(fetched))).read_bytes()
+        assert plot == (out / "learning_curves.png").read_bytes()
+
+        # The logged model belongs to this run.
+        model_uri = summary["mlflow_model_uri"]
+        assert model_uri and model_uri.startswith("models:/")
+        assert client.get_logged_model(model_uri.removeprefix("models:/")).source_run_id == run_id
+
+    # The runs are rows of the PostgreSQL backend store; the artifacts are in the server's destination
+    # folder, not anywhere the clients write.
+    import psycopg
+
+    with psycopg.connect(server.backend, connect_timeout=5) as db, db.cursor() as cur:
+        cur.execute("SELECT run_uuid, status FROM runs WHERE run_uuid = ANY(%s)", (run_ids,))
+        assert sorted(cur.fetchall()) == sorted((run_id, "FINISHED") for run_id in run_ids)
+    stored = list(server.artifacts.rglob("student.pt"))
+    assert len(stored) >= len(SEEDS), stored
+
+
+def _test_rows(out: Path) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """A run's test rows (raw features), the probabilities its student.pt gives them, its class names."""
+    payload = load_checkpoint(out / "student.pt")
+    prepared = prepare(load_config(out / "config.toml"))
+    d = prepared.dataset
+    rows = pd.DataFrame(d.x[prepared.split.test], columns=d.feature_names)
+    with torch.inference_mode():
+        probs = servable_from_checkpoint(payload)(torch.tensor(rows.to_numpy(), dtype=torch.float32)).numpy()
+    return rows, probs, [str(c) for c in payload["classes"]]
+
+
+def test_predict_through_the_server_matches_the_run_directory(
+    four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = four_runs[1]
+    summary = _summary(out)
+    rows, probs, classes = _test_rows(out)
+    csv = tmp_path / "rows.csv"
+    rows.to_csv(csv, index=False)
+    monkeypatch.chdir(tmp_path)
+    sources = {"dir": str(out), "models": summary["mlflow_model_uri"], "runs": f"runs:/{summary['mlflow_run_id']}/student"}
+    written = {}
+    with mlflow_state():
+        for key, source in sources.items():
+            extra = [] if key == "dir" else ["--tracking-uri", mlflow_postgres_server.uri]
+            assert main(["predict", source, str(csv), "-o", str(tmp_path / f"{key}.csv"), *extra]) == 0, key
+            written[key] = pd.read_csv(tmp_path / f"{key}.csv")
+    _no_local_store(tmp_path)
+    expected = [classes[i] for i in probs.argmax(axis=1)]
+    assert written["dir"]["prediction"].astype(str).tolist() == expected
+    probability_columns = [c for c in written["dir"].columns if c != "prediction"]
+    assert len(probability_columns) == len(classes)
+    np.testing.assert_allclose(written["dir"][probability_columns].to_numpy(), probs, atol=1e-6)
+    for key in ("models", "runs"):
+        pd.testing.assert_frame_equal(written[key], written["dir"], check_exact=True)
+
+
+def test_a_network_teacher_loads_through_the_server(
+    four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = four_runs[2]
+    summary = _summary(out)
+    toml = tmp_path / "from_uri.toml"
+    toml.write_text(
+        'name = "from_uri"\n[data]\nsource = "sklearn:breast_cancer"\ntest_size = 100\n[few_shot]\nper_class = 3\n'
+        f'[teacher]\nkind = "network"\nuri = "{summary["mlflow_model_uri"]}"\n[train]\nepochs = 2\n'
+        f'[tracking]\nuri = "{mlflow_postgres_server.uri}"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    with mlflow_state():
+        assert main(["run", str(toml), "-o", str(tmp_path / "run"), "-q", "--no-track"]) == 0
+    _no_local_store(tmp_path)
+    second = _summary(tmp_path / "run")
+    assert second["episodes"][0]["teacher_diagnostics"]["source"] == summary["mlflow_model_uri"]
+    # The teacher's test accuracy is the logged student's, on the new run's test rows.
+    prepared = prepare(load_config(tmp_path / "run" / "config.toml"))
+    rows = torch.as_tensor(prepared.dataset.x[prepared.split.test], dtype=torch.float32)
+    with torch.inference_mode():
+        probs = servable_from_checkpoint(load_checkpoint(out / "student.pt"))(rows).numpy()
+    y = prepared.dataset.y[prepared.split.test]
+    assert second["teacher"]["accuracy"] == pytest.approx(float(np.mean(probs.argmax(axis=1) == y)), abs=1e-6)
+
+
+def test_tune_workers_on_postgresql_track_one_study_run_on_the_server(
+    mlflow_postgres_server: MlflowServer, postgres_database: str, tmp_path: Path
+) -> None:
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    workers, per_worker, study_name, experiment_name = 2, 2, "pg-shared", "pg-tune"
+    toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name},
+                        objective=TUNE_FIXED_KL)
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    _wait_all([
+        _start(["tune", str(toml), "--trials", str(per_worker), "--study", study_name, "--storage", postgres_database,
+                "-o", f"out{i}", "-q"], cwd=client_dir, env=_env(mlflow_postgres_server.uri))
+        for i in range(workers)
+    ])
+    _no_local_store(client_dir)
+
+    trials = optuna.load_study(study_name=study_name, storage=postgres_database).trials
+    n = workers * per_worker
+    assert sorted(t.number for t in trials) == list(range(n))
+    space = set(TUNE_BASE["tune"]["space"])
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), (t.number, t.state)
+        assert set(t.params) == space
+
+    client = MlflowClient(tracking_uri=mlflow_postgres_server.uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1, [p.info.run_id for p in parents]  # one study run, for both workers
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["distill.study"] == study_name
+    summaries = [json.loads((client_dir / f"out{i}" / "tuning.json").read_text()) for i in range(workers)]
+    assert {s["mlflow_run_id"] for s in summaries} == {parent.info.run_id}
+
+    assert sorted(c.info.run_name for c in children) == sorted(f"trial {t.number}" for t in trials)
+    by_name = {c.info.run_name: c for c in children}
+    for t in trials:
+        child = by_name[f"trial {t.number}"]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state.name]
+        assert child.data.params == {k: str(v) for k, v in t.params.items()}
+        if t.state == TrialState.COMPLETE:
+            assert child.data.metrics["validation/value"] == pytest.approx(t.value, abs=1e-12)
