@@ -611,3 +611,12 @@ def test_threads_per_worker_never_oversubscribe() -> None:
     for cores in range(1, 33):
         for workers in range(1, cores + 1):
             assert workers * threads_per_worker(cores, workers, 0) <= cores
+
+
+def test_each_worker_samples_with_its_own_seed() -> None:
+    """Workers of one ``tune --workers N`` do not repeat each other's first suggestions: worker i's sampler
+    seed is seed + i - 1; the first worker and a plain process keep the experiment's seed."""
+    from distill.experiment.tune import sampler_seed_for
+
+    assert sampler_seed_for(7, None) == 7
+    assert [sampler_seed_for(7, f"{i}/4") for i in range(1, 5)] == [7, 8, 9, 10]

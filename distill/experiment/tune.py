@@ -75,6 +75,14 @@ def current_worker() -> str | None:
     return os.environ.get(WORKER_ENV) or None
 
 
+def sampler_seed_for(seed: int, worker: str | None) -> int:
+    """The sampler's seed in worker ``"i/N"``: ``seed + i - 1``, so that workers sharing a study do not all
+    suggest the same first points (worker 1, and a process that is no worker, keep ``seed``)."""
+    if not worker:
+        return seed
+    return seed + int(worker.split("/", 1)[0]) - 1
+
+
 def resolve_storage(storage: str | None, heartbeat: TuneConfig | None = None) -> Any:
     """An Optuna storage: an RDB URL as given, else a journal file (default ``optuna-journal.log``).
 
@@ -383,7 +391,7 @@ def run_tuning(
     timeout = timeout if timeout is not None else config.tune.timeout
     study_name = study_name or config.tune.study or config.name
     storage_text = storage or config.tune.storage or DEFAULT_STORAGE
-    sampler_seed = config.seed if seed is None else seed
+    sampler_seed = sampler_seed_for(config.seed if seed is None else seed, current_worker())
     direction = config.tune.resolved_direction
     optuna_storage = resolve_storage(storage_text, config.tune)
     tracking = track and config.tracking.enabled
