@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--study", help="study name (default tune.study, else the experiment name)")
     tune.add_argument("--storage", help="journal file or RDB URL (default tune.storage, else optuna-journal.log)")
     tune.add_argument("--jobs", type=int, default=1, help="parallel trials in this process (threads)")
+    tune.add_argument("--workers", type=int,
+                      help="start this many local worker processes on the same study and storage, --trials split "
+                           "between them and the cores shared (train.threads each: cores // N unless set); "
+                           "waits for them and forwards Ctrl-C / SIGTERM; run dirs OUTPUT/worker-<i>")
     _add_output_args(tune, "run directory, a new or empty folder (default runs/<timestamp>-<name>-tune/)", "study")
 
     teacher = verbs.add_parser("teacher", help="teacher actions: train")
@@ -168,6 +172,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     import distill
 
     config = distill.load_config(args.experiment, _overrides(args))
+    if args.workers is not None:
+        from distill.experiment.workers import plan_workers, run_workers
+
+        plan, shares = plan_workers(config, args, args.workers)
+        code = run_workers(plan, shares)
+        if code == 0:
+            print(f"{len(shares)} worker(s) finished {sum(shares)} trial(s) in study '{plan.study}' ({plan.storage})")
+        return code
     result = distill.tune(config, trials=args.trials, timeout=args.timeout, study=args.study, storage=args.storage,
                           jobs=args.jobs, seed=args.seed, output=args.output, track=not args.no_track,
                           progress=_progress(args))

@@ -715,6 +715,21 @@ class TuneConfig(_Section):
     study: Optional[str] = None
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
+    heartbeat_interval: StrictInt = Field(
+        default=10, ge=1, le=3600,
+        description="seconds between a running trial's heartbeats in an RDB storage (postgresql://, mysql://, "
+                    "sqlite:///); a worker that stops sending them (killed, machine lost) is found by the others",
+    )
+    grace_period: StrictInt = Field(
+        default=30, ge=1, le=86400,
+        description="seconds without a heartbeat after which another worker marks a RUNNING trial FAIL and "
+                    "re-queues it (RDB storage only; keep it a few heartbeat_interval long)",
+    )
+    max_retry: StrictInt = Field(
+        default=3, ge=0, le=100,
+        description="how often a trial whose worker died is re-queued (a new trial with the same parameters) "
+                    "before it is left FAIL (RDB storage only)",
+    )
     space: dict[str, Any] = Field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPACE.items()}, validate_default=True
     )

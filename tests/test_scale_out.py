@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tests.test_tuning import FIXED_KL, ROOT, write_config
@@ -65,3 +68,105 @@ def test_workers_on_postgresql_share_one_study(tmp_path: Path, postgres_database
         summary = json.loads((tmp_path / f"out{i}" / "tuning.json").read_text())
         assert summary["study"] == "shared"
         assert 3 <= summary["trials"]["total"] <= 6
+
+
+NO_PRUNING = {"pruner": "none", "sampler": "random"}
+
+
+def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state == TrialState.COMPLETE]
+
+
+def _assert_best_is_read_back(study: optuna.Study) -> None:
+    complete = _complete(study)
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    best = pick(complete, key=lambda t: (t.value, -t.number))
+    assert study.best_trial.value == best.value
+    assert study.best_trial.params == next(t for t in complete if t.number == study.best_trial.number).params
+
+
+def test_four_workers_on_postgresql_give_every_requested_trial(tmp_path: Path, postgres_database: str) -> None:
+    """4 processes with ``--trials 2`` each: exactly 8 COMPLETE trials (no pruner), numbers 0..7 once."""
+    toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL, tune=NO_PRUNING)
+    procs = _workers(toml, tmp_path, postgres_database, "four", count=4, trials=2)
+    for p, (_, err) in zip(procs, _wait(procs), strict=True):
+        assert p.returncode == 0, err
+    study = optuna.load_study(study_name="four", storage=postgres_database)
+    assert sorted(t.number for t in study.trials) == list(range(8))
+    assert len(_complete(study)) == 8
+    _assert_best_is_read_back(study)
+
+
+def _supervisor(toml: Path, folder: Path, storage: str, workers: int, trials: int, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-m", "distill", "tune", str(toml), "--trials", str(trials), "--workers", str(workers),
+         "--study", "sup", "--storage", storage, "-o", "out", "--no-track", *extra],
+        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_tune_workers_on_a_journal_file_splits_trials_and_threads(tmp_path: Path) -> None:
+    """``--workers 2 --trials 5`` on the default kind of storage: 5 trials in all (3 + 2), each worker
+    says its thread count once, one run directory per worker."""
+    toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL, tune=NO_PRUNING)
+    journal = tmp_path / "study.log"
+    proc = _supervisor(toml, tmp_path, str(journal), workers=2, trials=5)
+    (out, err), = _wait([proc])
+    assert proc.returncode == 0, err
+    study = optuna.load_study(study_name="sup", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert sorted(t.number for t in study.trials) == list(range(5))
+    assert len(_complete(study)) == 5
+    by_worker = sorted(t.user_attrs["distill_worker"] for t in study.trials)
+    assert by_worker == ["1/2"] * 3 + ["2/2"] * 2
+    from distill.experiment.workers import threads_per_worker
+    from distill.seeding import available_cores
+
+    threads = threads_per_worker(available_cores(), 2, 0)
+    for label in ("1/2", "2/2"):
+        assert err.count(f"worker {label}: {threads} thread(s)") == 1, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["worker-1", "worker-2"]
+    assert "2 worker(s) finished 5 trial(s)" in out
+    _assert_best_is_read_back(study)
+
+
+def test_a_killed_worker_trial_is_retried_and_the_study_completes(tmp_path: Path, postgres_database: str) -> None:
+    """``--workers 4`` on PostgreSQL, one worker killed with SIGKILL mid-trial: its trial ends FAIL, a retry
+    of it is recorded, and the study still has every requested trial COMPLETE."""
+    toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL, train={"epochs": 400},
+                        tune=NO_PRUNING | {"heartbeat_interval": 1, "grace_period": 2, "max_retry": 2})
+    proc = _supervisor(toml, tmp_path, postgres_database, workers=4, trials=8)
+    try:
+        victim = _running_trial(postgres_database, "sup", deadline=time.monotonic() + 120)
+        os.kill(victim.user_attrs["distill_worker_pid"], signal.SIGKILL)
+        (out, err), = _wait([proc])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "killed by SIGKILL" in err
+    study = optuna.load_study(study_name="sup", storage=postgres_database)
+    assert len(_complete(study)) == 8
+    dead = next(t for t in study.trials if t.number == victim.number)
+    assert dead.state == TrialState.FAIL
+    retries = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == dead.params
+    _assert_best_is_read_back(study)
+
+
+def _running_trial(storage: str, study_name: str, deadline: float) -> optuna.trial.FrozenTrial:
+    """The first trial seen RUNNING with its worker's pid recorded (waits for the workers to get there)."""
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:  # the workers have not created the study yet
+            time.sleep(0.2)
+            continue
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            if "distill_worker_pid" in trial.user_attrs:
+                return trial
+        time.sleep(0.2)
+    raise AssertionError("no worker started a trial in time")

@@ -584,3 +584,39 @@ def test_a_plot_that_breaks_is_logged_and_skipped_never_a_failed_tune(tmp_path: 
     assert [(r.levelname, r.getMessage()) for r in caplog.records if "plot" in r.getMessage()] == [
         ("WARNING", "no slice plot: AssertionError: no renderer")]
     assert dict(matplotlib.rcParams) == before and plt.get_fignums() == figures
+
+
+def test_worker_trials_split_to_the_requested_total() -> None:
+    """``--trials`` over ``--workers``: shares differ by at most one, sum to the total, none is empty."""
+    from distill.experiment.workers import split_trials
+
+    assert split_trials(10, 4) == [3, 3, 2, 2]
+    assert split_trials(8, 4) == [2, 2, 2, 2]
+    assert split_trials(3, 8) == [1, 1, 1]  # more workers than trials: only as many workers as trials
+    assert split_trials(1, 1) == [1]
+    for total in range(1, 40):
+        for workers in range(1, 12):
+            shares = split_trials(total, workers)
+            assert sum(shares) == total and min(shares) >= 1 and max(shares) - min(shares) <= 1
+
+
+def test_threads_per_worker_never_oversubscribe() -> None:
+    """cores // N threads each (at least one) unless ``train.threads`` is set; N * threads <= cores."""
+    from distill.experiment.workers import threads_per_worker
+
+    assert threads_per_worker(16, 4, 0) == 4
+    assert threads_per_worker(16, 3, 0) == 5
+    assert threads_per_worker(2, 4, 0) == 1  # fewer cores than workers: one each
+    assert threads_per_worker(16, 4, 7) == 7  # set explicitly: as given
+    for cores in range(1, 33):
+        for workers in range(1, cores + 1):
+            assert workers * threads_per_worker(cores, workers, 0) <= cores
+
+
+def test_each_worker_samples_with_its_own_seed() -> None:
+    """Workers of one ``tune --workers N`` do not repeat each other's first suggestions: worker i's sampler
+    seed is seed + i - 1; the first worker and a plain process keep the experiment's seed."""
+    from distill.experiment.tune import sampler_seed_for
+
+    assert sampler_seed_for(7, None) == 7
+    assert [sampler_seed_for(7, f"{i}/4") for i in range(1, 5)] == [7, 8, 9, 10]

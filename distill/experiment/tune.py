@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.config import Config, config_dict, set_dotted, to_toml, validate_config
+from distill.config import Config, TuneConfig, config_dict, set_dotted, to_toml, validate_config
 from distill.data.sources import Dataset
 from distill.engine.loop import predict_logits
 from distill.errors import ConfigError, UserError
@@ -45,6 +46,9 @@ from distill.outputs.rundir import atomic_write, attach_log_file, claim_run_dir,
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "WORKER_ENV",
+    "WORKER_ATTR",
+    "current_worker",
     "resolve_storage",
     "trial_config",
     "check_tunable",
@@ -58,16 +62,38 @@ log = logging.getLogger("distill")
 
 #: The default study storage: a journal file in the working folder (safe for several local processes).
 DEFAULT_STORAGE = "optuna-journal.log"
+#: environment variable that makes a ``tune`` process worker "i/N" of ``tune --workers N``
+WORKER_ENV = "DISTILL_TUNE_WORKER"
+#: the trial user attribute naming the worker ("i/N") that ran it: the supervisor counts a dead worker's trials
+WORKER_ATTR = "distill_worker"
+#: the trial user attribute with that worker's process id (what to signal, what ``ps`` shows)
+WORKER_PID_ATTR = "distill_worker_pid"
 
 
-def resolve_storage(storage: str | None) -> Any:
-    """An Optuna storage: an RDB URL as given, else a journal file (default ``optuna-journal.log``)."""
+def current_worker() -> str | None:
+    """``"i/N"`` when this process is a worker started by ``tune --workers N``, else None."""
+    return os.environ.get(WORKER_ENV) or None
+
+
+def sampler_seed_for(seed: int, worker: str | None) -> int:
+    """The sampler's seed in worker ``"i/N"``: ``seed + i - 1``, so that workers sharing a study do not all
+    suggest the same first points (worker 1, and a process that is no worker, keep ``seed``)."""
+    if not worker:
+        return seed
+    return seed + int(worker.split("/", 1)[0]) - 1
+
+
+def resolve_storage(storage: str | None, heartbeat: TuneConfig | None = None) -> Any:
+    """An Optuna storage: an RDB URL as given, else a journal file (default ``optuna-journal.log``).
+
+    ``heartbeat`` (the ``[tune]`` section) turns on an RDB storage's heartbeats: a trial whose worker
+    died is failed after ``grace_period`` and re-queued up to ``max_retry`` times."""
     import optuna
 
     target = storage or DEFAULT_STORAGE
     _ = optuna  # imported for its side effect of configuring logging once
     if "://" in target:
-        return _rdb_storage(target)
+        return _rdb_storage(target, heartbeat)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -90,7 +116,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _rdb_storage(url: str) -> Any:
+def _heartbeat_options(heartbeat: TuneConfig | None) -> dict[str, Any]:
+    """RDBStorage's heartbeat arguments: none without a ``[tune]`` section, else interval, grace and retry."""
+    if heartbeat is None:
+        return {}
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return {
+        "heartbeat_interval": heartbeat.heartbeat_interval,
+        "grace_period": heartbeat.grace_period,
+        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.max_retry),
+    }
+
+
+def _rdb_storage(url: str, heartbeat: TuneConfig | None = None) -> Any:
     """An Optuna RDB storage, opened now so that a bad URL or an unreachable database is exit 2 before
     anything is written (a ``sqlite:///`` file in a missing folder, a corrupt file, a wrong scheme)."""
     from optuna.storages import RDBStorage
@@ -101,7 +140,7 @@ def _rdb_storage(url: str) -> Any:
             raise ConfigError(f"tune.storage {url}: folder '{path.parent}' does not exist")
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
-            return RDBStorage(url)
+            return RDBStorage(url, **_heartbeat_options(heartbeat))
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy, the driver, Optuna: all name the URL's problem
             if _lost_schema_race(exc) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:
                 time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
@@ -345,13 +384,16 @@ def run_tuning(
     given_dataset = dataset  # the comparison runs load data.source again unless the caller gave the rows
     first = prepare_protocol(config, dataset, teacher)  # data and config problems surface before anything is written
     dataset = first[0].dataset
+    worker = current_worker()
+    if worker is not None:  # prepare_protocol has set torch's threads from train.threads
+        log.info("worker %s: %d thread(s)", worker, torch.get_num_threads())
     trials = trials if trials is not None else config.tune.trials
     timeout = timeout if timeout is not None else config.tune.timeout
     study_name = study_name or config.tune.study or config.name
     storage_text = storage or config.tune.storage or DEFAULT_STORAGE
-    sampler_seed = config.seed if seed is None else seed
+    sampler_seed = sampler_seed_for(config.seed if seed is None else seed, current_worker())
     direction = config.tune.resolved_direction
-    optuna_storage = resolve_storage(storage_text)
+    optuna_storage = resolve_storage(storage_text, config.tune)
     tracking = track and config.tracking.enabled
     uri = preflight(config) if tracking else None
     claim = claim_run_dir(f"{config.name}-tune", output)  # a new or empty folder: never another run's files
@@ -393,6 +435,9 @@ def run_tuning(
 
         def objective(trial: optuna.Trial) -> float:
             running.add(trial.number)  # Optuna has asked for it: the study holds it RUNNING from here
+            if worker is not None:  # whose trial: the supervisor counts what a killed worker finished
+                trial.set_user_attr(WORKER_ATTR, worker)
+                trial.set_user_attr(WORKER_PID_ATTR, os.getpid())
             stop.check(f"at the start of trial {trial.number}")  # the signal came after the last trial's end
             params = {key: _suggest(trial, key, spec) for key, spec in config.tune.space.items()}
             trial_cfg = trial_config(config, params)
