@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +297,81 @@ def test_tune_workers_on_postgresql_track_one_study_run_on_the_server(
         assert child.data.params == {k: str(v) for k, v in t.params.items()}
         if t.state == TrialState.COMPLETE:
             assert child.data.metrics["validation/value"] == pytest.approx(t.value, abs=1e-12)
+
+
+def _running_trial_with_run(storage: str, study_name: str, client: object, experiment_name: str,
+                            deadline: float) -> tuple[object, object]:
+    """A trial seen RUNNING with its worker's pid, and its MLflow child run seen RUNNING (opened at the start)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:  # the workers have not created the study yet
+            time.sleep(0.2)
+            continue
+        experiment = client.get_experiment_by_name(experiment_name)  # type: ignore[attr-defined]
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            if "distill_worker_pid" not in trial.user_attrs or experiment is None:
+                continue
+            runs = client.search_runs(  # type: ignore[attr-defined]
+                [experiment.experiment_id], filter_string=f"tags.`optuna.trial` = '{trial.number}'")
+            if runs and runs[0].info.status == "RUNNING":
+                return trial, runs[0]
+        time.sleep(0.2)
+    raise AssertionError("no worker started a tracked trial in time")
+
+
+def test_a_killed_tune_worker_leaves_no_mlflow_run_running(
+    mlflow_postgres_server: MlflowServer, postgres_database: str, tmp_path: Path
+) -> None:
+    """``tune --workers 2`` tracked to the server, one worker killed with SIGKILL mid-trial: its trial's
+    child run (RUNNING while it trained) ends FAILED, the retry's run FINISHED, and nothing of the
+    study is left RUNNING."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    study_name, experiment_name = "pg-dead", "pg-dead-tune"
+    toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name},
+                        objective=TUNE_FIXED_KL, train={"epochs": 400},
+                        tune={"pruner": "none", "sampler": "random", "heartbeat_interval": 1, "grace_period": 2,
+                              "max_retry": 2})
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    client = MlflowClient(tracking_uri=mlflow_postgres_server.uri)
+    proc = _start(["tune", str(toml), "--trials", "4", "--workers", "2", "--study", study_name,
+                   "--storage", postgres_database, "-o", "out"], cwd=client_dir, env=_env(mlflow_postgres_server.uri))
+    try:
+        victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
+                                                     deadline=time.monotonic() + 180)
+        assert victim_run.data.tags["distill.worker_pid"] == str(victim.user_attrs["distill_worker_pid"])
+        os.kill(victim.user_attrs["distill_worker_pid"], signal.SIGKILL)
+        _wait_all([proc])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    study = optuna.load_study(study_name=study_name, storage=postgres_database)
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 4
+    assert next(t for t in study.trials if t.number == victim.number).state == TrialState.FAIL
+    (retry,) = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
+    assert retry.state == TrialState.COMPLETE
+
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    by_trial = {r.data.tags["optuna.trial"]: r for r in runs if "optuna.trial" in r.data.tags}
+    assert sorted(by_trial, key=int) == [str(t.number) for t in sorted(study.trials, key=lambda t: t.number)]
+    dead = by_trial[str(victim.number)]
+    assert dead.info.run_id == victim_run.info.run_id
+    assert (dead.info.status, dead.data.tags["optuna.state"]) == ("FAILED", "FAIL")
+    retried = by_trial[str(retry.number)]
+    assert (retried.info.status, retried.data.tags["optuna.state"]) == ("FINISHED", "COMPLETE")
+    assert retried.data.metrics["validation/value"] == pytest.approx(retry.value, abs=1e-12)
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE:
+            assert by_trial[str(t.number)].info.status == "FINISHED"

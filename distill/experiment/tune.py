@@ -439,6 +439,8 @@ def run_tuning(
                 trial.set_user_attr(WORKER_ATTR, worker)
                 trial.set_user_attr(WORKER_PID_ATTR, os.getpid())
             stop.check(f"at the start of trial {trial.number}")  # the signal came after the last trial's end
+            if tracker is not None:  # its child run shows RUNNING while it trains
+                tracker.start_trial(study_name, trial.number)
             params = {key: _suggest(trial, key, spec) for key, spec in config.tune.space.items()}
             trial_cfg = trial_config(config, params)
 

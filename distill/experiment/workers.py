@@ -25,6 +25,7 @@ from distill.config import Config
 from distill.errors import ConfigError
 from distill.experiment.tune import DEFAULT_STORAGE, WORKER_ATTR, WORKER_ENV, resolve_storage
 from distill.interrupts import Interrupted
+from distill.outputs.tracking import resolve_tracking_uri
 from distill.seeding import available_cores
 
 __all__ = ["split_trials", "threads_per_worker", "WorkerPlan", "plan_workers", "run_workers"]
@@ -59,6 +60,10 @@ class WorkerPlan:
     output: Path | None
     grace_s: float
     max_replacements: int
+    #: where the workers track (``None``: ``--no-track``) and the MLflow experiment: a killed worker's
+    #: RUNNING trial runs are ended FAILED there
+    tracking_uri: str | None = None
+    experiment: str = ""
 
     def argv(self, label: str, trials: int, attempt: int) -> list[str]:
         """The command of worker ``label`` ("i/N"), with its trials and its own run directory."""
@@ -153,10 +158,22 @@ def _after_exit(plan: WorkerPlan, worker: _Worker, forwarded: str | None,
     left = worker.trials - _finished_by(plan, worker.label)
     log.warning("worker %s (pid %d) was killed by %s with %d trial(s) unfinished", worker.label,
                 worker.process.pid, killed_by, left)
+    _fail_tracked_runs(plan, worker)
     if left <= 0:
         return None
     time.sleep(plan.grace_s)  # its RUNNING trial goes stale: the replacement fails and re-queues it first
     return _replacement(plan, worker, left)
+
+
+def _fail_tracked_runs(plan: WorkerPlan, worker: _Worker) -> None:
+    """End FAILED the MLflow trial runs the killed worker left RUNNING (it can no longer end them)."""
+    if plan.tracking_uri is None:
+        return
+    from distill.outputs.tracking import fail_dead_worker_runs
+
+    ended = fail_dead_worker_runs(plan.tracking_uri, plan.experiment, plan.study, plan.storage, worker.process.pid)
+    if ended:
+        log.info("worker %s: %d RUNNING MLflow trial run(s) ended FAILED", worker.label, ended)
 
 
 def _replacement(plan: WorkerPlan, worker: _Worker, left: int) -> _Worker:
@@ -191,5 +208,7 @@ def plan_workers(config: Config, args: Any, workers: int) -> tuple[WorkerPlan, l
         output=output,
         grace_s=float(config.tune.grace_period + config.tune.heartbeat_interval),
         max_replacements=config.tune.max_retry,
+        tracking_uri=None if args.no_track or not config.tracking.enabled else resolve_tracking_uri(config),
+        experiment=config.tracking.experiment or config.name,
     )
     return plan, shares

@@ -35,6 +35,7 @@ __all__ = [
     "open_tracker",
     "log_files",
     "StudyTracker",
+    "fail_dead_worker_runs",
     "TrackingError",
     "falls_back",
     "git_commit",
@@ -598,6 +599,41 @@ def study_key(study: str, storage: str) -> str:
     return hashlib.sha256(f"{study}\0{storage}".encode("utf-8")).hexdigest()[:32]
 
 
+#: a trial's child run: the study key of its parent (not ``distill.study_key``: that finds the parent)
+TRIAL_OF_TAG = "distill.trial_of"
+#: a trial's child run: the id of the process that ran the trial
+WORKER_PID_TAG = "distill.worker_pid"
+
+
+def fail_dead_worker_runs(uri: str, experiment: str, study: str, storage: str, pid: int) -> int:
+    """End FAILED every RUNNING trial run of the study that process ``pid`` opened (it was killed, so
+    it never will); returns how many. A store failure is a warning: the runs may still show RUNNING."""
+    try:
+        return _fail_runs_of(uri, experiment, study_key(study, storage), pid)
+    except _store_errors() as exc:
+        log.warning("tracking: ending the killed worker's trial runs failed at %s: %s (they may still show "
+                    "RUNNING)", uri, _reason(exc))
+        return 0
+
+
+def _fail_runs_of(uri: str, experiment: str, key: str, pid: int) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return 0
+    runs = client.search_runs(
+        [found.experiment_id], max_results=1000,
+        filter_string=(f"tags.`{TRIAL_OF_TAG}` = '{key}' AND tags.`{WORKER_PID_TAG}` = '{int(pid)}' "
+                       "AND attributes.status = 'RUNNING'"),
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "optuna.state", "FAIL")
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return len(runs)
+
+
 class StudyTracker:
     """MLflow for ``tune``: one parent run per study (found again by its tags) and a child run per trial.
 
@@ -606,12 +642,15 @@ class StudyTracker:
     may each create a parent; each then keeps the earliest and deletes its own.
     """
 
-    def __init__(self, client: Any, experiment_id: str, run_id: str) -> None:
+    def __init__(self, client: Any, experiment_id: str, run_id: str, key: str = "") -> None:
         self.client = client
+        self.key = key
         self.experiment_id = experiment_id
         self.run_id = run_id
         self.uri: str | None = getattr(getattr(client, "_tracking_client", None), "tracking_uri", None)
         self._done = False
+        #: trial number -> its child run, opened RUNNING when the trial starts (``start_trial``)
+        self._trial_runs: dict[int, str] = {}
 
     @classmethod
     @_tracking_call
@@ -651,11 +690,11 @@ class StudyTracker:
             if earliest != run_id:
                 client.delete_run(run_id)
                 log.info("MLflow: another worker created the study's parent run %s; adding trials to it", earliest)
-                return cls(client, experiment_id, earliest)
-            tracker = cls(client, experiment_id, run_id)
+                return cls(client, experiment_id, earliest, key)
+            tracker = cls(client, experiment_id, run_id, key)
             tracker._log_params(flatten(config_dict(config)))
             log.info("MLflow: study parent run %s at %s (experiment '%s')", run_id, uri, name)
-        return cls(client, experiment_id, run_id)
+        return cls(client, experiment_id, run_id, key)
 
     @_tracking_call
     def _log_params(self, params: dict[str, Any], run_id: str | None = None) -> None:
@@ -667,23 +706,33 @@ class StudyTracker:
             self.client.log_batch(run_id or self.run_id, params=items[i : i + 100])
 
     @_tracking_call
+    def start_trial(self, study_name: str, trial_number: int) -> None:
+        """Open the trial's child run RUNNING, tagged with this process id: a supervisor that sees this
+        process killed ends it FAILED (``fail_dead_worker_runs``) instead of leaving it RUNNING."""
+        self._trial_runs[trial_number] = self._create_child(study_name, trial_number, "RUNNING")
+
+    def _create_child(self, study_name: str, trial_number: int, state: str) -> str:
+        tags = {"mlflow.parentRunId": self.run_id, "optuna.trial": str(trial_number), "optuna.state": state,
+                "distill.study": study_name, TRIAL_OF_TAG: self.key, WORKER_PID_TAG: str(os.getpid())}
+        return str(self.client.create_run(self.experiment_id, run_name=f"trial {trial_number}", tags=tags).info.run_id)
+
+    @_tracking_call
     def on_trial(self, study: Any, trial: Any, status: str | None = None) -> None:
         """Optuna callback: a nested run holding the trial's params, value, state and per-episode values.
 
-        The child ends FINISHED (complete), KILLED (pruned) or FAILED, unless ``status`` says otherwise
-        (KILLED for a trial a signal cut short).
+        The child (opened by ``start_trial``, else now) ends FINISHED (complete), KILLED (pruned) or
+        FAILED, unless ``status`` says otherwise (KILLED for a trial a signal cut short).
         """
         import time as _time
 
         from mlflow.entities import Metric
 
         state = trial.state.name
-        child = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial {trial.number}",
-            tags={"mlflow.parentRunId": self.run_id, "optuna.trial": str(trial.number), "optuna.state": state,
-                  "distill.study": study.study_name},
-        ).info.run_id
+        child = self._trial_runs.pop(trial.number, None)
+        if child is None:
+            child = self._create_child(study.study_name, trial.number, state)
+        else:
+            self.client.set_tag(child, "optuna.state", state)
         try:
             self._log_params(dict(trial.params), child)
             now = int(_time.time() * 1000)
