@@ -61,7 +61,13 @@ def _measure(storage: str, workers: int, trials: int, episodes: int | None, fold
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    study = optuna.load_study(study_name="bench", storage=storage)
+    if "://" in storage:
+        study = optuna.load_study(study_name="bench", storage=storage)
+    else:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        study = optuna.load_study(study_name="bench", storage=JournalStorage(JournalFileBackend(storage)))
     finished = [t for t in study.trials if t.datetime_complete is not None and t.state.is_finished()]
     first = min(t.datetime_start for t in finished if t.datetime_start is not None)
     last = max(t.datetime_complete for t in finished if t.datetime_complete is not None)

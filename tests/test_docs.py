@@ -39,7 +39,7 @@ from distill.config import validate_config
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: the pages the README's text moved to (issue 17): none may silently disappear
-PAGES = {"api", "cli", "concepts", "configuration", "extending", "outputs", "performance", "results", "resume",
+PAGES = {"api", "cli", "concepts", "configuration", "extending", "outputs", "performance", "results", "resume", "scale-out",
          "teachers", "tracking", "tuning"}
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 

@@ -6,7 +6,6 @@ tests are skipped with one line, and CI fails instead). Each test gets a fresh d
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -49,25 +48,6 @@ def _wait(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[str
     return results
 
 
-def test_workers_on_postgresql_share_one_study(tmp_path: Path, postgres_database: str) -> None:
-    """Two ``distill tune`` processes on one PostgreSQL study: exactly the requested trials, numbered
-    0..n-1 once each, all finished, and each worker's best is the best Optuna reads back."""
-    toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL)
-    procs = _workers(toml, tmp_path, postgres_database, "shared", count=2, trials=3)
-    for p, (_, err) in zip(procs, _wait(procs), strict=True):
-        assert p.returncode == 0, err
-    study = optuna.load_study(study_name="shared", storage=postgres_database)
-    trials = study.trials
-    assert sorted(t.number for t in trials) == list(range(6))
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value) if study.direction.name == "MAXIMIZE" else min(
-        complete, key=lambda t: t.value)
-    assert study.best_trial.number == best.number
-    for i in range(2):
-        summary = json.loads((tmp_path / f"out{i}" / "tuning.json").read_text())
-        assert summary["study"] == "shared"
-        assert 3 <= summary["trials"]["total"] <= 6
 
 
 NO_PRUNING = {"pruner": "none", "sampler": "random"}
@@ -86,7 +66,8 @@ def _assert_best_is_read_back(study: optuna.Study) -> None:
 
 
 def test_four_workers_on_postgresql_give_every_requested_trial(tmp_path: Path, postgres_database: str) -> None:
-    """4 processes with ``--trials 2`` each: exactly 8 COMPLETE trials (no pruner), numbers 0..7 once."""
+    """4 processes with ``--trials 2`` each: exactly 8 COMPLETE trials (no pruner), numbers 0..7 once. They open
+    the empty database at once and race to create Optuna's tables: the losers retry and join (they exited 2 before)."""
     toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL, tune=NO_PRUNING)
     procs = _workers(toml, tmp_path, postgres_database, "four", count=4, trials=2)
     for p, (_, err) in zip(procs, _wait(procs), strict=True):
