@@ -151,3 +151,35 @@ def _running_trial(storage: str, study_name: str, deadline: float) -> optuna.tri
                 return trial
         time.sleep(0.2)
     raise AssertionError("no worker started a trial in time")
+
+
+def test_ctrl_c_on_the_supervisor_reaches_every_worker(tmp_path: Path) -> None:
+    """SIGINT to ``tune --workers 2`` (a Ctrl-C): every worker receives it, stops, and the supervisor exits 130
+    with no worker left alive; what finished is in the study."""
+    toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL, train={"epochs": 400},
+                        tune=NO_PRUNING)
+    journal = tmp_path / "study.log"
+    proc = _supervisor(toml, tmp_path, str(journal), workers=2, trials=40)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    try:
+        running = _running_trial(storage, "sup", deadline=time.monotonic() + 120)
+        pids = {running.user_attrs["distill_worker_pid"]}
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:  # both workers have started a trial
+            study = optuna.load_study(study_name="sup", storage=storage)
+            pids |= {t.user_attrs["distill_worker_pid"] for t in study.trials if "distill_worker_pid" in t.user_attrs}
+            time.sleep(0.2)
+        assert len(pids) == 2
+        proc.send_signal(signal.SIGINT)
+        (_, err), = _wait([proc], timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    for pid in pids:  # reaped by the supervisor: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    study = optuna.load_study(study_name="sup", storage=storage)
+    assert len(study.trials) < 40  # stopped early, not run to the end
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # every started trial was closed by its worker
