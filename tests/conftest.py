@@ -150,22 +150,8 @@ def postgres_server() -> str:
 @pytest.fixture
 def postgres_database(postgres_server: str, request: pytest.FixtureRequest):
     """A fresh, empty database on the test cluster for one test (dropped afterwards): its URL."""
-    import uuid
-
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg.connect(postgres_server, connect_timeout=5, autocommit=True)
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield postgres_server.rsplit("/", 1)[0] + "/" + name
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
-                        "pg_backend_pid()", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    finally:
-        admin.close()
+    with _throwaway_database(postgres_server) as url:
+        yield url
 
 
 # --------------------------------------------------------------------------- MLflow server on PostgreSQL
