@@ -134,7 +134,9 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(tmp_path: Path
     assert dead.state == TrialState.FAIL
     retries = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == dead.params
+    # the retry is enqueued with every parameter the dead trial had drawn (it may die between two suggestions,
+    # then the retry draws the rest afresh)
+    assert dead.params and dead.params.items() <= retries[0].params.items()
     _assert_best_is_read_back(study)
 
 
