@@ -9,7 +9,7 @@ Run by hand, not by the tests:
 PostgreSQL is the throwaway cluster of ``scripts/dev-services`` (started and stopped here unless
 DISTILL_TEST_POSTGRES_URL names one); each measurement gets a fresh database or journal file. The rate is
 the study's finished trials over the span from the first trial's start to the last one's end, read back
-from the storage (so interpreter start-up and each worker's closing test comparison do not count); the
+from the storage (so interpreter start-up and the one closing test comparison do not count); the
 wall time of the whole command is reported beside it. MLflow is off (``--no-track``).
 """
 

@@ -441,20 +441,25 @@ def resume(run_dir: str | Path, *, data: Any = None, teacher: Any = None, track:
 def tune(config: ConfigLike, *, data: Any = None, teacher: Any = None, trials: int | None = None,
          timeout: float | None = None, study: str | None = None, storage: str | None = None, jobs: int = 1,
          seed: int | None = None, track: bool | None = None, output: str | Path | None = None,
-         progress: bool | None = None) -> TuneResult:
+         progress: bool | None = None, compare: bool = True) -> TuneResult:
     """Search ``tune.space`` with Optuna on validation rows, then compare best and untuned on test rows.
 
     ``data``, ``teacher``, ``track``, ``output`` and ``progress`` as for ``run``. ``trials`` (default
     ``tune.trials``), ``timeout`` (seconds), ``study`` / ``storage`` (a journal file or an RDB URL; default
     ``tune.study`` / ``tune.storage``), ``jobs`` (parallel trials, threads) and ``seed`` (the sampler's)
-    as ``python -m distill tune``'s flags. Returns a ``TuneResult`` with the Optuna ``study``.
+    as ``python -m distill tune``'s flags. ``compare=False`` only searches (``--no-compare``: what each of
+    many workers does); ``trials=0`` only compares the existing study's best (once, after the workers).
+    Returns a ``TuneResult`` with the Optuna ``study``.
     """
     from distill.config import MAX_SECONDS, MAX_THREADS, MAX_TRIALS
     from distill.experiment.tune import run_tuning
 
-    for name, value, limit in (("trials", trials, MAX_TRIALS), ("jobs", jobs, MAX_THREADS)):
-        if value is not None and not 1 <= value <= limit:
-            raise ConfigError(f"{name} (--{name}) must be between 1 and {limit}, got {value}")
+    for name, value, low, limit in (("trials", trials, 0, MAX_TRIALS), ("jobs", jobs, 1, MAX_THREADS)):
+        if value is not None and not low <= value <= limit:
+            raise ConfigError(f"{name} (--{name}) must be between {low} and {limit}, got {value}")
+    if trials == 0 and not compare:
+        raise ConfigError("trials (--trials) = 0 only compares the study's best: it needs the comparison "
+                          "(drop --no-compare)")
     if timeout is not None and not 0 < timeout <= MAX_SECONDS:  # also refuses nan and inf
         raise ConfigError(f"timeout (--timeout) must be > 0 and <= {MAX_SECONDS:g} seconds, got {timeout}")
     cfg, dataset, _ = _dataset(as_config(config), data)
@@ -462,7 +467,7 @@ def tune(config: ConfigLike, *, data: Any = None, teacher: Any = None, trials: i
     with _library_call():
         return run_tuning(cfg, trials=trials, timeout=timeout, study_name=study, storage=storage, jobs=jobs,
                           seed=seed, output=output, track=_track(cfg, track), progress=_progress(progress),
-                          dataset=dataset, teacher=factory)
+                          dataset=dataset, teacher=factory, compare=compare)
 
 
 def check(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: bool | None = None) -> str:

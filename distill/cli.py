@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = verbs.add_parser("tune", help="search tune.space with Optuna on validation rows, then compare on test rows")
     _add_config_args(tune)
-    tune.add_argument("--trials", type=int, help="trials this process adds to the study (default tune.trials)")
+    tune.add_argument("--trials", type=int, help="trials this process adds to the study (default tune.trials); "
+                                                 "0: add none, compare the existing study's best on the test rows")
+    tune.add_argument("--no-compare", action="store_true",
+                      help="search only: skip the closing test comparison (for one of many workers; compare "
+                           "once at the end with --trials 0)")
     tune.add_argument("--timeout", type=float, help="stop adding trials after this many seconds")
     tune.add_argument("--study", help="study name (default tune.study, else the experiment name)")
     tune.add_argument("--storage", help="journal file or RDB URL (default tune.storage, else optuna-journal.log)")
@@ -77,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--workers", type=int,
                       help="start this many local worker processes on the same study and storage, --trials split "
                            "between them and the cores shared (train.threads each: cores // N unless set); "
-                           "waits for them and forwards Ctrl-C / SIGTERM; run dirs OUTPUT/worker-<i>")
+                           "waits for them, forwarding Ctrl-C / SIGTERM, then compares the best once; run dirs "
+                           "OUTPUT/worker-<i> and OUTPUT/study")
     _add_output_args(tune, "run directory, a new or empty folder (default runs/<timestamp>-<name>-tune/)", "study")
 
     teacher = verbs.add_parser("teacher", help="teacher actions: train")
@@ -177,12 +182,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
         plan, shares = plan_workers(config, args, args.workers)
         code = run_workers(plan, shares)
-        if code == 0:
-            print(f"{len(shares)} worker(s) finished {sum(shares)} trial(s) in study '{plan.study}' ({plan.storage})")
-        return code
-    result = distill.tune(config, trials=args.trials, timeout=args.timeout, study=args.study, storage=args.storage,
-                          jobs=args.jobs, seed=args.seed, output=args.output, track=not args.no_track,
-                          progress=_progress(args))
+        if code != 0:
+            return code
+        print(f"{len(shares)} worker(s) finished {sum(shares)} trial(s) in study '{plan.study}' ({plan.storage})")
+        if args.no_compare:
+            return 0
+        # the workers only searched: the study's best is compared with the untuned config once, here
+        result = distill.tune(config, trials=0, study=plan.study, storage=plan.storage, seed=args.seed,
+                              output=plan.output / "study" if plan.output is not None else None,
+                              track=not args.no_track, progress=_progress(args))
+    else:
+        result = distill.tune(config, trials=args.trials, timeout=args.timeout, study=args.study,
+                              storage=args.storage, jobs=args.jobs, seed=args.seed, output=args.output,
+                              track=not args.no_track, progress=_progress(args), compare=not args.no_compare)
     print(result.table())
     print(f"run directory: {result.run_dir}")
     return 0

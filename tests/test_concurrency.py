@@ -368,6 +368,45 @@ def test_study_tracker_survives_losing_the_experiment_creation_race(lost_race) -
         tracker.finish("FINISHED")
 
 
+def test_a_study_parent_deleted_as_a_worker_reopens_it_is_looked_up_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_mlflow_store
+) -> None:
+    """Deterministic: worker B finds worker A's parent run of the study, and A deletes it (A then found an
+    earlier parent, created at the same moment) before B sets it RUNNING. B looks again and joins the
+    earlier one; before, B failed with "must be in the 'active' state" (seen with 4 workers on PostgreSQL)."""
+    from mlflow.tracking import MlflowClient
+
+    from distill.config import validate_config
+    from distill.outputs.tracking import StudyTracker, study_key
+    from tests.test_tracking import mlflow_state
+
+    uri = fresh_mlflow_store(tmp_path / "mlflow.db")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("parents")
+    tags = {"distill.study_key": study_key("s", "journal.log")}
+    earliest = client.create_run(experiment, tags=tags, start_time=1_000).info.run_id
+    doomed = client.create_run(experiment, tags=tags, start_time=500).info.run_id  # looks earliest, then goes
+    real = MlflowClient.update_run
+    deleted: list[str] = []
+
+    def its_creator_deletes_it_first(self, run_id, *args, **kwargs):
+        if run_id == doomed and not deleted:
+            MlflowClient(tracking_uri=uri).delete_run(run_id)
+            deleted.append(run_id)
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "update_run", its_creator_deletes_it_first)
+    with mlflow_state():
+        tracker = StudyTracker.start(uri, validate_config({"name": "parents"}), "s", "journal.log", "r")
+    try:
+        assert deleted == [doomed]
+        assert tracker.run_id == earliest
+        assert client.get_run(earliest).info.status == "RUNNING"
+    finally:
+        tracker.finish("FINISHED")
+    assert client.get_run(earliest).info.status == "FINISHED"
+
+
 # --------------------------------------------------------------------------- the dataset-input race
 #
 # MLflow's SQL store logs a dataset input by looking the dataset up by (experiment, name, digest)

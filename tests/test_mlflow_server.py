@@ -3,8 +3,9 @@
 The server is ``mlflow_postgres_server`` (tests/conftest.py): a real ``mlflow server`` with a PostgreSQL
 backend store and proxied artifacts (``--serve-artifacts``), so every artifact and model travels over
 HTTP; the clients run in a folder of their own and never see the artifact destination. Four ``distill
-run`` processes record to it at once, two ``distill tune`` workers share one PostgreSQL Optuna study
-tracked on it, and ``distill predict`` and a network teacher load the logged model back through it.
+run`` processes record to it at once; four ``distill tune`` workers share one PostgreSQL Optuna study
+tracked on it, by hand and under ``--workers``, with one killed mid-trial each time; ``distill predict``
+and a network teacher load the logged model back through it.
 Everything recorded is checked against the run directory's own ``summary.json`` / ``history.csv``.
 """
 
@@ -29,7 +30,6 @@ from distill.experiment.prepare import prepare
 from distill.students.checkpoint import load_checkpoint, servable_from_checkpoint
 from tests.conftest import MlflowServer
 from tests.test_tracking import mlflow_state
-from tests.test_tuning import BASE as TUNE_BASE
 from tests.test_tuning import FIXED_KL as TUNE_FIXED_KL
 from tests.test_tuning import write_config
 
@@ -109,10 +109,20 @@ def four_runs(mlflow_postgres_server: MlflowServer, tmp_path_factory: pytest.Tem
     return outs
 
 
-def test_four_runs_at_once_record_everything_through_the_server(
-    four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path
+def test_four_runs_at_once_record_everything_through_the_server_and_load_back_from_it(
+    four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One test over the four runs (a fixture of the module would start them again in each xdist worker)."""
+    _check_recorded(four_runs, mlflow_postgres_server, tmp_path / "recorded")
+    _check_predict(four_runs, mlflow_postgres_server, tmp_path / "predict", monkeypatch)
+    _check_network_teacher(four_runs, mlflow_postgres_server, tmp_path / "teacher", monkeypatch)
+
+
+def _check_recorded(four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path) -> None:
+    """Every run FINISHED with params, test metrics, per-epoch curves, artifacts and model, as its run dir."""
     from mlflow.tracking import MlflowClient
+
+    tmp_path.mkdir()
 
     server = mlflow_postgres_server
     client = MlflowClient(tracking_uri=server.uri)
@@ -196,9 +206,10 @@ def _test_rows(out: Path) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     return rows, probs, [str(c) for c in payload["classes"]]
 
 
-def test_predict_through_the_server_matches_the_run_directory(
-    four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _check_predict(four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``predict`` by run directory, ``models:/`` and ``runs:/`` URI through the server: the same predictions."""
+    tmp_path.mkdir()
     out = four_runs[1]
     summary = _summary(out)
     rows, probs, classes = _test_rows(out)
@@ -222,9 +233,10 @@ def test_predict_through_the_server_matches_the_run_directory(
         pd.testing.assert_frame_equal(written[key], written["dir"], check_exact=True)
 
 
-def test_a_network_teacher_loads_through_the_server(
-    four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _check_network_teacher(four_runs: list[Path], mlflow_postgres_server: MlflowServer, tmp_path: Path,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network teacher given a ``models:/`` URI loads through the server and scores as the logged student."""
+    tmp_path.mkdir()
     out = four_runs[2]
     summary = _summary(out)
     toml = tmp_path / "from_uri.toml"
@@ -248,60 +260,19 @@ def test_a_network_teacher_loads_through_the_server(
     assert second["teacher"]["accuracy"] == pytest.approx(float(np.mean(probs.argmax(axis=1) == y)), abs=1e-6)
 
 
-def test_tune_workers_on_postgresql_track_one_study_run_on_the_server(
-    mlflow_postgres_server: MlflowServer, postgres_database: str, tmp_path: Path
-) -> None:
-    import optuna
-    from mlflow.tracking import MlflowClient
-    from optuna.trial import TrialState
+#: a trial long enough to be seen RUNNING (with its MLflow run) and killed; heartbeats every second, stale after 2
+KILLABLE = {"objective": TUNE_FIXED_KL, "train": {"epochs": 400},
+            "tune": {"pruner": "none", "sampler": "random", "heartbeat_interval": 1, "grace_period": 2, "max_retry": 2}}
 
-    workers, per_worker, study_name, experiment_name = 2, 2, "pg-shared", "pg-tune"
-    toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name},
-                        objective=TUNE_FIXED_KL)
-    client_dir = tmp_path / "client"
-    client_dir.mkdir()
-    _wait_all([
-        _start(["tune", str(toml), "--trials", str(per_worker), "--study", study_name, "--storage", postgres_database,
-                "-o", f"out{i}", "-q"], cwd=client_dir, env=_env(mlflow_postgres_server.uri))
-        for i in range(workers)
-    ])
-    _no_local_store(client_dir)
 
-    trials = optuna.load_study(study_name=study_name, storage=postgres_database).trials
-    n = workers * per_worker
-    assert sorted(t.number for t in trials) == list(range(n))
-    space = set(TUNE_BASE["tune"]["space"])
-    for t in trials:
-        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), (t.number, t.state)
-        assert set(t.params) == space
-
-    client = MlflowClient(tracking_uri=mlflow_postgres_server.uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1, [p.info.run_id for p in parents]  # one study run, for both workers
-    (parent,) = parents
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["distill.study"] == study_name
-    summaries = [json.loads((client_dir / f"out{i}" / "tuning.json").read_text()) for i in range(workers)]
-    assert {s["mlflow_run_id"] for s in summaries} == {parent.info.run_id}
-
-    assert sorted(c.info.run_name for c in children) == sorted(f"trial {t.number}" for t in trials)
-    by_name = {c.info.run_name: c for c in children}
-    for t in trials:
-        child = by_name[f"trial {t.number}"]
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state.name]
-        assert child.data.params == {k: str(v) for k, v in t.params.items()}
-        if t.state == TrialState.COMPLETE:
-            assert child.data.metrics["validation/value"] == pytest.approx(t.value, abs=1e-12)
+def _tune(toml: Path, study: str, storage: str, out: str, *args: str) -> list[str]:
+    return ["tune", str(toml), "--study", study, "--storage", storage, "-o", out, *args]
 
 
 def _running_trial_with_run(storage: str, study_name: str, client: object, experiment_name: str,
                             deadline: float) -> tuple[object, object]:
-    """A trial seen RUNNING with its worker's pid, and its MLflow child run seen RUNNING (opened at the start)."""
+    """A trial seen RUNNING and its MLflow child run seen RUNNING (opened when the trial starts, tagged with
+    the process id of the worker that runs it)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -313,7 +284,7 @@ def _running_trial_with_run(storage: str, study_name: str, client: object, exper
             continue
         experiment = client.get_experiment_by_name(experiment_name)  # type: ignore[attr-defined]
         for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            if "distill_worker_pid" not in trial.user_attrs or experiment is None:
+            if experiment is None:
                 continue
             runs = client.search_runs(  # type: ignore[attr-defined]
                 [experiment.experiment_id], filter_string=f"tags.`optuna.trial` = '{trial.number}'")
@@ -323,55 +294,152 @@ def _running_trial_with_run(storage: str, study_name: str, client: object, exper
     raise AssertionError("no worker started a tracked trial in time")
 
 
-def test_a_killed_tune_worker_leaves_no_mlflow_run_running(
-    mlflow_postgres_server: MlflowServer, postgres_database: str, tmp_path: Path
-) -> None:
-    """``tune --workers 2`` tracked to the server, one worker killed with SIGKILL mid-trial: its trial's
-    child run (RUNNING while it trained) ends FAILED, the retry's run FINISHED, and nothing of the
-    study is left RUNNING."""
-    import optuna
-    from mlflow.tracking import MlflowClient
+def _study_runs(client: object, experiment_name: str, study: object) -> tuple[object, dict[str, object]]:
+    """The study's one parent run and its trial runs by trial number; none RUNNING, every trial's run
+    under the parent, FINISHED with the trial's value when the trial is COMPLETE."""
+    from optuna.trial import TrialState
+
+    experiment = client.get_experiment_by_name(experiment_name)  # type: ignore[attr-defined]
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)  # type: ignore[attr-defined]
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [p.info.run_id for p in parents]  # one study run for every worker
+    (parent,) = parents
+    assert parent.info.status == "FINISHED" and parent.data.tags["distill.study"] == study.study_name
+    by_trial = {r.data.tags["optuna.trial"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(by_trial, key=int) == [str(t.number) for t in sorted(study.trials, key=lambda t: t.number)]
+    for t in study.trials:
+        child = by_trial[str(t.number)]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.run_name == f"trial {t.number}"
+        if t.state == TrialState.COMPLETE:
+            assert child.info.status == "FINISHED" and child.data.tags["optuna.state"] == "COMPLETE"
+            assert child.data.params == {k: str(v) for k, v in t.params.items()}
+            assert child.data.metrics["validation/value"] == pytest.approx(t.value, abs=1e-12)
+    return parent, by_trial
+
+
+def _retry_of(study: object, victim: object) -> object:
+    """The dead trial is FAIL and was run again exactly once, COMPLETE, with every parameter it had drawn."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
-    study_name, experiment_name = "pg-dead", "pg-dead-tune"
-    toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name},
-                        objective=TUNE_FIXED_KL, train={"epochs": 400},
-                        tune={"pruner": "none", "sampler": "random", "heartbeat_interval": 1, "grace_period": 2,
-                              "max_retry": 2})
+    dead = next(t for t in study.trials if t.number == victim.number)  # type: ignore[attr-defined]
+    assert dead.state == TrialState.FAIL
+    (retry,) = [t for t in study.trials  # type: ignore[attr-defined]
+                if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
+    assert retry.state == TrialState.COMPLETE
+    assert dead.params and dead.params.items() <= retry.params.items()
+    return retry
+
+
+def test_four_hand_started_workers_one_killed_track_one_study_and_a_closing_worker_compares(
+    mlflow_postgres_server: MlflowServer, postgres_database: str, tmp_path: Path
+) -> None:
+    """Four ``tune --trials 1 --no-compare`` processes started by hand (no supervisor) on one PostgreSQL study,
+    tracked to the server; one is killed with SIGKILL mid-trial. A fifth ``tune --trials 1`` started later
+    finds the dead trial stale: it marks it FAIL, runs it again, ends the dead trial's MLflow run FAILED
+    (nobody else would), and compares the study's best on the test rows once, on the one study run."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    study_name, experiment_name = "pg-shared", "pg-tune"
+    toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name}, **KILLABLE)
     client_dir = tmp_path / "client"
     client_dir.mkdir()
     client = MlflowClient(tracking_uri=mlflow_postgres_server.uri)
-    proc = _start(["tune", str(toml), "--trials", "4", "--workers", "2", "--study", study_name,
-                   "--storage", postgres_database, "-o", "out"], cwd=client_dir, env=_env(mlflow_postgres_server.uri))
+    env = _env(mlflow_postgres_server.uri)
+    procs = [_start(_tune(toml, study_name, postgres_database, f"out{i}", "--trials", "1", "--no-compare", "-q"),
+                    cwd=client_dir, env=env) for i in range(4)]
+    try:
+        victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
+                                                     deadline=time.monotonic() + 180)
+        pid = int(victim_run.data.tags["distill.worker_pid"])
+        (killed,) = [p for p in procs if p.pid == pid]
+        os.kill(pid, signal.SIGKILL)
+        killed.communicate(timeout=60)
+        assert killed.returncode == -signal.SIGKILL
+        _wait_all([p for p in procs if p is not killed])
+        closing = _start(_tune(toml, study_name, postgres_database, "closing", "--trials", "1"), cwd=client_dir,
+                         env=env)
+        _, closing_err = closing.communicate(timeout=420)
+    finally:
+        for p in procs + ([closing] if "closing" in locals() else []):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert closing.returncode == 0, closing_err[-4000:]
+    assert f"trial {victim.number} sent no heartbeat" in closing_err
+    _no_local_store(client_dir)
+
+    study = optuna.load_study(study_name=study_name, storage=postgres_database)
+    assert sorted(t.number for t in study.trials) == list(range(5))
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 4
+    retry = _retry_of(study, victim)
+    parent, by_trial = _study_runs(client, experiment_name, study)
+    dead = by_trial[str(victim.number)]
+    assert dead.info.run_id == victim_run.info.run_id
+    assert (dead.info.status, dead.data.tags["optuna.state"]) == ("FAILED", "FAIL")
+    assert by_trial[str(retry.number)].data.tags["distill.worker_pid"] == str(closing.pid)
+
+    # the searching workers wrote the best so far; the closing worker compared the whole study's best, once
+    searched = [json.loads((client_dir / f"out{i}" / "tuning.json").read_text())
+                for i in range(4) if procs[i] is not killed]
+    assert {(s["status"], s["mlflow_run_id"]) for s in searched} == {("searched", parent.info.run_id)}
+    compared = json.loads((client_dir / "closing" / "tuning.json").read_text())
+    assert compared["status"] == "completed" and compared["mlflow_run_id"] == parent.info.run_id
+    assert compared["trials"] == {"before": 3, "total": 5, "complete": 4, "pruned": 0, "failed": 1}
+    assert (compared["best"]["trial"], compared["best"]["validation"]) == (study.best_trial.number, study.best_value)
+    assert parent.data.metrics["best/validation"] == pytest.approx(study.best_value, abs=1e-12)
+    tuned = _summary(client_dir / "closing" / "tuned")
+    for metric in ("accuracy", "f1_macro"):
+        assert parent.data.metrics[f"tuned/student/test_{metric}"] == pytest.approx(tuned["student"][metric],
+                                                                                    abs=1e-9)
+
+
+def test_tune_workers_one_killed_recover_the_study_and_its_runs_on_the_server(
+    mlflow_postgres_server: MlflowServer, postgres_database: str, tmp_path: Path
+) -> None:
+    """``tune --workers 4 --trials 4`` on PostgreSQL, tracked to the server, one worker killed with SIGKILL
+    mid-trial: the supervisor ends its trial's run FAILED and replaces it; the replacement runs the trial
+    again; the study has 4 COMPLETE trials, nothing is left RUNNING, and the comparison runs once."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    study_name, experiment_name = "pg-dead", "pg-dead-tune"
+    toml = write_config(tmp_path, protocol={"episodes": 1}, tracking={"experiment": experiment_name}, **KILLABLE)
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    client = MlflowClient(tracking_uri=mlflow_postgres_server.uri)
+    proc = _start(_tune(toml, study_name, postgres_database, "out", "--trials", "4", "--workers", "4"),
+                  cwd=client_dir, env=_env(mlflow_postgres_server.uri))
     try:
         victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
                                                      deadline=time.monotonic() + 180)
         assert victim_run.data.tags["distill.worker_pid"] == str(victim.user_attrs["distill_worker_pid"])
         os.kill(victim.user_attrs["distill_worker_pid"], signal.SIGKILL)
-        _wait_all([proc])
+        out, err = proc.communicate(timeout=420)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    assert proc.returncode == 0, err[-4000:]
+    assert "killed by SIGKILL" in err and "4 worker(s) finished 4 trial(s)" in out
 
     study = optuna.load_study(study_name=study_name, storage=postgres_database)
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 4
-    assert next(t for t in study.trials if t.number == victim.number).state == TrialState.FAIL
-    (retry,) = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
-    assert retry.state == TrialState.COMPLETE
-
-    experiment = client.get_experiment_by_name(experiment_name)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
-    by_trial = {r.data.tags["optuna.trial"]: r for r in runs if "optuna.trial" in r.data.tags}
-    assert sorted(by_trial, key=int) == [str(t.number) for t in sorted(study.trials, key=lambda t: t.number)]
+    retry = _retry_of(study, victim)
+    parent, by_trial = _study_runs(client, experiment_name, study)
     dead = by_trial[str(victim.number)]
     assert dead.info.run_id == victim_run.info.run_id
     assert (dead.info.status, dead.data.tags["optuna.state"]) == ("FAILED", "FAIL")
-    retried = by_trial[str(retry.number)]
-    assert (retried.info.status, retried.data.tags["optuna.state"]) == ("FINISHED", "COMPLETE")
-    assert retried.data.metrics["validation/value"] == pytest.approx(retry.value, abs=1e-12)
-    for t in study.trials:
-        if t.state == TrialState.COMPLETE:
-            assert by_trial[str(t.number)].info.status == "FINISHED"
+    assert by_trial[str(retry.number)].info.status == "FINISHED"
+    slot = victim.user_attrs["distill_worker"].split("/")[0]  # its replacement writes worker-<slot>-1
+    assert {p.name for p in (client_dir / "out").iterdir()} == {
+        "study", "worker-1", "worker-2", "worker-3", "worker-4", f"worker-{slot}-1"}
+    compared = json.loads((client_dir / "out" / "study" / "tuning.json").read_text())
+    assert compared["trials"] == {"before": 5, "total": 5, "complete": 4, "pruned": 0, "failed": 1}
+    assert compared["mlflow_run_id"] == parent.info.run_id
+    assert out.count("test student f1_macro") == 1

@@ -423,9 +423,12 @@ def test_same_seed_gives_the_same_study(tmp_path: Path) -> None:
         ({"tune": {"space": {"train.lr": {"low": 0.0, "high": 0.1, "log": True}}}}, [], "tune.space.train.lr"),
         ({"tune": {"space": {"objective.kl_weight": {"low": -1.0, "high": 1.0}}}}, [], "objective.kl_weight"),
         ({"objective": {"temperature": [1.0, 2.0]}}, [], "objective.temperature"),
-        ({}, ["--trials", "0"], "--trials"),
+        ({}, ["--trials", "-1"], "--trials"),
+        ({}, ["--trials", "0"], "--trials 0"),  # compare only: the study must exist
+        ({}, ["--trials", "0", "--no-compare"], "--no-compare"),
     ],
-    ids=["no-validation", "low-above-high", "unknown-key", "log-through-zero", "end-invalid", "sweep", "zero-trials"],
+    ids=["no-validation", "low-above-high", "unknown-key", "log-through-zero", "end-invalid", "sweep", "negative-trials",
+         "compare-a-missing-study", "nothing-to-do"],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_key(
     sections: dict, args: list[str], key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys

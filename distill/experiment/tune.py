@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ __all__ = [
     "WORKER_ATTR",
     "current_worker",
     "resolve_storage",
+    "StaleTrialRetry",
     "trial_config",
     "check_tunable",
     "validation_score",
@@ -120,13 +121,39 @@ def _heartbeat_options(heartbeat: TuneConfig | None) -> dict[str, Any]:
     """RDBStorage's heartbeat arguments: none without a ``[tune]`` section, else interval, grace and retry."""
     if heartbeat is None:
         return {}
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
     return {
         "heartbeat_interval": heartbeat.heartbeat_interval,
         "grace_period": heartbeat.grace_period,
-        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.max_retry),
+        "heartbeat_stale_trial_callback": StaleTrialRetry(heartbeat.max_retry, heartbeat.grace_period),
     }
+
+
+class StaleTrialRetry:
+    """What a worker does with a trial whose worker stopped sending heartbeats (killed on any machine):
+    Optuna's ``RetryHeartbeatStaleTrialCallback`` queues it again (same params, at most ``max_retry``
+    times), and ``tracker`` (set once the study's MLflow run is open) ends its RUNNING run FAILED.
+
+    Optuna calls it in exactly one worker per stale trial: the one whose check moved it to FAIL."""
+
+    def __init__(self, max_retry: int, grace_period: int) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.grace_period = grace_period
+        self.tracker: Any = None  # a distill.outputs.tracking.StudyTracker
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        from distill.outputs.tracking import TrackingError
+
+        log.warning("trial %d sent no heartbeat for %d s (its worker died): marked FAIL and queued again",
+                    trial.number, self.grace_period)
+        self.retry(study, trial)
+        if self.tracker is None:
+            return
+        try:
+            self.tracker.fail_stale_trial(trial.number)
+        except TrackingError as exc:  # the search goes on; only the dead trial's run may still show RUNNING
+            log.warning("%s (trial %d's MLflow run may still show RUNNING)", exc.problems[0], trial.number)
 
 
 def _rdb_storage(url: str, heartbeat: TuneConfig | None = None) -> Any:
@@ -368,15 +395,18 @@ def run_tuning(
     progress: bool = False,
     dataset: Dataset | None = None,
     teacher: TeacherFactory | None = None,
+    compare: bool = True,
 ) -> TuneResult:
     """Search ``tune.space`` on validation rows, then compare best and untuned configs on the test rows.
+
+    ``trials=0`` adds no trial: it compares the study's best as it stands (after workers that searched
+    with ``compare=False``, which skips the comparison and writes the best so far).
 
     ``dataset`` (a ``distill.data.sources.Dataset``) replaces ``data.source``; ``teacher`` (a factory of a
     teacher given in Python, ``distill.experiment.prepare.TeacherFactory``) replaces ``teacher.kind``."""
     import optuna
 
     from distill.experiment.run import run_experiment
-    from distill.outputs.report import SYSTEMS
     from distill.outputs.tracking import preflight
 
     started = time.perf_counter()
@@ -393,6 +423,8 @@ def run_tuning(
     storage_text = storage or config.tune.storage or DEFAULT_STORAGE
     sampler_seed = sampler_seed_for(config.seed if seed is None else seed, current_worker())
     direction = config.tune.resolved_direction
+    if trials == 0 and "://" not in storage_text and not Path(storage_text).is_file():  # never create it empty
+        raise ConfigError(f"--trials 0 compares an existing study, but journal file '{storage_text}' does not exist")
     optuna_storage = resolve_storage(storage_text, config.tune)
     tracking = track and config.tracking.enabled
     uri = preflight(config) if tracking else None
@@ -408,14 +440,7 @@ def run_tuning(
     try:
         write_text(run_dir / "config.toml", to_toml(config_dict(config)))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(
-            storage=optuna_storage,
-            study_name=study_name,
-            direction=direction,
-            sampler=_sampler(config, sampler_seed),
-            pruner=_pruner(config),
-            load_if_exists=True,
-        )
+        study = _open_study(optuna_storage, study_name, direction, config, sampler_seed, create=trials != 0)
         before = sum(t.state.is_finished() for t in study.trials)  # not queued / other workers' running trials
         log.info(
             "study '%s' in %s: %d trial(s) so far; adding %d (%s validation %s over %d episode(s))",
@@ -431,6 +456,9 @@ def run_tuning(
                 if not falls_back(config, uri, exc):
                     raise
                 tracker = StudyTracker.start(DEFAULT_URI, config, study_name, storage_text, run_dir.name)
+            stale = getattr(optuna_storage, "heartbeat_stale_trial_callback", None)  # an RDB storage's
+            if isinstance(stale, StaleTrialRetry):
+                stale.tracker = tracker
         cache = soft_target_cache(config)
 
         def objective(trial: optuna.Trial) -> float:
@@ -464,8 +492,9 @@ def run_tuning(
 
         callbacks = [finished] + ([tracker.on_trial] if tracker is not None else [])
         with stop.installed(), _interrupted_trials_logged_once():
-            study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, callbacks=callbacks,
-                           show_progress_bar=progress)
+            if trials != 0:  # 0: compare the study as it stands
+                study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, callbacks=callbacks,
+                               show_progress_bar=progress)
             stop.check(f"after {len(finished_here)} trial(s), before the test comparison")
 
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -476,27 +505,9 @@ def run_tuning(
             best = study.best_trial
             assert best.value is not None  # a completed trial's
             best_params = dict(best.params)
-            untuned_value, _ = validation_score(config, dataset, cache, stop=stop, teacher=teacher)
-            log.info("best trial #%d: %s = %.4f with %s", best.number, config.tune.metric, best.value, best_params)
-
-            # Honest test numbers: the best params and the untuned config, each through the whole protocol.
             best_cfg = trial_config(config, best_params)
-            write_text(run_dir / "best_config.toml", to_toml(config_dict(best_cfg)))
-            stop.check("after the search, before the test comparison")
-            tuned_summary = _comparison_run(run_experiment, best_cfg, run_dir / "tuned", given_dataset, teacher)
-            stop.check("after the search, during the test comparison")
-            untuned_summary = _comparison_run(run_experiment, config, run_dir / "untuned", given_dataset, teacher)
-            stop.check("after the search and the test comparison, while writing the results")
-            frame = study.trials_dataframe()
-            atomic_write(run_dir / "trials.csv", lambda tmp: frame.to_csv(tmp, index=False))
-            plots = _save_plots(study, run_dir)
-            stop.check("after the search and the test comparison, while writing the results")
-
-            def side(summary: dict[str, Any]) -> dict[str, Any]:
-                return {system: summary[system] for system in SYSTEMS} | {"verdict": summary.get("verdict")}
-
-            summary = {
-                "status": "completed",
+            summary: dict[str, Any] = {
+                "status": "completed" if compare else "searched",
                 "study": study_name,
                 "storage": storage_text,
                 "direction": direction,
@@ -504,25 +515,46 @@ def run_tuning(
                 "space": config.tune.space,
                 "sampler": {"kind": config.tune.sampler, "seed": sampler_seed},
                 "pruner": config.tune.pruner,
-                "trials": {
-                    "before": before,
-                    "total": sum(t.state.is_finished() for t in study.trials),
-                    "complete": len(completed),
-                    "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-                    "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
-                },
-                "best": {"trial": best.number, "params": best_params, "validation": best.value,
-                         "test": side(tuned_summary)},
-                "untuned": {"params": {k: _get_dotted(config_dict(config), k) for k in config.tune.space},
-                            "validation": untuned_value, "test": side(untuned_summary)},
-                "plots": plots,
+                "trials": {},
+                "best": {"trial": best.number, "params": best_params, "validation": best.value, "test": None},
+                "untuned": None,
+                "plots": [],
+            }
+            if compare:
+                log.info("best trial #%d: %s = %.4f with %s", best.number, config.tune.metric, best.value,
+                         best_params)
+                untuned_value, _ = validation_score(config, dataset, cache, stop=stop, teacher=teacher)
+                write_text(run_dir / "best_config.toml", to_toml(config_dict(best_cfg)))
+                comparison = _compare_on_test(run_experiment, config, best_cfg, run_dir, stop, given_dataset,
+                                              teacher)
+                summary["best"]["test"] = comparison["tuned"]
+                summary["untuned"] = {"params": {k: _get_dotted(config_dict(config), k) for k in config.tune.space},
+                                      "validation": untuned_value, "test": comparison["untuned"]}
+            else:  # search only: the best so far; one `tune --trials 0` on the study compares it at the end
+                untuned_value = float("nan")
+                log.info("best trial so far #%d: %s = %.4f with %s (no test comparison: --no-compare)",
+                         best.number, config.tune.metric, best.value, best_params)
+                write_text(run_dir / "best_config.toml", to_toml(config_dict(best_cfg)))
+            frame = study.trials_dataframe()
+            atomic_write(run_dir / "trials.csv", lambda tmp: frame.to_csv(tmp, index=False))
+            summary["plots"] = _save_plots(study, run_dir) if compare else []
+            stop.check("after the search and the test comparison, while writing the results")
+            summary["trials"] = {
+                "before": before,
+                "total": sum(t.state.is_finished() for t in study.trials),
+                "complete": len(completed),
+                "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+                "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
+            }
+            summary |= {
                 "timings": {"total_s": round(time.perf_counter() - started, 3)},
                 "mlflow_run_id": tracker.run_id if tracker is not None else None,
                 "config": config_dict(config),
             }
             write_json(run_dir / "tuning.json", summary)  # complete from here on: a later signal changes nothing
             if tracker is not None:
-                tracker.finish_study(summary)
+                if compare:
+                    tracker.finish_study(summary)
                 for path in sorted(run_dir.glob("*")):
                     if path.is_file() and path.suffix in (".json", ".toml", ".csv", ".png", ".txt"):
                         tracker.log_artifact(path)
@@ -566,6 +598,37 @@ def run_tuning(
         handler.close()
         if discard:
             claim.discard()
+
+
+def _open_study(storage: Any, name: str, direction: Literal["maximize", "minimize"], config: Config,
+                sampler_seed: int, create: bool) -> Any:
+    """The study ``name`` in ``storage``, created when new unless ``create`` is False (a comparison of a
+    study that must exist: a misspelt name is an error, not a new empty study)."""
+    import optuna
+
+    sampler, pruner = _sampler(config, sampler_seed), _pruner(config)
+    if create:
+        return optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
+                                   pruner=pruner, load_if_exists=True)
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        raise ConfigError(f"--trials 0 compares an existing study, but study '{name}' is not in the storage") from None
+
+
+def _compare_on_test(run_experiment: Any, config: Config, best_cfg: Config, run_dir: Path, stop: StopRequest,
+                     dataset: Dataset | None, teacher: TeacherFactory | None) -> dict[str, dict[str, Any]]:
+    """The honest test numbers: the best params and the untuned config, each through the whole protocol
+    in ``tuned/`` and ``untuned/``; each side's systems' test metrics and verdict."""
+    from distill.outputs.report import SYSTEMS
+
+    stop.check("after the search, before the test comparison")
+    tuned = _comparison_run(run_experiment, best_cfg, run_dir / "tuned", dataset, teacher)
+    stop.check("after the search, during the test comparison")
+    untuned = _comparison_run(run_experiment, config, run_dir / "untuned", dataset, teacher)
+    stop.check("after the search and the test comparison, while writing the results")
+    return {label: {system: summary[system] for system in SYSTEMS} | {"verdict": summary.get("verdict")}
+            for label, summary in (("tuned", tuned), ("untuned", untuned))}
 
 
 def _comparison_run(run_experiment: Any, config: Config, folder: Path, dataset: Dataset | None = None,
@@ -648,6 +711,12 @@ def tuning_table(summary: dict[str, Any]) -> str:
     width = max([len(k) for k in keys] + [24])
     lines = [f"{summary['metric']}: {summary['direction']}; study '{summary['study']}' ({summary['trials']['total']} trials:"
              f" {summary['trials']['complete']} complete, {summary['trials']['pruned']} pruned)", ""]
+    if summary.get("untuned") is None:  # search only (--no-compare): the best so far, no test numbers
+        lines += [f"{k:<{width}}{_fmt(best['params'].get(k)):>14}" for k in keys]
+        lines.append(f"{summary['metric']:<{width}}{_fmt(best['validation']):>14}")
+        lines += ["", f"best so far: trial {best['trial']}; no test comparison (--no-compare): compare the study "
+                      "once all workers are done with --trials 0"]
+        return "\n".join(lines)
     lines.append(f"{'':<{width}}{'tuned':>14}{'untuned':>14}")
     for k in keys:
         lines.append(f"{k:<{width}}{_fmt(best['params'].get(k)):>14}{_fmt(untuned['params'].get(k)):>14}")

@@ -5,6 +5,7 @@ share of ``--trials`` and of the CPU cores; this process waits for them, forward
 and replaces a worker that died of a signal it did not send (``kill -9``, the OOM killer) with one
 that runs the trials the dead one did not finish, after the storage's grace period, so that the
 dead worker's RUNNING trial is failed and re-queued first and the study still gets every trial.
+The workers only search (``--no-compare``); the CLI compares the study's best once when all are done.
 """
 
 from __future__ import annotations
@@ -187,6 +188,8 @@ def plan_workers(config: Config, args: Any, workers: int) -> tuple[WorkerPlan, l
     if not 1 <= workers <= 1024:
         raise ConfigError(f"--workers must be between 1 and 1024, got {workers}")
     total = args.trials if args.trials is not None else config.tune.trials
+    if total < 1:
+        raise ConfigError(f"--workers needs trials to share (--trials >= 1), got {total}")
     shares = split_trials(total, workers)
     command = [sys.executable, "-m", "distill", "tune", args.experiment]
     for item in args.overrides:
@@ -198,6 +201,7 @@ def plan_workers(config: Config, args: Any, workers: int) -> tuple[WorkerPlan, l
     if args.jobs != 1:
         command += ["--jobs", str(args.jobs)]
     command += ["--no-track"] if args.no_track else []
+    command += ["--no-compare"]  # each worker only searches; the supervisor compares the best once
     command += ["--quiet"] if args.quiet else []
     output = Path(args.output) if args.output is not None else None
     plan = WorkerPlan(

@@ -623,15 +623,52 @@ def _fail_runs_of(uri: str, experiment: str, key: str, pid: int) -> int:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return 0
+    return _fail_running_trial_runs(client, found.experiment_id, key, f"tags.`{WORKER_PID_TAG}` = '{int(pid)}'")
+
+
+def _fail_running_trial_runs(client: Any, experiment_id: str, key: str, which: str) -> int:
+    """End FAILED (tagged ``optuna.state`` FAIL) the study's RUNNING trial runs that match filter ``which``."""
     runs = client.search_runs(
-        [found.experiment_id], max_results=1000,
-        filter_string=(f"tags.`{TRIAL_OF_TAG}` = '{key}' AND tags.`{WORKER_PID_TAG}` = '{int(pid)}' "
-                       "AND attributes.status = 'RUNNING'"),
+        [experiment_id], max_results=1000,
+        filter_string=f"tags.`{TRIAL_OF_TAG}` = '{key}' AND {which} AND attributes.status = 'RUNNING'",
     )
     for run in runs:
         client.set_tag(run.info.run_id, "optuna.state", "FAIL")
         client.set_terminated(run.info.run_id, status="FAILED")
     return len(runs)
+
+
+#: seconds a worker that created a study's parent run waits before it looks for parents other workers
+#: created at the same moment (the earliest is kept; the others are deleted by their creators)
+PARENT_SETTLE_S = 0.5
+#: times a worker looks again for the study's parent when the one it found was deleted as it reopened it
+PARENT_LOOKUPS = 5
+
+
+def _earliest_study_parent(client: Any, experiment_id: str, key: str) -> str | None:
+    """The earliest live parent run of study ``key`` (by start time, then id), or None."""
+    parents = client.search_runs([experiment_id], filter_string=f"tags.`distill.study_key` = '{key}'",
+                                 order_by=["attributes.start_time ASC"], max_results=50)
+    return min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else None
+
+
+def _reopen_study_parent(client: Any, experiment_id: str, key: str) -> str | None:
+    """Set the study's parent run RUNNING again and return it (None: the study has none yet). The parent
+    found may be one that its creator deletes a moment later (it found an earlier one): then look again."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(PARENT_LOOKUPS):
+        run_id = _earliest_study_parent(client, experiment_id, key)
+        if run_id is None:
+            return None
+        try:
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        except MlflowException as exc:
+            if "deleted" not in str(exc) or attempt + 1 == PARENT_LOOKUPS:
+                raise
+            time.sleep(0.2)
+    return None  # pragma: no cover - the loop returns or raises
 
 
 class StudyTracker:
@@ -664,14 +701,9 @@ class StudyTracker:
         experiment_id = _experiment_id(client, name)
         # Found by a digest of name and storage: names with quotes or backslashes never reach the filter.
         key = study_key(study, storage)
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`distill.study_key` = '{key}'",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
+        found = _reopen_study_parent(client, experiment_id, key)
+        if found is not None:
+            run_id = found
             log.info("MLflow: adding trials to the study's parent run %s", run_id)
         else:
 
@@ -680,13 +712,10 @@ class StudyTracker:
                     "dataset": config.data.source, "teacher.kind": config.teacher.kind,
                     "student.arch": config.student.arch, "distill.kind": "tune"}
             run_id = client.create_run(experiment_id, run_name=f"tune {study}", tags=tags).info.run_id
-            # Workers starting together may each have created a parent: all keep the earliest one.
-            parents = client.search_runs(
-                [experiment_id],
-                filter_string=f"tags.`distill.study_key` = '{key}'",
-                order_by=["attributes.start_time ASC"], max_results=50,
-            )
-            earliest = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run_id
+            # Workers starting together may each have created a parent: all keep the earliest one, looked
+            # for once the others' creations have landed.
+            time.sleep(PARENT_SETTLE_S)
+            earliest = _earliest_study_parent(client, experiment_id, key) or run_id
             if earliest != run_id:
                 client.delete_run(run_id)
                 log.info("MLflow: another worker created the study's parent run %s; adding trials to it", earliest)
@@ -710,6 +739,13 @@ class StudyTracker:
         """Open the trial's child run RUNNING, tagged with this process id: a supervisor that sees this
         process killed ends it FAILED (``fail_dead_worker_runs``) instead of leaving it RUNNING."""
         self._trial_runs[trial_number] = self._create_child(study_name, trial_number, "RUNNING")
+
+    @_tracking_call
+    def fail_stale_trial(self, trial_number: int) -> int:
+        """End FAILED the RUNNING child run of trial ``trial_number``, whose worker stopped sending heartbeats
+        (killed on any machine, with or without a supervisor); returns how many runs it ended (0 or 1)."""
+        return _fail_running_trial_runs(self.client, self.experiment_id, self.key,
+                                        f"tags.`optuna.trial` = '{int(trial_number)}'")
 
     def _create_child(self, study_name: str, trial_number: int, state: str) -> str:
         tags = {"mlflow.parentRunId": self.run_id, "optuna.trial": str(trial_number), "optuna.state": state,

@@ -413,7 +413,7 @@ def test_read_idx_reads_no_more_than_the_header_claims(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--trials", "10000000000"], "trials (--trials) must be between 1 and 1000000"),
+    (["--trials", "10000000000"], "trials (--trials) must be between 0 and 1000000"),
     (["--jobs", "100000"], "jobs (--jobs) must be between 1 and 1024"),
     (["--jobs", "0"], "jobs (--jobs) must be between 1 and 1024"),
     (["--timeout", "nan"], "timeout (--timeout) must be > 0"),
