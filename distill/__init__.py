@@ -35,7 +35,7 @@ _EXPORTS = {
     "check": "distill.api",
     "train_teacher": "distill.api",
     "predict": "distill.api",
-    "registered": "distill.api",
+    "registered": "distill.catalog",
     "RunResult": "distill.api",
     "TuneResult": "distill.api",
     "TeacherResult": "distill.api",
@@ -52,7 +52,7 @@ _EXPORTS = {
     "register_teacher": "distill.teachers.base",
     "Teacher": "distill.teachers.base",
     "register_student": "distill.students",
-    "register_loss": "distill.losses.hard",
+    "register_loss": "distill.losses.registry",
     "DistilledClassifier": "distill.estimator",
     "UserError": "distill.errors",
     "ConfigError": "distill.errors",
@@ -86,17 +86,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         TuneResult,
         check,
         predict,
-        registered,
         resume,
         run,
         train_teacher,
         tune,
     )
+    from distill.catalog import registered  # noqa: F401
     from distill.config import Config, load_config  # noqa: F401
     from distill.engine.loop import EvaluationRows, FitResult, FitSettings, TrainingRows, fit  # noqa: F401
     from distill.errors import ConfigError, DataError, UserError  # noqa: F401
     from distill.estimator import DistilledClassifier  # noqa: F401
-    from distill.losses.hard import register_loss  # noqa: F401
     from distill.losses.objective import distillation_loss  # noqa: F401
+    from distill.losses.registry import register_loss  # noqa: F401
     from distill.students import register_student  # noqa: F401
     from distill.teachers.base import Teacher, register_teacher  # noqa: F401

@@ -24,7 +24,7 @@ from distill.experiment.tune import TuneResult
 from distill.process_state import preserved
 
 __all__ = [
-    "run", "resume", "tune", "check", "train_teacher", "predict", "registered", "as_config",
+    "run", "resume", "tune", "check", "train_teacher", "predict", "as_config",
     "RunResult", "TuneResult", "TeacherResult", "Episode", "Estimate", "Difference", "SweepPoint",
 ]
 
@@ -525,21 +525,3 @@ def predict(source: Any, data: Any, *, trusted_archs: Sequence[str] = (), tracki
         out = check_output(output, force)
         atomic_write(out, lambda tmp: result.to_csv(tmp, index=False, float_format="%.6g"))
     return result
-
-
-def registered() -> dict[str, list[str]]:
-    """Registered names per extension point (``datasets``, ``teachers``, ``students``, ``losses``), with
-    every installed plugin imported, and ``broken``: one line per plugin that cannot be used, and why."""
-    from distill.data.sources import list_datasets
-    from distill.losses.hard import HARD_LOSSES, list_losses
-    from distill.registry import Registry
-    from distill.students import STUDENTS, list_students
-    from distill.teachers.base import TEACHERS, list_teachers
-
-    registries: dict[str, Registry[Any]] = {"teacher": TEACHERS, "student": STUDENTS, "loss": HARD_LOSSES}
-    for registry in registries.values():  # import every installed plugin now, so that broken ones show
-        registry.load_plugins()
-    broken = [f"{what} '{name}': {problem}" for what, registry in registries.items()
-              for name, problem in registry.broken().items()]
-    return {"datasets": list_datasets(), "teachers": list_teachers(), "students": list_students(),
-            "losses": list_losses(), "broken": broken}

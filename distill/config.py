@@ -224,8 +224,10 @@ def _teacher_kind(value: str, special: bool) -> str:
     if special and value in ("auto", "ensemble"):
         return value
     from distill.registry import PluginError
-    from distill.teachers.base import list_teachers, resolve_teacher
+    from distill.teachers.base import BUILTIN_TEACHERS, BUILTIN_TEACHERS_TRAINED, list_teachers, resolve_teacher
 
+    if value in BUILTIN_TEACHERS and (special or value not in BUILTIN_TEACHERS_TRAINED):
+        return value  # known without importing its module (and torch, scikit-learn)
     try:
         entry = resolve_teacher(value, _KEY)
     except KeyError:
@@ -464,13 +466,19 @@ class StudentConfig(BaseModel):
     @classmethod
     def _arch(cls, value: str) -> str:
         """A registered student (``distill list``) or ``module:Class`` naming an nn.Module subclass."""
-        from distill.registry import PluginError
-        from distill.students import list_students, resolve
+        from distill.registry import PluginError, is_import_path
+        from distill.students import STUDENTS, list_students, resolve
 
         try:
-            resolve(value, _KEY)
+            if is_import_path(value):
+                resolve(value, _KEY)
+            else:  # a name: known without importing torch when it is built in
+                STUDENTS.require(value)
         except PluginError as exc:
             raise _named(str(exc)) from None
+        except KeyError:
+            raise _named(f"unknown student {value!r}; registered: {', '.join(list_students())}; or an import "
+                         "path 'module:Class' naming an nn.Module subclass") from None
         except ValueError as exc:
             if str(exc).startswith("unknown student"):
                 raise _named(f"unknown student {value!r}; registered: {', '.join(list_students())}; or an import "
@@ -550,11 +558,11 @@ class ObjectiveConfig(_Section):
     def _hard(cls, value: str) -> str:
         if value == "auto":
             return value
-        from distill.losses.hard import HARD_LOSSES, list_losses
+        from distill.losses.registry import HARD_LOSSES, list_losses
         from distill.registry import PluginError
 
         try:
-            HARD_LOSSES.get(value)
+            HARD_LOSSES.require(value)
         except KeyError:
             raise _named(f"unknown hard loss {value!r}; registered: {', '.join(list_losses())}; or 'auto'") from None
         except PluginError as exc:

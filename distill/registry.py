@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import import_module
 from typing import Any, Generic, TypeVar
 
@@ -43,8 +43,9 @@ class Registry(Generic[T]):
         group: the entry-point group that installed packages extend (None: code registration only).
         accepts: checks an entry point's object before it is used: the problem in words
             ("is the class X, not a Teacher subclass"), or None when it is fine.
-        builtin: the modules that register the built-in names, imported by name once before the group is
-            read (by name, so a registry never imports the package that defines it back).
+        builtin: each built-in name and the module that registers it, imported by name when that name is
+            first used (so listing or checking names imports neither torch nor scikit-learn, and a
+            registry never imports the package that defines it back).
         reserved: names that mean something else where this registry is consulted (``auto``); no entry
             may take them.
         paths: whether the key this registry serves also takes import paths ``module:Class``: then no
@@ -52,14 +53,14 @@ class Registry(Generic[T]):
     """
 
     def __init__(self, kind: str, group: str | None = None, accepts: Callable[[Any], str | None] | None = None,
-                 builtin: tuple[str, ...] = (), reserved: tuple[str, ...] = (),
+                 builtin: Mapping[str, str] | None = None, reserved: tuple[str, ...] = (),
                  paths: bool = False) -> None:
         self.kind = kind
         self.group = group
         self._accepts = accepts
         self.reserved = tuple(reserved)
         self.paths = paths
-        self._builtin = tuple(builtin)
+        self._builtin = dict(builtin or {})
         self._entries: dict[str, T] = {}
         self._plugins: dict[str, Any] = {}  # entry points found but not imported yet, by name
         self._broken: dict[str, str] = {}  # name -> why its entry point cannot be used (one line)
@@ -82,6 +83,8 @@ class Registry(Generic[T]):
     def register(self, name: str, entry: T | None = None):
         """Register ``entry`` under ``name``; usable as a decorator when ``entry`` is omitted."""
         def add(obj: T) -> T:
+            if name in self._builtin and getattr(obj, "__module__", None) != self._builtin[name]:
+                raise ValueError(f"{self.kind} '{name}' is already registered (built in)")
             if not self._allowed(name):
                 taken = ", ".join(repr(r) for r in self.reserved)
                 raise ValueError(f"{name!r} cannot name a {self.kind}: names are non-empty strings"
@@ -100,6 +103,8 @@ class Registry(Generic[T]):
 
     def _is_builtin(self, name: str) -> bool:
         """Whether the entry ``name`` is distill's own (defined in the distill package)."""
+        if name in self._builtin:
+            return True
         module = getattr(self._entries[name], "__module__", None) or ""
         return module == "distill" or module.startswith("distill.")
 
@@ -108,14 +113,12 @@ class Registry(Generic[T]):
                 and not (self.paths and is_import_path(name)))
 
     def _ensure(self) -> None:
-        """Register the built-ins, then read the entry-point group (names only; nothing is imported)."""
+        """Read the entry-point group (names only; nothing is imported, built-ins included)."""
         if self._ready:
             return
         with self._lock:
             if self._ready:
                 return
-            for module in self._builtin:
-                import_module(module)
             if self.group is not None:
                 self._discover(self.group)
             self._ready = True
@@ -139,7 +142,7 @@ class Registry(Generic[T]):
             seen[ep.name] = ep
             if not self._allowed(ep.name):
                 self._broken[ep.name] = f"{label} uses the reserved name '{ep.name}'; rename the entry point"
-            elif ep.name in self._entries:
+            elif ep.name in self._entries or ep.name in self._builtin:
                 where = "built-in" if self._is_builtin(ep.name) else "registered in code"
                 self._broken[ep.name] = (f"{label} clashes with the {where} {self.kind} '{ep.name}'; rename the "
                                          "entry point in that package")
@@ -173,7 +176,7 @@ class Registry(Generic[T]):
         """Remove a name registered in code (e.g. to register an edited class again in a notebook);
         built-in names and entry points stay."""
         with self._lock:
-            if name in self._entries and self._is_builtin(name) or name in self._from_plugins:
+            if name in self._builtin or name in self._entries and self._is_builtin(name) or name in self._from_plugins:
                 raise ValueError(f"{self.kind} '{name}' is built in or installed, not registered in code")
             if name not in self._entries:
                 raise KeyError(f"{self.kind} '{name}' is not registered")
@@ -198,16 +201,34 @@ class Registry(Generic[T]):
             raise PluginError(self._broken[name])
         if name in self._entries:
             return self._entries[name]
+        if name in self._builtin:
+            return self._load_builtin(name)
         if name in self._plugins:
             return self._load(name)
         raise KeyError(
             f"unknown {self.kind} '{name}'; registered: {', '.join(self.names()) or '(none)'}"
         )
 
+    def require(self, name: str) -> None:
+        """Fail as ``get`` would (KeyError for an unknown name, PluginError for a broken entry point) without
+        importing a built-in's module: what config validation asks, before torch is needed."""
+        self._ensure()
+        if name in self._builtin and name not in self._broken:
+            return
+        self.get(name)
+
+    def _load_builtin(self, name: str) -> T:
+        """Import the module that registers the built-in ``name`` (once) and return its entry."""
+        import_module(self._builtin[name])
+        with self._lock:
+            if name not in self._entries:  # a wrong table entry: a bug in distill, not the user's input
+                raise RuntimeError(f"module {self._builtin[name]} did not register {self.kind} '{name}'")
+            return self._entries[name]
+
     def names(self) -> list[str]:
         """Registered names and installed entry points' names, sorted (broken entry points left out)."""
         self._ensure()
-        return sorted((set(self._entries) | set(self._plugins)) - set(self._broken))
+        return sorted((set(self._entries) | set(self._builtin) | set(self._plugins)) - set(self._broken))
 
     def load_plugins(self) -> None:
         """Import every installed entry point now (``distill list``), so that broken ones are known."""
@@ -226,7 +247,7 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         """Whether ``get(name)`` knows the name (an entry point that turns out broken included)."""
         self._ensure()
-        return name in self._entries or name in self._plugins or name in self._broken
+        return name in self._entries or name in self._builtin or name in self._plugins or name in self._broken
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("engine", ["distill.engine"]),
     ("outputs", ["distill.outputs"]),
     ("experiment", ["distill.experiment"]),
-    ("api", ["distill.api", "distill.estimator"]),
+    ("api", ["distill.api", "distill.estimator", "distill.catalog"]),
     ("entry points", ["distill", "distill.cli", "distill.__main__"]),
 ]
 

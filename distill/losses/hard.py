@@ -26,9 +26,8 @@ penalties in ``distill.losses.penalties``.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.losses.conventions import as_vector, check_float, check_reduction, is_number, reduce_rows
-from distill.registry import Registry
+from distill.losses.registry import HARD_LOSSES, list_losses, register_loss
 
 __all__ = [
     "CrossEntropyLoss",
@@ -378,46 +377,8 @@ class SymmetricCrossEntropyLoss(nn.Module):
 
 
 # --------------------------------------------------------------------------- registry
-
-LossFactory = Callable[..., nn.Module]
-
-
-
-def _factory_problem(obj: Any) -> str | None:
-    """Why ``obj`` cannot be a hard-loss factory (None: it takes the built-in factories' arguments).
-
-    A factory is called as ``factory(num_classes, weight=..., pos_weight=..., reduction=..., **hard_params)``
-    and returns an ``nn.Module`` whose ``forward(logits [N, K], targets [N])`` gives ``[N]`` with
-    ``reduction="none"``. Checked from the signature alone: nothing is called.
-    """
-    if inspect.isclass(obj) and not issubclass(obj, nn.Module):
-        return f"names the class {obj.__qualname__}, which is neither an nn.Module subclass nor a loss factory"
-    if not callable(obj):
-        return f"names a {type(obj).__name__} value, not a loss factory"
-    try:
-        inspect.signature(obj).bind(2, weight=None, pos_weight=None, reduction="none")
-    except TypeError as exc:
-        return (f"does not take the hard-loss factory arguments (num_classes, *, weight=None, pos_weight=None, "
-                f"reduction='mean', **params): {exc}")
-    except ValueError:  # no signature to read (a builtin): it will be called and its result checked
-        return None
-    return None
-
-
-#: Hard-loss factories for ``objective.hard``:
-#: ``(num_classes, *, weight=None, pos_weight=None, reduction="mean", **params) -> nn.Module``.
-HARD_LOSSES: Registry[LossFactory] = Registry("hard loss", group="distill.losses.hard", accepts=_factory_problem,
-                                              reserved=("auto",))
-
-
-def register_loss(name: str, factory: LossFactory | None = None) -> Any:
-    """Register a hard-loss factory under ``name`` for ``objective.hard`` (twice is an error).
-
-    The factory takes ``(num_classes, *, weight=None, pos_weight=None, reduction="mean", **params)``
-    (``params``: ``objective.hard_params``) and returns an ``nn.Module`` called as
-    ``loss(logits [N, K], targets [N])``. A decorator when ``factory`` is omitted.
-    """
-    return HARD_LOSSES.register_checked(name, factory, _factory_problem, "register_loss")
+# HARD_LOSSES, register_loss and list_losses live in distill.losses.registry (torch-free: config
+# validation and ``distill list`` read the names without importing torch); the built-ins register below.
 
 _PARAM_PREFIX = "objective.hard_params."
 
@@ -544,11 +505,6 @@ def _make_sce(num_classes: int, *, weight: Tensor | None = None, pos_weight: Ten
     kwargs = {k: params[k] for k in ("alpha", "beta", "clamp") if k in params}
     return SymmetricCrossEntropyLoss(**kwargs, reduction=reduction,
                                      weight=_check_weight_len("sce", weight, num_classes))
-
-
-def list_losses() -> list[str]:
-    """The registered hard-loss names (built-in, registered in code, installed entry points), sorted."""
-    return HARD_LOSSES.names()
 
 
 def create_loss(name: str, num_classes: int, **kwargs: Any) -> nn.Module:

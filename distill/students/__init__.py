@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from distill.registry import Registry, import_class, is_import_path
+
+if TYPE_CHECKING:  # torch is imported where a student is checked or built, not to list or validate names
+    from torch import nn
 
 __all__ = ["STUDENTS", "register_student", "list_students", "build", "StudentArgumentError", "num_outputs_for",
            "is_module_class", "resolve"]
@@ -24,13 +25,17 @@ __all__ = ["STUDENTS", "register_student", "list_students", "build", "StudentArg
 
 def _entry_problem(obj: Any) -> str | None:
     """Why an entry point's object cannot be a student (None: an ``nn.Module`` subclass)."""
+    from torch import nn
+
     if inspect.isclass(obj):
         return None if issubclass(obj, nn.Module) else f"names the class {obj.__qualname__}, which is not an nn.Module subclass"
     return f"names a {'function' if callable(obj) else type(obj).__name__ + ' value'}, not an nn.Module subclass"
 
 
+#: the built-in students and the module that registers each (imported when the name is first used)
+BUILTIN_STUDENTS = {"cnn": "distill.students.cnn", "mlp": "distill.students.mlp"}
 STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student", group="distill.students", accepts=_entry_problem,
-                                                         builtin=("distill.students.cnn", "distill.students.mlp"), paths=True)
+                                                         builtin=BUILTIN_STUDENTS, paths=True)
 
 
 class StudentArgumentError(ValueError):
@@ -44,6 +49,8 @@ class StudentArgumentError(ValueError):
 def _registration_problem(obj: Any) -> str | None:
     """Why ``obj`` cannot be registered as a student (None: an ``nn.Module`` subclass, or a callable that is
     not a class, taken as a factory: what it returns is checked when ``build`` calls it)."""
+    from torch import nn
+
     if inspect.isclass(obj):
         return None if issubclass(obj, nn.Module) else (
             f"got the class {obj.__qualname__}, which is not an nn.Module subclass; expected an nn.Module "
@@ -76,6 +83,8 @@ def num_outputs_for(num_classes: int, hard: str = "auto") -> int:
 
 def is_module_class(cls: type) -> bool:
     """Whether ``cls`` is an ``nn.Module`` subclass (what ``student.arch`` / ``teacher.arch`` may name)."""
+    from torch import nn
+
     return issubclass(cls, nn.Module)
 
 
@@ -135,6 +144,8 @@ def build(name: str, in_shape: tuple[int, ...], num_classes: int, *, num_outputs
         raise
     except (TypeError, ValueError) as exc:
         raise StudentArgumentError(f"student '{name}': {exc}") from None
+    from torch import nn
+
     if not isinstance(model, nn.Module):
         raise StudentArgumentError(f"student '{name}' did not build an nn.Module (got {type(model).__name__})")
     return model

@@ -109,8 +109,13 @@ def _entry_problem(obj: Any) -> str | None:
     return f"names a {type(obj).__name__} value, not a Teacher subclass or a factory"
 
 
+#: the built-in teachers and the module that registers each (imported when the name is first used)
+BUILTIN_TEACHERS = {"gaussian_process": "distill.teachers.gaussian_process", "sklearn": "distill.teachers.gaussian_process",
+                    "network": "distill.teachers.network"}
+#: the built-in teachers that arrive trained (``learns = False``): never a cross-fitted candidate
+BUILTIN_TEACHERS_TRAINED = frozenset({"network"})
 TEACHERS: Registry[TeacherEntry] = Registry("teacher", group="distill.teachers", accepts=_entry_problem,
-                                            builtin=("distill.teachers.gaussian_process", "distill.teachers.network"), reserved=("auto", "ensemble"), paths=True)
+                                            builtin=BUILTIN_TEACHERS, reserved=("auto", "ensemble"), paths=True)
 
 
 def register_teacher(name: str, entry: TeacherEntry | None = None) -> Any:
