@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,7 +378,8 @@ def _track(config: Config, track: bool | None) -> bool:
 
 
 def run(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: bool | None = None,
-        output: str | Path | None = None, progress: bool | None = None) -> RunResult:
+        output: str | Path | None = None, progress: bool | None = None,
+        on_complete: Callable[[RunResult], None] | None = None) -> RunResult:
     """Fit the teacher, the distilled student and the no-distillation baseline over the episodes.
 
     Args:
@@ -391,6 +392,8 @@ def run(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: boo
         track: record to MLflow (None: ``tracking.enabled``).
         output: the run directory, a new or empty folder (None: ``runs/<timestamp>-<name>/``).
         progress: progress bars (None: in a notebook or on a terminal).
+        on_complete: called with the ``RunResult`` as soon as ``summary.json`` is written, before the plots
+            are drawn (the CLI prints the result there).
 
     Returns:
         A ``RunResult``; the run directory holds the same as ``python -m distill run`` writes.
@@ -404,16 +407,25 @@ def run(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: boo
     cfg, factory = _teacher(cfg, dataset, teacher)
     with _library_call():
         outcome = execute(cfg, output=output, progress=_progress(progress), track=_track(cfg, track),
-                          dataset=dataset, teacher=factory)
+                          dataset=dataset, teacher=factory, on_complete=_completed(on_complete, cfg, labels))
         return RunResult._build(outcome.run_dir, outcome.summary, outcome.history, cfg.student.arch, labels)
 
 
+def _completed(callback: Callable[[RunResult], None] | None, cfg: Config, labels: Any) -> Callable[[Any], None] | None:
+    """``execute``'s on_complete hook that hands ``callback`` the run's ``RunResult``."""
+    if callback is None:
+        return None
+    return lambda outcome: callback(RunResult._build(outcome.run_dir, outcome.summary, outcome.history,
+                                                     cfg.student.arch, labels))
+
+
 def resume(run_dir: str | Path, *, data: Any = None, teacher: Any = None, track: bool = True,
-           progress: bool | None = None) -> RunResult:
+           progress: bool | None = None, on_complete: Callable[[RunResult], None] | None = None) -> RunResult:
     """Continue an interrupted or killed run from its checkpoints (``python -m distill run --resume``).
 
     A run made from data in memory or with a teacher object needs them passed again (``data=``,
     ``teacher=``): its folder records only what they were, and without them the run is refused.
+    ``on_complete`` as for ``run``.
     """
     from distill.experiment.run import execute, resumable_config
 
@@ -434,7 +446,7 @@ def resume(run_dir: str | Path, *, data: Any = None, teacher: Any = None, track:
         cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"given": given})})
     with _library_call():
         outcome = execute(cfg, output=run_dir, progress=_progress(progress), track=track, resume=True,
-                          dataset=dataset, teacher=factory)
+                          dataset=dataset, teacher=factory, on_complete=_completed(on_complete, cfg, labels))
         return RunResult._build(outcome.run_dir, outcome.summary, outcome.history, cfg.student.arch, labels)
 
 

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from distill.errors import UserError
 from distill.interrupts import Interrupted
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="fit teacher, distilled student and baseline; write a run directory")
     _add_config_args(run, optional=True)
+    run.add_argument("--no-plots", action="store_true",
+                     help="draw no PNG plots (outputs.plots = false); the results are the same")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue an interrupted or killed run from its checkpoints (no experiment file)")
     _add_output_args(run, "run directory, a new or empty folder (default runs/<timestamp>-<name>/); an existing run "
@@ -114,6 +116,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         items.append(f"protocol.episodes={args.episodes}")
     if args.device is not None:
         items.append(f'train.device="{args.device}"')
+    if getattr(args, "no_plots", False):
+        items.append("outputs.plots=false")
     return items
 
 
@@ -151,17 +155,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.experiment is not None or _overrides(args) or args.output is not None:
             raise UserError("--resume RUN_DIR takes no experiment file, --set, --seed, --episodes, --device or "
                             "--output: the run continues with its own config.toml")
-        result = distill.resume(args.resume, progress=_progress(args), track=not args.no_track)
+        distill.resume(args.resume, progress=_progress(args), track=not args.no_track, on_complete=_print_result)
     else:
         if args.experiment is None:
             raise UserError("run needs an experiment file (or --resume RUN_DIR)")
         config = distill.load_config(args.experiment, _overrides(args))
-        result = distill.run(config, output=args.output, progress=_progress(args), track=not args.no_track)
+        distill.run(config, output=args.output, progress=_progress(args), track=not args.no_track,
+                    on_complete=_print_result)
+    return 0
+
+
+def _print_result(result: Any) -> None:
+    """The result as soon as ``summary.json`` is written: before the plots are drawn."""
     print(result.table())
     print(f"run directory: {result.run_dir}")
     if result.mlflow_run_id:
         print(f"MLflow run: {result.mlflow_run_id} (model {result.summary.get('mlflow_model_uri')})")
-    return 0
+    sys.stdout.flush()
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -790,6 +790,13 @@ class TrackingConfig(_Section):
     retries: StrictInt = Field(default=2, ge=0, le=10)
 
 
+class OutputsConfig(_Section):
+    """What the run directory holds besides the results (``summary.json``, ``history.csv``, ``student.pt``)."""
+
+    #: draw the PNG plots (after ``summary.json``; ``run --no-plots`` turns them off)
+    plots: StrictBool = True
+
+
 class Config(_Section):
     """A whole experiment: one TOML file.
 
@@ -810,6 +817,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
 
     @property
     def sweep(self) -> Optional[tuple[str, tuple[Any, ...]]]:
@@ -1024,7 +1032,7 @@ def _substitute(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 #: anomaly detection, compiling, and ``teacher.multi_class`` (one_vs_one gives probabilities for two
 #: classes only, where it equals one_vs_rest). An entry ending in "." is a section.
 _READ_ONCE = (
-    "name", "data.source", "data.label", "protocol.", "tune.", "tracking.", "train.device", "train.threads",
+    "name", "data.source", "data.label", "protocol.", "tune.", "tracking.", "outputs.", "train.device", "train.threads",
     "train.batched", "train.checkpoint_every", "train.checkpoint_interval", "teacher.cache", "teacher.cache_dir",
     "teacher.validation", "train.detect_anomaly", "train.compile", "teacher.multi_class", "teacher.given",
 )

@@ -66,3 +66,8 @@ class StopRequest:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            # A signal this stop took (and its work finished anyway, e.g. after a run's summary landed) is
+            # the enclosing distill work's too: a tune's comparison run must not swallow the tune's Ctrl-C.
+            outer = getattr(previous[signal.SIGTERM], "__self__", None)
+            if isinstance(outer, StopRequest) and self.signal_name is not None and outer.signal_name is None:
+                outer.signal_name = self.signal_name

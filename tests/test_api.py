@@ -363,3 +363,29 @@ def test_progress_bars_in_a_notebook_without_ipywidgets_are_text_bars(monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipywidgets" else real(name, *a))
     assert _bar_class() is text  # tqdm.auto would pick the widget and warn "IProgress not found"
     assert distill.api._progress(None) is True  # bars on by default in a notebook
+
+
+def test_the_result_comes_before_the_plots_and_no_plots_draws_none(tmp_path: Path, cancer, capsys) -> None:
+    """``on_complete`` sees summary.json written and no PNG yet (the plots never delay a result); after the
+    run every plot is there. ``--no-plots`` (``outputs.plots = false``) draws none and changes no number."""
+    seen: list[list[str]] = []
+    result = distill.run(SETTINGS, data=cancer, output=tmp_path / "plots", progress=False,
+                         on_complete=lambda r: seen.append(sorted(p.name for p in r.run_dir.iterdir())))
+    (at_completion,) = seen
+    assert {"summary.json", "history.csv", "student.pt"} <= set(at_completion)
+    assert not [name for name in at_completion if name.endswith(".png")]
+    assert {"learning_curves.png", "confusion_matrix.png", "episodes.png"} <= {p.name for p in result.run_dir.iterdir()}
+
+    frame = pd.DataFrame(cancer[0], columns=[f"f{i}" for i in range(cancer[0].shape[1])]).assign(label=cancer[1])
+    csv = tmp_path / "cancer.csv"
+    frame.to_csv(csv, index=False)
+    experiment = tmp_path / "api.toml"
+    experiment.write_text(_toml({**SETTINGS, "data": {**SETTINGS["data"], "source": f"csv:{csv}"}}))
+    out = tmp_path / "no-plots"
+    assert main(["run", str(experiment), "-o", str(out), "--no-track", "-q", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "student" in printed and f"run directory: {out}" in printed
+    assert not list(out.glob("*.png"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["outputs"] == {"plots": False}
+    assert _episode_numbers(summary) == _episode_numbers(result.summary)

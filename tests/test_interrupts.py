@@ -315,3 +315,23 @@ def test_a_signal_between_two_trials_ends_the_search_without_cutting_one_short(
     assert partial["resume"].split("--trials ")[1].split()[0] == "8"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
     assert {s: signal.getsignal(s) for s in handlers} == handlers
+
+
+def test_a_signal_a_nested_stop_took_reaches_the_enclosing_stop() -> None:
+    """A tune's comparison run installs its own stop; a signal it took after its summary landed (it then
+    finishes anyway) stops the tune too, at its next check, instead of being swallowed."""
+    from distill.interrupts import Interrupted, StopRequest
+
+    outer, inner, alone = StopRequest(), StopRequest(), StopRequest()
+    with outer.installed():
+        with inner.installed():
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while not inner() and time.monotonic() < deadline:  # delivered between bytecodes
+                time.sleep(0.01)
+        assert inner.signal_name == outer.signal_name == "SIGTERM"
+        with pytest.raises(Interrupted):
+            outer.check("after the nested work")
+    with alone.installed():  # an untouched stop hands nothing on
+        pass
+    assert alone() is False

@@ -208,4 +208,7 @@ DESCRIPTIONS: dict[str, str] = {
                          "the preflight or the opening of the run",
     "tracking.timeout": "seconds one request to a tracking server may take",
     "tracking.retries": "how often a failed request is repeated",
+    # ------------------------------------------------------------------ outputs
+    "outputs.plots": "draw the PNG plots, after `summary.json` and the printed result; `run --no-plots` turns "
+                     "them off ([outputs.md](outputs.md#the-run-directory))",
 }

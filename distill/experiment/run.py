@@ -10,6 +10,7 @@ import logging
 import platform
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,6 +383,7 @@ def run_experiment(
 def execute(
     config: Config, *, output: str | Path | None = None, progress: bool = False, track: bool = True,
     resume: bool = False, dataset: Dataset | None = None, teacher: TeacherFactory | None = None,
+    on_complete: Callable[[RunOutcome], None] | None = None,
 ) -> RunOutcome:
     """Validate, then run every episode (and sweep value); write the run directory and record it to MLflow.
 
@@ -390,7 +392,8 @@ def execute(
     FAILED (an exception) or KILLED (a signal), never RUNNING. SIGINT / SIGTERM stop after the
     current training step: the fit's state goes to ``checkpoints/``, ``summary.json`` says
     ``"status": "interrupted"``, and ``Interrupted`` is raised. ``resume=True`` (``output`` the run
-    directory) continues such a run, or one killed outright, from its checkpoints.
+    directory) continues such a run, or one killed outright, from its checkpoints. ``on_complete`` is
+    called once ``summary.json`` is written, before the plots are drawn (the CLI prints the result there).
     """
     started = time.perf_counter()
     first = prepare_protocol(config, dataset, teacher)  # every config and data problem surfaces here, before anything is written
@@ -412,7 +415,7 @@ def execute(
     with stop.installed():
         try:
             return _run_in(config, first, run_dir, checkpoints, meta, stop, logged, tracking, uri, resume,
-                           progress, started, tracker_box)
+                           progress, started, tracker_box, on_complete)
         except Interrupted as exc:
             tracker = tracker_box[0]
             log.error("run interrupted by %s %s; resume with: python -m distill run --resume %s",
@@ -464,13 +467,16 @@ def _to_file(handler: logging.Handler, message: str) -> None:
 
 def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: Checkpoints, meta: dict[str, Any],
             stop: StopRequest, logged: dict[str, int], tracking: bool, uri: str | None, resume: bool, progress: bool,
-            started: float, tracker_box: list[Tracker]) -> RunOutcome:
+            started: float, tracker_box: list[Tracker],
+            on_complete: Callable[[RunOutcome], None] | None = None) -> RunOutcome:
     """The body of ``run_experiment`` once the run directory is claimed (signals routed to ``stop``).
 
     After training, ``stop.check`` runs between the artifacts: a signal that came in while one was
     being written lets that file finish (each is written atomically), then ends the run
     "interrupted" with its fit records kept, so ``--resume`` loads every fit and writes them again.
-    Once ``summary.json`` says completed, the run is done and finishes its last MLflow calls.
+    Once ``summary.json`` says completed, the run is done: ``on_complete`` gets it, then the plots are
+    drawn (unless ``outputs.plots`` is false) and logged, and the MLflow run ends; a signal from then on
+    changes nothing.
     """
     write_text(run_dir / "config.toml", checkpoints.config)
     log.info("%s run directory %s", "resuming" if resume else "run", run_dir)
@@ -516,27 +522,12 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
     head = results[0]  # episode 0 (first sweep value): the run repeated by --episodes 1
     save_student(run_dir / "student.pt", first[0], head)
     written("student.pt")
-    plot_learning_curves(
-        run_dir / "learning_curves.png", {system: fit.history for system, fit in _fits(head).items()}
-    )
-    written("learning_curves.png")
-    plot_confusion_matrix(
-        run_dir / "confusion_matrix.png", head.test_targets, head.test_predictions["student"],
-        first[0].dataset.classes, title="student on the test rows (episode 0)",
-    )
-    written("confusion_matrix.png")
     summary = summarise(config, first, results, run_dir, time.perf_counter() - started)
     summary["soft_target_cache"] = soft_cache.stats()
     if sweep_key is not None:
-        name = f"sweep_{sweep_key.replace('.', '_')}.png"
-        plot_sweep(run_dir / name, sweep_key, summary["sweep"]["points"])
-        written(name)
         for i, point in enumerate(summary["sweep"]["points"]):
             tracker.log_metrics(_aggregate_metrics(point), step=i)
     else:
-        if config.protocol.episodes > 1:
-            plot_paired(run_dir / "episodes.png", summary["episodes"], config.protocol.metric)
-            written("episodes.png")
         tracker.log_metrics(_aggregate_metrics(summary))
     if "kd_selection" in summary:
         chosen = summary["kd_selection"]
@@ -559,13 +550,36 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
             model, _input_example(first[0]), run_dir / "student.pt", first[0].dataset.classes
         )
         written("the MLflow model")
-        log_files(tracker, sorted(p for p in run_dir.iterdir() if p.suffix in (".toml", ".csv", ".png", ".pt")))
+        log_files(tracker, sorted(p for p in run_dir.iterdir() if p.suffix in (".toml", ".csv", ".pt")))
         written("the MLflow artifacts")
     write_json(run_dir / "summary.json", summary)  # the run is complete from here on
+    log.debug("summary.json written after %.2fs; the plots follow", time.perf_counter() - started)
     checkpoints.remove()
+    outcome = RunOutcome(run_dir, summary, history)
+    if on_complete is not None:
+        on_complete(outcome)
+    plots = draw_plots(config, run_dir, first[0], head, summary, sweep_key) if config.outputs.plots else []
     log.info("done in %.2fs", time.perf_counter() - started)
     if stop():
         log.warning("%s came after the run completed; nothing is lost", stop.signal_name)
-    log_files(tracker, [run_dir / "summary.json", run_dir / "log.txt"])
+    log_files(tracker, [*plots, run_dir / "summary.json", run_dir / "log.txt"])
     tracker.finish("FINISHED")
-    return RunOutcome(run_dir, summary, history)
+    return outcome
+
+
+def draw_plots(config: Config, run_dir: Path, prepared: Prepared, head: EpisodeResult, summary: dict[str, Any],
+               sweep_key: str | None) -> list[Path]:
+    """The run's PNGs, drawn after ``summary.json`` (so they never delay a result): learning curves and
+    confusion matrix of episode 0, and the sweep or the paired episodes plot."""
+    paths = [
+        plot_learning_curves(run_dir / "learning_curves.png",
+                             {system: fit.history for system, fit in _fits(head).items()}),
+        plot_confusion_matrix(run_dir / "confusion_matrix.png", head.test_targets, head.test_predictions["student"],
+                              prepared.dataset.classes, title="student on the test rows (episode 0)"),
+    ]
+    if sweep_key is not None:
+        paths.append(plot_sweep(run_dir / f"sweep_{sweep_key.replace('.', '_')}.png", sweep_key,
+                                summary["sweep"]["points"]))
+    elif config.protocol.episodes > 1:
+        paths.append(plot_paired(run_dir / "episodes.png", summary["episodes"], config.protocol.metric))
+    return paths

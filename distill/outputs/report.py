@@ -129,7 +129,7 @@ def plot_confusion_matrix(path: Path, targets: np.ndarray, probs: np.ndarray, cl
     ax.set_yticks(range(k), names)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     threshold = matrix.max() / 2 if matrix.size else 0
-    if k <= 20:
+    if k <= 10:  # counts in the cells up to 10 classes; beyond, the colours alone (text layout is the cost)
         for i in range(k):
             for j in range(k):
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center",

@@ -102,11 +102,10 @@ MOMENTS = {
     "as the results phase begins": "distill.experiment.run:write_history",
     "while history.csv is written": "file:history.csv",
     "while student.pt is written": "file:student.pt",
-    "while a plot is written": "file:confusion_matrix.png",  # every plot goes through the same atomic write
 }
 # SIGINT takes the same handler as SIGTERM (only the exit code differs): one write under SIGINT shows it,
-# the plot's (the other atomic writes are SIGTERM's; SIGINT mid-fit is tests/test_interrupts.py's).
-CASES = [(moment, signal.SIGINT if moment == "while a plot is written" else signal.SIGTERM) for moment in MOMENTS]
+# student.pt's (the other atomic writes are SIGTERM's; SIGINT mid-fit is tests/test_interrupts.py's).
+CASES = [(moment, signal.SIGINT if moment == "while student.pt is written" else signal.SIGTERM) for moment in MOMENTS]
 
 
 @pytest.mark.parametrize(("moment", "sig"), CASES, ids=[f"{m}-{s.name}" for m, s in CASES])
@@ -130,14 +129,20 @@ def test_a_signal_while_the_results_are_written_ends_interrupted_and_resume_fini
     assert not (out / "checkpoints").exists() and not _temporary_files(out)
 
 
-def test_a_signal_as_the_completed_summary_lands_lets_the_run_finish(tmp_path: Path, clean: dict) -> None:
+@pytest.mark.parametrize(("target", "sig"), [("file:summary.json", signal.SIGTERM),
+                                           ("file:confusion_matrix.png", signal.SIGINT)],
+                         ids=["as the completed summary lands", "while a plot is drawn, after the summary"])
+def test_a_signal_once_the_summary_lands_lets_the_run_finish(tmp_path: Path, clean: dict, target: str,
+                                                             sig: signal.Signals) -> None:
+    """The plots are drawn after summary.json: a signal then (a Ctrl-C while they draw) changes nothing."""
     out = tmp_path / "run"
-    done = _signalled(tmp_path, "file:summary.json", signal.SIGTERM, out, "--no-track")
+    done = _signalled(tmp_path, target, sig, out, "--no-track")
     assert done.returncode == 0, done.stderr
     assert "came after the run completed" in done.stderr and "Traceback" not in done.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and _numbers(summary) == _numbers(clean)
     assert not (out / "checkpoints").exists() and not _temporary_files(out)
+    assert {"learning_curves.png", "confusion_matrix.png"} <= {p.name for p in out.iterdir()}
 
 
 @pytest.mark.parametrize("target", ["distill.outputs.tracking:MlflowTracker.log_student"])  # the MLflow model phase
