@@ -162,7 +162,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in systems}
     accuracy: dict[str, list[float]] = {name: [] for name in systems}
     rng = random.Random(0)
-    for name, run in systems.items():  # warm-up: first-call costs out of the timings
+    for run in systems.values():  # warm-up: first-call costs out of the timings
         run(copy.deepcopy(start), x, y, teacher)
     for _ in range(args.rounds):
         order = list(systems)
