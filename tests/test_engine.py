@@ -453,3 +453,50 @@ def test_the_step_loop_never_reads_the_device(monkeypatch: pytest.MonkeyPatch) -
                  validation=EvaluationRows(x[:10], y[:10]))
     assert len(result.history) == 3
     assert reads == []
+
+
+# --------------------------------------------------------------------------- memory that does not grow with the history
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 10])
+def test_scoring_a_slice_of_epochs_at_a_time_gives_the_same_numbers(num_classes: int, monkeypatch) -> None:
+    """``score_in_chunks`` of ``[epochs, M, N, K]`` outputs equals ``score_outputs`` of all of them at once, to
+    the bit (NaN AUROC included: one epoch's targets may hold one class), for any slice size."""
+    from distill.engine import history
+    from distill.engine.history import score_in_chunks, score_outputs
+
+    g = torch.Generator().manual_seed(num_classes)
+    classes = max(num_classes, 2)
+    outputs = torch.randn(13, 3, 50, num_classes, generator=g) * 3
+    targets = torch.randint(0, classes, (3, 50), generator=g)
+    targets[1] = 0  # one member's rows hold one class: AUROC NaN
+    whole = score_outputs(outputs, targets, classes)
+    for chunk in (1, 50 * num_classes * 3 * 4, 10**9):  # an epoch at a time, four at a time, all at once
+        monkeypatch.setattr(history, "SCORE_CHUNK_ELEMENTS", chunk)
+        sliced = score_in_chunks(outputs, targets, classes)
+        assert sliced.keys() == whole.keys()
+        for key in whole:
+            torch.testing.assert_close(sliced[key], whole[key], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_a_history_scored_every_epoch_equals_one_scored_after_the_fit(num_classes: int, monkeypatch) -> None:
+    """Past ``_LAZY_BYTES`` of kept outputs every epoch is scored when it ends (memory independent of the
+    number of epochs); the history is the one the deferred scoring gives, for train and validation rows."""
+    from distill.engine import loop
+
+    x, y = blobs(num_classes=num_classes)
+    xv, yv = blobs(30, seed=1, num_classes=num_classes)
+    settings = FitSettings(epochs=12, batch_size=8, lr=0.05, seed=2, monitor="val_loss")
+
+    def history(budget: int) -> list[dict[str, float]]:
+        monkeypatch.setattr(loop, "_LAZY_BYTES", budget)
+        return fit(student(num_classes), rows(x, y), settings, num_classes=num_classes,
+                   validation=EvaluationRows(xv, yv)).history
+
+    deferred, eager = history(10**12), history(0)
+    assert len(deferred) == len(eager) == 12
+    for a, b in zip(deferred, eager, strict=True):
+        assert a.keys() == b.keys() and {"train_auroc", "val_f1_macro"} <= a.keys()
+        for key in a:
+            assert (math.isnan(a[key]) and math.isnan(b[key])) or a[key] == pytest.approx(b[key], abs=1e-6), key

@@ -4,7 +4,8 @@ The numbers of an epoch arrive in one host read (``[keys, M]``) and go into one 
 ``[epochs, keys, M]`` float64 table on the host, so a checkpoint holds one tensor rather than one
 per epoch. Metrics
 nobody watches during the fit are not scored every epoch: the epoch's outputs are kept (on the
-device) and all epochs are scored in one batched call after the last one.
+device, while they fit in ``distill.engine.loop._LAZY_BYTES``) and scored after the last epoch, a slice
+of epochs at a time (``SCORE_CHUNK_ELEMENTS``), so the scoring's memory does not grow with the history.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from distill.metrics.classification import batch_classification_metrics
 
-__all__ = ["History", "score_outputs"]
+__all__ = ["History", "score_outputs", "score_in_chunks"]
 
 
 def _probabilities(logits: Tensor) -> Tensor:
@@ -32,6 +33,21 @@ def _probabilities(logits: Tensor) -> Tensor:
 def score_outputs(outputs: Tensor, targets: Tensor, num_classes: int) -> dict[str, Tensor]:
     """Accuracy, macro-F1, AUROC and ECE of outputs ``[..., M, N, K]`` against targets ``[M, N]``: ``[..., M]`` each."""
     return batch_classification_metrics(_probabilities(outputs), targets, num_classes)
+
+
+#: outputs scored in one batched call after a fit, at most: AUROC sorts them (values and int64 indices), so
+#: the temporaries are a few times this many elements; larger histories are scored a slice of epochs at a time
+SCORE_CHUNK_ELEMENTS = 2**21
+
+
+def score_in_chunks(outputs: Tensor, targets: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """``score_outputs`` of ``outputs [epochs, M, N, K]``, a slice of epochs at a time (the same numbers: each
+    epoch and member is scored on its own): the scoring's memory is bounded, whatever the history's length."""
+    if outputs.shape[0] == 0:
+        return score_outputs(outputs, targets, num_classes)
+    step = max(1, SCORE_CHUNK_ELEMENTS // max(1, outputs[0].numel()))
+    parts = [score_outputs(outputs[i : i + step], targets, num_classes) for i in range(0, outputs.shape[0], step)]
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
 def _grown_outputs(store: Tensor | None, capacity: int, outputs: Tensor) -> Tensor:
@@ -105,7 +121,7 @@ class History:
             split_targets = targets[split]
             if self.completed == 0 or split_targets is None:
                 continue
-            scores = score_outputs(outputs[: self.completed], split_targets, num_classes)
+            scores = score_in_chunks(outputs[: self.completed], split_targets, num_classes)
             numbers = torch.stack(list(scores.values())).cpu().double().tolist()  # [metric][epoch][member]: one read
             out.update({f"{split}_{k}": numbers[j] for j, k in enumerate(scores)})
         return out

@@ -157,8 +157,9 @@ class FitResult:
 #: for each member still training in it.
 EpochRows = dict[int, dict[str, float]]
 
-#: Deferred per-epoch probabilities beyond this many bytes are scored every epoch instead.
-_LAZY_BYTES = 256 * 2**20
+#: Outputs kept to be scored after the fit, at most this many bytes over all epochs; beyond, every epoch is
+#: scored when it ends (on the device, no host sync), so memory does not grow with the history.
+_LAZY_BYTES = 16 * 2**20
 
 
 def logged_metric_names(has_validation: bool) -> list[str]:
