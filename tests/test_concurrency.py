@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import communicate_all
 from tests.test_tuning import BASE as TUNE_BASE
 from tests.test_tuning import load_study, write_config
 
@@ -51,15 +52,7 @@ def _run_together(commands: list[list[str]], cwd: Path, env: dict[str, str], tim
     """Start every command before waiting for any; return their stderr, each asserted exit 0."""
     procs = [subprocess.Popen([sys.executable, "-m", "distill", *cmd], cwd=cwd, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in commands]
-    results = []
-    try:
-        for p in procs:
-            results.append(p.communicate(timeout=timeout))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+    results = communicate_all(procs, timeout)
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-4000:]
     return [err for _, err in results]

@@ -29,6 +29,7 @@ from distill.config import load_config
 from distill.experiment.prepare import prepare
 from distill.students.checkpoint import load_checkpoint, servable_from_checkpoint
 from tests.conftest import MlflowServer
+from tests.processes import communicate_all, reaped
 from tests.test_tracking import mlflow_state
 from tests.test_tuning import FIXED_KL as TUNE_FIXED_KL
 from tests.test_tuning import write_config
@@ -64,15 +65,7 @@ def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
 
 def _wait_all(procs: list[subprocess.Popen], timeout: float = 420) -> None:
     """Wait for every process (killing the rest if one hangs); each must exit 0."""
-    results = []
-    try:
-        for p in procs:
-            results.append(p.communicate(timeout=timeout))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+    results = communicate_all(procs, timeout)
     for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-4000:]
 
@@ -352,7 +345,7 @@ def test_four_hand_started_workers_one_killed_track_one_study_and_a_closing_work
     env = _env(mlflow_postgres_server.uri)
     procs = [_start(_tune(toml, study_name, postgres_database, f"out{i}", "--trials", "1", "--no-compare", "-q"),
                     cwd=client_dir, env=env) for i in range(4)]
-    try:
+    with reaped(procs):
         victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
                                                      deadline=time.monotonic() + 180)
         pid = int(victim_run.data.tags["distill.worker_pid"])
@@ -363,12 +356,8 @@ def test_four_hand_started_workers_one_killed_track_one_study_and_a_closing_work
         _wait_all([p for p in procs if p is not killed])
         closing = _start(_tune(toml, study_name, postgres_database, "closing", "--trials", "1"), cwd=client_dir,
                          env=env)
+        procs.append(closing)
         _, closing_err = closing.communicate(timeout=420)
-    finally:
-        for p in procs + ([closing] if "closing" in locals() else []):
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
     assert closing.returncode == 0, closing_err[-4000:]
     assert f"trial {victim.number} sent no heartbeat" in closing_err
     _no_local_store(client_dir)
@@ -415,16 +404,13 @@ def test_tune_workers_one_killed_recover_the_study_and_its_runs_on_the_server(
     client = MlflowClient(tracking_uri=mlflow_postgres_server.uri)
     proc = _start(_tune(toml, study_name, postgres_database, "out", "--trials", "4", "--workers", "4"),
                   cwd=client_dir, env=_env(mlflow_postgres_server.uri))
-    try:
+    with reaped([proc]):
         victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
                                                      deadline=time.monotonic() + 180)
-        assert victim_run.data.tags["distill.worker_pid"] == str(victim.user_attrs["distill_worker_pid"])
-        os.kill(victim.user_attrs["distill_worker_pid"], signal.SIGKILL)
+        # the run's tag, not the trial read a moment before: that snapshot may predate its user attributes
+        pid = int(victim_run.data.tags["distill.worker_pid"])
+        os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=420)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-4000:]
     assert "killed by SIGKILL" in err and "4 worker(s) finished 4 trial(s)" in out
 
@@ -436,7 +422,9 @@ def test_tune_workers_one_killed_recover_the_study_and_its_runs_on_the_server(
     assert dead.info.run_id == victim_run.info.run_id
     assert (dead.info.status, dead.data.tags["optuna.state"]) == ("FAILED", "FAIL")
     assert by_trial[str(retry.number)].info.status == "FINISHED"
-    slot = victim.user_attrs["distill_worker"].split("/")[0]  # its replacement writes worker-<slot>-1
+    dead_trial = next(t for t in study.trials if t.number == victim.number)
+    assert dead_trial.user_attrs["distill_worker_pid"] == pid
+    slot = dead_trial.user_attrs["distill_worker"].split("/")[0]  # its replacement writes worker-<slot>-1
     assert {p.name for p in (client_dir / "out").iterdir()} == {
         "study", "worker-1", "worker-2", "worker-3", "worker-4", f"worker-{slot}-1"}
     compared = json.loads((client_dir / "out" / "study" / "tuning.json").read_text())

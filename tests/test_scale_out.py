@@ -18,6 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.processes import communicate_all, reaped
 from tests.test_tuning import FIXED_KL, ROOT, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,16 +37,7 @@ def _workers(toml: Path, folder: Path, storage: str, study: str, count: int, tri
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[str, str]]:
-    results = []
-    try:
-        for p in procs:
-            results.append(p.communicate(timeout=timeout))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    return results
+    return communicate_all(procs, timeout)
 
 
 
@@ -150,7 +142,7 @@ def test_ctrl_c_on_the_supervisor_reaches_every_worker(tmp_path: Path) -> None:
     journal = tmp_path / "study.log"
     proc = _supervisor(toml, tmp_path, str(journal), workers=2, trials=40)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    try:
+    with reaped([proc]):
         running = _running_trial(storage, "sup", deadline=time.monotonic() + 120)
         pids = {running.user_attrs["distill_worker_pid"]}
         deadline = time.monotonic() + 60
@@ -161,10 +153,6 @@ def test_ctrl_c_on_the_supervisor_reaches_every_worker(tmp_path: Path) -> None:
         assert len(pids) == 2
         proc.send_signal(signal.SIGINT)
         (_, err), = _wait([proc], timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, err
     for pid in pids:  # reaped by the supervisor: no such process any more
         with pytest.raises(ProcessLookupError):
