@@ -12,7 +12,7 @@ import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Final, Literal, Optional, Union
+from typing import Annotated, Any, Final, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -75,6 +75,7 @@ MAX_EPOCHS = 1_000_000  #: epochs, and the epoch counts step_size, patience, che
 MAX_EPISODES = 10_000
 MAX_BATCH = 2**20  #: rows per batch
 MAX_THREADS = 1024  #: torch CPU threads
+MAX_WORKERS = 256  #: teacher.workers: worker processes
 MAX_RESTARTS = 1000  #: GP optimizer restarts
 MAX_AUGMENT = 1_000_000  #: few_shot.augment.count: generated transfer rows
 MAX_TRIALS = 1_000_000
@@ -338,6 +339,21 @@ class TeacherConfig(_Section):
     validation: Number = Field(default=0.1, gt=0, lt=1)
     cache: StrictBool = True
     cache_dir: str = ".distill-cache"
+    #: worker processes that fit later episodes' teachers while this one trains students (scikit-learn teachers;
+    #: 0: every fit in this process; ``auto``: one per core when the fits would take a few seconds). Same numbers
+    workers: Union[Literal["auto"], Annotated[StrictInt, Field(ge=0, le=MAX_WORKERS)]] = "auto"
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        """One line per wrong value (the union would give one per member)."""
+        if value == AUTO:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"teacher.workers must be 'auto' or a whole number of processes, got {value!r}")
+        if not 0 <= value <= MAX_WORKERS:
+            raise ValueError(f"teacher.workers must be {'>= 0' if value < 0 else f'<= {MAX_WORKERS}'}, got {value}")
+        return value
     #: set by ``distill.run(config, teacher=obj)``: what the Python object was. A config file cannot
     #: rebuild an object, so a run with this key needs the teacher passed again (``teacher=``)
     given: Optional[str] = None
@@ -1034,6 +1050,7 @@ def _substitute(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 _READ_ONCE = (
     "name", "data.source", "data.label", "protocol.", "tune.", "tracking.", "outputs.", "train.device", "train.threads",
     "train.batched", "train.checkpoint_every", "train.checkpoint_interval", "teacher.cache", "teacher.cache_dir",
+    "teacher.workers",
     "teacher.validation", "train.detect_anomaly", "train.compile", "teacher.multi_class", "teacher.given",
 )
 

@@ -14,8 +14,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distill.engine.fit_state import FIT_STATE_FORMAT
 from distill.engine.loop import FitInterrupted, FitSettings
@@ -158,3 +161,36 @@ def test_a_fit_without_a_logged_monitor_has_no_stoppers() -> None:
     _fits(2, dataclasses.replace(LEAN, monitor="val_nothing"), checkpoint=saved.append)
     assert saved and all(s["stoppers"] is None for s in saved)
     assert all(s["progress"]["best_epoch"] == [None, None] and s["progress"]["best_weights"] is None for s in saved)
+
+
+# --------------------------------------------------------------------------- a finished fit's history, packed
+
+
+_finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@given(st.lists(st.tuples(st.integers(-(2**53) + 1, 2**53 - 1), _finite_or_not, _finite_or_not), max_size=30))
+@settings(max_examples=60, deadline=None)
+def test_packed_history_unpacks_to_the_very_same_rows(rows: list[tuple[int, float, float]]) -> None:
+    from distill.outputs.checkpoints import pack_history, unpack_history
+
+    history = [{"epoch": e, "lr": lr, "train_loss": loss} for e, lr, loss in rows]
+    back = unpack_history(pack_history(history))
+    assert len(back) == len(history)
+    for a, b in zip(back, history, strict=True):
+        assert list(a) == list(b)
+        assert type(a["epoch"]) is int and a["epoch"] == b["epoch"]
+        for key in ("lr", "train_loss"):  # bit for bit, NaN and the sign of zero included
+            assert np.float64(a[key]).tobytes() == np.float64(b[key]).tobytes()
+
+
+def test_history_rows_that_do_not_pack_are_kept_as_they_are() -> None:
+    from distill.outputs.checkpoints import pack_history, unpack_history
+
+    ragged = [{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4, "val_loss": 0.7}]
+    flagged = [{"epoch": 1, "train_loss": 0.5, "note": "x"}]
+    assert pack_history(ragged) is ragged and unpack_history(pack_history(ragged)) == ragged
+    assert pack_history(flagged) is flagged
+    assert unpack_history([]) == [] and pack_history([]) == []
+    packed = pack_history([{"epoch": 3, "train_loss": 1.0}])
+    assert packed["ints"] == ["epoch"] and packed["values"].dtype == torch.float64

@@ -78,6 +78,10 @@ class SoftTargetCache(Generic[Outputs]):
         teacher, their seeds differ), so that finished episodes' rows do not stay on the device."""
         self._memory.clear()
 
+    def stored(self, key: str) -> bool:
+        """Whether the disk layer holds an entry under ``key`` (not read here: ``get`` checks it)."""
+        return self.folder is not None and all((self.folder / f"{key}{suffix}").is_file() for suffix in (".npz", ".json"))
+
     def get(self, key: str, shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, dict[str, Any]] | None:
         """The logits and diagnostics stored on disk, or None (a miss).
 

@@ -35,11 +35,13 @@ from distill.engine.loop import (
     TrainingRows,
     predict_logits,
 )
-from distill.experiment.cache import SoftTargetCache
+from distill.experiment.cache import SoftTargetCache, array_digest
 from distill.experiment.kd_selection import candidate_grid
-from distill.experiment.prepare import Prepared, prepare_episode, prepare_protocol
+from distill.experiment.lookahead import EpisodesAhead
+from distill.experiment.prepare import Prepared, prepare_protocol
 from distill.experiment.students import StudentJob, train_students
-from distill.experiment.teach import TeacherOutputs, evaluation_rows, teach
+from distill.experiment.teach import TeacherOutputs, TeacherRequest, evaluation_rows, teach
+from distill.experiment.teacher_pool import TeacherPool
 from distill.interrupts import StopRequest
 from distill.metrics.classification import classification_metrics, probabilities
 from distill.outputs.checkpoints import Checkpoints
@@ -100,10 +102,11 @@ def _baseline_key(config: Config) -> str:
 
 
 def _plan_episode(prepared: Prepared, baselines: dict[str, StudentJob], value: Any,
-                  cache: SoftTargetCache[TeacherOutputs]) -> _PendingEpisode:
-    """Teach (once per teacher: ``cache``) and plan the student, the controls and (once per baseline key
-    in ``baselines``) the baseline."""
-    taught = teach(prepared, cache=cache)
+                  cache: SoftTargetCache[TeacherOutputs], request: TeacherRequest | None = None,
+                  pool: TeacherPool | None = None) -> _PendingEpisode:
+    """Teach (once per teacher: ``cache``; its fit collected from ``pool`` when sent there) and plan the student,
+    the controls and (once per baseline key in ``baselines``) the baseline."""
+    taught = teach(prepared, cache=cache, request=request, pool=pool)
     key = _baseline_key(prepared.config)
     new_baseline = key not in baselines
     if new_baseline:
@@ -214,15 +217,23 @@ def _fitted(job: StudentJob) -> tuple[nn.Module, FitResult]:
 
 
 def _score_references(prepared: Prepared, metrics: dict[str, dict[str, float]],
-                      predictions: dict[str, np.ndarray], timings: dict[str, float]) -> None:
-    """``protocol.references``, fitted on the episode's scaled labelled rows and scored on its test rows."""
+                      predictions: dict[str, np.ndarray], timings: dict[str, float],
+                      memo: dict[str, tuple[dict[str, float], np.ndarray, float]]) -> None:
+    """``protocol.references``, fitted on the episode's scaled labelled rows and scored on its test rows;
+    once per distinct rows (``memo``: sweep values of one episode often share them)."""
     data, split, k = prepared.dataset, prepared.split, prepared.dataset.num_classes
     x_scaled = prepared.scaler.transform(data.x)
+    x_l, y_l, x_t, y_t = x_scaled[split.labelled], data.y[split.labelled], x_scaled[split.test], data.y[split.test]
+    rows = array_digest(x_l, y_l, x_t, y_t)
     for name in prepared.protocol.references:
-        started = time.perf_counter()
-        metrics[name], predictions[name] = reference_metrics(
-            name, x_scaled[split.labelled], data.y[split.labelled], x_scaled[split.test], data.y[split.test], k)
-        timings[f"{name}_fit_s"] = time.perf_counter() - started
+        key = f"{name}:{rows}"
+        if key not in memo:
+            started = time.perf_counter()
+            scores, probs = reference_metrics(name, x_l, y_l, x_t, y_t, k)
+            memo[key] = (scores, probs, time.perf_counter() - started)
+        scores, probs, seconds = memo[key]
+        metrics[name], predictions[name] = dict(scores), probs
+        timings[f"{name}_fit_s"] = seconds
 
 
 def _split_sizes(split: Split, taught: TeacherOutputs) -> dict[str, int]:
@@ -236,8 +247,10 @@ def _split_sizes(split: Split, taught: TeacherOutputs) -> dict[str, int]:
     }
 
 
-def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
-    """Test metrics and probabilities of every system once the episode's students are trained."""
+def _score_episode(pending: _PendingEpisode,
+                   memo: dict[str, tuple[dict[str, float], np.ndarray, float]] | None = None) -> EpisodeResult:
+    """Test metrics and probabilities of every system once the episode's students are trained (``memo``: the
+    references scored so far in this stack, by their rows)."""
     prepared, taught, split = pending.prepared, pending.taught, pending.prepared.split
     student, student_fit = _fitted(pending.student)
     baseline, baseline_fit = _fitted(pending.baseline)
@@ -256,7 +269,7 @@ def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
         timings[f"{system}_fit_s"] = result.seconds
     metrics = {system: _numpy_metrics(out, test.y, prepared.dataset.num_classes) for system, out in outputs.items()}
     predictions = {system: probabilities(out).cpu().numpy() for system, out in outputs.items()}
-    _score_references(prepared, metrics, predictions, timings)
+    _score_references(prepared, metrics, predictions, timings, memo if memo is not None else {})
     return EpisodeResult(
         metrics=metrics,
         teacher_diagnostics=taught.diagnostics,
@@ -280,6 +293,17 @@ def _score_episode(pending: _PendingEpisode) -> EpisodeResult:
 
 #: Training rows of the episodes trained together, at most (stacked students copy them once more).
 _STACK_BYTES = 256 * 2**20
+
+#: Episodes (times sweep values) trained together, at most: the first stack ``_STACK_ITEMS[0]``, each next one
+#: twice the last up to ``_STACK_ITEMS[1]``. Past that a stack grows slower per member (measured on
+#: seed_post.toml), and a small first stack starts training while later episodes' teachers are being fit.
+_STACK_ITEMS = (30, 150)
+
+
+def _stack_items(flushes: int) -> int:
+    """How many episodes (times sweep values) the stack after ``flushes`` earlier ones holds, at most."""
+    first, most = _STACK_ITEMS
+    return min(most, first << min(flushes, 16))
 
 
 def _episode_bytes(prepared: Prepared, taught: TeacherOutputs) -> int:
@@ -333,26 +357,33 @@ def run_protocol(
         train_students([job for p in pending for job in p.jobs()], batched=batched,
                        progress=progress and total == 1, checkpoints=checkpoints, stop=stop, key=f"c{flushes}")
         flushes += 1
+        memo: dict[str, tuple[dict[str, float], np.ndarray, float]] = {}
         for p in pending:
-            results.append(_score_episode(p))
+            results.append(_score_episode(p, memo))
             if on_result is not None and len(results) > reported:
                 on_result(results[-1])
             bar.update(1)
         pending.clear()
         pending_bytes = 0
 
-    for e in range(episodes):
+    with EpisodesAhead(config, first, cache, window=-(-_STACK_ITEMS[1] // len(values)),
+                       head=_STACK_ITEMS[0]) as ahead:
         baselines: dict[str, StudentJob] = {}
-        for i, value in enumerate(values):
+        for j, (e, i) in enumerate(ahead.order):
+            if i == 0:
+                baselines = {}
             if stop is not None:
                 stop.check(f"before episode {e}")
-            prepared = first[i] if e == 0 else prepare_episode(first[i], e)
-            pending.append(_plan_episode(prepared, baselines, value, cache))
+            prepared, request = ahead.take(j)
+            pending.append(_plan_episode(prepared, baselines, values[i], cache, request, ahead.pool))
+            ahead.taught(j, pending[-1].taught)
             pending_bytes += _episode_bytes(prepared, pending[-1].taught)
-        cache.forget()  # the next episode's seed is another: no teacher outputs to share with it
-        # Episodes wait to be trained together while their rows fit the stacking budget.
-        if not batched or pending_bytes >= _STACK_BYTES or e == episodes - 1:
-            flush()
+            if i < len(values) - 1:
+                continue
+            cache.forget()  # the next episode's seed is another: no teacher outputs to share with it
+            # Episodes wait to be trained together while their rows fit the stacking budget.
+            if not batched or pending_bytes >= _STACK_BYTES or len(pending) >= _stack_items(flushes) or e == episodes - 1:
+                flush()
     bar.close()
     _warn_degenerate_teachers(results, episodes)
     return first, results

@@ -344,7 +344,7 @@ def _settings_identity(config: Config, several: bool) -> tuple[dict[str, Any], s
     of every candidate defined outside distill."""
     import sklearn
 
-    settings = config.teacher.model_dump(mode="json", exclude={"cache", "cache_dir", "validation"})
+    settings = config.teacher.model_dump(mode="json", exclude={"cache", "cache_dir", "validation", "workers"})
     kinds = [c.kind for c in config.teacher.candidates] if several else [config.teacher.kind]
     code = tuple(c for c in (_code_identity(resolve_teacher(kind)) for kind in kinds) if c is not None)
     return settings, str(sklearn.__version__), code

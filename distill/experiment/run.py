@@ -517,7 +517,7 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
                 labels["value"] = r.value
             runs.append((labels, fit_result.history))
     history = history_frame(runs)
-    write_history(run_dir / "history.csv", runs)
+    write_history(run_dir / "history.csv", history)
     written("history.csv")
     head = results[0]  # episode 0 (first sweep value): the run repeated by --episodes 1
     save_student(run_dir / "student.pt", first[0], head)

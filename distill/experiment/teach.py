@@ -28,9 +28,11 @@ from distill.errors import UserError
 from distill.experiment.cache import SoftTargetCache, array_digest
 from distill.experiment.prepare import TEACHER_FOLDS, Prepared
 from distill.experiment.teacher_cv import CrossFitted, TeacherProblem, cross_fit
+from distill.experiment.teacher_pool import TeacherFit, TeacherPool, poolable
 from distill.metrics.calibration import labelled_folds
 
-__all__ = ["TeacherOutputs", "teach", "soft_target_cache", "evaluation_rows"]
+__all__ = ["TeacherOutputs", "TeacherRequest", "teach", "teacher_request", "teacher_fit", "fits_in_workers", "soft_target_cache",
+           "evaluation_rows"]
 
 log = logging.getLogger("distill")
 
@@ -133,6 +135,40 @@ def _outputs_key(prepared: Prepared, rows: _TeacherRows) -> str:
     return SoftTargetCache.key(spec.identity(seed), fit_rows, array_digest(rows.asked), cross)
 
 
+@dataclass(frozen=True)
+class TeacherRequest:
+    """What ``teach`` asks of the teacher in one episode: its rows, and the soft-target cache key they give."""
+
+    rows: _TeacherRows
+    key: str
+
+
+def teacher_request(prepared: Prepared, score_test: bool = True) -> TeacherRequest:
+    """The episode's teacher rows and cache key (``teach`` computes them itself when not given them)."""
+    rows = _teacher_rows(prepared, prepared.scaler.transform(prepared.dataset.x), score_test)
+    return TeacherRequest(rows, _outputs_key(prepared, rows))
+
+
+def fits_in_workers(prepared: Prepared) -> bool:
+    """Whether the experiment's teacher can be fit in a worker process
+    (``distill.experiment.teacher_pool.poolable``, every candidate)."""
+    spec = prepared.teacher
+    return not spec.given and spec.learns and all(poolable(c.kind, c.settings, c.given is not None)
+                                                  for c in spec.candidates)
+
+
+def teacher_fit(prepared: Prepared, request: TeacherRequest) -> TeacherFit | None:
+    """The episode's cross-fit as plain data for a worker process, or None when its teacher must be fit in
+    this process (``fits_in_workers``)."""
+    spec, rows = prepared.teacher, request.rows
+    if not fits_in_workers(prepared):
+        return None
+    return TeacherFit(candidates=tuple((c.name, c.kind, c.settings) for c in spec.candidates), fit_x=rows.fit_x,
+                      fit_y=rows.fit_y, rows=rows.asked, cv_rows=rows.cv_rows, mode=spec.mode,
+                      calibration=spec.calibration, learns=spec.learns, seed=prepared.seed,
+                      num_classes=prepared.dataset.num_classes, max_folds=TEACHER_FOLDS)
+
+
 def _cross_fit(prepared: Prepared, rows: _TeacherRows) -> CrossFitted:
     """Fit the teacher (one fresh instance per fit: per candidate, on all labelled rows and per fold)."""
     spec = prepared.teacher
@@ -146,8 +182,9 @@ def _cross_fit(prepared: Prepared, rows: _TeacherRows) -> CrossFitted:
 
 
 def _soft_targets(prepared: Prepared, rows: _TeacherRows, key: str,
-                  cache: SoftTargetCache[TeacherOutputs]) -> CrossFitted:
-    """The teacher's logits (and fold logits) on ``rows``: from the disk cache, or fitted and stored there."""
+                  cache: SoftTargetCache[TeacherOutputs], pool: TeacherPool | None) -> CrossFitted:
+    """The teacher's logits (and fold logits) on ``rows``: from the disk cache, or fitted (by ``pool`` when it
+    was sent this key, else here) and stored there."""
     k = prepared.dataset.num_classes
     n, cv_rows = rows.asked.shape[0], rows.cv_rows
     folds = labelled_folds(rows.fit_y, prepared.seed, TEACHER_FOLDS)
@@ -161,7 +198,13 @@ def _soft_targets(prepared: Prepared, rows: _TeacherRows, key: str,
         return CrossFitted(logits=stacked[:n], fold_logits=fold_logits, folds=folds,
                            diagnostics={**diagnostics, "cache": "hit"},
                            timings={"teacher_fit_s": 0.0, "soft_targets_s": time.perf_counter() - started})
-    crossed = _cross_fit(prepared, rows)  # its folds are these: labelled_folds of the same labels and seed
+    if pool is not None and key in pool:
+        try:
+            crossed = pool.result(key)
+        except TeacherProblem as exc:
+            raise UserError(str(exc)) from None
+    else:
+        crossed = _cross_fit(prepared, rows)  # its folds are these: labelled_folds of the same labels and seed
     if cache.folder is not None:
         stacked = crossed.logits if crossed.fold_logits is None else np.concatenate(
             [crossed.logits, crossed.fold_logits.reshape(-1, k)])
@@ -209,8 +252,8 @@ def _outputs(prepared: Prepared, rows: _TeacherRows, crossed: CrossFitted) -> Te
     )
 
 
-def teach(prepared: Prepared, *, score_test: bool = True,
-          cache: SoftTargetCache[TeacherOutputs] | None = None) -> TeacherOutputs:
+def teach(prepared: Prepared, *, score_test: bool = True, cache: SoftTargetCache[TeacherOutputs] | None = None,
+          request: TeacherRequest | None = None, pool: TeacherPool | None = None) -> TeacherOutputs:
     """Fit the teacher on the labelled rows and compute its soft targets once for every row the student sees.
 
     The teacher is cross-fitted (``distill.experiment.teacher_cv.cross_fit``): one fit per fold of the labelled rows
@@ -221,15 +264,16 @@ def teach(prepared: Prepared, *, score_test: bool = True,
     With ``score_test=False`` (tuning) the test rows are never read: ``test_logits`` is empty. With
     a ``cache``, outputs computed before for the same teacher, fit rows and input rows are reused: the
     very same object when this cache computed them, else from its disk (then the teacher is not fitted).
+    ``request``: ``teacher_request(prepared, score_test)`` when the caller has it; ``pool``: worker processes
+    that were sent this episode's fit ahead of time (``distill.experiment.teacher_pool``; same numbers).
     """
     cache = cache if cache is not None else SoftTargetCache(None)
-    x = prepared.scaler.transform(prepared.dataset.x)
-    rows = _teacher_rows(prepared, x, score_test)
-    key = _outputs_key(prepared, rows)
+    request = request if request is not None else teacher_request(prepared, score_test)
+    rows, key = request.rows, request.key
     remembered = cache.recall(key)
     if remembered is not None:
         return remembered
-    crossed = _soft_targets(prepared, rows, key, cache)
+    crossed = _soft_targets(prepared, rows, key, cache, pool)
     if rows.n_val:
         val_logits = crossed.logits[rows.n_train: rows.cv_rows]
         crossed.diagnostics["validation_accuracy"] = float(

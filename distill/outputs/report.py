@@ -46,18 +46,22 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_history(path: Path, runs: list[tuple[dict[str, Any], list[dict[str, float]]]]) -> Path:
-    """One CSV row per fit and epoch: the fit's labels (episode, seed, value, system) then its metrics."""
-    frame = history_frame(runs)
+def write_history(path: Path, history: Any) -> Path:
+    """One CSV row per fit and epoch: the fit's labels (episode, seed, value, system) then its metrics.
+    ``history``: ``history_frame``'s DataFrame, or the ``runs`` it is made from."""
+    frame = history if hasattr(history, "to_csv") else history_frame(history)
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def history_frame(runs: list[tuple[dict[str, Any], list[dict[str, float]]]]) -> Any:
-    """``history.csv`` as a DataFrame (full precision): one row per fit and epoch, labels first."""
+    """``history.csv`` as a DataFrame (full precision): one row per fit and epoch, labels first, then the
+    metrics in the order they first appear (a fit without a metric has NaN there)."""
     import pandas as pd
 
-    frames = [pd.DataFrame(rows).assign(**labels) for labels, rows in runs if rows]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["system", "epoch"])
+    records = [{**row, **labels} for labels, rows in runs for row in rows]
+    if not records:
+        return pd.DataFrame(columns=["system", "epoch"])
+    frame = pd.DataFrame.from_records(records)
     first = [c for c in ("episode", "seed", "value", "system", "epoch") if c in frame.columns]
     return frame[first + [c for c in frame.columns if c not in first]]
 

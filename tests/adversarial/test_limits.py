@@ -441,7 +441,10 @@ def _upper_bound(dotted: str) -> int:
     for part in dotted.split("."):
         field = model.model_fields[part]
         model = field.annotation
-    bounds = [m.le for m in field.metadata if isinstance(m, annotated_types.Le)]
+    metadata = list(field.metadata)
+    for member in typing.get_args(field.annotation):  # a number or "auto": the number's own bounds
+        metadata += [m for arg in typing.get_args(member)[1:] for m in getattr(arg, "metadata", [arg])]
+    bounds = [m.le for m in metadata if isinstance(m, annotated_types.Le)]
     assert bounds, f"{dotted} has no upper bound"
     return int(bounds[0])
 
