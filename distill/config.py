@@ -962,6 +962,30 @@ def _format_error(error: ErrorDetails) -> str:
     return f"{key} {msg}, got {_describe(value)}"
 
 
+_TYPE_LINE = re.compile(r"^(?P<key>\S+) must be (?P<what>a valid [\w ]+?), got (?P<got>.*)$")
+
+
+def _one_line_per_value(lines: list[str]) -> list[str]:
+    """A value refused by each member of a union (``Number``: ``must be a valid integer`` and ``must be a valid
+    number``) is one line saying what it must be: ``train.lr must be a number, got 'abc'``."""
+    out: list[str] = []
+    kinds: dict[tuple[str, str], tuple[int, list[str]]] = {}
+    for line in lines:
+        match = _TYPE_LINE.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        where = (match["key"], match["got"])
+        if where not in kinds:
+            kinds[where] = (len(out), [])
+            out.append(line)
+        index, what = kinds[where]
+        what.append(match["what"].removeprefix("a valid "))
+        said = "a number" if {"integer", "number"} <= set(what) else " or ".join(f"a valid {w}" for w in what)
+        out[index] = f"{match['key']} must be {said}, got {match['got']}"
+    return out
+
+
 def _known_keys(model: type[BaseModel]) -> list[str]:
     return sorted(model.model_fields)
 
@@ -1213,6 +1237,7 @@ def _validate_plain(raw: dict[str, Any]) -> Config:
                     line += f"; known keys here: {', '.join(prefix + k for k in keys)}"
             if line not in lines:
                 lines.append(line)
+        lines = _one_line_per_value(lines)
         # Deterministic order: by key.
         raise ConfigError(*sorted(lines)) from None
 

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -102,22 +102,34 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         stdout.close()
         stderr.close()
 
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop()
-            pytest.fail(f"mlflow server did not answer on {uri}/health:\n{(tmp / 'server.err').read_text()[-4000:]}")
-        time.sleep(0.3)
+    _wait_until_healthy(proc, uri, tmp, stop)
     try:
         yield uri
     finally:
         stop()
+
+
+#: How long a starting MLflow server may take to answer /health. Generous: a dead server fails at once (its
+#: process is checked at every poll), so only a slow start on a loaded machine waits this long (60 s once failed
+#: three tests on a busy 2-core machine while the server was about to answer).
+SERVER_READY_S = 300
+
+
+def _wait_until_healthy(proc: subprocess.Popen, uri: str, tmp: Path, stop: Any) -> None:
+    """Poll ``uri``/health until it answers 200; fail with the server's stderr if it exits or takes too long."""
+    deadline = time.monotonic() + SERVER_READY_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop()
+            why = "exited" if proc.poll() is not None else f"did not answer within {SERVER_READY_S} s"
+            pytest.fail(f"mlflow server {why} on {uri}/health:\n{(tmp / 'server.err').read_text()[-4000:]}")
+        time.sleep(0.3)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -220,18 +232,7 @@ def mlflow_postgres_server(postgres_server: str, tmp_path_factory: pytest.TempPa
             stdout.close()
             stderr.close()
 
-        deadline = time.monotonic() + 90  # a new PostgreSQL store runs every MLflow migration first
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop()
-                pytest.fail(f"mlflow server did not answer on {uri}/health:\n{(tmp / 'server.err').read_text()[-4000:]}")
-            time.sleep(0.3)
+        _wait_until_healthy(proc, uri, tmp, stop)  # a new PostgreSQL store runs every MLflow migration first
         try:
             yield MlflowServer(uri, artifacts, backend)
         finally:

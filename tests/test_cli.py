@@ -89,6 +89,7 @@ def test_shipped_experiment_writes_a_valid_run_directory(experiment: Path, tmp_p
     assert load_config(out / "config.toml") == load_config(experiment, overrides)
     # No temporary files are left behind.
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert f"run directory {out}" in (out / "log.txt").read_text() and "run run" not in (out / "log.txt").read_text()
     # The history holds both systems, every epoch they ran.
     history = pd.read_csv(out / "history.csv")
     first = history[history.episode == 0]

@@ -262,3 +262,26 @@ def test_invalid_toml_names_file(tmp_path):
     path = write(tmp_path, "[data\nsource = 1\n", "broken.toml")
     (line,) = problems(path)
     assert str(path) in line and "invalid TOML" in line
+
+
+@pytest.mark.parametrize("key", ["train.lr", "data.test_size", "objective.kl_weight", "few_shot.augment.jitter"])
+def test_a_value_no_member_of_a_number_union_takes_is_one_line(key: str) -> None:
+    """Not one line per union member (``must be a valid integer`` and ``must be a valid number``)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(ROOT / "experiments/breast_cancer_gp.toml", [f'{key}="abc"'])
+    problems = [p for p in caught.value.problems if p.startswith(key)]
+    assert len(problems) == 1, caught.value.problems
+    assert problems[0].endswith("got 'abc'")
+
+
+def test_every_problem_is_reported_at_once_unknown_keys_included() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(ROOT / "experiments/breast_cancer_gp.toml",
+                    ['train.lr="abc"', "bogus.key=1", "objective.kl_weight=-1", 'train.epochs="x"'])
+    assert caught.value.problems == [
+        "objective.kl_weight must be >= 0, got -1",
+        "train.epochs must be a valid integer, got 'x'",
+        "train.lr must be a number, got 'abc'",
+        "unknown key 'bogus'; known keys here: data, few_shot, name, objective, outputs, protocol, seed, student, "
+        "teacher, tracking, train, tune",
+    ]

@@ -338,3 +338,15 @@ def test_relative_links_name_files_and_headings_that_exist() -> None:
             elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
                 broken.append(f"{document.relative_to(ROOT)}: {target} (no such heading)")
     assert broken == []
+
+
+def test_what_a_run_or_a_search_leaves_in_the_working_folder_is_gitignored() -> None:
+    """A newcomer's `git status` after the README's tour: the default stores and caches are ignored."""
+    from fnmatch import fnmatch
+
+    from distill.experiment.tune import DEFAULT_STORAGE
+
+    patterns = [line.strip().rstrip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for name in (DEFAULT_STORAGE, f"{DEFAULT_STORAGE}.lock", "mlflow.db", "mlruns", "runs", ".distill-cache"):
+        assert any(fnmatch(name, pattern) for pattern in patterns), name

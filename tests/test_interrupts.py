@@ -335,3 +335,45 @@ def test_a_signal_a_nested_stop_took_reaches_the_enclosing_stop() -> None:
     with alone.installed():  # an untouched stop hands nothing on
         pass
     assert alone() is False
+
+
+def _session_members(sid: int) -> list[int]:
+    """Processes still alive in session ``sid`` (field 6 of /proc/PID/stat)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 3 and int(fields[3]) == sid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads sessions from /proc (Linux)")
+def test_ctrl_c_with_teacher_workers_stops_cleanly_leaves_no_process_and_resumes_the_same(tmp_path: Path,
+                                                                                          clean: dict) -> None:
+    """Ctrl-C in a terminal signals the whole process group, teacher workers included: they leave it to the
+    run, which stops as without workers; none of them outlives it; the numbers are the same."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "distill", "run", EXPERIMENT, "-q", "--no-track", "--output", str(out), *SETTINGS,
+         "--set", "teacher.workers=1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    _wait_for_checkpoint(out, process)
+    assert len(_session_members(process.pid)) >= 2  # the run and its worker
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    deadline = time.monotonic() + 30
+    while _session_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _session_members(process.pid) == []
+    assert main(["run", "--resume", str(out), "-q", "--no-track"]) == 0
+    resumed = _numbers(json.loads((out / "summary.json").read_text()))
+    assert resumed["config"]["teacher"].pop("workers") == 1
+    expected = _numbers(clean)
+    expected["config"]["teacher"].pop("workers")
+    assert resumed == expected

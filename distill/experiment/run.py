@@ -479,7 +479,7 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
     changes nothing.
     """
     write_text(run_dir / "config.toml", checkpoints.config)
-    log.info("%s run directory %s", "resuming" if resume else "run", run_dir)
+    log.info("%s %s", "resuming run directory" if resume else "run directory", run_dir)
     tracker = tracker_box[0]
     if uri is not None:
         tracker = tracker_box[0] = open_tracker(config, uri, run_dir.name, str(first[0].device),
