@@ -219,6 +219,8 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     print(f"teacher {summary['arch']}: test accuracy {test['accuracy']:.4f}, macro-F1 {test['f1_macro']:.4f}, "
           f"ECE {test['ece']:.4f} on {summary['rows']['heldout_test']} held-out rows")
     print(f"checkpoint: {result.checkpoint}")
+    if summary.get("mlflow_run_id"):
+        print(f"MLflow run: {summary['mlflow_run_id']}")
     return 0
 
 

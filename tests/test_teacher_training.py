@@ -60,6 +60,8 @@ def test_teacher_train_writes_a_weights_only_checkpoint(digits_teacher, digits) 
     assert all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
     # Nothing was written beside it but its summary and log; no cache, no MLflow store.
     assert sorted(p.name for p in tmp.iterdir()) == ["t.json", "t.log", "t.pt"]
+    logged = (tmp / "t.log").read_text()  # the whole training's log, from its first line
+    assert "teacher train: cnn" in logged and "test accuracy" in logged
 
 
 def test_the_heldout_rows_are_a_stratified_test_split(digits_teacher, digits) -> None:
@@ -224,7 +226,7 @@ def test_teacher_train_needs_teacher_arch(tmp_path: Path, monkeypatch, capsys) -
     assert not (tmp_path / "t.pt").exists()
 
 
-def test_teacher_train_records_to_mlflow(tmp_path: Path, monkeypatch, fresh_mlflow_store) -> None:
+def test_teacher_train_records_to_mlflow(tmp_path: Path, monkeypatch, fresh_mlflow_store, capsys) -> None:
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)
@@ -233,6 +235,7 @@ def test_teacher_train_records_to_mlflow(tmp_path: Path, monkeypatch, fresh_mlfl
                  "--set", f'tracking.uri="{uri}"'])
     assert code == 0
     summary = json.loads((tmp_path / "t.json").read_text())
+    assert f"MLflow run: {summary['mlflow_run_id']}" in capsys.readouterr().out
     payload = torch.load(tmp_path / "t.pt", map_location="cpu", weights_only=True)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("digits_teacher")

@@ -124,12 +124,31 @@ def train_teacher(
     is written then (a teacher trains in one go: run it again).
     """
     stop = StopRequest(then="stopping after the current step; teacher train writes no checkpoint")
-    with stop.installed():
-        return _train_teacher(config, output, progress, track, stop)
+    recorder = _Recorder()  # the log of the whole training, written beside the checkpoint with it
+    log.addHandler(recorder)
+    level = log.level
+    log.setLevel(logging.DEBUG)  # the file gets every record; a console handler keeps its own level
+    try:
+        with stop.installed():
+            return _train_teacher(config, output, progress, track, stop, recorder)
+    finally:
+        log.setLevel(level)
+        log.removeHandler(recorder)
+
+
+class _Recorder(logging.Handler):
+    """Keeps the records logged while the teacher trains, for its ``.log`` (no file before the checkpoint)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def _train_teacher(config: Config, output: str | Path | None, progress: bool, track: bool,
-                   stop: StopRequest) -> tuple[Path, dict[str, Any]]:
+                   stop: StopRequest, recorder: _Recorder) -> tuple[Path, dict[str, Any]]:
     started = time.perf_counter()
     path = _check(config, output)
     uri = None
@@ -185,6 +204,9 @@ def _train_teacher(config: Config, output: str | Path | None, progress: bool, tr
     stop.check("after training the teacher, before writing its checkpoint; no checkpoint was written")
     _make_room(path, output)
     handler = attach_log_file(path.with_suffix(".log"), log)
+    log.removeHandler(recorder)
+    for record in recorder.records:  # what was logged before the file existed
+        handler.handle(record)
     try:
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
         summary = {
