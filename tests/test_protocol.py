@@ -399,3 +399,26 @@ def test_cli_sweep_writes_points_plot_and_history(tmp_path: Path, capsys) -> Non
     assert list(history.columns[:4]) == ["episode", "seed", "value", "system"]
     assert set(history.value.unique()) == {0, 1, 4}
     assert set(history.system.unique()) == {"student", "baseline"}
+
+
+def test_systems_that_predict_one_class_everywhere_are_named_with_their_episodes() -> None:
+    from types import SimpleNamespace
+
+    from distill.experiment.run import one_class_systems, one_class_warning
+
+    constant = np.tile([0.3, 0.7], (5, 1))  # class 1 for every row
+    varied = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9], [0.5, 0.5]])
+    results = [
+        SimpleNamespace(episode=0, test_predictions={"teacher": constant, "student": varied, "baseline": constant,
+                                                     "null_teacher": constant, "logistic_regression": constant}),
+        SimpleNamespace(episode=1, test_predictions={"teacher": varied, "student": varied, "baseline": constant,
+                                                     "null_teacher": varied, "logistic_regression": varied}),
+        SimpleNamespace(episode=2, test_predictions={"student": constant[:1], "baseline": varied}),  # one row: moot
+    ]
+    found = one_class_systems(results)  # type: ignore[arg-type]
+    assert found == {"baseline": [0, 1], "null_teacher": [0]}  # never the teacher or a reference
+    summary = {"protocol": {"episodes": 3}, "one_class": found}
+    assert one_class_warning(summary) == ("warning: the baseline in 2 of 3 episode(s) predicted one class for every "
+                                          "test row: its accuracy is that class's share of the test rows, not learning")
+    assert one_class_warning({"protocol": {"episodes": 3}, "one_class": {"null_teacher": [0]}}) is None
+    assert one_class_warning({"protocol": {"episodes": 3}}) is None

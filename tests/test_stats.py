@@ -190,6 +190,7 @@ def test_verdict_without_an_interval() -> None:
     text = verdict(paired(0.1, None, None, n=1), "accuracy", 1)
     assert "no 95% interval" in text
     assert "+0.100" in text and "protocol.episodes" in text
+    assert "one draw of the labelled rows cannot tell" in text and "--episodes 10" in text
 
 
 def test_verdict_without_a_p_value() -> None:

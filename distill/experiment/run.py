@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from distill.config import AUTO, Config, config_dict, to_toml
 from distill.data.sources import Dataset
 from distill.errors import UserError
-from distill.experiment.episodes import EpisodeResult, run_protocol
+from distill.experiment.episodes import REFERENCES, EpisodeResult, run_protocol
 from distill.experiment.kd_selection import selection_text, summarise_selections
 from distill.experiment.prepare import Prepared, TeacherFactory, prepare_protocol
 from distill.experiment.teach import soft_target_cache
@@ -179,6 +180,30 @@ def _aggregate(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     return {**means, "aggregate": aggregate, "paired": paired, "verdict": sentence}
 
 
+def one_class_systems(results: list[EpisodeResult]) -> dict[str, list[int]]:
+    """The trained systems that predicted one class for every test row, with the episodes where they did."""
+    found: dict[str, set[int]] = {}
+    for r in results:
+        for system, probs in r.test_predictions.items():
+            if system in ("teacher", *REFERENCES) or probs.shape[0] < 2:
+                continue
+            if np.unique(probs.argmax(axis=1)).size == 1:
+                found.setdefault(system, set()).add(r.episode)
+    return {system: sorted(episodes) for system, episodes in found.items()}
+
+
+def one_class_warning(summary: dict[str, Any]) -> str | None:
+    """One line when the student or the baseline predicted one class for every test row (None otherwise)."""
+    flagged = {s: e for s, e in (summary.get("one_class") or {}).items() if s in ("student", "baseline")}
+    if not flagged:
+        return None
+    episodes = summary["protocol"]["episodes"]
+    said = ", ".join(f"the {s} in {len(e)} of {episodes} episode(s)" for s, e in flagged.items())
+    whose = "its" if len(flagged) == 1 else "their"
+    return (f"warning: {said} predicted one class for every test row: {whose} accuracy is that class's share of the "
+            "test rows, not learning")
+
+
 def summarise(
     config: Config, first: list[Prepared], results: list[EpisodeResult], run_dir: Path, total_seconds: float
 ) -> dict[str, Any]:
@@ -223,6 +248,9 @@ def summarise(
     chosen = summarise_selections([r.kd_selection for r in results])
     if chosen is not None:
         summary["kd_selection"] = chosen
+    one_class = one_class_systems(results)
+    if one_class:
+        summary["one_class"] = one_class
     diverged = [
         {"episode": r["episode"], "system": system, **(r["fits"][system]["diverged_at"] or {})}
         for r in rows for system in r["fits"] if r["fits"][system]["status"] == "diverged"
@@ -248,11 +276,14 @@ def result_text(summary: dict[str, Any]) -> str:
         metric = summary["protocol"]["verdict_metric"]
         lines = [sweep_table(sweep["key"], sweep["points"], metric), ""]
         lines += [f"{sweep['key']} = {p['value']}: {p['verdict']}" for p in sweep["points"]]
-        return "\n".join(lines)
+        warning = one_class_warning(summary)
+        return "\n".join(lines + ([warning] if warning else []))
     chosen = f"\n{selection_text(summary['kd_selection'])}." if "kd_selection" in summary else ""
+    warning = one_class_warning(summary)
+    warned = f"\n{warning}" if warning else ""
     if episodes == 1:
-        return metrics_table({s: summary[s] for s in summary["aggregate"]}) + ("\n" + chosen if chosen else "")
-    return protocol_table(summary["aggregate"], summary["paired"], episodes) + "\n\n" + summary["verdict"] + chosen
+        return metrics_table({s: summary[s] for s in summary["aggregate"]}) + "\n\n" + summary["verdict"] + chosen + warned
+    return protocol_table(summary["aggregate"], summary["paired"], episodes) + "\n\n" + summary["verdict"] + chosen + warned
 
 
 def _test_metrics(result: EpisodeResult) -> dict[str, float | None]:

@@ -127,8 +127,9 @@ def verdict(paired: dict[str, Any], metric: str, episodes: int, higher_is_better
         return f"Distillation cannot be judged on {metric}: no episode has a defined value."
     if ci is None:
         return (
-            f"With {episodes} episode(s) there is no 95% interval: student − baseline {metric} = {mean:+.3f}; "
-            "run more episodes (protocol.episodes) to judge whether distillation helps."
+            f"With {episodes} episode(s) there is no 95% interval: student − baseline {metric} = {mean:+.3f}, but one "
+            "draw of the labelled rows cannot tell whether distillation helps; run with --episodes 10 or more "
+            "(protocol.episodes)."
         )
     low, high = ci
     if p is None:

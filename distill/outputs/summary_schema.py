@@ -343,6 +343,10 @@ class CompletedSummary(_Aggregated, _RunHeader):
         default=None, description="with `objective.* = \"auto\"`: what was chosen over the episodes")
     diverged: Optional[list[Divergence]] = Field(
         default=None, description="with `status = \"diverged\"`: each fit that diverged")
+    one_class: Optional[dict[str, list[int]]] = Field(
+        default=None, description="per trained system (student, baseline, controls) that predicted one class for "
+                                  "every test row: the episodes where it did (its accuracy there is that class's "
+                                  "share, not learning); absent when none did")
     timings: RunTimings = Field(description="wall times")
     environment: Environment = Field(description="Python, torch and platform")
     mlflow_run_id: Optional[str] = Field(description="the MLflow run; `null` without tracking")
