@@ -497,7 +497,7 @@ def check(config: ConfigLike, *, data: Any = None, teacher: Any = None, track: b
         first = prepare_protocol(cfg, dataset, factory)
         if _track(cfg, track):
             preflight(cfg)
-    return describe_plan(first[0])
+    return describe_plan(first[0], cfg.sweep)
 
 
 def train_teacher(config: ConfigLike, *, output: str | Path | None = None, track: bool | None = None,

@@ -349,3 +349,29 @@ def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
     usage = subprocess.run([sys.executable, "-m", "distill", "fly"], capture_output=True, text=True, timeout=120,
                            env=env)
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_a_sweep_prints_the_verdict_metric_and_auroc_for_every_value(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert run_cli("run", str(ROOT / "experiments/seed_post.toml"), "-o", str(out), "--no-track", "--no-plots", "-q",
+                   "--episodes", "2", "--set", "train.epochs=3") == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert "accuracy on the test rows, mean ± 95% CI half-width" in printed
+    assert "auroc on the test rows, mean ± 95% CI half-width" in printed
+    auroc_table = printed.split("auroc on the test rows")[1]
+    for point in summary["sweep"]["points"]:
+        mean = point["aggregate"]["student"]["auroc"]["mean"]
+        assert f"{mean:.3f}" in auroc_table
+        assert f"objective.kl_weight = {point['value']}: " in printed
+
+
+@pytest.mark.parametrize("sets, shown", [
+    ([], "objective   bce + [0.1, 1.0, 10.0] (swept) * T^2 * KL (forward), T = 1.0"),
+    (["--set", "train.lr=[0.1,0.01]", "--set", "objective.kl_weight=1.0"], "train       sgd lr [0.1, 0.01] (swept), "),
+])
+def test_the_plan_shows_the_swept_key_with_every_value(sets: list[str], shown: str, capsys) -> None:
+    assert run_cli("check", str(ROOT / "experiments/seed_post.toml"), "--no-track", *sets) == 0
+    printed = capsys.readouterr().out
+    assert shown in printed
+    assert "(the plan above shows the first value)" not in printed

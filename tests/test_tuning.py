@@ -135,6 +135,7 @@ def test_best_is_the_best_completed_trial_and_run_directory_is_complete(first_st
 
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(study.trials) == 6 and complete
+    assert study.metric_names == [summary["metric"]]  # "validation f1_macro": optuna-dashboard's axis label
     best_value = max(t.value for t in complete)
     assert summary["best"]["validation"] == best_value
     best = study.trials[summary["best"]["trial"]]

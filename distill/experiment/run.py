@@ -64,9 +64,16 @@ def _auto_text(c: Config) -> str:
             "(kl_weight 0 unless distilling raises the held-out accuracy)")
 
 
-def describe_plan(prepared: Prepared) -> str:
-    """What would run: data, split, teacher, student, objective, fit (used by ``check`` and ``run``)."""
+def describe_plan(prepared: Prepared, sweep: tuple[str, Any] | None = None) -> str:
+    """What would run: data, split, teacher, student, objective, fit (used by ``check`` and ``run``). ``sweep``:
+    the experiment's ``(key, values)`` (``prepared`` holds its first value): the key shows them all."""
     c, d, s = prepared.config, prepared.dataset, prepared.split
+    sweep = sweep if sweep is not None else c.sweep
+    swept_key, swept_values = sweep if sweep is not None else (None, [])
+
+    def v(dotted: str, value: Any) -> Any:
+        """A key's value, or all its values when it is the swept key."""
+        return f"{list(swept_values)} (swept)" if dotted == swept_key else value
     fs = c.few_shot
     amount = f"{fs.per_class} per class" if fs.per_class is not None else f"{fs.labelled} in total"
     transfer = {
@@ -94,9 +101,11 @@ def describe_plan(prepared: Prepared) -> str:
         f"teacher     {teacher}",
         f"student     {c.student.arch}({kwargs}) -> {prepared.num_outputs} output(s), {prepared.student_parameters} parameters"
         + ("" if c.student.init.is_torch else f", init {describe_init(c.student.init)}"),
-        f"objective   {prepared.hard} + {c.objective.kl_weight} * T^2 * KL ({c.objective.direction}), T = {c.objective.temperature}"
+        f"objective   {prepared.hard} + {v('objective.kl_weight', c.objective.kl_weight)} * T^2 * KL "
+        f"({v('objective.direction', c.objective.direction)}), T = {v('objective.temperature', c.objective.temperature)}"
         + _auto_text(c),
-        f"train       {c.train.optimizer} lr {c.train.lr}, {c.train.epochs} epochs, batch {c.train.batch_size}"
+        f"train       {v('train.optimizer', c.train.optimizer)} lr {v('train.lr', c.train.lr)}, "
+        f"{v('train.epochs', c.train.epochs)} epochs, batch {v('train.batch_size', c.train.batch_size)}"
         f"{' with replacement' if c.train.replacement else ''}, device {prepared.device}",
         f"protocol    {c.protocol.episodes} episode(s), seeds {c.seed}..{c.seed + c.protocol.episodes - 1}",
     ]
@@ -104,9 +113,11 @@ def describe_plan(prepared: Prepared) -> str:
         names = [f"null_teacher ({c.protocol.null_teacher})" if n == "null_teacher" else n for n in c.protocol.controls]
         lines.append("controls    " + (", ".join(names) or "none")
                      + (f"; references {', '.join(c.protocol.references)}" if c.protocol.references else ""))
-    if c.sweep is not None:
-        key, values = c.sweep
-        lines.append(f"sweep       {key} over {list(values)} (the plan above shows the first value)")
+    if sweep is not None:
+        key, values = sweep
+        shown = any("(swept)" in line for line in lines)
+        lines.append(f"sweep       {key} over {list(values)}"
+                     + ("" if shown else " (the plan above shows the first value)"))
     return "\n".join(lines)
 
 
@@ -274,7 +285,8 @@ def result_text(summary: dict[str, Any]) -> str:
     if "sweep" in summary:
         sweep = summary["sweep"]
         metric = summary["protocol"]["verdict_metric"]
-        lines = [sweep_table(sweep["key"], sweep["points"], metric), ""]
+        shown = [metric] + (["auroc"] if metric != "auroc" else [])  # the verdict's metric, and ranking
+        lines = [line for m in shown for line in (sweep_table(sweep["key"], sweep["points"], m), "")]
         lines += [f"{sweep['key']} = {p['value']}: {p['verdict']}" for p in sweep["points"]]
         warning = one_class_warning(summary)
         return "\n".join(lines + ([warning] if warning else []))
@@ -517,7 +529,7 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
                                                 run_id=meta.get("mlflow_run_id"))
         meta["mlflow_run_id"] = getattr(tracker, "run_id", None)
     checkpoints.write_meta({**meta, "logged": logged["n"]})
-    for line in describe_plan(first[0]).splitlines():
+    for line in describe_plan(first[0], config.sweep).splitlines():
         log.info(line)
     sweep_key = config.sweep[0] if config.sweep is not None else None
     nested = config.protocol.episodes * (len(config.sweep[1]) if config.sweep else 1) > 1

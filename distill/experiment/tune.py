@@ -22,6 +22,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -536,6 +537,8 @@ def run_tuning(
                          best.number, config.tune.metric, best.value, best_params)
                 write_text(run_dir / "best_config.toml", to_toml(config_dict(best_cfg)))
             frame = study.trials_dataframe()
+            # with metric names set Optuna calls the column "value_<name>": trials.csv keeps "value"
+            frame = frame.rename(columns={f"value_{n}": "value" for n in (study.metric_names or [])})
             atomic_write(run_dir / "trials.csv", lambda tmp: frame.to_csv(tmp, index=False))
             summary["plots"] = _save_plots(study, run_dir) if compare else []
             stop.check("after the search and the test comparison, while writing the results")
@@ -608,8 +611,13 @@ def _open_study(storage: Any, name: str, direction: Literal["maximize", "minimiz
 
     sampler, pruner = _sampler(config, sampler_seed), _pruner(config)
     if create:
-        return optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
-                                   pruner=pruner, load_if_exists=True)
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+        with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard and its plots read it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if study.metric_names is None:  # the axis says "validation f1_macro", not "Objective 0"
+                study.set_metric_names([f"validation {config.tune.metric}"])
+        return study
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
