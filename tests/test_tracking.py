@@ -384,3 +384,37 @@ def test_predict_with_a_missing_feature_is_exit_2(untracked_run, tmp_path: Path,
     err = capsys.readouterr().err
     assert dropped in err
     assert not (tmp_path / "pred.csv").exists()
+
+
+def test_the_experiment_opens_on_its_training_runs_and_says_what_it_holds(tracked_run, mlflow_server: str) -> None:
+    """MLflow 3's UI opens an experiment tagged ``mlflow.experimentKind = custom_model_development`` on its runs
+    (untagged, an experiment may open on the GenAI traces overview); read back through the server's REST API."""
+    import json as json_module
+    import urllib.parse
+    import urllib.request
+
+    out, summary, client = tracked_run
+    experiment_id = client.get_run(summary["mlflow_run_id"]).info.experiment_id
+    query = urllib.parse.urlencode({"experiment_id": experiment_id})
+    with urllib.request.urlopen(f"{mlflow_server}/api/2.0/mlflow/experiments/get?{query}", timeout=30) as response:
+        experiment = json_module.loads(response.read())["experiment"]
+    tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["dataset"] == "sklearn:breast_cancer" and tags["teacher.kind"] == "gaussian_process"
+    assert tags["student.arch"] == "mlp"
+    assert "'single'" in tags["mlflow.note.content"] and "student/test_" in tags["mlflow.note.content"]
+
+
+def test_an_experiment_that_exists_keeps_its_own_tags(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from distill.outputs.tracking import _experiment_id
+
+    with mlflow_state():
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+        mine = client.create_experiment("mine", tags={"mlflow.experimentKind": "genai_development"})
+        assert _experiment_id(client, "mine", {"dataset": "x"}) == mine
+        assert client.get_experiment(mine).tags == {"mlflow.experimentKind": "genai_development"}
+        new = _experiment_id(client, "new", {"dataset": "x", "other": "y"})
+        assert client.get_experiment(new).tags["mlflow.experimentKind"] == "custom_model_development"
+        assert client.get_experiment(new).tags["dataset"] == "x" and "other" not in client.get_experiment(new).tags

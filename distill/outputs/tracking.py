@@ -325,7 +325,7 @@ class MlflowTracker(Tracker):
         try:
             try:
                 _create_local_store_once(uri)
-                experiment_id = _experiment_id(mlflow.MlflowClient(uri), experiment)
+                experiment_id = _experiment_id(mlflow.MlflowClient(uri), experiment, tags)
                 mlflow.set_experiment(experiment_id=experiment_id)  # by id: active for the nested episode runs too
             except mlflow.exceptions.MlflowException as exc:
                 raise TrackingError(f"tracking: cannot use experiment '{experiment}' at {uri}: {_reason(exc)}") from None
@@ -577,8 +577,28 @@ def _create_local_store_once(uri: str) -> None:
                           f"{STORE_LOCK_TIMEOUT_S:.0f} s (lock {lock_path}); try again, or pass --no-track") from None
 
 
-def _experiment_id(client: Any, name: str) -> str:
-    """The experiment's id, created if missing; when another process creates it first, theirs."""
+#: What MLflow 3's UI reads to open an experiment on its training runs: without it, an experiment with no runs
+#: yet is taken for a GenAI one and opens on the traces "Overview" ("No data available").
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+#: the run tags an experiment distill creates copies as its own, to tell experiments apart in the list
+_EXPERIMENT_FACTS = ("dataset", "teacher.kind", "student.arch")
+
+
+def experiment_tags(name: str, facts: dict[str, str]) -> dict[str, str]:
+    """The tags of an experiment distill creates: its kind (training runs), a description, and its facts."""
+    described = ", ".join(f"{key} {facts[key]}" for key in _EXPERIMENT_FACTS if key in facts)
+    note = (f"distill: knowledge distillation of '{name}'{f' ({described})' if described else ''}. Each top-level run "
+            "is one `distill run` (its episodes nested under it) or one `distill tune` study (its trials nested "
+            "under it); `student/test_*` against `baseline/test_*` answers whether distillation helped, and the "
+            "run's `summary.json` artifact says how sure that is.")
+    return {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], "mlflow.note.content": note,
+            **{key: facts[key] for key in _EXPERIMENT_FACTS if key in facts}}
+
+
+def _experiment_id(client: Any, name: str, facts: dict[str, str] | None = None) -> str:
+    """The experiment's id, created if missing (tagged by ``experiment_tags``: an experiment that exists keeps
+    its own tags); when another process creates it first, theirs."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
@@ -587,7 +607,7 @@ def _experiment_id(client: Any, name: str) -> str:
             raise ConfigError(f"tracking: MLflow experiment '{name}' is deleted; restore it or set tracking.experiment")
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=experiment_tags(name, facts or {}))
     except MlflowException as exc:
         if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(exc):
             raise
@@ -698,7 +718,8 @@ class StudyTracker:
         _create_local_store_once(uri)
         client = MlflowClient(tracking_uri=uri)
         name = config.tracking.experiment or config.name
-        experiment_id = _experiment_id(client, name)
+        experiment_id = _experiment_id(client, name, {"dataset": config.data.source, "teacher.kind": config.teacher.kind,
+                                                      "student.arch": config.student.arch})
         # Found by a digest of name and storage: names with quotes or backslashes never reach the filter.
         key = study_key(study, storage)
         found = _reopen_study_parent(client, experiment_id, key)
