@@ -22,6 +22,7 @@ import signal
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +46,9 @@ AUTO_MIN_S = 4.0
 
 #: how much lower a worker's CPU priority is than its parent's (``os.nice``)
 WORKER_NICE = 10
+
+#: the least time a started fit is waited for before this process does it too (``TeacherPool.patience``)
+MIN_PATIENCE_S = 1.0
 
 #: one BLAS / OpenMP thread per worker: the workers, not the threads, use the cores
 _WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -133,7 +137,9 @@ class TeacherPool:
         self._warming = [self._executor.submit(_warm_up) for _ in range(workers + 1)]
         self._futures: dict[str, tuple[Future[tuple[CrossFitted, float]], TeacherFit]] = {}
         self._done: dict[str, CrossFitted] = {}  # fits this process took back and ran (``_steal``)
+        self._seconds: list[float] = []  # how long fits took, here or in a worker: ``patience``
         self.stolen = 0
+        self.duplicated = 0  # fits a slow worker had started that this process did too
 
     def submit(self, key: str, fit: TeacherFit) -> None:
         """Start ``fit`` under ``key`` (once: a key already submitted is left as it is)."""
@@ -149,17 +155,35 @@ class TeacherPool:
 
     def result(self, key: str) -> CrossFitted:
         """The fit under ``key``, collected once. While it is not done, this process fits the next fits that no
-        worker has started (it would only wait; the numbers are the same). A worker's error is raised here as it
-        was raised there (a ``TeacherProblem`` stays one)."""
+        worker has started (it would only wait; the numbers are the same). A worker that has started it but is
+        slow to finish (a worker runs at a lower priority: on a machine busy with other work it may barely run)
+        is given ``patience()``; then the fit is done here too and the worker's copy left unread. A worker's error
+        is raised here as it was raised there (a ``TeacherProblem`` stays one)."""
         if key in self._done:
             return self._done.pop(key)
         future, fit = self._futures.pop(key)
         if future.cancel():
             self.stolen += 1
-            return fit.run()
+            return self._here(fit)
         while not future.done() and self._steal():
             pass
-        crossed, _ = future.result()
+        try:
+            crossed, seconds = future.result(timeout=self.patience())
+        except FutureTimeout:
+            self.duplicated += 1
+            return self._here(fit)
+        self._seconds.append(seconds)
+        return crossed
+
+    def patience(self) -> float:
+        """How long to wait for a started fit: a few times the typical fit, at least ``MIN_PATIENCE_S``."""
+        typical = sorted(self._seconds)[len(self._seconds) // 2] if self._seconds else 0.0
+        return max(MIN_PATIENCE_S, 4 * typical)
+
+    def _here(self, fit: TeacherFit) -> CrossFitted:
+        started = time.perf_counter()
+        crossed = fit.run()
+        self._seconds.append(time.perf_counter() - started)
         return crossed
 
     def _steal(self) -> bool:
@@ -169,7 +193,7 @@ class TeacherPool:
             if future.cancel():
                 del self._futures[other]
                 self.stolen += 1
-                self._done[other] = fit.run()
+                self._done[other] = self._here(fit)
                 return True
         return False
 
