@@ -340,7 +340,8 @@ class TeacherConfig(_Section):
     cache: StrictBool = True
     cache_dir: str = ".distill-cache"
     #: worker processes that fit later episodes' teachers while this one trains students (scikit-learn teachers;
-    #: 0: every fit in this process; ``auto``: one per core when the fits would take a few seconds). Same numbers
+    #: 0: every fit in this process; ``auto``: one per core but the training one when the fits left would take
+    #: 10 s or more here). Same numbers
     workers: Union[Literal["auto"], Annotated[StrictInt, Field(ge=0, le=MAX_WORKERS)]] = "auto"
 
     @field_validator("workers", mode="before")

@@ -41,8 +41,9 @@ POOL_KINDS = frozenset({"gaussian_process", "sklearn"})
 IDLE_S = 60
 
 #: ``teacher.workers = "auto"`` starts workers when the fits still to do would take this long in this process:
-#: a worker's start (a fresh interpreter importing scikit-learn) costs about a second of one core
-AUTO_MIN_S = 4.0
+#: a worker's start (a fresh interpreter importing scikit-learn) costs about 1.5 s of one core, and on a machine
+#: with other work (a test suite on two cores) a pool for a few seconds of fits cost more than it saved
+AUTO_MIN_S = 10.0
 
 #: how much lower a worker's CPU priority is than its parent's (``os.nice``)
 WORKER_NICE = 10
