@@ -341,7 +341,7 @@ class TeacherConfig(_Section):
     cache_dir: str = ".distill-cache"
     #: worker processes that fit later episodes' teachers while this one trains students (scikit-learn teachers;
     #: 0: every fit in this process; ``auto``: one per core but the training one when the fits left would take
-    #: 10 s or more here). Same numbers
+    #: 6 s or more here). Same numbers
     workers: Union[Literal["auto"], Annotated[StrictInt, Field(ge=0, le=MAX_WORKERS)]] = "auto"
 
     @field_validator("workers", mode="before")

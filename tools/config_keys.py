@@ -92,7 +92,7 @@ DESCRIPTIONS: dict[str, str] = {
     "teacher.workers": "worker processes that fit later episodes' teachers while this process trains students "
                        "(scikit-learn teachers only: `gaussian_process`, `sklearn` with a scikit-learn estimator); "
                        "`0`: every fit in this process; `auto`: one per core but the training one when the fits left "
-                       "would take 10 s or more here. The numbers never depend on it: [performance.md](performance.md#teacher-fits-in-worker-processes)",
+                       "would take 6 s or more here. The numbers never depend on it: [performance.md](performance.md#teacher-fits-in-worker-processes)",
     "teacher.given": "set by `distill.run(config, teacher=obj)`: what the Python object was. A config file cannot "
                      "rebuild an object, so a run with this key needs the teacher passed again",
     # ------------------------------------------------------------------ student

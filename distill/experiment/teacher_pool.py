@@ -43,7 +43,7 @@ IDLE_S = 60
 #: ``teacher.workers = "auto"`` starts workers when the fits still to do would take this long in this process:
 #: a worker's start (a fresh interpreter importing scikit-learn) costs about 1.5 s of one core, and on a machine
 #: with other work (a test suite on two cores) a pool for a few seconds of fits cost more than it saved
-AUTO_MIN_S = 10.0
+AUTO_MIN_S = 6.0
 
 #: how much lower a worker's CPU priority is than its parent's (``os.nice``)
 WORKER_NICE = 10
