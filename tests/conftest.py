@@ -59,6 +59,23 @@ def fresh_mlflow_store(_mlflow_tables: Path) -> Callable[[Path], str]:
     return make
 
 
+def system_runs(client: Any, parent_id: str) -> dict[str, Any]:
+    """The child runs ``distill run`` makes under ``parent_id``, one per system, by run name (every child it has
+    must be a system run, each name once)."""
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  max_results=1000)
+    assert all("distill.system" in c.data.tags for c in children), [c.info.run_name for c in children]
+    names = [c.info.run_name for c in children]
+    assert len(set(names)) == len(names), names
+    return {c.info.run_name: c for c in children}
+
+
+def metric_points(client: Any, run_id: str, name: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of one metric's history, by step."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+
+
 def free_port() -> int:
     """A loopback port nothing listens on (bound to port 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -46,7 +46,7 @@ def assert_matches_reference(probs: torch.Tensor, target: torch.Tensor, num_clas
     assert list(got) == list(METRICS)
     target = target.expand(*probs.shape[:-1])
     for key, value in got.items():
-        assert value.shape == lead and value.dtype == torch.float32, key
+        assert value.shape == lead and value.dtype == torch.float64, key
     for idx in np.ndindex(*lead):
         ref = torchmetrics_classification_metrics(probs[idx], target[idx], num_classes)
         for key in METRICS:
@@ -265,7 +265,7 @@ def test_float64_input_and_shapes() -> None:
     as32 = batch_classification_metrics(probs, target, 4)
     as64 = batch_classification_metrics(probs.double(), target.int(), 4)
     for key in METRICS:
-        assert as64[key].shape == (2, 3) and as64[key].dtype == torch.float32
+        assert as64[key].shape == (2, 3) and as64[key].dtype == torch.float64
         torch.testing.assert_close(as64[key], as32[key], atol=0, rtol=0)
     single = batch_classification_metrics(probs[0, 0], target[0, 0], 4)
     assert all(v.shape == () for v in single.values())
@@ -287,3 +287,22 @@ def test_row_order_does_not_matter() -> None:
 def test_wrong_number_of_classes_is_rejected() -> None:
     with pytest.raises(ValueError, match="shape"):
         batch_classification_metrics(torch.rand(2, 5, 3), torch.zeros(5, dtype=torch.long), 4)
+
+
+def test_count_ratios_are_the_float64_fractions() -> None:
+    """31 of 50 right is 0.62 exactly as Python's 31 / 50, not float32's 0.6200000047683716 (what MLflow and
+    summary.json would show); F1 and AUROC are ratios of counts too, checked against scikit-learn's float64."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    rng = np.random.default_rng(7)
+    target = np.array([0] * 25 + [1] * 25)
+    pred = target.copy()
+    pred[rng.choice(50, size=19, replace=False)] ^= 1  # 31 right
+    score = np.where(pred == 1, 0.8, 0.3) + rng.integers(0, 3, size=50) * 0.05
+    probs = torch.tensor(np.stack([1 - score, score], axis=1), dtype=torch.float32)
+    got = {k: float(v) for k, v in batch_classification_metrics(probs, torch.tensor(target), 2).items()}
+    assert got["accuracy"] == 31 / 50 == 0.62
+    assert got["ece"] == round(got["ece"], 8)  # to the precision float32 confidences hold, no noise digits
+    # float64 rounding of a different summation order at most; float32 noise would be ~1e-8
+    assert got["f1_macro"] == pytest.approx(f1_score(target, pred, average="macro"), rel=1e-15, abs=0)
+    assert got["auroc"] == pytest.approx(roc_auc_score(target, probs[:, 1].double().numpy()), rel=1e-15, abs=0)

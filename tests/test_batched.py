@@ -120,7 +120,8 @@ def test_lean_epochs_without_validation() -> None:
     base = FitSettings(epochs=10, batch_size=8, optimizer="adam", lr=0.01, epoch_metrics=False)
     results = _run_both(2, [dataclasses.replace(base, seed=i, kl_weight=float(i)) for i in range(3)],
                         validation=False)
-    assert all(set(r.history[0]) == {"epoch", "lr", "train_loss"} for r in results)  # losses only
+    assert all(set(r.history[0]) == {"epoch", "lr", "train_loss", "train_hard_loss", "train_kl_term"}
+               for r in results)  # losses only
 
 
 def test_a_diverging_member_leaves_the_others_untouched() -> None:

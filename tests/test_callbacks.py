@@ -209,6 +209,21 @@ def test_divergence_of_the_mean_alone_is_step_one() -> None:
     assert divergence.last_good_epoch.tolist() == [1, 0, 1, 1]  # epoch 0: the initial weights
 
 
+def test_weights_or_a_validation_loss_that_are_not_finite_are_divergence_too() -> None:
+    """Finite step losses, then member 1's weights overflow, member 2's validation loss is NaN (its outputs
+    overflowed), member 3's validation loss is finite: 1 and 2 diverged, each with its cause, and keep the
+    weights of the last epoch that was finite in every respect."""
+    divergence = Divergence(_weights(0, 4))
+    weights = _weights(1, 4)
+    weights[1, 2] = INF
+    flagged = divergence.check(1, np.full(4, 0.5), _epoch_losses({}), weights, np.array([True] * 4),
+                               val_loss=np.array([0.4, 0.4, NAN, 0.4])).tolist()
+    assert flagged == [False, True, True, False]
+    assert divergence.cause[1:3] == ["weights", "validation loss"]
+    assert divergence.last_good_epoch.tolist() == [1, 0, 0, 1]
+    assert torch.equal(divergence.restore(weights)[1], _weights(0, 4)[1])
+
+
 def test_divergence_round_trip_mid_fit() -> None:
     epochs = [_epoch_losses({}), _epoch_losses({(3, 0): NAN}), _epoch_losses({(1, 2): NAN})]
     active = [[True] * 4, [True] * 4, [False, True, True, True]]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import metric_points, system_runs
 from tests.processes import communicate_all
 from tests.test_tuning import BASE as TUNE_BASE
 from tests.test_tuning import load_study, write_config
@@ -38,6 +39,8 @@ EPISODES = 2  # nesting and per-episode numbers need two; more only adds time
 EPOCHS = 5
 SEEDS = (11, 22)
 SYSTEMS = ("teacher", "student", "baseline")
+#: breast_cancer_gp's systems: SYSTEMS, its control and its reference (one MLflow child run each)
+ALL_SYSTEMS = ("baseline", "logistic_regression", "null_teacher", "student", "teacher")
 
 
 def _env(uri: str) -> dict[str, str]:
@@ -56,11 +59,6 @@ def _run_together(commands: list[list[str]], cwd: Path, env: dict[str, str], tim
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-4000:]
     return [err for _, err in results]
-
-
-def _children(client, experiment_id: str, parent_id: str) -> list:
-    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                              max_results=1000)
 
 
 def _runs_in(client, *experiment_names: str) -> list:
@@ -93,7 +91,7 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
         run_id = summary["mlflow_run_id"]
         parent = client.get_run(run_id)
         assert parent.info.status == "FINISHED"
-        assert parent.info.run_name == out.name
+        assert parent.data.tags["distill.run_dir"] == out.name
 
         # Its own params, not the other run's.
         params = parent.data.params
@@ -125,24 +123,20 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
         assert model_uri and model_uri.startswith("models:/")
         assert client.get_logged_model(model_uri.removeprefix("models:/")).source_run_id == run_id
 
-        # Exactly its episodes, each FINISHED, nested under it, with that episode's numbers.
-        children = _children(client, parent.info.experiment_id, run_id)
-        assert sorted(c.info.run_name for c in children) == [f"episode {e}" for e in range(EPISODES)]
-        by_name = {c.info.run_name: c for c in children}
-        for e, row in enumerate(summary["episodes"]):
-            child = by_name[f"episode {e}"]
+        # Exactly its systems, each FINISHED, nested under it, with every episode's numbers (step = episode).
+        children = system_runs(client, run_id)
+        assert sorted(children) == sorted(ALL_SYSTEMS)
+        for system in SYSTEMS:
+            child = children[system]
             assert child.info.status == "FINISHED"
-            assert child.data.params["episode"] == str(e)
-            assert child.data.params["episode.seed"] == str(seed + e) == str(row["seed"])
-            for system in SYSTEMS:
-                assert child.data.metrics[f"{system}/test_accuracy"] == pytest.approx(row[system]["accuracy"],
-                                                                                      abs=1e-9)
-            points = client.get_metric_history(child.info.run_id, "student/train_loss")
-            assert sorted(m.step for m in points) == list(range(1, EPOCHS + 1))
+            assert metric_points(client, child.info.run_id, "test_accuracy") == [
+                (e, pytest.approx(row[system]["accuracy"], abs=1e-12)) for e, row in enumerate(summary["episodes"])]
+        points = metric_points(client, children["student"].info.run_id, "train_loss")
+        assert [step for step, _ in points] == list(range(1, EPOCHS + 1))
 
-    # Nothing else was recorded (here or in "Default", see below): two parents and their episodes.
+    # Nothing else was recorded (here or in "Default", see below): two parents and their systems.
     everything = _runs_in(client, experiment_name, "Default")
-    assert len(everything) == 2 + 2 * EPISODES
+    assert len(everything) == 2 + 2 * len(ALL_SYSTEMS)
     assert {r.info.run_id for r in everything if "mlflow.parentRunId" not in r.data.tags} == set(run_ids)
 
     # Both runs are in tracking.experiment, also when both processes found it missing and raced to
@@ -153,7 +147,7 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
                  for i in run_ids if client.get_run(i).info.experiment_id != experiment.experiment_id}
     assert not misplaced, f"runs recorded outside '{experiment_name}': {misplaced}"
     in_experiment = client.search_runs([experiment.experiment_id], max_results=1000)
-    assert len(in_experiment) == 2 + 2 * EPISODES
+    assert len(in_experiment) == 2 + 2 * len(ALL_SYSTEMS)
 
 
 def test_one_lock_per_local_store_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,7 +215,8 @@ def test_runs_started_together_in_a_fresh_folder_share_the_default_local_store(t
     )
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("breast_cancer_gp")
-    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id], max_results=100)}
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id], max_results=100)
+            if "mlflow.parentRunId" not in r.data.tags}  # the runs, not their system runs
     assert len(runs) == len(seeds)
     folders = sorted((tmp_path / "runs").iterdir())
     summaries = {json.loads((f / "summary.json").read_text())["seed"]: json.loads((f / "summary.json").read_text())

@@ -1,16 +1,19 @@
-"""The ``distill.fit-state/1`` payload a fit checkpoints: its layout, its values, and states written before.
+"""The ``distill.fit-state/2`` payload a fit checkpoints: its layout, its values, and states written before.
 
 ``tests/fixtures/fit_state_v1.pt`` holds three states written by the engine as it was before the
 fit loop was split into phases (commit 5ee86b3), from the fits ``tests/test_fit_resume.py`` runs:
 ``epoch_end`` (3 stacked members, early stopping, after epoch 5, member 0 stopped at 4),
 ``interrupted`` (the same fit stopped after step 3 of epoch 3) and ``lean`` (2 members, losses only,
-after epoch 4). The engine must write the same states and resume from them. Do not regenerate it
-unless the format itself changes (and then under a new name).
+after epoch 4). ``fit_state_v2.pt`` holds the same three states as version 2 writes them (each epoch also
+logs the loss's hard and KL terms; each step keeps ``[3, M]`` losses). The engine must write the version-2
+states and resume from both. Do not regenerate a fixture unless the format itself changes (and then under a
+new name).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,10 @@ from tests.test_fit_resume import _fits, _through_disk
 
 pytestmark = pytest.mark.filterwarnings("ignore:No (positive|negative) samples in targets:UserWarning")
 
-FIXTURE = Path(__file__).parent / "fixtures" / "fit_state_v1.pt"
+FIXTURE = Path(__file__).parent / "fixtures" / "fit_state_v2.pt"
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "fit_state_v1.pt"
+#: what version 2 logs per epoch that version 1 did not: NaN after resuming a version-1 state, for its epochs
+NEW_IN_V2 = ("train_hard_loss", "train_kl_term")
 EARLY = FitSettings(epochs=30, batch_size=5, optimizer="adam", lr=0.05, patience=3)
 LEAN = FitSettings(epochs=10, batch_size=6, epoch_metrics=False, replacement=True)
 #: fixture case -> (members, settings, epoch of the state, step count after which a stop is requested)
@@ -116,6 +122,26 @@ def test_a_state_written_before_resumes_to_the_unbroken_fit(case: str, written_b
     _close(_fits(m, settings), _fits(m, settings, resume=written_before[case]))
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_version_1_state_resumes_to_the_unbroken_fit_its_new_numbers_unknown_before(case: str) -> None:
+    """A version-1 state (written before the hard and KL terms were logged) resumes to the same fit; the two
+    new numbers are NaN for the epochs it had begun and the unbroken fit's from there on."""
+    old = torch.load(FIXTURE_V1, weights_only=True)[case]
+    m, settings, _, _ = CASES[case]
+    unbroken = _fits(m, settings)
+    resumed = _fits(m, settings, resume=old)
+    begun = old["progress"]["epoch"] + (old["partial"] is not None)
+    for ra, rb in zip(unbroken[1], resumed[1], strict=True):
+        for row_a, row_b in zip(ra.history, rb.history, strict=True):
+            for key in NEW_IN_V2:
+                new_a, new_b = row_a.pop(key), row_b.pop(key)
+                if row_b["epoch"] <= begun:
+                    assert math.isnan(new_b), (key, row_b["epoch"])
+                else:
+                    assert new_b == pytest.approx(new_a, rel=1e-5, abs=1e-6), (key, row_b["epoch"])
+    _close(unbroken, resumed)
+
+
 def test_the_layout_and_its_values_agree_with_the_results() -> None:
     """Every field of a mid-fit state, read against the history of the same fit run to the end."""
     state = _through_disk(_state("epoch_end"))
@@ -152,7 +178,8 @@ def test_an_interrupted_state_holds_the_rest_of_its_epoch() -> None:
     partial = state["partial"]
     assert (partial["epoch"], partial["step"]) == (3, 3)  # 13 steps: 5 per epoch, so step 3 of epoch 3
     assert [tuple(b.shape) for b in partial["batches"]] == [(3, 5)] * 4 + [(3, 4)]  # 24 rows, batches of 5
-    assert len(partial["losses"]) == 3 and all(tuple(loss.shape) == (3,) for loss in partial["losses"])
+    # three steps, each [loss, hard term, KL term] x 3 members
+    assert len(partial["losses"]) == 3 and all(tuple(loss.shape) == (3, 3) for loss in partial["losses"])
     assert state["progress"]["epoch"] == 2 and len(state["progress"]["epochs_seen"]) == 2
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from distill.cli import main
+from tests.conftest import metric_points, system_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = str(ROOT / "experiments/breast_cancer_gp.toml")
@@ -118,9 +119,8 @@ def test_mlflow_run_is_killed_then_reopened_and_finished_with_each_episode_once(
     uri = fresh_mlflow_store(tmp_path / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     out = tmp_path / "run"
-    # 100 epochs, not 400: MLflow records every epoch of every system (most of a tracked run's time), and
-    # a signal after the first checkpoint still lands with episodes left to run (the checkpoint a signal
-    # mid-epoch writes is checked by the tests above).
+    # 100 epochs, not 400: a signal after the first checkpoint still lands with episodes left to run (the
+    # checkpoint a signal mid-epoch writes is checked by the tests above).
     process = _start(out, "--set", "tracking.experiment='resume-test'", "--set", "train.epochs=100", env=env)
     _wait_for_checkpoint(out, process)
     process.send_signal(signal.SIGTERM)
@@ -137,8 +137,13 @@ def test_mlflow_run_is_killed_then_reopened_and_finished_with_each_episode_once(
     assert summary["mlflow_run_id"] == run_id
     assert client.get_run(run_id).info.status == "FINISHED"
     experiment = client.get_experiment_by_name("resume-test")
-    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
-    assert sorted(r.info.run_name for r in children) == ["episode 0", "episode 1", "episode 2"]
+    # one run per system (none twice, though the killed attempt trained some episodes), each with every episode
+    children = system_runs(client, run_id)
+    assert sorted(children) == ["baseline", "logistic_regression", "null_teacher", "student", "teacher"]
+    assert len(client.search_runs([experiment.experiment_id])) == 6
+    for system, child in children.items():
+        assert metric_points(client, child.info.run_id, "test_accuracy") == [
+            (e, pytest.approx(row[system]["accuracy"], abs=1e-12)) for e, row in enumerate(summary["episodes"])]
 
 
 def test_resume_refuses_what_it_cannot_resume(tmp_path: Path, clean: dict, capsys) -> None:

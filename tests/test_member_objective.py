@@ -192,3 +192,35 @@ def test_rows_gathers_each_members_rows(members: int) -> None:
     expected = torch.stack([objective.packed[i, idx[i]] for i in range(members)])
     assert torch.equal(objective.rows(idx), expected)
     assert torch.equal(objective.rows(idx.int()), expected)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize(("outputs", "columns"), KINDS)
+def test_parts_are_the_hard_loss_and_the_weighted_kl_term(outputs: int, columns: int, direction: str,
+                                                          grad: bool) -> None:
+    """What the engine logs as ``train_hard_loss`` and ``train_kl_term``: each member's hard loss alone (the
+    reference's ``hard_loss``) and ``distillation_loss`` minus it; they add up to the step's loss, and a member
+    with kl_weight 0 has a KL term of exactly 0."""
+    temperatures = TEMPERATURES["per_member"]
+    objective, z, idx, data = _problem(outputs, columns, direction, temperatures)
+    targets, labelled, _ = data
+    with torch.set_grad_enabled(grad):
+        loss = objective(z if grad else z.detach(), idx)
+    hard, kl_term = objective.parts(loss.detach())
+    total = _reference(z.detach(), idx, data, WEIGHTS, temperatures, direction)
+    expected_hard = torch.stack([hard_loss(z[i].detach() if outputs > 1 else z[i, :, 0].detach(),
+                                           targets[i, idx[i]], labelled[i, idx[i]]) for i in range(len(WEIGHTS))])
+    torch.testing.assert_close(hard, expected_hard, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(kl_term, total - expected_hard, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hard + kl_term, loss.detach(), rtol=1e-12, atol=1e-12)
+    assert kl_term[0].item() == 0.0 and bool((kl_term[1:] > 0).all())
+    assert objective.parts(loss.detach()).tolist() == [loss.detach().tolist(), [0.0] * len(WEIGHTS)]  # read once
+
+
+def test_parts_without_a_teacher_are_the_loss_and_zero() -> None:
+    objective, z, idx, data = _problem(2, 2, "forward", TEMPERATURES["unit"], teacher=False)
+    loss = objective(z, idx)
+    hard, kl_term = objective.parts(loss.detach())
+    torch.testing.assert_close(hard, _reference(z.detach(), idx, data, WEIGHTS, TEMPERATURES["unit"], "forward"))
+    assert kl_term.tolist() == [0.0] * len(WEIGHTS)

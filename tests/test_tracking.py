@@ -25,7 +25,7 @@ from distill.cli import main
 from distill.config import load_config
 from distill.experiment.prepare import prepare
 from distill.students.checkpoint import load_checkpoint, servable_from_checkpoint
-from tests.conftest import free_port
+from tests.conftest import free_port, metric_points, system_runs
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,8 @@ def test_run_is_finished_with_params_and_tags(tracked_run) -> None:
     assert summary["mlflow_run_id"]
     r = client.get_run(summary["mlflow_run_id"])
     assert r.info.status == "FINISHED"
-    assert r.info.run_name == out.name
+    assert r.info.run_name == "breast_cancer_gp · 1 episode"  # the experiment's name first, then what varies
+    assert r.data.tags["distill.run_dir"] == out.name
     assert client.get_experiment(r.info.experiment_id).name == "single"
     params = r.data.params
     assert params["objective.kl_weight"] == KL_WEIGHT
@@ -123,35 +124,67 @@ def test_run_is_finished_with_params_and_tags(tracked_run) -> None:
 
 def test_the_teachers_cross_validated_calibration_reaches_mlflow(tracked_run) -> None:
     _, summary, client = tracked_run
-    metrics = client.get_run(summary["mlflow_run_id"]).data.metrics
+    teacher = system_runs(client, summary["mlflow_run_id"])["teacher"]
+    metrics = teacher.data.metrics
     calibration = summary["episodes"][0]["teacher_diagnostics"]["calibration"]
     assert calibration["method"] == "temperature"
-    assert metrics["teacher/temperature"] == pytest.approx(calibration["temperature"], rel=1e-12)
+    assert metrics["temperature"] == pytest.approx(calibration["temperature"], rel=1e-12)
     for stage in ("before", "after"):
         for name in ("accuracy", "log_loss", "ece"):
-            assert metrics[f"teacher/cv_{name}_{stage}"] == pytest.approx(calibration[stage][name], rel=1e-12)
+            assert metric_points(client, teacher.info.run_id, f"cv_{name}_{stage}") == [
+                (0, pytest.approx(calibration[stage][name], rel=1e-12))]
     (row,) = summary["episodes"][0]["teacher_diagnostics"]["selection"]["candidates"]
-    assert metrics["teacher/gaussian_process/cv_log_loss"] == pytest.approx(row["cv_log_loss"], rel=1e-12)
+    assert metrics["gaussian_process/cv_log_loss"] == pytest.approx(row["cv_log_loss"], rel=1e-12)
+
+
+def test_one_child_run_per_system_with_the_same_metric_names(tracked_run) -> None:
+    """Selecting the run's children overlays student and baseline on one axis in MLflow's charts: each system
+    has its own child run and the curves are named alike; the hard loss and the KL term are logged apart."""
+    out, summary, client = tracked_run
+    children = system_runs(client, summary["mlflow_run_id"])
+    assert sorted(children) == ["baseline", "logistic_regression", "null_teacher", "student", "teacher"]
+    assert {name: c.data.tags["distill.system"] for name, c in children.items()} == {n: n for n in children}
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    curves = {"train_loss", "train_hard_loss", "train_kl_term", "val_loss", "val_accuracy",
+              "val_f1_macro", "val_auroc", "val_ece"}
+    tests = {f"test_{m}" for m in ("accuracy", "f1_macro", "auroc", "ece")}
+    for system in ("student", "baseline"):
+        names = set(children[system].data.metrics)
+        assert curves | tests <= names, (system, names)
+    assert set(children["student"].data.metrics) - {"kl_weight", "temperature"} == set(
+        children["baseline"].data.metrics) == set(children["null_teacher"].data.metrics)
+    assert set(children["teacher"].data.metrics) >= tests and not set(children["teacher"].data.metrics) & curves
 
 
 def test_histories_match_history_csv(tracked_run) -> None:
     out, summary, client = tracked_run
-    run_id = summary["mlflow_run_id"]
+    children = system_runs(client, summary["mlflow_run_id"])
     history = pd.read_csv(out / "history.csv")
-    for system, name in (("student", "train_loss"), ("baseline", "val_loss"), ("student", "val_accuracy")):
-        points = sorted(client.get_metric_history(run_id, f"{system}/{name}"), key=lambda m: m.step)
-        assert [m.step for m in points] == list(range(1, EPOCHS + 1)), (system, name)
+    for system in ("student", "baseline"):
         rows = history[history.system == system].sort_values("epoch")
         assert rows.epoch.tolist() == list(range(1, EPOCHS + 1))
-        np.testing.assert_allclose([m.value for m in points], rows[name].to_numpy(), rtol=1e-5, atol=1e-6)
+        for name in ("train_loss", "train_hard_loss", "train_kl_term", "val_loss", "val_accuracy"):
+            points = metric_points(client, children[system].info.run_id, name)
+            assert [step for step, _ in points] == list(range(1, EPOCHS + 1)), (system, name)
+            np.testing.assert_allclose([v for _, v in points], rows[name].to_numpy(), rtol=1e-5, atol=1e-6)
+    # The loss is its hard term plus its KL term (no penalty here); the baseline has no KL term at all.
+    student, baseline = (history[history.system == s] for s in ("student", "baseline"))
+    np.testing.assert_allclose(student.train_loss, student.train_hard_loss + student.train_kl_term, rtol=1e-5)
+    assert (baseline.train_kl_term == 0).all() and (baseline.train_loss == baseline.train_hard_loss).all()
 
 
 def test_final_metrics_match_summary(tracked_run) -> None:
     _, summary, client = tracked_run
     metrics = client.get_run(summary["mlflow_run_id"]).data.metrics
+    children = system_runs(client, summary["mlflow_run_id"])
     for system in ("teacher", "student", "baseline"):
-        assert metrics[f"{system}/test_accuracy"] == pytest.approx(summary[system]["accuracy"], abs=1e-9)
-        assert metrics[f"{system}/test_f1_macro"] == pytest.approx(summary[system]["f1_macro"], abs=1e-9)
+        for metric in ("accuracy", "f1_macro"):
+            assert metrics[f"{system}/test_{metric}"] == pytest.approx(summary[system][metric], abs=1e-9)
+            # float64 all the way: a count ratio reaches MLflow as the exact fraction of the test rows
+            (step, value), = metric_points(client, children[system].info.run_id, f"test_{metric}")
+            assert step == 0 and value == pytest.approx(summary[system][metric], abs=1e-9)
+        n = summary["episodes"][0]["split"]["test"]
+        assert metrics[f"{system}/test_accuracy"] == round(metrics[f"{system}/test_accuracy"] * n) / n
 
 
 def test_artifacts_and_dataset_input(tracked_run) -> None:
@@ -166,6 +199,13 @@ def test_artifacts_and_dataset_input(tracked_run) -> None:
     inputs = client.get_run(run_id).inputs.dataset_inputs
     assert len(inputs) == 1
     assert inputs[0].dataset.digest
+    # The logged model's page links the dataset: its metrics are the run's test figures, each naming the data.
+    model = client.get_logged_model(summary["mlflow_model_uri"].removeprefix("models:/"))
+    assert model.source_run_id == run_id
+    linked = {m.key: m for m in model.metrics}
+    assert linked["student/test_accuracy"].value == pytest.approx(summary["student"]["accuracy"], abs=1e-12)
+    assert {(m.dataset_name, m.dataset_digest) for m in linked.values()} == {
+        (inputs[0].dataset.name, inputs[0].dataset.digest)}
 
 
 def test_logged_model_predicts_like_the_checkpoint(tracked_run, mlflow_server: str, tmp_path: Path) -> None:
@@ -219,7 +259,7 @@ def test_network_teacher_from_an_mlflow_model_uri(tracked_run, mlflow_server: st
 # --- several episodes ----------------------------------------------------------------------------
 
 
-def test_episodes_are_nested_child_runs(mlflow_server: str, tmp_path: Path) -> None:
+def test_episodes_are_steps_of_one_child_run_per_system(mlflow_server: str, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "run"
@@ -229,6 +269,7 @@ def test_episodes_are_nested_child_runs(mlflow_server: str, tmp_path: Path) -> N
     client = MlflowClient(tracking_uri=mlflow_server)
     parent = client.get_run(summary["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "breast_cancer_gp · 3 episodes"
     for name in ("baseline", "null_teacher", "logistic_regression"):
         assert f"student_minus_{name}/accuracy" in parent.data.metrics
         p_value = summary["paired"][f"student_minus_{name}"]["accuracy"]["p_value"]
@@ -236,24 +277,20 @@ def test_episodes_are_nested_child_runs(mlflow_server: str, tmp_path: Path) -> N
             assert f"student_minus_{name}/accuracy_p_value" not in parent.data.metrics
         else:
             assert parent.data.metrics[f"student_minus_{name}/accuracy_p_value"] == pytest.approx(p_value, abs=1e-12)
-    assert parent.data.metrics["null_teacher/test_accuracy"] == pytest.approx(
-        summary["null_teacher"]["accuracy"], abs=1e-9)
-    assert parent.data.metrics["logistic_regression/test_accuracy"] == pytest.approx(
-        summary["logistic_regression"]["accuracy"], abs=1e-9)
-    assert parent.data.metrics["student/test_accuracy"] == pytest.approx(summary["student"]["accuracy"], abs=1e-9)
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-    )
-    assert sorted(c.info.run_name for c in children) == ["episode 0", "episode 1", "episode 2"]
-    all_in_experiment = client.search_runs([parent.info.experiment_id])
-    assert len(all_in_experiment) == 4  # one parent, three children, nothing else
-    for child in children:
+    for system in ("student", "null_teacher", "logistic_regression"):
+        assert parent.data.metrics[f"{system}/test_accuracy"] == pytest.approx(summary[system]["accuracy"], abs=1e-9)
+    children = system_runs(client, parent.info.run_id)
+    assert sorted(children) == ["baseline", "logistic_regression", "null_teacher", "student", "teacher"]
+    assert len(client.search_runs([parent.info.experiment_id])) == 6  # one parent, its five systems, nothing else
+    for system, child in children.items():
         assert child.info.status == "FINISHED"
-        for system in ("student", "baseline", "null_teacher"):  # per-epoch curves of every trained system
-            points = client.get_metric_history(child.info.run_id, f"{system}/train_loss")
-            assert sorted(m.step for m in points) == list(range(1, EPOCHS + 1))
-        assert "student/test_accuracy" in child.data.metrics
-        assert "logistic_regression/test_accuracy" in child.data.metrics
+        # every episode's test figures, one step per episode, each the summary's
+        for metric in ("accuracy", "auroc"):
+            expected = [(e, pytest.approx(row[system][metric], abs=1e-12)) for e, row in enumerate(summary["episodes"])]
+            assert metric_points(client, child.info.run_id, f"test_{metric}") == expected, (system, metric)
+    for system in ("student", "baseline", "null_teacher"):  # the first episode's curves of every trained system
+        points = metric_points(client, children[system].info.run_id, "train_hard_loss")
+        assert [step for step, _ in points] == list(range(1, EPOCHS + 1))
 
 
 # --- honest status -------------------------------------------------------------------------------
@@ -270,7 +307,7 @@ def test_a_broken_run_ends_failed_or_killed(
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(distill.experiment.run, "write_history", broken)  # after training and episode logging
+    monkeypatch.setattr(distill.experiment.run, "log_files", broken)  # after the metrics, before summary.json
     experiment = f"broken-{status.lower()}"
     out = tmp_path / "run"
     if isinstance(error, KeyboardInterrupt):
@@ -281,12 +318,15 @@ def test_a_broken_run_ends_failed_or_killed(
     assert not (out / "summary.json").exists()
     client = MlflowClient(tracking_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    assert len(runs) == 1
-    r = runs[0]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    r = parents[0]
     assert r.info.status == status
     assert r.data.params["objective.kl_weight"] == KL_WEIGHT
     assert "student/test_accuracy" in r.data.metrics  # what was logged before the failure is kept
-    assert len(client.get_metric_history(r.info.run_id, "student/train_loss")) == EPOCHS
+    student = system_runs(client, r.info.run_id)["student"]
+    assert len(client.get_metric_history(student.info.run_id, "train_hard_loss")) == EPOCHS
+    assert len(runs) == 1 + len(system_runs(client, r.info.run_id))  # the parent and its systems, nothing else
 
 
 # --- unreachable server --------------------------------------------------------------------------

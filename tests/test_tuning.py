@@ -469,6 +469,13 @@ def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path, fr
         assert summary["mlflow_run_id"] == parent.info.run_id
         assert parent.info.status == "FINISHED"
         assert parent.data.tags["distill.study"] == STUDY
+        # like a run's parent: named after the experiment first, with its user, source and commit
+        assert parent.info.run_name.startswith(f"{STUDY} · tune ")
+        assert parent.data.tags["mlflow.user"] and parent.data.tags["mlflow.source.name"]
+        assert parent.data.tags["mlflow.source.type"] == "LOCAL"
+        if (ROOT / ".git").exists():
+            assert parent.data.tags["git.commit"] == subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         for k, v in summary["best"]["params"].items():
             assert parent.data.tags[f"best.{k}"] == str(v)
         assert parent.data.tags["best.trial"] == str(summary["best"]["trial"])
@@ -489,6 +496,9 @@ def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path, fr
             if t.state == TrialState.COMPLETE:
                 assert child.data.metrics["validation/value"] == pytest.approx(t.value, abs=1e-12)
                 assert child.info.status == "FINISHED"
+                # the child run spans the trial: it starts as the trial starts and ends when Optuna says it did
+                assert abs(child.info.start_time - t.datetime_start.timestamp() * 1000) < 250
+                assert child.info.end_time == int(t.datetime_complete.timestamp() * 1000)
         assert len(runs) == 1 + n_trials
         return parent.info.run_id
 

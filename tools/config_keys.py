@@ -187,7 +187,7 @@ DESCRIPTIONS: dict[str, str] = {
     "train.checkpoint_every": "write each fit's state to `RUN_DIR/checkpoints/` every N epochs (0: only on a "
                               "signal): [resume.md](resume.md)",
     "train.checkpoint_interval": "... and at most once per this many seconds (0: every N epochs exactly)",
-    "train.early_stopping.monitor": "a logged per-epoch metric: `train_loss`, `train_<metric>`, and with validation "
+    "train.early_stopping.monitor": "a logged per-epoch metric: `train_loss`, `train_hard_loss`, `train_kl_term`, `train_<metric>`, and with validation "
                                     "rows `val_loss`, `val_<metric>`",
     "train.early_stopping.mode": "`auto`: minimise losses and `ece`, maximise the rest",
     "train.early_stopping.patience": "epochs without improvement before stopping; 0: no early stopping. A "

@@ -170,21 +170,34 @@ class Divergence:
         self.diverged: Mask = np.zeros(members, dtype=bool)
         self.epoch: Ints = np.zeros(members, dtype=np.int64)
         self.step: Ints = np.zeros(members, dtype=np.int64)
+        #: per member: what was not finite first when it diverged (``training loss``, ``weights``, ``validation loss``)
+        self.cause: list[str] = ["training loss"] * members
         self.last_good = weights
         self.last_good_epoch: Ints = np.zeros(members, dtype=np.int64)
 
-    def check(self, epoch: int, train_loss: Floats, step_losses: Tensor, weights: Tensor, active: Mask) -> Mask:
+    def check(self, epoch: int, train_loss: Floats, step_losses: Tensor, weights: Tensor, active: Mask,
+              val_loss: Floats | None = None) -> Mask:
         """Record ``epoch`` of the ``active`` members from its mean training loss ``[M]`` (host), its step
-        losses ``[steps, M]`` and the weights ``[M, P]`` it ended with; returns ``[M]`` True for the
-        members that diverged in it."""
-        finite = np.isfinite(train_loss)
+        losses ``[steps, M]``, the weights ``[M, P]`` it ended with and its validation loss ``[M]`` (host, with
+        validation rows); returns ``[M]`` True for the members that diverged in it: a training loss, a weight
+        or a validation loss that is not finite (a last step can blow the weights or the outputs up after
+        finite losses; a fit stopped on that non-finite validation loss would have kept them)."""
+        causes = [(np.isfinite(train_loss), "training loss"),
+                  (torch.isfinite(weights).all(dim=1).cpu().numpy(), "weights")]
+        if val_loss is not None:
+            causes.append((np.isfinite(val_loss), "validation loss"))
+        finite = np.logical_and.reduce([ok for ok, _ in causes])
         diverged = active & ~finite
         if diverged.any():
             bad = ~torch.isfinite(step_losses)
-            first_bad = bad.to(torch.uint8).argmax(0).cpu().numpy() + 1  # 1 when only the mean overflowed
+            # the first step whose loss is not finite; 1 when none is (the mean overflowed, or the weights or the
+            # outputs did: the epoch as a whole)
+            first_bad = bad.to(torch.uint8).argmax(0).cpu().numpy() + 1
             self.diverged |= diverged
             self.epoch[diverged] = epoch
             self.step[diverged] = first_bad[diverged]
+            for i in diverged.nonzero()[0]:
+                self.cause[i] = next(name for ok, name in causes if not ok[i])
         healthy = active & finite
         self.last_good = where_rows(healthy, weights, self.last_good)
         self.last_good_epoch[healthy] = epoch

@@ -1,8 +1,10 @@
 """The state of a fit in progress, as ``fit_many`` hands it to ``checkpoint`` and takes it back as ``resume``.
 
-One builder (``fit_state``) and one reader (``resume_fit_state``) for the ``distill.fit-state/1``
+One builder (``fit_state``) and one reader (``resume_fit_state``) for the ``distill.fit-state/2``
 layout, which stays what it has been since the format was introduced (tensors and plain values only,
-safe to load with ``weights_only=True``)::
+safe to load with ``weights_only=True``). Version 2 logs two more numbers per epoch (``train_hard_loss``,
+``train_kl_term``) and keeps each step's losses as ``[3, M]``, not ``[M]``; a version-1 state still resumes,
+those two numbers NaN for the epochs it had begun::
 
     format, members, weights [M, P], optimizer, generators, rng,
     stoppers   one {best, wait, reason} per member (None when nothing is monitored),
@@ -30,7 +32,7 @@ from distill.engine.optim import LeanOptimizer
 __all__ = ["FIT_STATE_FORMAT", "Ledger", "PartialEpoch", "fit_state", "resume_fit_state"]
 
 #: The layout of the state ``fit_many`` hands to ``checkpoint`` and takes as ``resume``.
-FIT_STATE_FORMAT = "distill.fit-state/1"
+FIT_STATE_FORMAT = "distill.fit-state/2"
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Ledger:
 
 @dataclass
 class PartialEpoch:
-    """An epoch stopped after ``step`` of its ``batches`` (``[M, B]`` each), with the losses ``[M]`` so far."""
+    """An epoch stopped after ``step`` of its ``batches`` (``[M, B]`` each), with the steps' losses ``[3, M]`` so far
+    (``distill.engine.loop.STEP_PARTS``)."""
 
     epoch: int
     step: int
@@ -60,7 +63,16 @@ class PartialEpoch:
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> PartialEpoch:
         return cls(int(state["epoch"]), int(state["step"]), [b.to(device) for b in state["batches"]],
-                   [loss.to(device) for loss in state["losses"]])
+                   [_step_parts(loss.to(device)) for loss in state["losses"]])
+
+
+def _step_parts(loss: Tensor) -> Tensor:
+    """A step's losses as ``[3, M]``; a ``distill.fit-state/1`` step kept the loss alone (``[M]``): its hard and KL
+    terms are unknown (NaN), so that epoch's ``train_hard_loss`` and ``train_kl_term`` are NaN after resuming."""
+    if loss.ndim == 2:
+        return loss
+    unknown = torch.full_like(loss, float("nan"))
+    return torch.stack((loss, unknown, unknown))
 
 
 def fit_state(ledger: Ledger, members: Members, optimizer: LeanOptimizer, generators: list[torch.Generator],

@@ -77,6 +77,8 @@ class History:
 
     def record(self, epoch: int, lr: float, keys: list[str], numbers: NDArray[np.float64], capacity: int) -> None:
         """Epoch ``epoch``'s numbers ``[keys, M]`` (room is made for ``capacity`` epochs at once)."""
+        if self.numbers is not None and list(keys) != self.keys:  # resumed from a state that logged other numbers
+            self.numbers = self._with_keys(list(keys))
         self.keys = list(keys)
         if self.numbers is None or self.numbers.shape[0] < capacity:
             grown = np.full((capacity, *numbers.shape), np.nan)
@@ -85,6 +87,15 @@ class History:
             self.numbers = grown
         self.numbers[epoch - 1] = numbers
         self.epochs.append((epoch, lr))
+
+    def _with_keys(self, keys: list[str]) -> NDArray[np.float64]:
+        """The table re-laid for ``keys``: a key it had keeps its column, a new one is NaN for the epochs before."""
+        assert self.numbers is not None
+        table = np.full((self.numbers.shape[0], len(keys), self.numbers.shape[2]), np.nan)
+        for j, key in enumerate(keys):
+            if key in self.keys:
+                table[:, j] = self.numbers[:, self.keys.index(key)]
+        return table
 
     def keep(self, split: str, epoch: int, outputs: Tensor, capacity: int) -> None:
         """Epoch ``epoch``'s outputs ``[M, N, K]`` on ``split``, to be scored after the last epoch."""

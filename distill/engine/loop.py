@@ -162,9 +162,16 @@ EpochRows = dict[int, dict[str, float]]
 _LAZY_BYTES = 16 * 2**20
 
 
+#: what a step returns per member, in order: the loss it minimised, that loss's hard term (BCE / CE, or the
+#: configured criterion, on the batch's labelled rows) and its weighted KL term ``kl_weight * T^2 * KL_T``
+#: (0 for a member that does not distil); the loss is their sum plus any penalty or metric-loss term
+STEP_PARTS = ("train_loss", "train_hard_loss", "train_kl_term")
+
+
 def logged_metric_names(has_validation: bool) -> list[str]:
-    """Per-epoch metric names the engine logs: ``train_*`` always, ``val_*`` with validation rows."""
-    names = ["train_loss"] + [f"train_{m}" for m in METRICS]
+    """Per-epoch metric names the engine logs: ``train_*`` always (the loss, its hard and KL terms: the hard loss
+    is what compares a student with its baseline), ``val_*`` with validation rows."""
+    names = ["train_loss", "train_hard_loss", "train_kl_term"] + [f"train_{m}" for m in METRICS]
     if has_validation:
         names += ["val_loss"] + [f"val_{m}" for m in METRICS]
     return names
@@ -530,7 +537,7 @@ def _progress_bar(epochs: Iterable[int], hooks: _Hooks) -> Any:
 def _train_epoch(problem: _Problem, ledger: Ledger, epoch: int, partial: PartialEpoch | None,
                  hooks: _Hooks) -> Tensor:
     """The epoch's optimisation steps (the rest of them when resuming inside it); returns the step losses
-    ``[steps, M]``, still on the device. A stop request ends the fit after the current step."""
+    ``[steps, 3, M]`` (``STEP_PARTS``), still on the device. A stop request ends the fit after the current step."""
     if partial is not None and partial.epoch == epoch:
         batches, first, losses = partial.batches, partial.step, partial.losses
     else:
@@ -563,12 +570,14 @@ def _take(x: Tensor, idx: Tensor, offsets: Tensor | None) -> Tensor:
 
 
 def _step(problem: _Problem, idx: Tensor) -> Tensor:
-    """One optimisation step of every member on its batch ``idx`` ``[M, B]``; returns the losses ``[M]``."""
+    """One optimisation step of every member on its batch ``idx`` ``[M, B]``; returns ``[3, M]``: the loss, its
+    hard term and its weighted KL term (``STEP_PARTS``)."""
     s, members = problem.settings, problem.members
     xb = _take(problem.x, idx, problem.row_offsets)
     with problem.autocast():
         z = members.forward(xb).float()
     loss = problem.objective(z, idx, _hard_term(problem, z, idx))
+    parts = problem.objective.parts(loss.detach())
     if s.metric_loss is not None and s.metric_weight > 0:
         loss = loss + s.metric_weight * _metric_term(problem, s.metric_loss, xb, idx)
     if s.l1 > 0 or s.l2 > 0:
@@ -578,7 +587,7 @@ def _step(problem: _Problem, idx: Tensor) -> Tensor:
     if s.grad_clip is not None:
         members.clip_grad(s.grad_clip)
     problem.optimizer.step()
-    return loss.detach()
+    return torch.cat((loss.detach().unsqueeze(0), parts))
 
 
 def _hard_term(problem: _Problem, z: Tensor, idx: Tensor) -> Tensor | None:
@@ -631,7 +640,8 @@ def _epoch_values(problem: _Problem, ledger: Ledger, epoch: int, losses: Tensor)
     """The epoch's logged values ``[M]`` on the device: losses, and the metrics scored now (the outputs
     for the others go to the history, to be scored after the fit)."""
     ev = problem.evaluation
-    values = {"train_loss": losses.mean(0)}
+    means = losses.mean(0)  # [3, M]: STEP_PARTS
+    values = dict(zip(STEP_PARTS, means.unbind(0), strict=True))
     for split, x_eval, wanted in (("train", ev.x_train, ev.train_metrics), ("val", ev.x_val, ev.val_metrics)):
         targets = ev.targets[split]
         if x_eval is None or targets is None or (not wanted and split == "train"):
@@ -654,7 +664,8 @@ def _judge(problem: _Problem, ledger: Ledger, epoch: int, column: dict[str, NDAr
     """Per member, as a lone fit does it: divergence (keeping the last finite weights), best state and
     early stopping on the monitored value; the members done stop here."""
     s, weights, active = problem.settings, problem.members.flat(), ledger.stops.active
-    diverged = ledger.divergence.check(epoch, column["train_loss"], losses, weights, active)
+    diverged = ledger.divergence.check(epoch, column["train_loss"], losses[:, 0], weights, active,
+                                       column.get("val_loss"))
     _note_divergence(ledger, diverged, epoch)
     ending = diverged
     if ledger.early is not None:
@@ -674,7 +685,10 @@ def _note_divergence(ledger: Ledger, diverged: NDArray[np.bool_], epoch: int) ->
         step = int(ledger.divergence.step[i])
         best = int(ledger.best.epoch[i])
         restored = best if best > 0 else int(ledger.divergence.last_good_epoch[i])
-        reason = f"training loss is not finite at epoch {epoch}, step {step}"
+        cause = ledger.divergence.cause[i]
+        reason = (f"training loss is not finite at epoch {epoch}, step {step}" if cause == "training loss"
+                  else f"{cause} {'are' if cause == 'weights' else 'is'} not finite after epoch {epoch} (its "
+                  "training loss was finite)")
         ledger.stops.reasons[i] = reason
         ledger.stops.messages[i].append(reason + (
             f"; stopped and restored the weights of epoch {restored}" if restored

@@ -7,6 +7,7 @@ Order matters for honesty: the config and log are written first, the artifacts n
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import re
 import time
@@ -44,7 +45,7 @@ from distill.outputs.report import (
     write_history,
 )
 from distill.outputs.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
-from distill.outputs.tracking import NullTracker, Tracker, log_files, open_tracker, preflight
+from distill.outputs.tracking import SYSTEM_TAG, NullTracker, SystemRun, Tracker, log_files, open_tracker, preflight
 from distill.students.checkpoint import checkpoint_payload, load_checkpoint, servable_from_checkpoint
 from distill.version import __version__
 
@@ -323,30 +324,65 @@ def _teacher_cv_metrics(result: EpisodeResult) -> dict[str, float | None]:
     return out
 
 
-def _log_episode(tracker: Tracker, result: EpisodeResult, sweep_key: str | None, nested: bool) -> None:
-    """An episode's params, per-epoch histories and test metrics: in a child run when there are several."""
-    name = f"episode {result.episode}" + (f" {sweep_key}={result.value}" if sweep_key is not None else "")
-    target = tracker.child(name) if nested else tracker
-    try:
-        params: dict[str, Any] = {"episode": result.episode, "episode.seed": result.seed}
-        if sweep_key is not None:
-            params[sweep_key if nested else f"sweep.{sweep_key}"] = result.value
-        if nested:
-            target.log_params(params)
+def _curve_keys(history: list[dict[str, float]], metric: str) -> list[str]:
+    """The per-epoch numbers a system run charts: the losses (the hard loss and the KL term apart), every
+    validation number, and ``protocol.metric`` on the training rows. The rest is in ``history.csv``."""
+    keys = list(history[0]) if history else []
+    return [k for k in keys if k.endswith(("_loss", "_kl_term")) or k.startswith("val_") or k == f"train_{metric}"]
+
+
+def system_runs(results: list[EpisodeResult], sweep_key: str | None, metric: str) -> list[SystemRun]:
+    """One ``SystemRun`` per system (and sweep value), metric names alike in each: ``test_<metric>`` of every
+    episode (step = episode), the first episode's per-epoch curves (step = epoch), the teacher's
+    cross-validated calibration and ``objective = "auto"``'s choice per episode."""
+    runs: dict[tuple[Any, str], SystemRun] = {}
+    curved: set[tuple[Any, str]] = set()
+
+    def run_of(result: EpisodeResult, system: str) -> SystemRun:
+        key = (result.value, system)
+        if key not in runs:
+            tags = {SYSTEM_TAG: system}
+            name = system
+            if sweep_key is not None:
+                tags["distill.sweep_value"] = str(result.value)
+                name = f"{system} · {sweep_key}={result.value}"
+            runs[key] = SystemRun(name, tags)
+        return runs[key]
+
+    for result in sorted(results, key=lambda r: r.episode):
+        step = result.episode
+        for system, values in result.metrics.items():
+            run_of(result, system).points.extend((f"test_{m}", v, step) for m, v in values.items() if v is not None)
         for system, fit in _fits(result).items():
-            target.log_history(system, fit.history)
-        metrics = _test_metrics(result)
+            if (result.value, system) in curved:
+                continue
+            curved.add((result.value, system))
+            run = run_of(result, system)
+            for row in fit.history:
+                run.points.extend((k, row[k], int(row["epoch"])) for k in _curve_keys(fit.history, metric)
+                                  if row.get(k) is not None)
+        teacher = run_of(result, "teacher")
+        for name, value in _teacher_cv_metrics(result).items():
+            if value is not None:
+                teacher.points.append((name.removeprefix("teacher/"), value, step))
         if result.kd_selection is not None:
-            metrics["student/kl_weight"] = result.kd_selection["kl_weight"]
-            metrics["student/temperature"] = result.kd_selection["temperature"]
-        target.log_metrics(metrics)
-        target.log_metrics(_teacher_cv_metrics(result))
-    except BaseException:
-        if nested:
-            target.finish("FAILED")
-        raise
-    if nested:
-        target.finish("FINISHED")
+            student = run_of(result, "student")
+            student.points.extend([("kl_weight", result.kd_selection["kl_weight"], step),
+                                   ("temperature", result.kd_selection["temperature"], step)])
+    order = {name: i for i, name in enumerate(("student", "baseline"))}
+    return sorted(runs.values(), key=lambda r: (str(r.tags.get("distill.sweep_value", "")),
+                                                order.get(r.tags[SYSTEM_TAG], 2), r.tags[SYSTEM_TAG]))
+
+
+def run_name(config: Config) -> str:
+    """The MLflow run's name: the experiment's, then what varies (``breast_cancer_gp · 10 episodes``)."""
+    episodes = config.protocol.episodes
+    parts = [config.name]
+    if config.sweep is not None:
+        key, values = config.sweep
+        parts.append(f"{key}=" + ",".join(str(v) for v in values))
+    parts.append(f"{episodes} episode{'s' if episodes != 1 else ''}")
+    return " · ".join(parts)
 
 
 def _aggregate_metrics(block: dict[str, Any]) -> dict[str, float | None]:
@@ -452,12 +488,11 @@ def execute(
     handler = attach_log_file(run_dir / "log.txt", log)
     tracker: Tracker = NullTracker()
     stop = StopRequest()
-    logged = {"n": int(meta.get("logged", 0))}
     discard = False  # a run refused before it trained anything leaves no run directory
     tracker_box = [tracker]  # the tracker _run_in opens, for the handlers below
     with stop.installed():
         try:
-            return _run_in(config, first, run_dir, checkpoints, meta, stop, logged, tracking, uri, resume,
+            return _run_in(config, first, run_dir, checkpoints, meta, stop, tracking, uri, resume,
                            progress, started, tracker_box, on_complete)
         except Interrupted as exc:
             tracker = tracker_box[0]
@@ -509,7 +544,7 @@ def _to_file(handler: logging.Handler, message: str) -> None:
 
 
 def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: Checkpoints, meta: dict[str, Any],
-            stop: StopRequest, logged: dict[str, int], tracking: bool, uri: str | None, resume: bool, progress: bool,
+            stop: StopRequest, tracking: bool, uri: str | None, resume: bool, progress: bool,
             started: float, tracker_box: list[Tracker],
             on_complete: Callable[[RunOutcome], None] | None = None) -> RunOutcome:
     """The body of ``run_experiment`` once the run directory is claimed (signals routed to ``stop``).
@@ -525,26 +560,16 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
     log.info("%s %s", "resuming run directory" if resume else "run directory", run_dir)
     tracker = tracker_box[0]
     if uri is not None:
-        tracker = tracker_box[0] = open_tracker(config, uri, run_dir.name, str(first[0].device),
+        tracker = tracker_box[0] = open_tracker(config, uri, run_name(config), run_dir.name, str(first[0].device),
                                                 run_id=meta.get("mlflow_run_id"))
         meta["mlflow_run_id"] = getattr(tracker, "run_id", None)
-    checkpoints.write_meta({**meta, "logged": logged["n"]})
+    checkpoints.write_meta(meta)
     for line in describe_plan(first[0], config.sweep).splitlines():
         log.info(line)
     sweep_key = config.sweep[0] if config.sweep is not None else None
-    nested = config.protocol.episodes * (len(config.sweep[1]) if config.sweep else 1) > 1
     soft_cache = soft_target_cache(config)
-
-    def on_result(result: EpisodeResult) -> None:
-        _log_episode(tracker, result, sweep_key, nested)
-        logged["n"] += 1
-        if tracking:  # a resumed run does not log these episodes twice
-            checkpoints.write_meta({**meta, "logged": logged["n"]})
-
-    first, results = run_protocol(
-        config, first, progress=progress, on_result=on_result, soft_cache=soft_cache,
-        checkpoints=checkpoints, stop=stop, reported=logged["n"] if tracking else 0,
-    )
+    first, results = run_protocol(config, first, progress=progress, soft_cache=soft_cache, checkpoints=checkpoints,
+                                  stop=stop)
 
     def written(name: str) -> None:
         stop.check(f"after training, while writing the results ({name} written)")
@@ -567,6 +592,17 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
     written("student.pt")
     summary = summarise(config, first, results, run_dir, time.perf_counter() - started)
     summary["soft_target_cache"] = soft_cache.stats()
+    tracker.log_systems(system_runs(results, sweep_key, config.protocol.metric))
+    written("the system runs to MLflow")
+    if tracking:  # first: the aggregate metrics below then name the dataset, and MLflow links them to the model
+        tracker.log_dataset(_dataset_frame(first[0]), config.data.source, first[0].dataset.name)
+        written("the dataset to MLflow")
+        model = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"), trusted=(config.student.arch,))
+        summary["mlflow_run_id"] = tracker.run_id
+        summary["mlflow_model_uri"] = tracker.log_student(
+            model, _input_example(first[0]), run_dir / "student.pt", first[0].dataset.classes
+        )
+        written("the MLflow model")
     if sweep_key is not None:
         for i, point in enumerate(summary["sweep"]["points"]):
             tracker.log_metrics(_aggregate_metrics(point), step=i)
@@ -585,14 +621,6 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
     for line in result_text(summary).splitlines():
         log.debug(line)  # the file gets the table; the console gets it once, from the CLI
     if tracking:
-        tracker.log_dataset(_dataset_frame(first[0]), config.data.source, first[0].dataset.name)
-        written("the dataset to MLflow")
-        model = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"), trusted=(config.student.arch,))
-        summary["mlflow_run_id"] = tracker.run_id
-        summary["mlflow_model_uri"] = tracker.log_student(
-            model, _input_example(first[0]), run_dir / "student.pt", first[0].dataset.classes
-        )
-        written("the MLflow model")
         log_files(tracker, sorted(p for p in run_dir.iterdir() if p.suffix in (".toml", ".csv", ".pt")))
         written("the MLflow artifacts")
     write_json(run_dir / "summary.json", summary)  # the run is complete from here on
@@ -601,7 +629,7 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
     outcome = RunOutcome(run_dir, summary, history)
     if on_complete is not None:
         on_complete(outcome)
-    plots = draw_plots(config, run_dir, first[0], head, summary, sweep_key) if config.outputs.plots else []
+    plots = draw_plots(config, run_dir, first[0], results, summary, sweep_key) if config.outputs.plots else []
     log.info("done in %.2fs", time.perf_counter() - started)
     if stop():
         log.warning("%s came after the run completed; nothing is lost", stop.signal_name)
@@ -610,15 +638,37 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
     return outcome
 
 
-def draw_plots(config: Config, run_dir: Path, prepared: Prepared, head: EpisodeResult, summary: dict[str, Any],
-               sweep_key: str | None) -> list[Path]:
+def plotted_episode(results: list[EpisodeResult], summary: dict[str, Any], sweep_key: str | None,
+                    metric: str) -> tuple[EpisodeResult, str]:
+    """The episode whose curves and confusion matrices are drawn, and its label: episode 0, of the sweep value
+    whose student has the best mean ``metric`` in a sweep (not silently the first value)."""
+    if sweep_key is None:
+        return results[0], "episode 0"
+    points = summary["sweep"]["points"]
+
+    def score(i: int) -> float:
+        mean = points[i]["aggregate"]["student"][metric]["mean"]
+        return -math.inf if mean is None else (-mean if metric == "ece" else mean)  # less ECE is better
+
+    best = points[max(range(len(points)), key=lambda i: (score(i), -i))]["value"]  # ties: the first value
+    head = min((r for r in results if r.value == best), key=lambda r: r.episode)
+    return head, f"episode {head.episode}, {sweep_key}={best} (the best student {metric})"
+
+
+def draw_plots(config: Config, run_dir: Path, prepared: Prepared, results: list[EpisodeResult],
+               summary: dict[str, Any], sweep_key: str | None) -> list[Path]:
     """The run's PNGs, drawn after ``summary.json`` (so they never delay a result): learning curves and
-    confusion matrix of episode 0, and the sweep or the paired episodes plot."""
+    student-vs-baseline confusion matrices of one episode (``plotted_episode``), and the sweep or the paired
+    episodes plot."""
+    metric = config.protocol.metric
+    head, label = plotted_episode(results, summary, sweep_key, metric)
     paths = [
         plot_learning_curves(run_dir / "learning_curves.png",
-                             {system: fit.history for system, fit in _fits(head).items()}),
-        plot_confusion_matrix(run_dir / "confusion_matrix.png", head.test_targets, head.test_predictions["student"],
-                              prepared.dataset.classes, title="student on the test rows (episode 0)"),
+                             {system: fit.history for system, fit in _fits(head).items()}, metric,
+                             title=f"{config.name}: {label}"),
+        plot_confusion_matrix(run_dir / "confusion_matrix.png", head.test_targets,
+                              {s: head.test_predictions[s] for s in ("student", "baseline") if s in head.test_predictions},
+                              prepared.dataset.classes, title=f"{config.name}: test rows, {label}"),
     ]
     if sweep_key is not None:
         paths.append(plot_sweep(run_dir / f"sweep_{sweep_key.replace('.', '_')}.png", sweep_key,

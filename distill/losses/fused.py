@@ -137,6 +137,8 @@ class MemberObjective:
         self._n = n
         self._offsets = (torch.arange(m, device=device) * n).unsqueeze(1)  # [M, 1]: member m's rows in packed
         self._scales: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
+        #: the hard and weighted-KL terms of the last call (see ``parts``)
+        self.last_parts: tuple[Tensor, Tensor] | None = None
 
     # ``coef`` may be replaced (e.g. by a float64 copy): the cached gradient scales follow it.
     @property
@@ -283,6 +285,7 @@ class MemberObjective:
         ``hard`` replaces the built-in BCE / CE term (a configured criterion, single member only).
         """
         rows = self.rows(idx)
+        self.last_parts = None
         if hard is None:
             if z.requires_grad and torch.is_grad_enabled():
                 return _StepLoss.apply(z, self, rows)
@@ -290,14 +293,28 @@ class MemberObjective:
         loss = hard
         if self.use_teacher:
             kl_term = self.coef * self.kl(z, rows)
+            self.last_parts = (hard, kl_term)
             loss = torch.where(self._distils.view(-1), loss + kl_term, loss) if self._skips_kl else loss + kl_term
         return loss
 
     def _with_kl(self, loss: Tensor, kl_term: Tensor) -> Tensor:
         """``loss + kl_term`` for the members that distil; the hard loss alone, exactly, for the rest."""
+        self.last_parts = (loss, kl_term)
         if not self._skips_kl:
             return loss + kl_term
         return torch.where(self._distils, loss + kl_term, loss)
+
+    def parts(self, loss: Tensor) -> Tensor:
+        """The last call's hard term and weighted KL term ``kl_weight * T^2 * KL_T`` per member, ``[2, M]``
+        (``loss``, that call's result, when it had no KL term): logged apart, so that a student's hard loss
+        compares with the baseline's. No host sync."""
+        parts, self.last_parts = self.last_parts, None
+        if parts is None:
+            return torch.stack((loss, torch.zeros_like(loss)))
+        hard, kl_term = (part.detach().reshape(self.members) for part in parts)  # a criterion's term has a graph
+        if self._skips_kl:
+            kl_term = torch.where(self._distils.view(-1), kl_term, torch.zeros_like(kl_term))
+        return torch.stack((hard, kl_term)).to(loss.dtype)
 
     def _kl_grad(self, grad: Tensor | None) -> Tensor | None:
         """The KL term's gradient, exactly 0 for the members that do not distil."""

@@ -19,6 +19,9 @@ __all__ = ["METRICS", "probabilities", "classification_metrics", "batch_classifi
 METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "auroc", "ece")
 #: Equal-width confidence bins of the expected calibration error (top-label, L1).
 ECE_BINS = 15
+#: Decimals the ECE is given to: it sums float32 confidences (about 7 significant digits), so 0.08607806,
+#: not 0.08607806344827018, whose last digits an ulp of one probability moves
+ECE_DECIMALS = 8
 
 
 def probabilities(logits: Tensor) -> Tensor:
@@ -50,11 +53,18 @@ def _as_probabilities(probs: Tensor) -> Tensor:
     return torch.where(outside[:, None, None], torch.softmax(probs, dim=-1), probs)
 
 
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    """float64 where the device has it (every one but MPS): counts' ratios such as 31/50 come out as the
+    float64 0.62, not float32's 0.6200000047683716 in a table or an MLflow chart."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _f1_macro(pred: Tensor, target: Tensor, correct: Tensor, num_classes: int) -> Tensor:
     """Macro F1 ``[B]`` over the classes that are predicted or present (``tp + fp + fn > 0``); 0 if none."""
-    ones = torch.ones_like(pred, dtype=torch.float32)
-    zeros = torch.zeros(pred.shape[0], num_classes, dtype=torch.float32, device=pred.device)
-    tp = zeros.scatter_add(1, target, correct.float())
+    dtype = _exact_dtype(pred.device)
+    ones = torch.ones_like(pred, dtype=dtype)
+    zeros = torch.zeros(pred.shape[0], num_classes, dtype=dtype, device=pred.device)
+    tp = zeros.scatter_add(1, target, correct.to(dtype))
     predicted = zeros.scatter_add(1, pred, ones)
     actual = zeros.scatter_add(1, target, ones)
     denom = predicted + actual  # 2 tp + fp + fn, > 0 exactly when tp + fp + fn > 0
@@ -71,12 +81,15 @@ def _ece(confidence: Tensor, hit: Tensor) -> Tensor:
     """
     edges = torch.linspace(0, 1, ECE_BINS + 1, dtype=confidence.dtype, device=confidence.device)
     bins = torch.bucketize(confidence, edges, right=True) - 1
+    confidence = confidence.to(_exact_dtype(confidence.device))  # the sums in float64: the bins stay float32's
     zeros = torch.zeros(confidence.shape[0], ECE_BINS + 1, dtype=confidence.dtype, device=confidence.device)
     count = zeros.scatter_add(1, bins, torch.ones_like(confidence))
     conf_bin = torch.nan_to_num(zeros.scatter_add(1, bins, confidence) / count)
     acc_bin = torch.nan_to_num(zeros.scatter_add(1, bins, hit.to(confidence.dtype)) / count)
     prop = count / count.sum(dim=1, keepdim=True)
-    return (torch.abs(acc_bin - conf_bin) * prop).sum(dim=1)
+    # to ECE_DECIMALS: the float32 confidences carry no more, and the digits past them differ with how the
+    # probabilities were computed (a vectorised block or its tail), not with the model
+    return torch.round((torch.abs(acc_bin - conf_bin) * prop).sum(dim=1), decimals=ECE_DECIMALS)
 
 
 def _tie_bounds(keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,7 +129,8 @@ def _auroc(probs: Tensor, target: Tensor, num_classes: int) -> Tensor:
     scorable = (n_pos > 0) & (n_neg > 0)
     u2 = rank2_sum - n_pos * (n_pos + 1)  # twice the Mann-Whitney U of the positives
     pairs2 = (2 * n_pos * n_neg).clamp(min=1)
-    per_class = torch.where(scorable, (u2.double() / pairs2.double()).float(), 0.0)
+    dtype = _exact_dtype(probs.device)
+    per_class = torch.where(scorable, u2.to(dtype) / pairs2.to(dtype), 0.0)
     n_scorable = scorable.sum(dim=1)
     nan = torch.full_like(per_class[:, 0], float("nan"))
     auroc = torch.where(n_scorable >= 2, per_class.sum(dim=1) / n_scorable.clamp(min=1), nan)
@@ -131,7 +145,7 @@ def batch_classification_metrics(probs: Tensor, target: Tensor, num_classes: int
     """Accuracy, macro-F1, macro AUROC and ECE of every leading index of ``probs [..., N, C]``.
 
     ``target [..., N]`` holds labels in ``[0, num_classes)`` and broadcasts against ``probs.shape[:-1]``
-    (e.g. one ``[N]`` target for ``[models, N, C]``). Returns float32 tensors of shape ``probs.shape[:-2]``,
+    (e.g. one ``[N]`` target for ``[models, N, C]``). Returns float64 tensors (float32 on MPS) of shape ``probs.shape[:-2]``,
     keyed in ``METRICS`` order, where entry ``idx`` is the metrics of model ``idx`` alone
     (AUROC NaN when fewer than two classes are scorable, the binary case excepted). No host sync.
     """
@@ -149,8 +163,9 @@ def batch_classification_metrics(probs: Tensor, target: Tensor, num_classes: int
         hit = pred_top == target
     else:
         hit = correct
+    exact = _exact_dtype(probs.device)
     out = {
-        "accuracy": correct.sum(dim=1) / max(n, 1),
+        "accuracy": correct.sum(dim=1).to(exact) / max(n, 1),
         "f1_macro": _f1_macro(pred, target, correct, num_classes),
         "auroc": _auroc(normalized, target, num_classes),
         "ece": _ece(confidence, hit),

@@ -94,51 +94,77 @@ def _save(fig: Any, path: Path) -> Path:
         plt.close(fig)
 
 
-def plot_learning_curves(path: Path, histories: dict[str, list[dict[str, float]]]) -> Path:
-    """Training loss, and a validation metric when there is one, per epoch: student vs baseline."""
+def _curve_panels(first: dict[str, float], metric: str) -> list[tuple[str, str]]:
+    """``(history key, title)`` of the learning-curve panels the history has: the hard loss (what a student and
+    its baseline share), the KL term, and the validation curve (``protocol.metric``, else the loss)."""
+    hard = "train_hard_loss" if "train_hard_loss" in first else "train_loss"
+    panels = [(hard, "hard loss on the labelled training rows (BCE / CE)" if hard == "train_hard_loss"
+               else "training loss")]
+    if "train_kl_term" in first:
+        panels.append(("train_kl_term", "KL term: kl_weight · T² · KL (0 without distillation)"))
+    validation = next((k for k in (f"val_{metric}", "val_loss") if k in first), None)
+    if validation is not None:
+        panels.append((validation, f"validation {validation.removeprefix('val_').replace('_', ' ')} "
+                                   "(held-out labelled rows)"))
+    return panels
+
+
+def plot_learning_curves(path: Path, histories: dict[str, list[dict[str, float]]], metric: str = "f1_macro",
+                         title: str = "") -> Path:
+    """Per epoch, every system on one axis: the hard loss, the KL term, and the validation ``metric`` when the
+    run holds out validation rows (``few_shot.validation``)."""
     plt = _figure()
     first: list[dict[str, float]] = next((rows for rows in histories.values() if rows), [{}])
-    metric = next((m for m in ("val_f1_macro", "val_loss", "train_accuracy") if m in first[0]), None)
-    panels = 2 if metric else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.6), squeeze=False)
+    panels = _curve_panels(first[0], metric)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.7), squeeze=False)
     for system, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
-        axes[0, 0].plot(epochs, [r["train_loss"] for r in rows], label=system)
-        if metric:
-            axes[0, 1].plot(epochs, [r.get(metric, float("nan")) for r in rows], label=system)
-    axes[0, 0].set(title="training loss (distilled systems include the KL term)", xlabel="epoch", ylabel="loss")
-    if metric:
-        axes[0, 1].set(title=metric, xlabel="epoch", ylabel=metric)
-    for ax in axes[0]:
+        for ax, (key, _) in zip(axes[0], panels, strict=True):
+            ax.plot(epochs, [r.get(key, float("nan")) for r in rows], label=system)
+    for ax, (key, heading) in zip(axes[0], panels, strict=True):
+        ax.set(title=heading, xlabel="epoch", ylabel=key)
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_confusion_matrix(path: Path, targets: np.ndarray, probs: np.ndarray, classes: list[str], title: str) -> Path:
-    """Counts of true vs predicted class on the test rows."""
+def plot_confusion_matrix(path: Path, targets: np.ndarray, probs: np.ndarray | dict[str, np.ndarray],
+                          classes: list[str], title: str) -> Path:
+    """Counts of true vs predicted class on the test rows; given ``{system: probs}``, one matrix per system side
+    by side on one colour scale (student next to baseline)."""
     from sklearn.metrics import confusion_matrix
 
     plt = _figure()
+    systems = probs if isinstance(probs, dict) else {"": probs}
     k = len(classes)
-    matrix = confusion_matrix(targets, probs.argmax(axis=1), labels=list(range(k)))
+    matrices = {name: confusion_matrix(targets, p.argmax(axis=1), labels=list(range(k))) for name, p in systems.items()}
+    top = max((int(m.max()) for m in matrices.values() if m.size), default=0)
     size = min(2.0 + 0.55 * k, 10.0)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
-    image = ax.imshow(matrix, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig, axes = plt.subplots(1, len(matrices), figsize=((size + 0.6) * len(matrices) + 0.6, size), squeeze=False)
     names = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
     tilt = k > 3 and max(len(n) for n in names) > 2
-    ax.set_xticks(range(k), names, rotation=45 if tilt else 0, ha="right" if tilt else "center")
-    ax.set_yticks(range(k), names)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    threshold = matrix.max() / 2 if matrix.size else 0
-    if k <= 10:  # counts in the cells up to 10 classes; beyond, the colours alone (text layout is the cost)
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                        color="white" if matrix[i, j] > threshold else "black", fontsize=8)
-    fig.tight_layout()
+    image = None
+    for ax, (system, matrix) in zip(axes[0], matrices.items(), strict=True):
+        image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(top, 1))
+        ax.set_xticks(range(k), names, rotation=45 if tilt else 0, ha="right" if tilt else "center")
+        ax.set_yticks(range(k), names)
+        right = int(np.trace(matrix))
+        ax.set(xlabel="predicted", ylabel="true",
+               title=f"{system}: {right} of {int(matrix.sum())} right" if system else title)
+        threshold = top / 2
+        if k <= 10:  # counts in the cells up to 10 classes; beyond, the colours alone (text layout is the cost)
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                            color="white" if matrix[i, j] > threshold else "black", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[0]), fraction=0.046 / len(matrices))
+    if len(matrices) > 1:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -219,22 +245,46 @@ def plot_sweep(path: Path, key: str, points: list[dict[str, Any]]) -> Path:
     return _save(fig, path)
 
 
+def coinciding(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float, int]]:
+    """The distinct finite ``(x, y)`` points and how many episodes fall on each (few test rows make many
+    episodes score alike: one marker would hide them)."""
+    counts: dict[tuple[float, float], int] = {}
+    for a, b in zip(x.tolist(), y.tolist(), strict=True):
+        if np.isfinite(a) and np.isfinite(b):
+            counts[(a, b)] = counts.get((a, b), 0) + 1
+    return [(a, b, n) for (a, b), n in counts.items()]
+
+
+def _counted_scatter(ax: Any, x: np.ndarray, y: np.ndarray, marker: str, label: str) -> None:
+    """A scatter whose markers grow with the episodes on one point, the count written beside those with more than one."""
+    points = coinciding(x, y)
+    if not points:
+        return
+    xs, ys, ns = (np.array(v, dtype=float) for v in zip(*points, strict=True))
+    ax.scatter(xs, ys, s=30 * np.sqrt(ns), alpha=0.7, marker=marker, label=label)
+    for a, b, n in points:
+        if n > 1:
+            ax.annotate(f"×{n}", (a, b), textcoords="offset points", xytext=(5, 4), fontsize=7)
+
+
 def plot_paired(path: Path, episodes: list[dict[str, Any]], metric: str) -> Path:
     """Per-episode student vs baseline (and teacher) on ``metric``; points above the diagonal favour distillation."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     base = np.array([np.nan if e["baseline"][metric] is None else e["baseline"][metric] for e in episodes], dtype=float)
     stud = np.array([np.nan if e["student"][metric] is None else e["student"][metric] for e in episodes], dtype=float)
-    ax.scatter(base, stud, alpha=0.7, label="vs baseline")
+    _counted_scatter(ax, base, stud, "o", "vs baseline")
     if all("null_teacher" in e for e in episodes):  # the control that tells knowledge from regularisation
         null = np.array([np.nan if e["null_teacher"][metric] is None else e["null_teacher"][metric]
                          for e in episodes], dtype=float)
-        ax.scatter(null, stud, alpha=0.7, marker="x", label="vs null teacher")
+        _counted_scatter(ax, null, stud, "x", "vs null teacher")
         base = np.concatenate([base, null])
     finite = np.concatenate([base[np.isfinite(base)], stud[np.isfinite(stud)]])
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="no difference")
-    ax.set(xlabel=f"baseline (or control) {metric}", ylabel=f"student {metric}", title=f"student vs baseline, {len(episodes)} episodes")
+    ax.set(xlabel=f"baseline (or control) {metric}", ylabel=f"student {metric}",
+           title=f"student vs baseline, {len(episodes)} episodes\n(above the diagonal: distillation helped)")
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

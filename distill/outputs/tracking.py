@@ -7,6 +7,7 @@ interrupted ends KILLED, so nothing is ever left RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -17,7 +18,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,9 @@ __all__ = [
     "TrackingError",
     "falls_back",
     "git_commit",
+    "SystemRun",
+    "SYSTEM_TAG",
+    "RUN_DIR_TAG",
 ]
 
 log = logging.getLogger("distill")
@@ -151,8 +156,28 @@ class Tracker:
         """Log the servable student as the run's model; returns its model URI."""
         return None
 
+    def log_systems(self, runs: list["SystemRun"]) -> None:
+        """One child run per system (student, baseline, each control, the teacher), same metric names in each."""
+
     def finish(self, status: str = "FINISHED") -> None:
         """End the run as FINISHED, FAILED or KILLED."""
+
+
+@dataclass
+class SystemRun:
+    """A child run for one system of a ``distill run``: its name (``student``, ``baseline · kl_weight=0.1``), tags,
+    and ``(metric, value, step)`` points, each metric named alike in every system's run, so that MLflow's charts
+    of the parent's children draw student and baseline on one axis."""
+
+    name: str
+    tags: dict[str, str]
+    points: list[tuple[str, float, int]] = field(default_factory=list)
+
+
+#: the tag that names a child run's system (``student``, ``baseline``, ``null_teacher``, ``teacher``, ...)
+SYSTEM_TAG = "distill.system"
+#: points per MLflow log_batch request (MLflow's limit is 1000 metrics per batch)
+BATCH_POINTS = 1000
 
 
 class NullTracker(Tracker):
@@ -309,6 +334,7 @@ class MlflowTracker(Tracker):
         self.run_id = run_id
         self._nested = nested
         self._finished = False
+        self._dataset: Any = None  # the run's dataset, once logged: ``log_metrics`` names it
         # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI; finish() puts the caller's back.
         self._restore_uri = restore_uri
 
@@ -357,8 +383,8 @@ class MlflowTracker(Tracker):
         import mlflow
 
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-        if clean:
-            mlflow.log_metrics(clean, step=step, run_id=self.run_id)
+        if clean:  # after log_student, MLflow links them to the model too (at its step, 0)
+            mlflow.log_metrics(clean, step=step, run_id=self.run_id, dataset=self._dataset)
 
     @_tracking_call
     def log_history(self, prefix: str, history: list[dict[str, float]]) -> None:
@@ -402,6 +428,29 @@ class MlflowTracker(Tracker):
         return child
 
     @_tracking_call
+    def log_systems(self, runs: list[SystemRun]) -> None:
+        """Create the system runs under this run, each with its points in batches, and end them FINISHED. Those
+        an earlier attempt of a resumed run left are deleted first, so that no system is there twice."""
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        experiment_id = client.get_run(self.run_id).info.experiment_id
+        earlier = client.search_runs([experiment_id], max_results=1000, filter_string=(
+            f"tags.mlflow.parentRunId = '{self.run_id}' AND tags.`{SYSTEM_TAG}` != ''"))
+        for run in earlier:
+            client.delete_run(run.info.run_id)
+        now = int(time.time() * 1000)
+        for system in runs:
+            child = client.create_run(experiment_id, run_name=system.name,
+                                      tags={"mlflow.parentRunId": self.run_id, **system.tags}).info.run_id
+            metrics = [Metric(key, float(value), now, int(step)) for key, value, step in system.points
+                       if value is not None and math.isfinite(float(value))]
+            for i in range(0, len(metrics), BATCH_POINTS):
+                client.log_batch(child, metrics=metrics[i : i + BATCH_POINTS])
+            client.set_terminated(child, status="FINISHED")
+
+    @_tracking_call
     def log_dataset(self, frame: Any, source: str, name: str) -> None:
         import mlflow
         from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -418,6 +467,7 @@ class MlflowTracker(Tracker):
         entry = DatasetInput(dataset=dataset._to_mlflow_entity(),
                              tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")])
         _log_dataset_input(mlflow.MlflowClient(), self.run_id, entry)
+        self._dataset = dataset  # the metrics logged from now on name it (and so does the model's page)
 
     @_tracking_call
     def log_student(self, model: Any, example: Any, checkpoint: Path, classes: list[str]) -> str | None:
@@ -438,7 +488,7 @@ class MlflowTracker(Tracker):
         previous = pytorch_logger.level
         pytorch_logger.setLevel(logging.ERROR)  # its pickle notice: see docs/tracking.md on loading
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _no_requirement_check():
                 warnings.simplefilter("ignore")
                 info = mlflow.pytorch.log_model(
                     model,
@@ -476,6 +526,28 @@ class MlflowTracker(Tracker):
             _restore_tracking_uri(self._restore_uri)
 
 
+@contextlib.contextmanager
+def _no_requirement_check() -> Iterator[None]:
+    """Skip MLflow's check that the model's pip requirements match this environment while the student is logged
+    (when the model is saved, and when MLflow loads it back to validate the input example): ``_requirements``
+    pins the versions installed here, so it cannot find a mismatch, and it first maps every installed
+    distribution to its modules (about 1 s, a fifth of what tracking adds to a 50-episode run). Where MLflow
+    has no such function, nothing is skipped."""
+    import mlflow.pyfunc
+    from mlflow.utils import environment
+
+    name = "warn_dependency_requirement_mismatches"
+    modules = [m for m in (environment, mlflow.pyfunc) if hasattr(m, name)]
+    saved = [getattr(m, name) for m in modules]
+    for module in modules:
+        setattr(module, name, lambda requirements: None)
+    try:
+        yield
+    finally:
+        for module, check in zip(modules, saved, strict=True):
+            setattr(module, name, check)
+
+
 def _restore_tracking_uri(previous: str | None) -> None:
     """Put back the tracking URI a run replaced; None unsets ``MLFLOW_TRACKING_URI`` (MLflow's own default)."""
     import mlflow
@@ -497,11 +569,18 @@ def _requirements() -> list[str]:
     return out
 
 
-def open_tracker(config: Config, uri: str, run_name: str, device: str, run_id: str | None = None) -> Tracker:
-    """Start the MLflow run for ``config`` at ``uri`` (from ``preflight``), tagged and with its params;
-    with ``run_id``, reopen that run (a resumed run keeps its one MLflow run)."""
+#: the tag that names a ``distill run``'s run directory (``runs/<run_dir>``) on its MLflow run
+RUN_DIR_TAG = "distill.run_dir"
+
+
+def open_tracker(config: Config, uri: str, run_name: str, run_dir: str, device: str,
+                 run_id: str | None = None) -> Tracker:
+    """Start the MLflow run for ``config`` at ``uri`` (from ``preflight``), named ``run_name``, tagged (with the
+    run directory's name ``run_dir`` among the tags) and with its params; with ``run_id``, reopen that run (a
+    resumed run keeps its one MLflow run)."""
 
     tags = {
+        RUN_DIR_TAG: run_dir,
         "dataset": config.data.source,
         "teacher.kind": config.teacher.kind,
         "student.arch": config.student.arch,
@@ -691,6 +770,23 @@ def _reopen_study_parent(client: Any, experiment_id: str, key: str) -> str | Non
     return None  # pragma: no cover - the loop returns or raises
 
 
+def _ms(moment: Any) -> int | None:
+    """A ``datetime`` (Optuna's trial start or end) in MLflow's milliseconds since the epoch; None stays None."""
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def _source_tags() -> dict[str, str]:
+    """What MLflow's fluent ``start_run`` adds to a run (user, source name and type) and ``git.commit``, for a
+    run made by ``MlflowClient.create_run``, which adds none."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = dict(resolve_tags({}))
+    commit = git_commit(Path.cwd())
+    if commit:
+        tags["git.commit"] = commit
+    return tags
+
+
 class StudyTracker:
     """MLflow for ``tune``: one parent run per study (found again by its tags) and a child run per trial.
 
@@ -731,8 +827,8 @@ class StudyTracker:
             tags = {"distill.study": study, "distill.storage": storage, "distill.study_key": key,
                     "distill.version": __version__,
                     "dataset": config.data.source, "teacher.kind": config.teacher.kind,
-                    "student.arch": config.student.arch, "distill.kind": "tune"}
-            run_id = client.create_run(experiment_id, run_name=f"tune {study}", tags=tags).info.run_id
+                    "student.arch": config.student.arch, "distill.kind": "tune", **_source_tags()}
+            run_id = client.create_run(experiment_id, run_name=f"{config.name} · tune {study}", tags=tags).info.run_id
             # Workers starting together may each have created a parent: all keep the earliest one, looked
             # for once the others' creations have landed.
             time.sleep(PARENT_SETTLE_S)
@@ -768,10 +864,11 @@ class StudyTracker:
         return _fail_running_trial_runs(self.client, self.experiment_id, self.key,
                                         f"tags.`optuna.trial` = '{int(trial_number)}'")
 
-    def _create_child(self, study_name: str, trial_number: int, state: str) -> str:
+    def _create_child(self, study_name: str, trial_number: int, state: str, start_time: int | None = None) -> str:
         tags = {"mlflow.parentRunId": self.run_id, "optuna.trial": str(trial_number), "optuna.state": state,
                 "distill.study": study_name, TRIAL_OF_TAG: self.key, WORKER_PID_TAG: str(os.getpid())}
-        return str(self.client.create_run(self.experiment_id, run_name=f"trial {trial_number}", tags=tags).info.run_id)
+        return str(self.client.create_run(self.experiment_id, run_name=f"trial {trial_number}", tags=tags,
+                                          start_time=start_time).info.run_id)
 
     @_tracking_call
     def on_trial(self, study: Any, trial: Any, status: str | None = None) -> None:
@@ -786,8 +883,8 @@ class StudyTracker:
 
         state = trial.state.name
         child = self._trial_runs.pop(trial.number, None)
-        if child is None:
-            child = self._create_child(study.study_name, trial.number, state)
+        if child is None:  # opened now: it spans the trial's own start and end, not this moment
+            child = self._create_child(study.study_name, trial.number, state, _ms(trial.datetime_start))
         else:
             self.client.set_tag(child, "optuna.state", state)
         try:
@@ -801,7 +898,7 @@ class StudyTracker:
                 self.client.log_batch(child, metrics=metrics)
         finally:
             status = status or {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
-            self.client.set_terminated(child, status=status)
+            self.client.set_terminated(child, status=status, end_time=_ms(trial.datetime_complete))
 
     @_tracking_call
     def finish_study(self, summary: dict[str, Any]) -> None:
