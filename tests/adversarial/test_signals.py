@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from distill.cli import main
+from tests.conftest import metric_points, system_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")
@@ -162,6 +163,8 @@ def test_with_tracking_the_mlflow_run_is_killed_then_finished_by_resume(tmp_path
     run_id = partial["mlflow_run_id"]
     assert client.get_run(run_id).info.status == "KILLED"
     assert not _temporary_files(out)
+    first_attempt = system_runs(client, run_id)  # the system runs come before the model
+    assert "student" in first_attempt
 
     resumed = subprocess.run([sys.executable, "-m", "distill", "run", "--resume", str(out), "-q"], cwd=tmp_path,
                              env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
@@ -172,6 +175,14 @@ def test_with_tracking_the_mlflow_run_is_killed_then_finished_by_resume(tmp_path
     experiment = client.get_experiment_by_name("signals")
     statuses = [r.info.status for r in client.search_runs([experiment.experiment_id])]
     assert "RUNNING" not in statuses, statuses
+    # the resumed run's system runs replace the first attempt's: each system once, each episode once
+    again = system_runs(client, run_id)
+    assert sorted(again) == sorted(first_attempt) and not {r.info.run_id for r in again.values()} & {
+        r.info.run_id for r in first_attempt.values()}
+    for system, child in again.items():
+        assert child.info.status == "FINISHED"
+        assert [step for step, _ in metric_points(client, child.info.run_id, "test_accuracy")] == list(
+            range(len(summary["episodes"]))), system
 
 
 # --------------------------------------------------------------------------- teacher train
