@@ -44,6 +44,7 @@ def test_learning_curves_put_every_system_on_each_axis(figures: list[Any], tmp_p
     for ax in axes:
         lines = {line.get_label(): line for line in ax.get_lines()}
         assert set(lines) == {"student", "baseline"}  # one axis, both systems
+        assert (lines["student"].get_linestyle(), lines["baseline"].get_linestyle()) == ("-", "--")  # both seen
         for system, rows in histories.items():
             np.testing.assert_array_equal(lines[system].get_xdata(), [r["epoch"] for r in rows])
             np.testing.assert_array_equal(lines[system].get_ydata(), [r[ax.get_ylabel()] for r in rows])

@@ -71,10 +71,11 @@ class _Figures:
     global backend switch and no figure registry (a notebook's own plotting stays as it was)."""
 
     @staticmethod
-    def subplots(*args: Any, figsize: tuple[float, float] | None = None, **kwargs: Any) -> tuple[Any, Any]:
+    def subplots(*args: Any, figsize: tuple[float, float] | None = None, layout: str | None = None,
+                 **kwargs: Any) -> tuple[Any, Any]:
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=figsize)
+        fig = Figure(figsize=figsize, layout=layout)
         return fig, fig.subplots(*args, **kwargs)
 
     @staticmethod
@@ -109,6 +110,10 @@ def _curve_panels(first: dict[str, float], metric: str) -> list[tuple[str, str]]
     return panels
 
 
+#: line style per system in the learning curves: the student solid and wide, the baseline dashed over it
+_LINE_STYLES = {"student": "-", "baseline": "--"}
+
+
 def plot_learning_curves(path: Path, histories: dict[str, list[dict[str, float]]], metric: str = "f1_macro",
                          title: str = "") -> Path:
     """Per epoch, every system on one axis: the hard loss, the KL term, and the validation ``metric`` when the
@@ -119,8 +124,10 @@ def plot_learning_curves(path: Path, histories: dict[str, list[dict[str, float]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.7), squeeze=False)
     for system, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
+        style = _LINE_STYLES.get(system, ":")  # curves that coincide (no distillation) stay visible
         for ax, (key, _) in zip(axes[0], panels, strict=True):
-            ax.plot(epochs, [r.get(key, float("nan")) for r in rows], label=system)
+            ax.plot(epochs, [r.get(key, float("nan")) for r in rows], label=system, linestyle=style,
+                    linewidth=2.2 if system == "student" else 1.4)
     for ax, (key, heading) in zip(axes[0], panels, strict=True):
         ax.set(title=heading, xlabel="epoch", ylabel=key)
         ax.title.set_fontsize(9)
@@ -144,7 +151,8 @@ def plot_confusion_matrix(path: Path, targets: np.ndarray, probs: np.ndarray | d
     matrices = {name: confusion_matrix(targets, p.argmax(axis=1), labels=list(range(k))) for name, p in systems.items()}
     top = max((int(m.max()) for m in matrices.values() if m.size), default=0)
     size = min(2.0 + 0.55 * k, 10.0)
-    fig, axes = plt.subplots(1, len(matrices), figsize=((size + 0.6) * len(matrices) + 0.6, size), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=((size + 0.9) * len(matrices) + 0.6, size + 0.4),
+                             squeeze=False, layout="constrained")
     names = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
     tilt = k > 3 and max(len(n) for n in names) > 2
     image = None
@@ -162,7 +170,7 @@ def plot_confusion_matrix(path: Path, targets: np.ndarray, probs: np.ndarray | d
                     ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                             color="white" if matrix[i, j] > threshold else "black", fontsize=8)
     if image is not None:
-        fig.colorbar(image, ax=list(axes[0]), fraction=0.046 / len(matrices))
+        fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
     if len(matrices) > 1:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
