@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -71,8 +71,8 @@ class _Figures:
     global backend switch and no figure registry (a notebook's own plotting stays as it was)."""
 
     @staticmethod
-    def subplots(*args: Any, figsize: tuple[float, float] | None = None, layout: str | None = None,
-                 **kwargs: Any) -> tuple[Any, Any]:
+    def subplots(*args: Any, figsize: tuple[float, float] | None = None,
+                 layout: Literal["constrained", "compressed", "tight"] | None = None, **kwargs: Any) -> tuple[Any, Any]:
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=figsize, layout=layout)
