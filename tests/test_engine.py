@@ -504,3 +504,30 @@ def test_a_history_scored_every_epoch_equals_one_scored_after_the_fit(num_classe
         assert a.keys() == b.keys() and {"train_auroc", "val_f1_macro"} <= a.keys()
         for key in a:
             assert (math.isnan(a[key]) and math.isnan(b[key])) or a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+def test_metrics_scored_during_the_fit_stay_float64() -> None:
+    """Monitoring a metric scores it every epoch (not after the fit); it reaches the history as the float64
+    fraction of the validation rows all the same, and the KL term is monitored as a loss (minimised)."""
+    from distill.engine.callbacks import monitor_mode
+
+    x, y = blobs()
+    n_val = 15
+    result = fit(student(), rows(x, y), FitSettings(epochs=4, batch_size=8, monitor="val_accuracy", patience=3),
+                 num_classes=2, validation=EvaluationRows(x[:n_val], y[:n_val]))
+    for row in result.history:
+        assert row["val_accuracy"] == round(row["val_accuracy"] * n_val) / n_val
+    assert monitor_mode("train_kl_term", "auto") == "min" and monitor_mode("val_auroc", "auto") == "max"
+
+
+def test_a_history_resumed_with_other_numbers_than_it_logged_is_refused() -> None:
+    import numpy as np
+
+    from distill.engine.history import History
+
+    history = History()
+    history.record(1, 0.1, ["train_loss"], np.array([[0.5]]), 3)
+    history.record(2, 0.1, ["train_loss", "train_hard_loss"], np.array([[0.4], [0.3]]), 3)  # more: re-laid
+    assert history.keys == ["train_loss", "train_hard_loss"] and np.isnan(history.numbers[0, 1, 0])
+    with pytest.raises(ValueError, match="not the same fit"):
+        history.record(3, 0.1, ["val_loss"], np.array([[0.2]]), 3)

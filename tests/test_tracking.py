@@ -458,3 +458,16 @@ def test_an_experiment_that_exists_keeps_its_own_tags(tmp_path: Path) -> None:
         new = _experiment_id(client, "new", {"dataset": "x", "other": "y"})
         assert client.get_experiment(new).tags["mlflow.experimentKind"] == "custom_model_development"
         assert client.get_experiment(new).tags["dataset"] == "x" and "other" not in client.get_experiment(new).tags
+
+
+def test_run_names_lead_with_the_experiment_and_stay_within_what_sql_stores_keep() -> None:
+    from distill.experiment.run import RUN_NAME_CHARS, run_name
+
+    config = load_config(EXPERIMENT, ["protocol.episodes=3"])
+    assert run_name(config) == "breast_cancer_gp · 3 episodes"
+    swept = load_config(EXPERIMENT, ["objective.kl_weight=[0, 0.1, 1]"])
+    assert run_name(swept) == "breast_cancer_gp · objective.kl_weight=0,0.1,1 · 10 episodes"
+    many = load_config(EXPERIMENT, ["objective.kl_weight=[" + ", ".join(f"{i / 1000}" for i in range(1, 41)) + "]"])
+    assert run_name(many) == "breast_cancer_gp · objective.kl_weight=0.001…0.04 (40 values) · 10 episodes"
+    long = load_config(EXPERIMENT, ["name=" + repr("x" * 300).replace("'", '"')])
+    assert len(run_name(long)) == RUN_NAME_CHARS

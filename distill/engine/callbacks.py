@@ -28,8 +28,8 @@ Ints = NDArray[np.int64]
 
 
 def monitor_mode(monitor: str, mode: str) -> Mode:
-    """``auto``: minimise losses and calibration error, maximise the rest."""
-    if mode == "min" or (mode != "max" and monitor.endswith(("loss", "ece"))):
+    """``auto``: minimise losses (the KL term among them) and calibration error, maximise the rest."""
+    if mode == "min" or (mode != "max" and monitor.endswith(("loss", "ece", "kl_term"))):
         return "min"
     return "max"
 

@@ -77,7 +77,9 @@ class History:
 
     def record(self, epoch: int, lr: float, keys: list[str], numbers: NDArray[np.float64], capacity: int) -> None:
         """Epoch ``epoch``'s numbers ``[keys, M]`` (room is made for ``capacity`` epochs at once)."""
-        if self.numbers is not None and list(keys) != self.keys:  # resumed from a state that logged other numbers
+        if self.numbers is not None and list(keys) != self.keys:  # resumed from a state that logged fewer numbers
+            if not set(self.keys) <= set(keys):
+                raise ValueError(f"the resumed fit logged {self.keys}, this one logs {list(keys)}: not the same fit")
             self.numbers = self._with_keys(list(keys))
         self.keys = list(keys)
         if self.numbers is None or self.numbers.shape[0] < capacity:

@@ -627,7 +627,8 @@ def _end_epoch(problem: _Problem, ledger: Ledger, epoch: int, lr: float, losses:
     returns whether any member trains on."""
     values = _epoch_values(problem, ledger, epoch, losses)
     keys = list(values)
-    numbers = torch.stack([values[k].float() for k in keys]).cpu().numpy().astype(np.float64)  # the epoch's one read
+    exact = torch.float32 if problem.x.device.type == "mps" else torch.float64  # metrics scored now stay float64
+    numbers = torch.stack([values[k].to(exact) for k in keys]).cpu().numpy().astype(np.float64)  # the epoch's one read
     ledger.history.record(epoch, lr, keys, numbers, problem.settings.epochs)
     column = {k: numbers[j] for j, k in enumerate(keys)}  # name -> [M]
     hooks.epoch_ended(epoch, lr, column, ledger.stops.active)

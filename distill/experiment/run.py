@@ -374,15 +374,25 @@ def system_runs(results: list[EpisodeResult], sweep_key: str | None, metric: str
                                                 order.get(r.tags[SYSTEM_TAG], 2), r.tags[SYSTEM_TAG]))
 
 
+#: the longest run name MLflow's SQL stores keep (``runs.name`` is a 250-character column; SQLite alone ignores it)
+RUN_NAME_CHARS = 250
+
+
 def run_name(config: Config) -> str:
-    """The MLflow run's name: the experiment's, then what varies (``breast_cancer_gp · 10 episodes``)."""
+    """The MLflow run's name: the experiment's, then what varies (``breast_cancer_gp · 10 episodes``); a sweep
+    too long to list is given as its first and last value and their count, and the name is never longer than
+    ``RUN_NAME_CHARS``."""
     episodes = config.protocol.episodes
+    tail = f"{episodes} episode{'s' if episodes != 1 else ''}"
     parts = [config.name]
     if config.sweep is not None:
         key, values = config.sweep
-        parts.append(f"{key}=" + ",".join(str(v) for v in values))
-    parts.append(f"{episodes} episode{'s' if episodes != 1 else ''}")
-    return " · ".join(parts)
+        listed = f"{key}=" + ",".join(str(v) for v in values)
+        if len(listed) > 60:
+            listed = f"{key}={values[0]}…{values[-1]} ({len(values)} values)"
+        parts.append(listed)
+    name = " · ".join([*parts, tail])
+    return name if len(name) <= RUN_NAME_CHARS else name[: RUN_NAME_CHARS - 1] + "…"
 
 
 def _aggregate_metrics(block: dict[str, Any]) -> dict[str, float | None]:

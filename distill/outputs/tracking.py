@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -526,6 +527,9 @@ class MlflowTracker(Tracker):
             _restore_tracking_uri(self._restore_uri)
 
 
+_REQUIREMENT_CHECK_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _no_requirement_check() -> Iterator[None]:
     """Skip MLflow's check that the model's pip requirements match this environment while the student is logged
@@ -537,15 +541,16 @@ def _no_requirement_check() -> Iterator[None]:
     from mlflow.utils import environment
 
     name = "warn_dependency_requirement_mismatches"
-    modules = [m for m in (environment, mlflow.pyfunc) if hasattr(m, name)]
-    saved = [getattr(m, name) for m in modules]
-    for module in modules:
-        setattr(module, name, lambda requirements: None)
-    try:
-        yield
-    finally:
-        for module, check in zip(modules, saved, strict=True):
-            setattr(module, name, check)
+    with _REQUIREMENT_CHECK_LOCK:  # two threads logging at once must not save each other's no-op as MLflow's
+        modules = [m for m in (environment, mlflow.pyfunc) if hasattr(m, name)]
+        saved = [getattr(m, name) for m in modules]
+        for module in modules:
+            setattr(module, name, lambda requirements: None)
+        try:
+            yield
+        finally:
+            for module, check in zip(modules, saved, strict=True):
+                setattr(module, name, check)
 
 
 def _restore_tracking_uri(previous: str | None) -> None:
