@@ -3,7 +3,7 @@
 The server is ``mlflow_postgres_server`` (tests/conftest.py): a real ``mlflow server`` with a PostgreSQL
 backend store and proxied artifacts (``--serve-artifacts``), so every artifact and model travels over
 HTTP; the clients run in a folder of their own and never see the artifact destination. Four ``distill
-run`` processes record to it at once; three ``distill tune`` workers share one PostgreSQL Optuna study
+run`` processes record to it at once; four ``distill tune`` workers share one PostgreSQL Optuna study
 tracked on it, by hand and under ``--workers``, with one killed mid-trial each time; ``distill predict``
 and a network teacher load the logged model back through it.
 Everything recorded is checked against the run directory's own ``summary.json`` / ``history.csv``.
@@ -323,11 +323,11 @@ def _retry_of(study: object, victim: object) -> object:
     return retry
 
 
-def test_three_hand_started_workers_one_killed_track_one_study_and_a_closing_worker_compares(
+def test_four_hand_started_workers_one_killed_track_one_study_and_a_closing_worker_compares(
     mlflow_postgres_server: MlflowServer, postgres_database: str, tmp_path: Path
 ) -> None:
-    """Three ``tune --trials 1 --no-compare`` processes started by hand (no supervisor) on one PostgreSQL study,
-    tracked to the server; one is killed with SIGKILL mid-trial. A fourth ``tune --trials 1`` started later
+    """Four ``tune --trials 1 --no-compare`` processes started by hand (no supervisor) on one PostgreSQL study,
+    tracked to the server; one is killed with SIGKILL mid-trial. A fifth ``tune --trials 1`` started later
     finds the dead trial stale: it marks it FAIL, runs it again, ends the dead trial's MLflow run FAILED
     (nobody else would), and compares the study's best on the test rows once, on the one study run."""
     import optuna
@@ -341,7 +341,7 @@ def test_three_hand_started_workers_one_killed_track_one_study_and_a_closing_wor
     client = MlflowClient(tracking_uri=mlflow_postgres_server.uri)
     env = _env(mlflow_postgres_server.uri)
     procs = [_start(_tune(toml, study_name, postgres_database, f"out{i}", "--trials", "1", "--no-compare", "-q"),
-                    cwd=client_dir, env=env) for i in range(3)]
+                    cwd=client_dir, env=env) for i in range(4)]
     with reaped(procs):
         victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
                                                      deadline=time.monotonic() + 180)
@@ -360,8 +360,8 @@ def test_three_hand_started_workers_one_killed_track_one_study_and_a_closing_wor
     _no_local_store(client_dir)
 
     study = optuna.load_study(study_name=study_name, storage=postgres_database)
-    assert sorted(t.number for t in study.trials) == list(range(4))
-    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
+    assert sorted(t.number for t in study.trials) == list(range(5))
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 4
     retry = _retry_of(study, victim)
     parent, by_trial = _study_runs(client, experiment_name, study)
     dead = by_trial[str(victim.number)]
@@ -371,11 +371,11 @@ def test_three_hand_started_workers_one_killed_track_one_study_and_a_closing_wor
 
     # the searching workers wrote the best so far; the closing worker compared the whole study's best, once
     searched = [json.loads((client_dir / f"out{i}" / "tuning.json").read_text())
-                for i in range(3) if procs[i] is not killed]
+                for i in range(4) if procs[i] is not killed]
     assert {(s["status"], s["mlflow_run_id"]) for s in searched} == {("searched", parent.info.run_id)}
     compared = json.loads((client_dir / "closing" / "tuning.json").read_text())
     assert compared["status"] == "completed" and compared["mlflow_run_id"] == parent.info.run_id
-    assert compared["trials"] == {"before": 2, "total": 4, "complete": 3, "pruned": 0, "failed": 1}
+    assert compared["trials"] == {"before": 3, "total": 5, "complete": 4, "pruned": 0, "failed": 1}
     assert (compared["best"]["trial"], compared["best"]["validation"]) == (study.best_trial.number, study.best_value)
     assert parent.data.metrics["best/validation"] == pytest.approx(study.best_value, abs=1e-12)
     tuned = _summary(client_dir / "closing" / "tuned")
@@ -387,9 +387,9 @@ def test_three_hand_started_workers_one_killed_track_one_study_and_a_closing_wor
 def test_tune_workers_one_killed_recover_the_study_and_its_runs_on_the_server(
     mlflow_postgres_server: MlflowServer, postgres_database: str, tmp_path: Path
 ) -> None:
-    """``tune --workers 3 --trials 3`` on PostgreSQL, tracked to the server, one worker killed with SIGKILL
+    """``tune --workers 4 --trials 4`` on PostgreSQL, tracked to the server, one worker killed with SIGKILL
     mid-trial: the supervisor ends its trial's run FAILED and replaces it; the replacement runs the trial
-    again; the study has 3 COMPLETE trials, nothing is left RUNNING, and the comparison runs once."""
+    again; the study has 4 COMPLETE trials, nothing is left RUNNING, and the comparison runs once."""
     import optuna
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
@@ -399,7 +399,7 @@ def test_tune_workers_one_killed_recover_the_study_and_its_runs_on_the_server(
     client_dir = tmp_path / "client"
     client_dir.mkdir()
     client = MlflowClient(tracking_uri=mlflow_postgres_server.uri)
-    proc = _start(_tune(toml, study_name, postgres_database, "out", "--trials", "3", "--workers", "3"),
+    proc = _start(_tune(toml, study_name, postgres_database, "out", "--trials", "4", "--workers", "4"),
                   cwd=client_dir, env=_env(mlflow_postgres_server.uri))
     with reaped([proc]):
         victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
@@ -409,10 +409,10 @@ def test_tune_workers_one_killed_recover_the_study_and_its_runs_on_the_server(
         os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=420)
     assert proc.returncode == 0, err[-4000:]
-    assert "killed by SIGKILL" in err and "3 worker(s) finished 3 trial(s)" in out
+    assert "killed by SIGKILL" in err and "4 worker(s) finished 4 trial(s)" in out
 
     study = optuna.load_study(study_name=study_name, storage=postgres_database)
-    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 4
     retry = _retry_of(study, victim)
     parent, by_trial = _study_runs(client, experiment_name, study)
     dead = by_trial[str(victim.number)]
@@ -423,8 +423,8 @@ def test_tune_workers_one_killed_recover_the_study_and_its_runs_on_the_server(
     assert dead_trial.user_attrs["distill_worker_pid"] == pid
     slot = dead_trial.user_attrs["distill_worker"].split("/")[0]  # its replacement writes worker-<slot>-1
     assert {p.name for p in (client_dir / "out").iterdir()} == {
-        "study", "worker-1", "worker-2", "worker-3", f"worker-{slot}-1"}
+        "study", "worker-1", "worker-2", "worker-3", "worker-4", f"worker-{slot}-1"}
     compared = json.loads((client_dir / "out" / "study" / "tuning.json").read_text())
-    assert compared["trials"] == {"before": 4, "total": 4, "complete": 3, "pruned": 0, "failed": 1}
+    assert compared["trials"] == {"before": 5, "total": 5, "complete": 4, "pruned": 0, "failed": 1}
     assert compared["mlflow_run_id"] == parent.info.run_id
     assert out.count("test student f1_macro") == 1
