@@ -260,28 +260,38 @@ def _tune(toml: Path, study: str, storage: str, out: str, *args: str) -> list[st
 
 
 def _running_trial_with_run(storage: str, study_name: str, client: object, experiment_name: str,
-                            deadline: float) -> tuple[object, object]:
+                            deadline: float, procs: list[subprocess.Popen]) -> tuple[object, object]:
     """A trial seen RUNNING and its MLflow child run seen RUNNING (opened when the trial starts, tagged with
-    the process id of the worker that runs it)."""
+    the process id of the worker that runs it). Fails at once, with their output, when every process of
+    ``procs`` has exited; on the deadline, with what it saw (trials by state, runs by status)."""
     import optuna
     from optuna.trial import TrialState
 
+    seen: dict[str, object] = {}
     while time.monotonic() < deadline:
+        if all(p.poll() is not None for p in procs):
+            outputs = [p.communicate() for p in procs]
+            raise AssertionError(f"every worker exited before a tracked trial was seen running: {seen}\n"
+                                 + "\n".join(f"exit {p.returncode}: {err[-2000:]}"
+                                             for p, (_, err) in zip(procs, outputs, strict=True)))
         try:
             study = optuna.load_study(study_name=study_name, storage=storage)
         except KeyError:  # the workers have not created the study yet
             time.sleep(0.2)
             continue
         experiment = client.get_experiment_by_name(experiment_name)  # type: ignore[attr-defined]
-        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+        trials = study.get_trials(deepcopy=False)
+        seen["trials"] = sorted((t.number, t.state.name) for t in trials)
+        for trial in (t for t in trials if t.state == TrialState.RUNNING):
             if experiment is None:
                 continue
             runs = client.search_runs(  # type: ignore[attr-defined]
                 [experiment.experiment_id], filter_string=f"tags.`optuna.trial` = '{trial.number}'")
+            seen[f"runs of trial {trial.number}"] = [r.info.status for r in runs]
             if runs and runs[0].info.status == "RUNNING":
                 return trial, runs[0]
         time.sleep(0.2)
-    raise AssertionError("no worker started a tracked trial in time")
+    raise AssertionError(f"no worker started a tracked trial in time; last seen: {seen}")
 
 
 def _study_runs(client: object, experiment_name: str, study: object) -> tuple[object, dict[str, object]]:
@@ -344,7 +354,7 @@ def test_four_hand_started_workers_one_killed_track_one_study_and_a_closing_work
                     cwd=client_dir, env=env) for i in range(4)]
     with reaped(procs):
         victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
-                                                     deadline=time.monotonic() + 180)
+                                                     deadline=time.monotonic() + 180, procs=procs)
         pid = int(victim_run.data.tags["distill.worker_pid"])
         (killed,) = [p for p in procs if p.pid == pid]
         os.kill(pid, signal.SIGKILL)
@@ -403,7 +413,7 @@ def test_tune_workers_one_killed_recover_the_study_and_its_runs_on_the_server(
                   cwd=client_dir, env=_env(mlflow_postgres_server.uri))
     with reaped([proc]):
         victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
-                                                     deadline=time.monotonic() + 180)
+                                                     deadline=time.monotonic() + 180, procs=[proc])
         # the run's tag, not the trial read a moment before: that snapshot may predate its user attributes
         pid = int(victim_run.data.tags["distill.worker_pid"])
         os.kill(pid, signal.SIGKILL)
