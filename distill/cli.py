@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -171,7 +172,20 @@ def _print_result(result: Any) -> None:
     print(f"run directory: {result.run_dir}")
     if result.mlflow_run_id:
         print(f"MLflow run: {result.mlflow_run_id} (model {result.summary.get('mlflow_model_uri')})")
+        _print_ui_url(result.summary.get("mlflow_ui_url"), result.summary.get("config", {}))
     sys.stdout.flush()
+
+
+def _print_ui_url(url: str | None, config: dict[str, Any]) -> None:
+    """Where to look at the run: its page on the model-training view (MLflow 3.17's UI opens GenAI pages by
+    default); for a local store, with the command that serves it."""
+    if not url:
+        return
+    uri = (config.get("tracking") or {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: {url}")
+    else:
+        print(f"MLflow UI: {url} (serve it with: mlflow ui --backend-store-uri {uri})")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -207,6 +221,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                               track=not args.no_track, progress=_progress(args), compare=not args.no_compare)
     print(result.table())
     print(f"run directory: {result.run_dir}")
+    _print_ui_url(result.summary.get("mlflow_ui_url"), result.summary.get("config", {}))
     return 0
 
 

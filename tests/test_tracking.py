@@ -442,7 +442,48 @@ def test_the_experiment_opens_on_its_training_runs_and_says_what_it_holds(tracke
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert tags["dataset"] == "sklearn:breast_cancer" and tags["teacher.kind"] == "gaussian_process"
     assert tags["student.arch"] == "mlp"
-    assert "'single'" in tags["mlflow.note.content"] and "student/test_" in tags["mlflow.note.content"]
+    note = tags["mlflow.note.content"]
+    assert "'single'" in note and "one child run per system" in note
+    # the metrics the description points a reviewer to are the run's own
+    metrics = client.get_run(summary["mlflow_run_id"]).data.metrics
+    for prefix in ("student/test_", "baseline/test_", "student_minus_baseline/"):
+        assert prefix in note and any(name.startswith(prefix) for name in metrics), prefix
+    assert any(name.startswith("student_minus_baseline/") and name.endswith("_p_value") for name in metrics)
+
+
+def test_the_run_links_its_page_on_the_training_view(tracked_run, mlflow_server: str) -> None:
+    """MLflow 3.17's UI opens an experiment on its GenAI pages unless the link (or the browser's last choice)
+    says ``workflowType=machine_learning``; the summary's link says it, on the server that holds the run."""
+    import urllib.request
+
+    out, summary, client = tracked_run
+    run = client.get_run(summary["mlflow_run_id"])
+    assert summary["mlflow_ui_url"] == (f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/"
+                                        f"{run.info.run_id}?workflowType=machine_learning")
+    with urllib.request.urlopen(summary["mlflow_ui_url"].split("#")[0], timeout=30) as response:
+        assert response.status == 200  # the UI itself answers there
+
+
+def test_a_local_store_links_what_mlflow_ui_serves_and_says_how() -> None:
+    from distill.outputs.tracking import LOCAL_UI, ui_url
+
+    assert ui_url("sqlite:///mlflow.db", "3", "abc") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
+    assert LOCAL_UI == "http://127.0.0.1:5000"  # mlflow ui's own default address
+    assert ui_url("https://mlflow.example.org/", "7", "r1").startswith("https://mlflow.example.org/#/experiments/7/")
+
+
+def test_the_console_prints_the_link_and_for_a_local_store_the_command(capsys, monkeypatch) -> None:
+    from distill.cli import _print_ui_url
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _print_ui_url("http://127.0.0.1:5000/#/x", {"tracking": {"uri": None}})
+    assert capsys.readouterr().out == ("MLflow UI: http://127.0.0.1:5000/#/x "
+                                       "(serve it with: mlflow ui --backend-store-uri sqlite:///mlflow.db)\n")
+    _print_ui_url("http://host:5000/#/x", {"tracking": {"uri": "http://host:5000"}})
+    assert capsys.readouterr().out == "MLflow UI: http://host:5000/#/x\n"
+    _print_ui_url(None, {})
+    assert capsys.readouterr().out == ""
 
 
 def test_an_experiment_that_exists_keeps_its_own_tags(tmp_path: Path) -> None:

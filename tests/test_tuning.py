@@ -467,6 +467,9 @@ def test_mlflow_records_a_parent_run_with_one_child_per_trial(tmp_path: Path, fr
         parent = client.get_run(parents[0].info.run_id)
         summary = json.loads((out / "tuning.json").read_text())
         assert summary["mlflow_run_id"] == parent.info.run_id
+        # its page, trials nested under it, on the UI's model-training view (a local store: as `mlflow ui` serves it)
+        assert summary["mlflow_ui_url"] == (f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/"
+                                            f"{parent.info.run_id}?workflowType=machine_learning")
         assert parent.info.status == "FINISHED"
         assert parent.data.tags["distill.study"] == STUDY
         # like a run's parent: named after the experiment first, with its user, source and commit

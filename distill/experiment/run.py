@@ -609,6 +609,7 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
         written("the dataset to MLflow")
         model = servable_from_checkpoint(load_checkpoint(run_dir / "student.pt"), trusted=(config.student.arch,))
         summary["mlflow_run_id"] = tracker.run_id
+        summary["mlflow_ui_url"] = tracker.ui_url()
         summary["mlflow_model_uri"] = tracker.log_student(
             model, _input_example(first[0]), run_dir / "student.pt", first[0].dataset.classes
         )

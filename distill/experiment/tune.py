@@ -552,6 +552,7 @@ def run_tuning(
             summary |= {
                 "timings": {"total_s": round(time.perf_counter() - started, 3)},
                 "mlflow_run_id": tracker.run_id if tracker is not None else None,
+                "mlflow_ui_url": tracker.ui_url() if tracker is not None else None,
                 "config": config_dict(config),
             }
             write_json(run_dir / "tuning.json", summary)  # complete from here on: a later signal changes nothing

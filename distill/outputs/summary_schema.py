@@ -352,6 +352,9 @@ class CompletedSummary(_Aggregated, _RunHeader):
     mlflow_run_id: Optional[str] = Field(description="the MLflow run; `null` without tracking")
     mlflow_model_uri: Optional[str] = Field(
         default=None, description="the logged student model (`models:/m-...`); absent without tracking")
+    mlflow_ui_url: Optional[str] = Field(
+        default=None, description="the run's page in the MLflow UI, on its model-training view (a local store: "
+                                  "as `mlflow ui --backend-store-uri URI` serves it); absent without tracking")
     config: dict[str, Any] = Field(
         description="the resolved config as a nested object (the keys of docs/configuration.md; a swept key "
                     "as its list)")

@@ -131,6 +131,10 @@ class Tracker:
 
     run_id: str | None = None
 
+    def ui_url(self) -> str | None:
+        """The run's page in the MLflow UI; None when nothing is recorded."""
+        return None
+
     def log_params(self, params: dict[str, Any]) -> None:
         """Record parameters (dotted names)."""
 
@@ -330,6 +334,7 @@ class MlflowTracker(Tracker):
 
     run_id: str
     uri: str | None = None
+    experiment_id: str | None = None
 
     def __init__(self, run_id: str, *, nested: bool = False, restore_uri: str | None = None) -> None:
         self.run_id = run_id
@@ -366,7 +371,12 @@ class MlflowTracker(Tracker):
             raise
         tracker = cls(run.info.run_id, restore_uri=previous)
         tracker.uri = uri
+        tracker.experiment_id = str(run.info.experiment_id)
         return tracker
+
+    def ui_url(self) -> str | None:
+        """The run's page in the MLflow UI (``ui_url``), once started."""
+        return ui_url(self.uri, self.experiment_id, self.run_id) if self.uri and self.experiment_id else None
 
     @_tracking_call
     def log_params(self, params: dict[str, Any]) -> None:
@@ -665,6 +675,22 @@ def _create_local_store_once(uri: str) -> None:
 #: yet is taken for a GenAI one and opens on the traces "Overview" ("No data available").
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
+#: where ``mlflow ui`` (and ``mlflow server``) listen when given no --host or --port
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI, on its model-training view.
+
+    MLflow 3.17's UI picks an experiment's pages (GenAI traces or model-training runs) by a switch of its own:
+    the link's ``workflowType``, else the browser's last choice, else GenAI; it no longer reads the
+    experiment's ``mlflow.experimentKind`` tag. So the link names the view. A server's URI is its address; a
+    local store (``sqlite:///mlflow.db``) is what ``mlflow ui --backend-store-uri URI`` serves at ``LOCAL_UI``.
+    """
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 #: the run tags an experiment distill creates copies as its own, to tell experiments apart in the list
 _EXPERIMENT_FACTS = ("dataset", "teacher.kind", "student.arch")
 
@@ -673,9 +699,11 @@ def experiment_tags(name: str, facts: dict[str, str]) -> dict[str, str]:
     """The tags of an experiment distill creates: its kind (training runs), a description, and its facts."""
     described = ", ".join(f"{key} {facts[key]}" for key in _EXPERIMENT_FACTS if key in facts)
     note = (f"distill: knowledge distillation of '{name}'{f' ({described})' if described else ''}. Each top-level run "
-            "is one `distill run` (its episodes nested under it) or one `distill tune` study (its trials nested "
-            "under it); `student/test_*` against `baseline/test_*` answers whether distillation helped, and the "
-            "run's `summary.json` artifact says how sure that is.")
+            "is one `distill run` (one child run per system under it: student, baseline, controls, references, "
+            "teacher, with the same metric names, so charting its children puts student and baseline on one "
+            "axis) or one `distill tune` study (its trials nested under it). The run's `student/test_*` "
+            "against `baseline/test_*`, with `student_minus_baseline/*` and its p-value, answers whether "
+            "distillation helped and how sure that is.")
     return {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], "mlflow.note.content": note,
             **{key: facts[key] for key in _EXPERIMENT_FACTS if key in facts}}
 
@@ -809,6 +837,10 @@ class StudyTracker:
         self._done = False
         #: trial number -> its child run, opened RUNNING when the trial starts (``start_trial``)
         self._trial_runs: dict[int, str] = {}
+
+    def ui_url(self) -> str | None:
+        """The study run's page in the MLflow UI (``ui_url``): its trials are nested under it."""
+        return ui_url(self.uri, self.experiment_id, self.run_id) if self.uri else None
 
     @classmethod
     @_tracking_call
