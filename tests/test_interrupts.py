@@ -205,7 +205,7 @@ def _wait_for_finished_trials(journal_path: Path, process: subprocess.Popen, cou
             except KeyError:  # the study is not in the journal yet
                 pass
         assert process.poll() is None, process.communicate()
-        time.sleep(0.1)
+        time.sleep(0.5)  # each look reads the whole journal: CPU the other test worker would otherwise have
     raise AssertionError(f"fewer than {count} trials finished")
 
 
