@@ -181,7 +181,10 @@ def _print_ui_url(url: str | None, config: dict[str, Any]) -> None:
     default); for a local store, with the command that serves it."""
     if not url:
         return
-    uri = (config.get("tracking") or {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    from distill.mlflow_env import DEFAULT_URI
+
+    # the order of distill.outputs.tracking.resolve_tracking_uri, on the summary's config (a plain dict)
+    uri = (config.get("tracking") or {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     if uri.startswith(("http://", "https://")):
         print(f"MLflow UI: {url}")
     else:
