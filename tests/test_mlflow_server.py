@@ -337,7 +337,9 @@ def test_four_hand_started_workers_one_killed_track_one_study_and_a_closing_work
     mlflow_postgres_server: MlflowServer, postgres_database: str, tmp_path: Path
 ) -> None:
     """Four ``tune --trials 1 --no-compare`` processes started by hand (no supervisor) on one PostgreSQL study,
-    tracked to the server; one is killed with SIGKILL mid-trial. A fifth ``tune --trials 1`` started later
+    tracked to the server; one is killed with SIGKILL mid-trial. The four open the empty database at once and
+    race to create Optuna's tables (the losers retry and join; they exited 2 before): each runs the one trial
+    it was asked for, numbered once (0-3). A fifth ``tune --trials 1`` started later
     finds the dead trial stale: it marks it FAIL, runs it again, ends the dead trial's MLflow run FAILED
     (nobody else would), and compares the study's best on the test rows once, on the one study run."""
     import optuna

@@ -1,7 +1,8 @@
-"""Beyond one machine (issue 18): tuning studies on a real PostgreSQL server with several workers.
+"""Beyond one process (issue 18): ``tune --workers`` supervising worker processes on one study.
 
-The cluster is the throwaway one ``scripts/dev-services`` starts (``.ci/run`` does; without it these
-tests are skipped with one line, and CI fails instead). Each test gets a fresh database.
+Several workers on a real PostgreSQL server, each process started by hand and under ``--workers``, one of
+them killed, are tests/test_mlflow_server.py's (tracked to a shared MLflow server, as several machines
+would be); here, the supervisor on the default journal file and Ctrl-C reaching every worker.
 """
 
 from __future__ import annotations
@@ -24,22 +25,8 @@ from tests.test_tuning import FIXED_KL, ROOT, write_config
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _workers(toml: Path, folder: Path, storage: str, study: str, count: int, trials: int) -> list[subprocess.Popen]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "distill", "tune", str(toml), "--trials", str(trials), "--study", study,
-             "--storage", storage, "-o", f"out{i}", "--no-track", "-q"],
-            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(count)
-    ]
-
-
 def _wait(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[str, str]]:
     return communicate_all(procs, timeout)
-
-
 
 
 NO_PRUNING = {"pruner": "none", "sampler": "random"}
@@ -55,19 +42,6 @@ def _assert_best_is_read_back(study: optuna.Study) -> None:
     best = pick(complete, key=lambda t: (t.value, -t.number))
     assert study.best_trial.value == best.value
     assert study.best_trial.params == next(t for t in complete if t.number == study.best_trial.number).params
-
-
-def test_four_workers_on_postgresql_give_every_requested_trial(tmp_path: Path, postgres_database: str) -> None:
-    """4 processes with ``--trials 2`` each: exactly 8 COMPLETE trials (no pruner), numbers 0..7 once. They open
-    the empty database at once and race to create Optuna's tables: the losers retry and join (they exited 2 before)."""
-    toml = write_config(tmp_path, protocol={"episodes": 1}, objective=FIXED_KL, tune=NO_PRUNING)
-    procs = _workers(toml, tmp_path, postgres_database, "four", count=4, trials=2)
-    for p, (_, err) in zip(procs, _wait(procs), strict=True):
-        assert p.returncode == 0, err
-    study = optuna.load_study(study_name="four", storage=postgres_database)
-    assert sorted(t.number for t in study.trials) == list(range(8))
-    assert len(_complete(study)) == 8
-    _assert_best_is_read_back(study)
 
 
 def _supervisor(toml: Path, folder: Path, storage: str, workers: int, trials: int, *extra: str) -> subprocess.Popen:
