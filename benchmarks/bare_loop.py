@@ -65,11 +65,11 @@ from torch import nn
 from distill.config import Config, load_config
 from distill.data.sources import Dataset
 from distill.engine.loop import FitSettings, TrainingRows, fit, predict_logits
-from distill.metrics.classification import METRICS, classification_metrics, probabilities
+from distill.experiment.episodes import run_protocol
 from distill.experiment.prepare import Prepared, episode_seed, fit_settings, prepare, prepare_protocol
 from distill.experiment.students import StudentJob, build_student, train_students
 from distill.experiment.teach import TeacherOutputs, teach
-from distill.experiment.episodes import run_protocol
+from distill.metrics.classification import METRICS, classification_metrics, probabilities
 
 DEFAULT_EXPERIMENTS = ["experiments/breast_cancer_gp.toml", "experiments/digits_gp.toml"]
 MEMORY_EXPERIMENT = "experiments/breast_cancer_gp.toml"

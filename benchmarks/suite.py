@@ -85,6 +85,7 @@ def _test_size(source: str) -> int | float:
 def _override(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` overrides (TOML literals) applied to a raw config, as ``--set`` does for ``run``."""
     import copy
+
     import tomllib
 
     raw = copy.deepcopy(raw)

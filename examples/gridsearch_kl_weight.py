@@ -38,7 +38,7 @@ search.fit(X_lab, y_lab, X_unlabelled=X_unlabelled)
 
 # %% Results: the chosen weight, its cross-validated accuracy, and the refit student on the test rows.
 for kl, mean, std in zip(search.cv_results_["param_kl_weight"], search.cv_results_["mean_test_score"],
-                         search.cv_results_["std_test_score"]):
+                         search.cv_results_["std_test_score"], strict=True):
     print(f"kl_weight {kl:<4}: CV accuracy {mean:.3f} +- {std:.3f}")
 print("best params:", search.best_params_)
 print(f"test accuracy: {search.score(X_test, y_test):.3f} on {len(y_test)} rows "

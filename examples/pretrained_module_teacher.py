@@ -15,7 +15,6 @@ Runs in about ten seconds on a laptop CPU and leaves nothing behind:
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -44,7 +43,7 @@ torch.manual_seed(0)
 net = DigitNet()
 optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
 inputs, targets = torch.as_tensor(X_teacher, dtype=torch.float32), torch.as_tensor(y_teacher)
-for step in range(100):  # full-batch Adam: a second or so on a CPU
+for _step in range(100):  # full-batch Adam: a second or so on a CPU
     optimizer.zero_grad()
     nn.functional.cross_entropy(net(inputs), targets).backward()
     optimizer.step()

@@ -115,7 +115,7 @@ def test_labelled_folds_partition_and_stratify(labels: list[int], seed: int, max
         per_fold = [int(np.sum(y[f] == c)) for f in folds]
         assert max(per_fold) - min(per_fold) <= 1 and min(per_fold) >= 1
     again = labelled_folds(y, seed, max_folds)
-    assert again is not None and all(np.array_equal(a, b) for a, b in zip(folds, again))
+    assert again is not None and all(np.array_equal(a, b) for a, b in zip(folds, again, strict=True))
 
 
 def test_labelled_folds_equal_scikit_learns_stratified_k_fold() -> None:

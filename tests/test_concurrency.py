@@ -56,7 +56,7 @@ def _run_together(commands: list[list[str]], cwd: Path, env: dict[str, str], tim
     procs = [subprocess.Popen([sys.executable, "-m", "distill", *cmd], cwd=cwd, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in commands]
     results = communicate_all(procs, timeout)
-    for p, (_, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-4000:]
     return [err for _, err in results]
 
@@ -77,7 +77,7 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
     _run_together(
         [["run", str(EXPERIMENT), "-q", "--episodes", str(EPISODES), "--seed", str(seed), "--output", str(out),
           "--set", f"train.epochs={EPOCHS}", "--set", f'tracking.experiment="{experiment_name}"', *FIXED_KL]
-         for seed, out in zip(SEEDS, outs)],
+         for seed, out in zip(SEEDS, outs, strict=True)],
         cwd=tmp_path, env=_env(mlflow_server),
     )
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # nothing went elsewhere
@@ -86,7 +86,7 @@ def test_two_runs_at_once_into_one_experiment_lose_nothing(mlflow_server: str, t
     summaries = [json.loads((out / "summary.json").read_text()) for out in outs]
     run_ids = [s["mlflow_run_id"] for s in summaries]
     assert len(set(run_ids)) == 2 and None not in run_ids
-    for seed, out, summary in zip(SEEDS, outs, summaries):
+    for seed, out, summary in zip(SEEDS, outs, summaries, strict=True):
         assert summary["status"] == "completed" and summary["seed"] == seed
         run_id = summary["mlflow_run_id"]
         parent = client.get_run(run_id)

@@ -18,9 +18,15 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from distill.cli import main
 from distill.config import ConfigError, validate_config
 from distill.engine.loop import TrainingRows, fit
-from distill.experiment.students import StudentJob, build_student, train_students
-from distill.experiment.episodes import _control_job, control_rows, null_teacher_probabilities, reference_metrics, run_protocol
+from distill.experiment.episodes import (
+    _control_job,
+    control_rows,
+    null_teacher_probabilities,
+    reference_metrics,
+    run_protocol,
+)
 from distill.experiment.prepare import fit_settings, prepare
+from distill.experiment.students import StudentJob, build_student, train_students
 from distill.experiment.teach import teach
 from distill.losses.fused import MemberObjective
 from distill.metrics.stats import verdict

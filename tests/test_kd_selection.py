@@ -19,6 +19,7 @@ from distill.cli import main
 from distill.config import ConfigError, validate_config
 from distill.data.sources import Dataset
 from distill.engine.loop import TrainingRows, fit, predict_logits
+from distill.experiment.episodes import run_protocol
 from distill.experiment.kd_selection import (
     Candidate,
     candidate_grid,
@@ -28,9 +29,8 @@ from distill.experiment.kd_selection import (
     selection_text,
     summarise_selections,
 )
-from distill.experiment.students import StudentJob, _choose_auto, build_student
 from distill.experiment.prepare import prepare
-from distill.experiment.episodes import run_protocol
+from distill.experiment.students import StudentJob, _choose_auto, build_student
 from distill.experiment.teach import teach
 
 BASE: dict[str, Any] = {

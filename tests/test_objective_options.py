@@ -127,7 +127,8 @@ def _triplet_reference(e: np.ndarray, y: np.ndarray, m: np.ndarray, margin: floa
         neg = [j for j in np.flatnonzero(m) if y[j] != y[a]]
         if not pos or not neg:
             continue
-        dist = lambda j: np.sqrt(np.sum((e[a] - e[j] + 1e-6) ** 2))  # torch's pairwise_distance eps
+        def dist(j: int, a: int = a) -> float:  # torch's pairwise_distance eps
+            return float(np.sqrt(np.sum((e[a] - e[j] + 1e-6) ** 2)))
         d_ap = max(np.linalg.norm(e[a] - e[j]) for j in pos)
         j_p = max(pos, key=lambda j: np.linalg.norm(e[a] - e[j]))
         j_n = min(neg, key=lambda j: np.linalg.norm(e[a] - e[j]))

@@ -137,7 +137,7 @@ def _ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     confidence, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         inside = (confidence > lo) & (confidence <= hi)
         if inside.any():
             total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())

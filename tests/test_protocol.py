@@ -19,8 +19,8 @@ import torch
 from distill.cli import main
 from distill.config import ConfigError, validate_config
 from distill.data.augment import augment_rows
-from distill.experiment.prepare import episode_seed, prepare, prepare_protocol
 from distill.experiment.episodes import run_protocol
+from distill.experiment.prepare import episode_seed, prepare, prepare_protocol
 from distill.experiment.teach import teach
 
 SYSTEMS = ("teacher", "student", "baseline")
@@ -101,7 +101,7 @@ def test_episodes_are_reproducible_distinct_and_repeatable_alone() -> None:
     assert len(first) == 1
     assert len(results) == len(again) == 4
 
-    for r, s in zip(results, again):
+    for r, s in zip(results, again, strict=True):
         assert r.metrics == s.metrics
         for name, idx in split_of(r).items():
             assert np.array_equal(idx, split_of(s)[name]), name

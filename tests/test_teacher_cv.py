@@ -71,11 +71,11 @@ def test_fold_logits_are_out_of_fold_logistic_regressions(calibration: str) -> N
                     calibration=calibration, learns=True, seed=5, num_classes=k)
     folds = labelled_folds(d["fit_y"], 5)
     assert folds is not None and out.folds is not None and len(out.folds) == len(folds) == 5
-    assert all(np.array_equal(a, b) for a, b in zip(out.folds, folds))
+    assert all(np.array_equal(a, b) for a, b in zip(out.folds, folds, strict=True))
     assert out.fold_logits is not None and out.fold_logits.shape == (5, m, k) and out.fold_logits.dtype == np.float64
     raw_folds = []
     oof = np.empty((n, k))
-    for f, held in enumerate(folds):
+    for held in folds:
         keep = np.setdiff1d(np.arange(n), held)
         raw_folds.append(_lr_log_proba(d["fit_x"][keep], d["fit_y"][keep], d["rows"][:m], k))
         oof[held] = raw_folds[-1][held]

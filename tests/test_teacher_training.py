@@ -15,8 +15,8 @@ from distill.config import load_config
 from distill.data.scaling import fit_scaler
 from distill.data.sources import load_dataset
 from distill.data.split import draw_stratified
-from distill.experiment.prepare import episode_seed, prepare
 from distill.experiment.cache import data_hash
+from distill.experiment.prepare import episode_seed, prepare
 from distill.students.checkpoint import CHECKPOINT_FORMAT, servable_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

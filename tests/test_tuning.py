@@ -36,10 +36,10 @@ from distill.data.sources import Dataset, load_dataset
 from distill.data.split import split_dataset
 from distill.engine.loop import predict_logits
 from distill.errors import UserError
-from distill.experiment.prepare import episode_seed, prepare
-from distill.experiment.teach import teach
 from distill.experiment.cache import SoftTargetCache
+from distill.experiment.prepare import episode_seed, prepare
 from distill.experiment.students import StudentJob, train_students
+from distill.experiment.teach import teach
 from distill.experiment.tune import run_tuning, trial_config, validation_score
 from distill.outputs.report import SYSTEMS
 
@@ -172,7 +172,7 @@ def test_best_is_the_best_completed_trial_and_run_directory_is_complete(first_st
     with open(out / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["number"]) for r in rows] == [t.number for t in study.trials] == list(range(6))
-    for row, trial in zip(rows, study.trials):
+    for row, trial in zip(rows, study.trials, strict=True):
         assert row["state"] == trial.state.name
         if trial.state == TrialState.COMPLETE:
             assert float(row["value"]) == pytest.approx(trial.value, abs=1e-12)
@@ -301,7 +301,7 @@ def test_resume_adds_trials_to_the_same_study(first_study, tmp_path: Path) -> No
     assert tune(first_study["toml"], storage, tmp_path / "out", "--study", STUDY, "--trials", "3", "--no-track", "-q") == 0
     after = load_study(storage).trials
     assert [t.number for t in after] == list(range(9))
-    for old, new in zip(before, after):
+    for old, new in zip(before, after[: len(before)], strict=True):  # resume appends; the old trials are unchanged
         assert (old.params, old.value, old.state) == (new.params, new.value, new.state)
     summary = json.loads((tmp_path / "out" / "tuning.json").read_text())
     assert summary["trials"]["before"] == 6 and summary["trials"]["total"] == 9
@@ -377,7 +377,7 @@ def test_two_workers_share_one_journal_study(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.communicate()
-    for p, (out, err) in zip(procs, results):
+    for p, (_out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
     trials = load_study(tmp_path / "journal.log", "shared").trials
     assert sorted(t.number for t in trials) == list(range(8))

@@ -30,8 +30,8 @@ from distill.data.sources import canonical_label, label_classes, load_dataset
 from distill.data.split import split_dataset
 from distill.engine.loop import EvaluationRows, FitSettings, TrainingRows, fit, fit_many
 from distill.errors import ConfigError, DataError, UserError
-from distill.experiment.prepare import teacher_candidates
 from distill.experiment.episodes import run_protocol
+from distill.experiment.prepare import teacher_candidates
 from distill.losses.fused import MemberObjective
 from distill.losses.objective import distillation_loss
 from distill.students import build
@@ -492,7 +492,6 @@ def test_an_id_or_continuous_label_is_named_as_such(tmp_path: Path, capsys: pyte
 
 def test_a_single_class_label_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     toml = _labelled_csv(tmp_path, ["7"])
-    out = tmp_path / "out"
     assert main(["check", str(toml)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.label 'label' has a single class (7) in all 30 rows" in err[0], err

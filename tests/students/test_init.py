@@ -20,9 +20,9 @@ from torch import nn
 from distill import students
 from distill.config import InitConfig, validate_config
 from distill.errors import ConfigError
-from distill.experiment.students import build_student
-from distill.experiment.prepare import prepare
 from distill.experiment.episodes import run_protocol
+from distill.experiment.prepare import prepare
+from distill.experiment.students import build_student
 from distill.experiment.weight_init import apply_init, init_layers
 
 FAN_IN, FAN_OUT = 1000, 2000  # one 2000 x 1000 layer: 2e6 weights, so the moments are tight
