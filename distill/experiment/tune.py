@@ -97,20 +97,52 @@ def resolve_storage(storage: str | None, heartbeat: TuneConfig | None = None) ->
     if "://" in target:
         return _rdb_storage(target, heartbeat)
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
     path = Path(target)
     if path.parent and not path.parent.is_dir():
         raise ConfigError(f"tune.storage: folder '{path.parent}' does not exist")
     if path.is_dir():
         raise ConfigError(f"tune.storage: '{path}' is a folder, not a journal file")
-    try:  # opening replays the journal: a damaged one fails here, before anything is written
-        return JournalStorage(JournalFileBackend(str(path)))
+    lock = JournalFileSymlinkLock(str(path))
+    try:  # opening replays the journal: damage before its last line fails here, before anything is written
+        _check_journal_tail(path, lock)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     except (ValueError, KeyError, TypeError, IndexError, OSError) as exc:
         raise ConfigError(
             f"tune.storage: journal file '{path}' cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
             "it is damaged or not an Optuna journal: restore it, or use another --storage"
         ) from None
+
+
+def _check_journal_tail(path: Path, lock: Any) -> None:
+    """Raise ``ValueError`` when the journal's last line is cut off or not a JSON object.
+
+    Optuna's replay skips a bad last line, since a writer may be appending it at that moment, and its next
+    append would then glue a record onto the damage. Writers append whole lines under the journal's lock,
+    so a last line that is still bad while we hold that lock is damage (a killed writer, an edit)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    lock.acquire()
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+    finally:
+        lock.release()
+    if not tail.endswith(b"\n"):
+        raise ValueError("its last line is cut off (no line end)")
+    body = tail[:-1]
+    if b"\n" not in body and size > len(tail):  # one line longer than the window: read the whole file
+        body = path.read_bytes()[:-1]
+    last = body.rsplit(b"\n", 1)[-1]
+    try:
+        record = json.loads(last)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"its last line is not JSON: {last[:60]!r}") from None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise ValueError(f"its last line is not an Optuna journal record: {last[:60]!r}")
 
 
 def _first_line(exc: BaseException) -> str:

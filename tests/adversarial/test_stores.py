@@ -29,6 +29,7 @@ import pytest
 
 from distill.cli import main
 from distill.config import to_toml
+from distill.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = str(ROOT / "experiments" / "breast_cancer_gp.toml")
@@ -398,8 +399,19 @@ def _tune_toml(tmp_path: Path) -> Path:
     return path
 
 
+#: journals damaged in each place Optuna's replay treats differently: before the last line (replay fails),
+#: and the last line itself (replay skips it as a write in progress, and the next append glues onto it)
+DAMAGED_JOURNALS = {
+    "journal:middle": b'{"op_code": 0, "worker_id": "w"\n\x00\xffnot json\n',
+    "journal:last line": b'{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}\ngarbage\n',
+    "journal:cut off": b'{"op_code":0,"study_name":"x"',
+    "journal:not a record": b'[1, 2]\n',
+    "journal:blank last line": b'{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}\n\n',
+}
+
+
 @pytest.mark.parametrize("storage, needles", [
-    ("journal", ["tune.storage: journal file", "cannot be read", "damaged"]),
+    *[(kind, ["tune.storage: journal file", "cannot be read", "damaged"]) for kind in DAMAGED_JOURNALS],
     ("sqlite:///{tmp}/nope/study.db", ["tune.storage sqlite:///", "folder", "does not exist"]),
     ("sqlite:///{tmp}/garbage.db", ["tune.storage sqlite:///", "file is not a database"]),
     ("nosuchdb://host/x", ["tune.storage nosuchdb://host/x", "cannot open the study storage"]),
@@ -407,9 +419,10 @@ def _tune_toml(tmp_path: Path) -> Path:
 def test_a_broken_study_storage_is_exit_2_before_anything_is_written(
     storage: str, needles: list[str], tmp_path: Path, capsys
 ) -> None:
-    if storage == "journal":
-        storage = str(tmp_path / "journal.log")
-        Path(storage).write_bytes(b'{"op_code": 0, "worker_id": "w"\n\x00\xffnot json\n')
+    journal, damage = tmp_path / "journal.log", DAMAGED_JOURNALS.get(storage)
+    if damage is not None:
+        journal.write_bytes(damage)
+        storage = str(journal)
     (tmp_path / "garbage.db").write_bytes(b"garbage " * 200)
     storage = storage.replace("{tmp}", str(tmp_path))
     code = main(["tune", str(_tune_toml(tmp_path)), "--storage", storage, "--no-track", "-q",
@@ -421,6 +434,9 @@ def test_a_broken_study_storage_is_exit_2_before_anything_is_written(
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
     assert not (tmp_path / "out").exists() and not (tmp_path / "nope").exists()
+    if damage is not None:  # the user's journal is left exactly as it was, and no lock is left beside it
+        assert journal.read_bytes() == damage and sorted(p.name for p in tmp_path.iterdir()) == [
+            "garbage.db", "journal.log", "tune.toml"]
 
 
 @pytest.mark.slow
@@ -443,3 +459,25 @@ def test_a_study_name_with_quotes_finds_its_own_parent_run(tmp_path: Path, capsy
     assert parents[0].data.tags["distill.study"] == study
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 2  # one trial from each tune, under the one parent
+
+
+
+@pytest.mark.parametrize("tail_ok", [True, False])
+def test_a_journal_whose_last_record_is_longer_than_the_read_window_is_judged_whole(tmp_path: Path,
+                                                                                   tail_ok: bool) -> None:
+    """The tail check reads the last 64 KiB; a last line longer than that is read whole, not misjudged."""
+    from distill.experiment.tune import resolve_storage
+
+    long_name = "s" * 100_000
+    first = json.dumps({"op_code": 0, "worker_id": "w", "study_name": "short", "directions": [1]})
+    last = (json.dumps({"op_code": 0, "worker_id": "w", "study_name": long_name, "directions": [1]})
+            if tail_ok else "y" * 100_000)
+    journal = tmp_path / "journal.log"
+    journal.write_text(f"{first}\n{last}\n", encoding="utf-8")
+    if tail_ok:
+        storage = resolve_storage(str(journal))
+        assert sorted(len(s.study_name) for s in storage.get_all_studies()) == [5, 100_000]
+    else:
+        with pytest.raises(ConfigError, match="its last line is not JSON: b'yyy"):
+            resolve_storage(str(journal))
+    assert journal.read_text(encoding="utf-8") == f"{first}\n{last}\n"
