@@ -293,6 +293,21 @@ def test_a_fitted_teacher_gets_its_own_column_order(tmp_path: Path, cancer) -> N
         distill.run(SETTINGS, data=data, teacher=other, output=tmp_path / "o")
 
 
+def test_a_fitted_teacher_must_know_exactly_the_data_classes(tmp_path: Path) -> None:
+    """A teacher that lacks a class would give it probability 0 on every row; one with an extra class has a
+    column nothing maps to. Both are one line, before anything is written."""
+    x, y = load_iris(return_X_y=True)
+    partial = LogisticRegression(max_iter=5000).fit(x[y < 2], y[y < 2])
+    extra = LogisticRegression(max_iter=5000).fit(x, np.where(y == 2, 7, y))
+    for teacher, message in ((partial, "lack the data's class(es) '2': fit it on rows of every class"),
+                             (extra, "'7' unknown")):
+        with pytest.raises(distill.UserError) as caught:
+            distill.run({**SETTINGS, "protocol": {"episodes": 1}}, data=(x, y), teacher=teacher,
+                        output=tmp_path / "r", progress=False)
+        assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+        assert not (tmp_path / "r").exists()
+
+
 def test_a_float64_module_teacher_runs_in_its_own_dtype(tmp_path: Path) -> None:
     x, y = load_iris(return_X_y=True)
     reference = LogisticRegression(max_iter=5000).fit(x, y)

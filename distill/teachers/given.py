@@ -48,6 +48,10 @@ def _class_columns(estimator_classes: Any, classes: list[str]) -> np.ndarray:
     if unknown:
         raise ValueError(f"the fitted teacher's classes_ {names} are not the data's classes {classes} "
                          f"({', '.join(map(repr, unknown[:3]))} unknown)")
+    missing = [c for c in classes if canonical_label(c) not in names]
+    if missing:  # it would give them probability 0 on every row, and the student would learn never to say them
+        raise ValueError(f"the fitted teacher's classes_ {names} lack the data's class(es) "
+                         f"{', '.join(map(repr, missing[:3]))}: fit it on rows of every class")
     return np.asarray([position[n] for n in names], dtype=np.int64)
 
 
