@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
-__all__ = ["DEFAULT_URI", "bound_requests"]
+__all__ = ["DEFAULT_URI", "bound_requests", "sqlite_file"]
 
 #: where runs go when neither tracking.uri nor MLFLOW_TRACKING_URI names a store
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -25,3 +26,15 @@ def bound_requests(timeout: float = 10.0, retries: int = 2, *, override: bool = 
             os.environ[name] = value
         else:
             os.environ.setdefault(name, value)
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file a ``sqlite:///PATH`` tracking URI names (None: another kind of store, or memory).
+
+    MLflow creates a missing file on first use, so a command that only reads from a store checks this first:
+    a mistyped or missing store must not leave a new empty ``mlflow.db`` behind."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = uri[len(prefix):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)

@@ -22,7 +22,7 @@ from distill.data.scaling import Scaler
 from distill.data.sources import Dataset
 from distill.errors import UserError
 from distill.metrics.classification import probabilities
-from distill.mlflow_env import DEFAULT_URI, bound_requests
+from distill.mlflow_env import DEFAULT_URI, bound_requests, sqlite_file
 from distill.registry import is_import_path
 from distill.version import __version__
 
@@ -192,7 +192,12 @@ def resolve_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
         import mlflow
 
         bound_requests(override=False)  # a stalled server: bounded time, not MLflow's minutes of retries
-        mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+        store = sqlite_file(uri)
+        if source.startswith(("models:/", "runs:/")) and store is not None and not store.is_file():
+            raise UserError(f"cannot fetch MLflow model '{source}': there is no tracking store at '{store}' "
+                            f"({uri}); name the store that holds it: --tracking-uri, or MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(uri)
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
         except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds for a bad URI

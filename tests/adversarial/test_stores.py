@@ -481,3 +481,31 @@ def test_a_journal_whose_last_record_is_longer_than_the_read_window_is_judged_wh
         with pytest.raises(ConfigError, match="its last line is not JSON: b'yyy"):
             resolve_storage(str(journal))
     assert journal.read_text(encoding="utf-8") == f"{first}\n{last}\n"
+
+
+@pytest.mark.parametrize("uri", [None, "sqlite:///mlflow.db", "sqlite:///other/store.db", "sqlite:///{tmp}/abs.db"])
+def test_predict_from_a_store_that_is_not_there_creates_none(uri: str | None, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """MLflow creates a missing SQLite store on first use: fetching a model from one must not leave an empty
+    ``mlflow.db`` in the user's folder, but say in one line that there is no store there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+    args = ["predict", "models:/m-doesnotexist", "rows.csv"]
+    if uri is not None:
+        args += ["--tracking-uri", uri.replace("{tmp}", str(tmp_path))]
+    code = main(args)
+    errors = _errors(capsys.readouterr().err)
+    assert code == 2 and len(errors) == 1, errors
+    assert "cannot fetch MLflow model 'models:/m-doesnotexist': there is no tracking store at" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+
+
+def test_sqlite_file_names_the_database_of_a_sqlite_uri() -> None:
+    from distill.mlflow_env import sqlite_file
+
+    assert sqlite_file("sqlite:///mlflow.db") == Path("mlflow.db")
+    assert sqlite_file("sqlite:////abs/dir/m.db") == Path("/abs/dir/m.db")
+    assert sqlite_file("sqlite:///m.db?timeout=20") == Path("m.db")
+    assert sqlite_file("sqlite:///:memory:") is None and sqlite_file("sqlite:///") is None
+    assert sqlite_file("http://127.0.0.1:5000") is None and sqlite_file("postgresql://h/db") is None
