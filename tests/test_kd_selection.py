@@ -160,11 +160,43 @@ def test_summary_counts_zero_fallbacks_and_settings() -> None:
              {"kl_weight": 1.0, "temperature": 2.0, "reason": "cross-validation"},
              {"kl_weight": 0.0, "temperature": 1.0, "reason": "no cross-validation: ..."}, None]
     summary = summarise_selections(picks)
-    assert summary == {"episodes": 3, "kl_weight_zero": 2, "fallback": 1, "kl_weight_mean": pytest.approx(1 / 3),
+    assert summary == {"episodes": 3, "kl_weight_chosen": 3, "kl_weight_zero": 2, "fallback": 1,
+                       "kl_weight_mean": pytest.approx(1 / 3),
                        "chosen": [{"kl_weight": 0.0, "temperature": 1.0, "episodes": 2},
                                   {"kl_weight": 1.0, "temperature": 2.0, "episodes": 1}]}
     assert "2 of 3" in selection_text(summary) and "1 of them without cross-validation" in selection_text(summary)
     assert summarise_selections([None]) is None
+
+
+def test_a_fixed_kl_weight_is_not_counted_as_chosen() -> None:
+    """A swept or fixed KL weight with ``temperature = "auto"``: the line says only T was chosen, and no
+    ``kl_weight = 0`` episode is counted as "auto declined to distil"."""
+    picks = [{"kl_weight": w, "temperature": t, "reason": "cross-validation", "chose": ["temperature"]}
+             for w, t in ((0.0, 1.0), (0.1, 1.0), (10.0, 4.0))]
+    summary = summarise_selections(picks)
+    assert summary is not None and (summary["kl_weight_chosen"], summary["kl_weight_zero"]) == (0, 0)
+    text = selection_text(summary)
+    assert text.startswith("objective auto: the temperature chosen per episode (3 episode(s); the KL weight was "
+                           "fixed); chosen: kl_weight 0 T 1 (1), kl_weight 0.1 T 1 (1), kl_weight 10 T 4 (1)"), text
+    mixed = summarise_selections([*picks, {"kl_weight": 0.0, "temperature": 3.0, "reason": "cross-validation",
+                                           "chose": ["kl_weight", "temperature"]}])
+    assert mixed is not None and (mixed["kl_weight_chosen"], mixed["kl_weight_zero"]) == (1, 1)
+    assert "chosen in 1 of 1 episode(s)" in selection_text(mixed)
+
+
+def test_a_kl_weight_sweep_with_auto_temperature_records_what_was_chosen(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    raw = copy.deepcopy(BASE)
+    raw["objective"] = {**raw["objective"], "kl_weight": [0.5, 2.0]}
+    (tmp_path / "e.toml").write_text(_toml(raw))
+    assert main(["run", str(tmp_path / "e.toml"), "-o", str(tmp_path / "run"), "--no-track"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [row["kd_selection"]["chose"] for row in summary["episodes"]] == [["temperature"]] * 2
+    assert [row["kd_selection"]["kl_weight"] for row in summary["episodes"]] == [0.5, 2.0]
+    assert summary["kd_selection"]["kl_weight_chosen"] == 0 and summary["kd_selection"]["kl_weight_zero"] == 0
+    printed = capsys.readouterr()
+    assert "the temperature chosen per episode (2 episode(s); the KL weight was fixed)" in printed.out + printed.err
+    assert "kl_weight 0 (no distillation)" not in printed.out + printed.err
 
 
 # --------------------------------------------------------------------------- the stacked CV against a loop
@@ -317,6 +349,7 @@ def test_summary_log_and_plan_say_what_auto_chose(whole_run: Path) -> None:
     for row in summary["episodes"]:
         pick = row["kd_selection"]
         assert pick["reason"] == "cross-validation" and pick["folds"] == 3 and len(pick["scores"]) == 3
+        assert pick["chose"] == ["kl_weight", "temperature"]
         # The chosen setting is what the student trained with: its fit equals the baseline's at 0.
         if pick["kl_weight"] == 0:
             assert row["student"] == row["baseline"]

@@ -41,6 +41,7 @@ from distill.config import AUTO
 __all__ = [
     "Candidate",
     "Selection",
+    "auto_knobs",
     "candidate_grid",
     "choose",
     "fold_training_rows",
@@ -88,6 +89,8 @@ class Selection:
     gain_se: float | None = None
     #: per candidate: kl_weight, temperature, accuracy, log_loss (pooled over the held-out rows)
     scores: list[dict[str, float]] = field(default_factory=list)
+    #: the knobs that were "auto" and so were chosen here (the others were fixed by the config or a sweep)
+    chose: list[str] = field(default_factory=lambda: ["kl_weight", "temperature"])
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -166,7 +169,13 @@ def heldout_scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, n
 def fallback(kl_weight: float | str, temperature: float | str, reason: str) -> Selection:
     """No cross-validation possible: ``kl_weight = 0`` when it was "auto", and T = 1 when it was "auto"."""
     return Selection(kl_weight=0.0 if kl_weight == AUTO else float(kl_weight),
-                     temperature=1.0 if temperature == AUTO else float(temperature), reason=reason)
+                     temperature=1.0 if temperature == AUTO else float(temperature), reason=reason,
+                     chose=auto_knobs(kl_weight, temperature))
+
+
+def auto_knobs(kl_weight: float | str, temperature: float | str) -> list[str]:
+    """The names of the knobs that are "auto" (chosen per episode), in the order kl_weight, temperature."""
+    return [name for name, value in (("kl_weight", kl_weight), ("temperature", temperature)) if value == AUTO]
 
 
 def summarise_selections(selections: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -176,9 +185,11 @@ def summarise_selections(selections: Sequence[dict[str, Any] | None]) -> dict[st
     if not chosen:
         return None
     counts = Counter((s["kl_weight"], s["temperature"]) for s in chosen)
+    weighed = [s for s in chosen if "kl_weight" in s.get("chose", ("kl_weight",))]  # kl_weight was "auto"
     return {
         "episodes": len(chosen),
-        "kl_weight_zero": sum(1 for s in chosen if s["kl_weight"] == 0),
+        "kl_weight_chosen": len(weighed),
+        "kl_weight_zero": sum(1 for s in weighed if s["kl_weight"] == 0),
         "fallback": sum(1 for s in chosen if s["reason"] != "cross-validation"),
         "kl_weight_mean": float(np.mean([s["kl_weight"] for s in chosen])),
         "chosen": [{"kl_weight": w, "temperature": t, "episodes": n} for (w, t), n in sorted(counts.items())],
@@ -190,7 +201,11 @@ def selection_text(summary: dict[str, Any]) -> str:
     n = summary["episodes"]
     chosen = ", ".join(f"kl_weight {c['kl_weight']:g} T {c['temperature']:g} ({c['episodes']})"
                        for c in summary["chosen"])
-    text = f"objective auto: kl_weight 0 (no distillation) chosen in {summary['kl_weight_zero']} of {n} episode(s)"
+    weighed = summary.get("kl_weight_chosen", n)
+    if weighed:
+        text = f"objective auto: kl_weight 0 (no distillation) chosen in {summary['kl_weight_zero']} of {weighed} episode(s)"
+    else:  # a fixed (or swept) KL weight: only the temperature was chosen
+        text = f"objective auto: the temperature chosen per episode ({n} episode(s); the KL weight was fixed)"
     if summary["fallback"]:
         text += f", {summary['fallback']} of them without cross-validation (a class with a single labelled row)"
     return f"{text}; chosen: {chosen}"

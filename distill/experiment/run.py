@@ -621,9 +621,11 @@ def _run_in(config: Config, first: list[Prepared], run_dir: Path, checkpoints: C
         tracker.log_metrics(_aggregate_metrics(summary))
     if "kd_selection" in summary:
         chosen = summary["kd_selection"]
-        tracker.log_metrics({"kd_selection/kl_weight_zero_share": chosen["kl_weight_zero"] / chosen["episodes"],
-                             "kd_selection/fallback_share": chosen["fallback"] / chosen["episodes"],
-                             "kd_selection/kl_weight_mean": chosen["kl_weight_mean"]})
+        shares = {"kd_selection/fallback_share": chosen["fallback"] / chosen["episodes"],
+                  "kd_selection/kl_weight_mean": chosen["kl_weight_mean"]}
+        if chosen["kl_weight_chosen"]:  # of the episodes that chose the KL weight (not a fixed or swept one)
+            shares["kd_selection/kl_weight_zero_share"] = chosen["kl_weight_zero"] / chosen["kl_weight_chosen"]
+        tracker.log_metrics(shares)
         log.info(selection_text(chosen))
     teacher_line = teacher_summary_text([r.teacher_diagnostics for r in results])
     if teacher_line is not None:

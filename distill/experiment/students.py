@@ -36,6 +36,7 @@ from distill.engine.loop import (
 from distill.experiment.kd_selection import (
     Candidate,
     Selection,
+    auto_knobs,
     candidate_grid,
     choose,
     fallback,
@@ -294,7 +295,8 @@ def _cv_selection(plan: _SelectionPlan) -> Selection:
     best = scores[index]
     selection = Selection(kl_weight=best["kl_weight"], temperature=best["temperature"], reason="cross-validation",
                           folds=len(taught.folds), scores=scores, gain=None if math.isnan(gain) else gain,
-                          gain_se=None if math.isnan(se) else se)
+                          gain_se=None if math.isnan(se) else se,
+                          chose=auto_knobs(first.kl_weight, first.temperature))
     log.debug("objective auto (seed %d): kl_weight %g, T %g by %d-fold CV on %d labelled rows "
               "(best distilled candidate's held-out accuracy gain %+.3f, standard error %.3f)",
               seed, selection.kl_weight, selection.temperature, selection.folds, correct[0].size, gain, se)

@@ -187,6 +187,9 @@ class KdSelection(_Strict):
         description="the best distilled candidate's held-out accuracy minus `kl_weight = 0`'s")
     gain_se: Optional[float] = Field(description="the standard error of that paired gain")
     scores: list[CandidateResult] = Field(description="every candidate's held-out scores")
+    chose: list[str] = Field(
+        default_factory=lambda: ["kl_weight", "temperature"],
+        description="the knobs that were `\"auto\"` and chosen here; the others were fixed by the config or a sweep")
 
 
 class ChosenSetting(_Strict):
@@ -201,9 +204,10 @@ class KdSelectionSummary(_Strict):
     """What `"auto"` chose over the run's episodes."""
 
     episodes: int = Field(description="episodes with a choice")
-    kl_weight_zero: int = Field(description="how many chose `kl_weight = 0` (no distillation)")
+    kl_weight_chosen: int = Field(description="how many chose the KL weight (it was `\"auto\"` there)")
+    kl_weight_zero: int = Field(description="of those, how many chose `kl_weight = 0` (no distillation)")
     fallback: int = Field(description="how many had no cross-validation")
-    kl_weight_mean: float = Field(description="mean chosen KL weight")
+    kl_weight_mean: float = Field(description="mean KL weight the episodes trained with (chosen or fixed)")
     chosen: list[ChosenSetting] = Field(description="each chosen setting and its count")
 
 
