@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -115,8 +116,19 @@ def load_weights_only(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - any failure means "not a file we can read safely"
         raise ValueError(
             f"'{path}' cannot be read with torch.load(weights_only=True) (refused: loading it could run code, "
-            f"or it is not a torch file): {_first_line(exc)}"
+            f"or it is not a torch file): {_load_error(exc)}"
         ) from None
+
+
+def _load_error(exc: BaseException) -> str:
+    """What ``torch.load`` refused, in one line: its ``WeightsUnpickler error`` sentence when there is one,
+    not its first line, which offers to load the file with ``weights_only=False`` (running its code)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"WeightsUnpickler error:\s*(.*)", text)
+    if found is None:
+        return _first_line(exc)
+    reason = found.group(1).split(" Please use ", 1)[0].strip()  # the rest suggests allow-listing the class
+    return reason or _first_line(exc)
 
 
 def load_export_program(path: Path) -> Any:

@@ -98,7 +98,8 @@ def test_a_teacher_object_that_fails_is_one_line_and_leaves_no_run_directory(tmp
     x, y = cancer
     with pytest.raises(distill.UserError) as info:
         distill.run(SETTINGS, data=(x, y), teacher=make(), output=tmp_path / "r", track=False, progress=False)
-    assert info.value.problems == [f"teacher 'given' {expected}"]  # one line: the error's second line is dropped
+    # one line naming the episode by its seed; the error's second line is dropped
+    assert info.value.problems == [f"teacher 'given' {expected} (in the episode of seed 3)"]
     assert not (tmp_path / "r").exists() and list(tmp_path.iterdir()) == []
 
 
@@ -147,7 +148,7 @@ def test_a_registered_teacher_that_fails_is_exit_2_with_one_line_and_no_run_dire
     experiment.write_text(to_toml({**SETTINGS, "teacher": {"kind": kind, "cache": False}}))
     assert main(["run", str(experiment), "-o", str(tmp_path / "out"), "-q", "--no-track"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"error: {expected}"], err
+    assert err.splitlines() == [f"error: {expected} (in the episode of seed 3)"], err
     assert not (tmp_path / "out").exists()
 
 
@@ -184,7 +185,8 @@ def test_a_teacher_failing_in_episode_two_never_leaves_a_summary_that_looks_fini
                     progress=False)
     problem = info.value.problems[0]
     assert info.value.problems == [
-        f"teacher 'given' cannot be fit on 12 labelled rows: RuntimeError: episode two [_FailsInEpisodeTwo {REFIT}]"]
+        f"teacher 'given' cannot be fit on 12 labelled rows: RuntimeError: episode two [_FailsInEpisodeTwo {REFIT}] "
+        "(in the episode of seed 4)"]  # the second episode: seeds 3, 4
     assert len(_FailsInEpisodeTwo.full_fits) == 2
     run_dir = tmp_path / "r"
     if batched:

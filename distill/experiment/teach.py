@@ -178,7 +178,12 @@ def _cross_fit(prepared: Prepared, rows: _TeacherRows) -> CrossFitted:
                          calibration=spec.calibration, learns=spec.learns, seed=prepared.seed,
                          num_classes=prepared.dataset.num_classes, max_folds=TEACHER_FOLDS)
     except TeacherProblem as exc:
-        raise UserError(str(exc)) from None
+        raise _in_episode(exc, prepared) from None
+
+
+def _in_episode(exc: TeacherProblem, prepared: Prepared) -> UserError:
+    """The teacher's problem as one line that also names the episode (by its seed, as the plan lists them)."""
+    return UserError(f"{exc} (in the episode of seed {prepared.seed})")
 
 
 def _soft_targets(prepared: Prepared, rows: _TeacherRows, key: str,
@@ -202,7 +207,7 @@ def _soft_targets(prepared: Prepared, rows: _TeacherRows, key: str,
         try:
             crossed = pool.result(key)
         except TeacherProblem as exc:
-            raise UserError(str(exc)) from None
+            raise _in_episode(exc, prepared) from None
     else:
         crossed = _cross_fit(prepared, rows)  # its folds are these: labelled_folds of the same labels and seed
     if cache.folder is not None:

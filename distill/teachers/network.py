@@ -269,15 +269,16 @@ class NetworkTeacher(Teacher):
     def _from_state_dict(self, path: Path) -> nn.Module:
         from distill import students
 
+        stat = path.stat()
+        data = _cached_load(str(path), stat.st_size, stat.st_mtime_ns)
+        state = data.get("state_dict", data) if isinstance(data, dict) else None
+        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"'{path}' holds no state_dict of tensors (nor a distill checkpoint, TorchScript or "
+                             "torch.export program)")
         if not self.arch:
             raise ValueError(
                 f"'{path}' holds a plain state_dict; name its architecture with teacher.arch (and kwargs in teacher.params)"
             )
-        stat = path.stat()
-        data = _cached_load(str(path), stat.st_size, stat.st_mtime_ns)
-        state = data.get("state_dict", data) if isinstance(data, dict) else None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"'{path}' holds no state_dict of tensors")
         assert self.in_shape is not None
         last = list(state.values())[-1]  # the output layer's bias (or weight): its first size is the output width
         if last.ndim >= 1:

@@ -190,6 +190,28 @@ def test_a_state_dict_needs_teacher_arch(iris_net) -> None:
         teacher.fit(iris.x, iris.y)
 
 
+@pytest.mark.parametrize("content, message", [
+    ({"x": [1, 2]}, "holds no state_dict of tensors"),
+    ({}, "holds no state_dict of tensors"),
+    ([torch.zeros(2)], "holds no state_dict of tensors"),
+    ({"w": __import__("fractions").Fraction(1, 3)},
+     "Unsupported global: GLOBAL fractions.Fraction was not an allowed global by default."),
+])
+def test_a_file_that_is_no_state_dict_says_what_it_holds(iris_net, tmp_path: Path, content: object,
+                                                         message: str) -> None:
+    """Not "a plain state_dict; name teacher.arch" for a file that holds none; and a refused class is named
+    without torch's advice to reload it with weights_only=False or to allow-list the class."""
+    _, _, iris = iris_net
+    path = tmp_path / "other.pt"
+    torch.save(content, path)
+    teacher = create_teacher("network", num_classes=3, in_shape=(4,), checkpoint=str(path))
+    with pytest.raises(ValueError) as info:
+        teacher.fit(iris.x, iris.y)
+    text = str(info.value)
+    assert message in text and "\n" not in text and "teacher.arch" not in text, text
+    assert "weights_only` set to `False`" not in text and "add_safe_globals" not in text, text
+
+
 def test_a_state_dict_for_other_arch_kwargs_is_a_clear_error(iris_net) -> None:
     _, paths, iris = iris_net
     teacher = create_teacher(
