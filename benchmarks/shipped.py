@@ -61,7 +61,8 @@ def rows_of(name: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _zero_share(episodes: list[dict[str, Any]]) -> str:
     """``"7/10"``: episodes where ``kl_weight = "auto"`` chose not to distil; ``"–"`` for a fixed weight."""
-    picks = [r["kd_selection"] for r in episodes if r.get("kd_selection")]
+    picks = [r["kd_selection"] for r in episodes
+             if r.get("kd_selection") and "kl_weight" in r["kd_selection"].get("chose", ["kl_weight"])]
     return f"{sum(p['kl_weight'] == 0 for p in picks)}/{len(picks)}" if picks else "–"
 
 

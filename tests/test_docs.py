@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -56,6 +57,7 @@ PLACEHOLDERS = {
     "J": "2",
     "NAME": "study",
     "URL": "sqlite:///optuna.db",
+    "URI": "sqlite:///mlflow.db",
 }
 _NOT_RUN = re.compile(r"^<!--\s*not-run:(.*?)-->\s*$")
 _FENCE = re.compile(r"^(`{3,})([\w+-]*)")
@@ -251,6 +253,38 @@ def test_command_lines_parse_and_name_experiments_that_load(line: CommandLine) -
         assert (ROOT / experiment).is_file(), f"{line.block}: {experiment} does not exist"
         overrides = [] if line.synopsis else list(getattr(parsed, "overrides", None) or [])
         assert isinstance(distill.load_config(ROOT / experiment, overrides), distill.Config)
+
+
+def _verb_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every verb's own parser, ``teacher train`` included, from the CLI itself."""
+    def sub(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return dict(found[0].choices) if found else {}
+
+    verbs = sub(build_parser())
+    out = {name: p for name, p in verbs.items() if not sub(p)}
+    for name, p in verbs.items():
+        out |= {f"{name} {action}": q for action, q in sub(p).items()}
+    return out
+
+
+def test_the_cli_synopsis_lists_every_flag_of_every_verb() -> None:
+    """docs/cli.md's synopsis block is where a user looks for a flag: each verb's lines there name every
+    option its parser takes (by any of its spellings), so a new flag cannot be left out."""
+    block = next(b for b in ALL_BLOCKS if b.path.name == "cli.md" and b.language == "bash")
+    shown: dict[str, set[str]] = {}
+    for line in block.code.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:3] != ["python", "-m", "distill"] or len(words) < 4:
+            continue
+        verb = " ".join(words[3:5]) if words[3] == "teacher" else words[3]
+        shown.setdefault(verb, set()).update(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", " ".join(words[4:])))
+    parsers = _verb_parsers()
+    assert set(shown) == set(parsers), (set(shown), set(parsers))
+    for verb, parser in parsers.items():
+        for action in parser._actions:
+            if action.option_strings and "--help" not in action.option_strings:
+                assert shown[verb] & set(action.option_strings), f"cli.md: {verb} lacks {action.option_strings}"
 
 
 def test_a_bad_command_line_fails_the_check() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from distill.metrics.stats import CI_METHODS, describe, paired_difference, verdict
+from distill.metrics.stats import CI_METHODS, describe, paired_difference, signed, verdict
 
 X = [0.71, 0.64, 0.80, 0.77, 0.69, 0.73, 0.66, 0.82]
 A = [0.81, 0.74, 0.90, 0.79, 0.70, 0.88, 0.77, 0.93, 0.68, 0.85]
@@ -221,3 +221,14 @@ def test_verdict_on_real_paired_numbers() -> None:
     assert verdict(p, "accuracy", len(A)).startswith("Distillation helped")
     # Swapped, the same numbers say distillation hurt.
     assert verdict(paired_difference(B, A), "accuracy", len(A)).startswith("Distillation hurt")
+
+
+@pytest.mark.parametrize("value, text", [
+    (-1e-9, "+0.000"), (-0.0, "+0.000"), (0.0, "+0.000"), (1e-9, "+0.000"), (-0.0004, "+0.000"),
+    (-0.0006, "-0.001"), (0.0751, "+0.075"), (-0.152, "-0.152"), (1.0, "+1.000"),
+])
+def test_a_difference_that_rounds_to_zero_has_no_minus_sign(value: float, text: str) -> None:
+    """The console's paired intervals: float noise of -1e-9 (two equal models scored by differently vectorised
+    code) reads "+0.000", not "-0.000"; everything else is Python's own rounding with its sign."""
+    assert signed(value) == text
+    assert float(signed(value)) == pytest.approx(round(value, 3), abs=1e-12)

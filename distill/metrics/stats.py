@@ -101,13 +101,20 @@ def _significant(paired: dict[str, Any], higher_is_better: bool) -> tuple[bool, 
     return (low > 0, high < 0) if higher_is_better else (high < 0, low > 0)
 
 
+def signed(value: float, digits: int = 3) -> str:
+    """``value`` with its sign to ``digits`` decimals; a value that rounds to zero is ``+0.000``, never
+    ``-0.000`` (a difference of float noise, -1e-9, is no negative difference)."""
+    rounded = round(float(value), digits)
+    return f"{(rounded if rounded != 0 else 0.0):+.{digits}f}"
+
+
 def _detail(paired: dict[str, Any], name: str, metric: str) -> str:
     mean, ci, p = paired.get("mean"), paired.get("ci95"), paired.get("p_value")
     if mean is None:
         return f"{name} {metric} undefined"
-    text = f"{name} {metric} = {mean:+.3f}"
+    text = f"{name} {metric} = {signed(mean)}"
     if ci is not None:
-        text += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+        text += f" [{signed(ci[0])}, {signed(ci[1])}]"
     if p is not None:
         text += f", Wilcoxon p = {p:.3g}"
     return text
@@ -127,17 +134,17 @@ def verdict(paired: dict[str, Any], metric: str, episodes: int, higher_is_better
         return f"Distillation cannot be judged on {metric}: no episode has a defined value."
     if ci is None:
         return (
-            f"With {episodes} episode(s) there is no 95% interval: student − baseline {metric} = {mean:+.3f}, but one "
+            f"With {episodes} episode(s) there is no 95% interval: student − baseline {metric} = {signed(mean)}, but one "
             "draw of the labelled rows cannot tell whether distillation helps; run with --episodes 10 or more "
             "(protocol.episodes)."
         )
     low, high = ci
     if p is None:
         return (
-            f"No verdict at the 95% level: student − baseline {metric} = {mean:+.3f} [{low:+.3f}, {high:+.3f}], "
+            f"No verdict at the 95% level: student − baseline {metric} = {signed(mean)} [{signed(low)}, {signed(high)}], "
             f"but fewer than two of the {episodes} episodes differ, too few for the Wilcoxon test."
         )
-    detail = f"student − baseline {metric} = {mean:+.3f} [{low:+.3f}, {high:+.3f}], Wilcoxon p = {p:.3g}, {episodes} episodes"
+    detail = f"student − baseline {metric} = {signed(mean)} [{signed(low)}, {signed(high)}], Wilcoxon p = {p:.3g}, {episodes} episodes"
     better = low > 0 if higher_is_better else high < 0
     worse = high < 0 if higher_is_better else low > 0
     if better and p < 0.05:

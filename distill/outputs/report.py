@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from distill.metrics.classification import METRICS
+from distill.metrics.stats import signed
 from distill.outputs.rundir import atomic_write
 
 __all__ = [
@@ -189,9 +190,9 @@ def _diff(stat: dict[str, Any]) -> str:
     mean, ci, p = stat.get("mean"), stat.get("ci95"), stat.get("p_value")
     if mean is None:
         return "n/a"
-    text = f"{mean:+.3f}"
+    text = signed(mean)
     if ci is not None:
-        text += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+        text += f" [{signed(ci[0])}, {signed(ci[1])}]"
     if p is not None:
         text += f" p={p:.2g}"
     return text
