@@ -20,7 +20,7 @@ from typing import Any, Union
 from distill.config import Config, load_config, validate_config
 from distill.data.sources import Dataset, dataset_from_arrays, dataset_from_frame
 from distill.errors import ConfigError, DataError
-from distill.experiment.tune import TuneResult
+from distill.experiment.tune_result import TuneResult
 from distill.process_state import preserved
 
 __all__ = [

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import torch
 
 __all__ = ["preserved", "snapshot"]
 
@@ -77,6 +76,7 @@ def _restore_active_runs(stack: list[Any] | None) -> None:
 
 def snapshot() -> dict[str, Any]:
     """The settings ``preserved`` restores, as comparable values (for tests and for ``preserved``)."""
+    import torch  # here, not at import: `import distill` (config, API types) does not load torch
     from threadpoolctl import threadpool_info
 
     return {
@@ -105,6 +105,7 @@ def _optuna_verbosity() -> int | None:
 def preserved() -> Iterator[None]:
     """Run the body, then put back torch/BLAS threads, the global random generators' states, MLflow's
     tracking URI, active experiment and environment variables, and the loggers' levels."""
+    import torch  # here, not at import: `import distill` (config, API types) does not load torch
     from threadpoolctl import threadpool_limits
 
     saved = snapshot()

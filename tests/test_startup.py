@@ -107,3 +107,17 @@ print(type(s.build("mlp", (3,), 2, hidden=[4])).__name__)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["student 'mlp' is already registered (built in)", "MLP"]
+
+
+def test_the_library_s_config_and_result_types_import_nothing_heavy() -> None:
+    """``import distill``, its config functions, result types and errors (what a notebook touches before it
+    runs anything) load no torch, Optuna or MLflow; ``distill.run`` and the engine's names may."""
+    names = ["load_config", "Config", "RunResult", "TuneResult", "TeacherResult", "Episode", "Estimate",
+             "Difference", "SweepPoint", "UserError", "ConfigError", "DataError"]
+    code = (f"import json, sys, distill\n[getattr(distill, n) for n in {names!r}]\n"
+            "print(json.dumps(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(names) <= set(__import__("distill").__all__)
+    assert {m.split(".")[0] for m in modules} & {"torch", "optuna", "mlflow", "matplotlib"} == set()

@@ -25,7 +25,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +39,10 @@ from distill.experiment.cache import SoftTargetCache
 from distill.experiment.prepare import TeacherFactory, prepare, prepare_episode, prepare_protocol
 from distill.experiment.students import StudentJob, train_students
 from distill.experiment.teach import TeacherOutputs, soft_target_cache, teach
+from distill.experiment.tune_result import TuneResult, tuning_table
 from distill.interrupts import Interrupted, StopRequest
 from distill.losses.objective import validation_loss
-from distill.metrics.classification import METRICS, classification_metrics, probabilities
+from distill.metrics.classification import classification_metrics, probabilities
 from distill.outputs.rundir import atomic_write, attach_log_file, claim_run_dir, write_json, write_text
 
 __all__ = [
@@ -297,38 +297,6 @@ def validation_score(
                 report(float(np.mean(finite)) if finite else float("nan"), len(scores) - 1)
     finite = [s for s in scores if math.isfinite(s)]
     return (float(np.mean(finite)) if finite else float("nan")), scores
-
-
-@dataclass
-class TuneResult:
-    """What a search leaves: where, the study, the best params and both test comparisons."""
-
-    run_dir: Path
-    study_name: str
-    best_params: dict[str, Any]
-    best_value: float
-    untuned_value: float
-    #: ``tuning.json``: the study, both test comparisons, the trials
-    summary: dict[str, Any]
-    #: the Optuna study (``optuna.Study``), loaded from its storage: every trial, this process's and others'
-    study: Any = None
-
-    @property
-    def best_config(self) -> Config:
-        """The experiment with the best trial's parameters (``best_config.toml``)."""
-        from distill.config import load_config
-
-        return load_config(self.run_dir / "best_config.toml")
-
-    def table(self) -> str:
-        """What the console shows after a search: best vs untuned, validation and test."""
-        return tuning_table(self.summary)
-
-    def to_json(self) -> str:
-        """``tuning.json``, exactly as written in the run directory."""
-        from distill.outputs.rundir import json_text
-
-        return json_text(self.summary)
 
 
 def _sampler(config: Config, seed: int) -> Any:
@@ -743,35 +711,3 @@ def _get_dotted(tree: dict[str, Any], dotted: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def tuning_table(summary: dict[str, Any]) -> str:
-    """Best vs untuned: params, validation metric, test metrics of the student (and the verdict)."""
-    best, untuned = summary["best"], summary["untuned"]
-    keys = list(summary["space"])
-    width = max([len(k) for k in keys] + [24])
-    lines = [f"{summary['metric']}: {summary['direction']}; study '{summary['study']}' ({summary['trials']['total']} trials:"
-             f" {summary['trials']['complete']} complete, {summary['trials']['pruned']} pruned)", ""]
-    if summary.get("untuned") is None:  # search only (--no-compare): the best so far, no test numbers
-        lines += [f"{k:<{width}}{_fmt(best['params'].get(k)):>14}" for k in keys]
-        lines.append(f"{summary['metric']:<{width}}{_fmt(best['validation']):>14}")
-        lines += ["", f"best so far: trial {best['trial']}; no test comparison (--no-compare): compare the study "
-                      "once all workers are done with --trials 0"]
-        return "\n".join(lines)
-    lines.append(f"{'':<{width}}{'tuned':>14}{'untuned':>14}")
-    for k in keys:
-        lines.append(f"{k:<{width}}{_fmt(best['params'].get(k)):>14}{_fmt(untuned['params'].get(k)):>14}")
-    lines.append(f"{summary['metric']:<{width}}{_fmt(best['validation']):>14}{_fmt(untuned['validation']):>14}")
-    for system in ("student", "baseline", "teacher"):
-        for metric in METRICS:
-            label = f"test {system} {metric}"
-            lines.append(f"{label:<{width}}{_fmt(best['test'][system][metric]):>14}{_fmt(untuned['test'][system][metric]):>14}")
-    if best["test"].get("verdict"):
-        lines += ["", f"tuned:   {best['test']['verdict']}", f"untuned: {untuned['test']['verdict']}"]
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
-    return "n/a" if value is None else str(value)
