@@ -319,6 +319,27 @@ def _study_runs(client: object, experiment_name: str, study: object) -> tuple[ob
     return parent, by_trial
 
 
+def _kill_mid_trial(storage: str, study_name: str, client: object, experiment_name: str, deadline: float,
+                    procs: list[subprocess.Popen]) -> tuple[object, object, int]:
+    """SIGKILL the worker of a trial that is RUNNING at the moment of the kill: the worker is frozen (SIGSTOP)
+    while the trial's state is read again, so it cannot finish the trial between the check and the kill
+    (it did once on a loaded machine: the trial taken for the victim had completed, another one died)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    while True:
+        victim, victim_run = _running_trial_with_run(storage, study_name, client, experiment_name, deadline, procs)
+        # the run's tag, not the trial read a moment before: that snapshot may predate its user attributes
+        pid = int(victim_run.data.tags["distill.worker_pid"])  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGSTOP)
+        trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+        if next(t for t in trials if t.number == victim.number).state == TrialState.RUNNING:  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+            return victim, victim_run, pid
+        os.kill(pid, signal.SIGCONT)  # it finished its trial meanwhile: let it go on, and take another
+        time.sleep(0.2)
+
+
 def _retry_of(study: object, victim: object) -> object:
     """The dead trial is FAIL and was run again exactly once, COMPLETE, with every parameter it had drawn."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -355,11 +376,9 @@ def test_four_hand_started_workers_one_killed_track_one_study_and_a_closing_work
     procs = [_start(_tune(toml, study_name, postgres_database, f"out{i}", "--trials", "1", "--no-compare", "-q"),
                     cwd=client_dir, env=env) for i in range(4)]
     with reaped(procs):
-        victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
-                                                     deadline=time.monotonic() + 180, procs=procs)
-        pid = int(victim_run.data.tags["distill.worker_pid"])
+        victim, victim_run, pid = _kill_mid_trial(postgres_database, study_name, client, experiment_name,
+                                                  deadline=time.monotonic() + 180, procs=procs)
         (killed,) = [p for p in procs if p.pid == pid]
-        os.kill(pid, signal.SIGKILL)
         killed.communicate(timeout=60)
         assert killed.returncode == -signal.SIGKILL
         _wait_all([p for p in procs if p is not killed])
@@ -414,11 +433,8 @@ def test_tune_workers_one_killed_recover_the_study_and_its_runs_on_the_server(
     proc = _start(_tune(toml, study_name, postgres_database, "out", "--trials", "4", "--workers", "4"),
                   cwd=client_dir, env=_env(mlflow_postgres_server.uri))
     with reaped([proc]):
-        victim, victim_run = _running_trial_with_run(postgres_database, study_name, client, experiment_name,
-                                                     deadline=time.monotonic() + 180, procs=[proc])
-        # the run's tag, not the trial read a moment before: that snapshot may predate its user attributes
-        pid = int(victim_run.data.tags["distill.worker_pid"])
-        os.kill(pid, signal.SIGKILL)
+        victim, victim_run, pid = _kill_mid_trial(postgres_database, study_name, client, experiment_name,
+                                                  deadline=time.monotonic() + 180, procs=[proc])
         out, err = proc.communicate(timeout=420)
     assert proc.returncode == 0, err[-4000:]
     assert "killed by SIGKILL" in err and "4 worker(s) finished 4 trial(s)" in out
