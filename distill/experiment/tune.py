@@ -125,18 +125,12 @@ def _check_journal_tail(path: Path, lock: Any) -> None:
         return
     lock.acquire()
     try:
-        with path.open("rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - 65536))
-            tail = f.read()
+        content = path.read_bytes()  # Optuna's replay reads it all right after: a journal is small
     finally:
         lock.release()
-    if not tail.endswith(b"\n"):
+    if not content.endswith(b"\n"):
         raise ValueError("its last line is cut off (no line end)")
-    body = tail[:-1]
-    if b"\n" not in body and size > len(tail):  # one line longer than the window: read the whole file
-        body = path.read_bytes()[:-1]
-    last = body.rsplit(b"\n", 1)[-1]
+    last = content[:-1].rsplit(b"\n", 1)[-1]
     try:
         record = json.loads(last)
     except (json.JSONDecodeError, UnicodeDecodeError):
